@@ -1,0 +1,8 @@
+//! Identity: passwords, keys, tokens and their verification.
+
+pub mod claims;
+pub mod keys;
+pub mod password;
+pub mod tokens;
+pub mod username;
+pub mod verify;

@@ -1,0 +1,31 @@
+//! gatehouse: a reverse-proxy authentication gateway.
+//!
+//! # Layout
+//! Every arrow points down: no module imports one listed above it.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `keys` |
+//! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
+//! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
+//! | `gateway` | the request pipeline, its stages listed in order |
+//! | `auth::endpoints` | `/auth/*` and JWKS handlers |
+//! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
+//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
+//! | `proxy::path` | request-path normalisation |
+//! | `routes` | the route table and matching |
+//! | `auth::verify` | the access-token validation policy |
+//! | `auth::tokens` | minting access tokens and refresh tokens |
+//! | `auth::keys` | signing and verification keys, rotation, JWKS |
+//! | `auth::claims` | typed token claims and the verified identity |
+//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
+//! | `auth::username` | canonical usernames |
+//! | `store` | the state interface; `store::sqlite` the embedded backend |
+//! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `error` | the one mapping from errors to HTTP responses |
+//! | `body` | the response body type and small constructors |
+
+pub mod auth;
+pub mod body;
+pub mod proxy;
+pub mod store;

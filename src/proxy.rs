@@ -1,0 +1,4 @@
+//! Forwarding requests to upstreams.
+
+pub mod headers;
+pub mod path;

@@ -1,0 +1,3 @@
+//! The state interface: users, refresh tokens, revocations.
+
+pub mod sqlite;
