@@ -1,1 +1,1288 @@
-//! TODO(owner): store/sqlite
+//! The embedded [`Store`] backend: one SQLite file, WAL, fully synchronous commits.
+//!
+//! Durability: `journal_mode=WAL` with `synchronous=FULL` fsyncs the WAL on every commit, so a
+//! committed rotation or revocation survives `kill -9` and power loss. The file is created
+//! `0600` in a `0700` directory because it holds password hashes.
+//!
+//! Concurrency: one connection behind a `std::sync::Mutex`, used only on `spawn_blocking`
+//! threads. Writes that read first (rotation, conditional inserts) run in `BEGIN IMMEDIATE`
+//! transactions, which take SQLite's write lock up front, so they are serialised even between
+//! processes sharing the file (e.g. the CLI next to a running gateway).
+//!
+//! Schema versions are tracked in `PRAGMA user_version`; [`MIGRATIONS`] entry `i` upgrades
+//! version `i` to `i + 1`. A file newer than this build is refused, never downgraded.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
+    ffi, params,
+};
+
+use super::{
+    NewUser, RefreshRecord, RefreshState, RefreshSuccessor, RotateError, Store, StoreError, User,
+};
+use crate::auth::username::Username;
+
+/// How long a statement waits for another connection's write lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+/// The version this build writes (a handful of migrations always fits in `u32`).
+const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Version 1: users, refresh-token families, revoked access-token ids.
+/// Roles and scopes are JSON arrays of strings.
+const SCHEMA_V1: &str = "
+CREATE TABLE users (
+    username      TEXT PRIMARY KEY NOT NULL,
+    password_hash TEXT NOT NULL,
+    roles         TEXT NOT NULL,
+    scopes        TEXT NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE refresh_tokens (
+    digest     BLOB PRIMARY KEY NOT NULL CHECK (length(digest) = 32),
+    family     TEXT NOT NULL,
+    username   TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    scopes     TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER,
+    revoked_at INTEGER
+) STRICT;
+CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
+CREATE INDEX refresh_tokens_username ON refresh_tokens (username);
+CREATE INDEX refresh_tokens_expires_at ON refresh_tokens (expires_at);
+
+CREATE TABLE revoked_jtis (
+    jti        TEXT PRIMARY KEY NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX revoked_jtis_expires_at ON revoked_jtis (expires_at);
+";
+
+const USER_COLUMNS: &str =
+    "username, password_hash, roles, scopes, disabled, created_at, updated_at";
+const REFRESH_COLUMNS: &str =
+    "digest, family, username, scopes, issued_at, expires_at, used_at, revoked_at";
+
+/// The SQLite store; cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::Error as E;
+        match &err {
+            E::SqliteFailure(e, _)
+                if matches!(e.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
+            {
+                Self::Corrupt(err.to_string())
+            }
+            E::FromSqlConversionFailure(..)
+            | E::InvalidColumnType(..)
+            | E::IntegralValueOutOfRange(..) => Self::Corrupt(err.to_string()),
+            _ => Self::Unavailable(err.to_string()),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Blocking: call it at startup or from `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        prepare_file(path)?;
+        // No SQLITE_OPEN_URI: a configured path is a path, never a `file:` URI with options.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `job` on a blocking thread with the connection.
+    async fn call<T, E, F>(&self, job: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while the lock was held unwound through rusqlite's `Transaction` drop,
+            // which rolls back, so the connection is consistent and safe to keep using.
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            job(&mut guard)
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Unavailable(format!("store task failed: {e}"))))?
+    }
+}
+
+#[cfg(unix)]
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    let io = |what: &str, e: std::io::Error| {
+        StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| io("cannot create the directory of", e))?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("cannot open", e))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| io("cannot stat", e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        // An existing file others can read exposes password hashes; tighten it if we may.
+        match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                was = format_args!("{:o}", mode & 0o777),
+                "store file was accessible to other users; restricted to 0600"
+            ),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{:o}", mode & 0o777),
+                error = %e,
+                "store file is accessible to other users and could not be restricted"
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .create(parent)
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot create the directory of {}: {e}",
+                    path.display()
+                ))
+            })?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "cannot enable WAL (journal_mode is {mode}); is the file on a network filesystem?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows (old hashes, removed users) are overwritten, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    // The schema is ours; never run functions a tampered schema might reference.
+    conn.pragma_update(None, "trusted_schema", "OFF")?;
+    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+    if !fk {
+        return Err(StoreError::Unavailable(
+            "SQLite build does not enforce foreign keys".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // IMMEDIATE: two processes opening a fresh file at once must not both apply v1.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current = usize::try_from(current)
+        .map_err(|_| StoreError::Corrupt(format!("negative schema version {current}")))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {current} is newer than this build supports ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for sql in &MIGRATIONS[current..] {
+        tx.execute_batch(sql)?;
+    }
+    if current < MIGRATIONS.len() {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn is_constraint(err: &rusqlite::Error, extended: i32) -> bool {
+    err.sqlite_extended_error_code() == Some(extended)
+}
+
+fn to_json(list: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(list).map_err(|e| StoreError::Corrupt(format!("list encoding: {e}")))
+}
+
+fn from_json(text: &str, what: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A stored name must already be canonical; anything else was written behind our back.
+fn stored_username(text: &str) -> Result<Username, StoreError> {
+    match Username::parse(text) {
+        Ok(name) if name.as_str() == text => Ok(name),
+        _ => Err(StoreError::Corrupt(format!(
+            "non-canonical username {:?}",
+            text.escape_debug().to_string()
+        ))),
+    }
+}
+
+struct UserRow {
+    username: String,
+    password_hash: String,
+    roles: String,
+    scopes: String,
+    disabled: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl UserRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            username: row.get(0)?,
+            password_hash: row.get(1)?,
+            roles: row.get(2)?,
+            scopes: row.get(3)?,
+            disabled: row.get(4)?,
+            created_at: row.get(5)?,
+            updated_at: row.get(6)?,
+        })
+    }
+
+    fn into_user(self) -> Result<User, StoreError> {
+        Ok(User {
+            username: stored_username(&self.username)?,
+            password_hash: self.password_hash,
+            roles: from_json(&self.roles, "user roles")?,
+            scopes: from_json(&self.scopes, "user scopes")?,
+            disabled: self.disabled,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+struct RefreshRow {
+    digest: Vec<u8>,
+    family: String,
+    username: String,
+    scopes: String,
+    issued_at: i64,
+    expires_at: i64,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl RefreshRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            digest: row.get(0)?,
+            family: row.get(1)?,
+            username: row.get(2)?,
+            scopes: row.get(3)?,
+            issued_at: row.get(4)?,
+            expires_at: row.get(5)?,
+            used_at: row.get(6)?,
+            revoked_at: row.get(7)?,
+        })
+    }
+
+    fn into_parts(self) -> Result<(RefreshRecord, RefreshState), StoreError> {
+        let digest = <[u8; 32]>::try_from(self.digest.as_slice())
+            .map_err(|_| StoreError::Corrupt("refresh digest is not 32 bytes".into()))?;
+        let record = RefreshRecord {
+            digest,
+            family: self.family,
+            username: stored_username(&self.username)?,
+            scopes: from_json(&self.scopes, "refresh scopes")?,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+        };
+        let state = RefreshState {
+            used_at: self.used_at,
+            revoked_at: self.revoked_at,
+        };
+        Ok((record, state))
+    }
+}
+
+fn find_refresh(
+    conn: &Connection,
+    digest: &[u8; 32],
+) -> Result<Option<(RefreshRecord, RefreshState)>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE digest = ?1"),
+        [&digest[..]],
+        RefreshRow::read,
+    )
+    .optional()?
+    .map(RefreshRow::into_parts)
+    .transpose()
+}
+
+fn revoke_family_in(conn: &Connection, family: &str, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
+        params![now, family],
+    )?)
+}
+
+fn revoke_user_in(conn: &Connection, name: &Username, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE username = ?2 AND revoked_at IS NULL",
+        params![now, name.as_str()],
+    )?)
+}
+
+/// Runs one `UPDATE ... WHERE username = ?` and turns "no row" into `NotFound`.
+fn update_user(
+    conn: &Connection,
+    name: &Username,
+    sql: &str,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<(), StoreError> {
+    match conn.execute(sql, values)? {
+        0 => Err(StoreError::NotFound(name.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// The rotation transaction. The outer `Result` is the database failing; the inner one is the
+/// answer about the token.
+fn rotate_in(
+    tx: &Transaction<'_>,
+    old: &[u8; 32],
+    next: &RefreshSuccessor,
+    now: i64,
+) -> Result<Result<RefreshRecord, RotateError>, StoreError> {
+    let Some((record, state)) = find_refresh(tx, old)? else {
+        return Ok(Err(RotateError::Unknown));
+    };
+    if state.used_at.is_some() {
+        revoke_family_in(tx, &record.family, now)?;
+        return Ok(Err(RotateError::Reused {
+            family: record.family,
+            username: record.username,
+        }));
+    }
+    if state.revoked_at.is_some() {
+        return Ok(Err(RotateError::Revoked));
+    }
+    if now >= record.expires_at {
+        return Ok(Err(RotateError::Expired));
+    }
+    tx.execute(
+        "UPDATE refresh_tokens SET used_at = ?1 WHERE digest = ?2 AND used_at IS NULL",
+        params![now, &old[..]],
+    )?;
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL)"
+        ),
+        params![
+            &next.digest[..],
+            record.family,
+            record.username.as_str(),
+            to_json(&record.scopes)?,
+            next.issued_at,
+            next.expires_at,
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(Ok(record)),
+        Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+            Ok(Err(RotateError::Store(StoreError::DuplicateRefresh)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
+        self.call(move |conn| {
+            let now = unix_now();
+            let inserted = conn.execute(
+                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)"),
+                params![
+                    user.username.as_str(),
+                    user.password_hash,
+                    to_json(&user.roles)?,
+                    to_json(&user.scopes)?,
+                    now,
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(User {
+                    username: user.username,
+                    password_hash: user.password_hash,
+                    roles: user.roles,
+                    scopes: user.scopes,
+                    disabled: false,
+                    created_at: now,
+                    updated_at: now,
+                }),
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                    Err(StoreError::Conflict(user.username))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn user(&self, name: &Username) -> Result<Option<User>, StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?1"),
+                [name.as_str()],
+                UserRow::read,
+            )
+            .optional()?
+            .map(UserRow::into_user)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {USER_COLUMNS} FROM users ORDER BY username"
+            ))?;
+            let rows = stmt.query_map([], UserRow::read)?;
+            rows.map(|row| row.map_err(StoreError::from).and_then(UserRow::into_user))
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_password(&self, name: &Username, hash: &str) -> Result<(), StoreError> {
+        let (name, hash) = (name.clone(), hash.to_owned());
+        self.call(move |conn| {
+            update_user(
+                conn,
+                &name,
+                "UPDATE users SET password_hash = ?1, updated_at = ?2 WHERE username = ?3",
+                params![hash, unix_now(), name.as_str()],
+            )
+        })
+        .await
+    }
+
+    async fn set_disabled(&self, name: &Username, disabled: bool) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = unix_now();
+            update_user(
+                &tx,
+                &name,
+                "UPDATE users SET disabled = ?1, updated_at = ?2 WHERE username = ?3",
+                params![disabled, now, name.as_str()],
+            )?;
+            if disabled {
+                revoke_user_in(&tx, &name, now)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_roles_scopes(
+        &self,
+        name: &Username,
+        roles: Vec<String>,
+        scopes: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            update_user(
+                conn,
+                &name,
+                "UPDATE users SET roles = ?1, scopes = ?2, updated_at = ?3 WHERE username = ?4",
+                params![
+                    to_json(&roles)?,
+                    to_json(&scopes)?,
+                    unix_now(),
+                    name.as_str()
+                ],
+            )
+        })
+        .await
+    }
+
+    async fn remove_user(&self, name: &Username) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            // ON DELETE CASCADE removes the user's refresh tokens in the same statement.
+            match conn.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])? {
+                0 => Err(StoreError::NotFound(name)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn insert_refresh(&self, record: RefreshRecord) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let disabled: Option<bool> = tx
+                .query_row(
+                    "SELECT disabled FROM users WHERE username = ?1",
+                    [record.username.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match disabled {
+                None => return Err(StoreError::NotFound(record.username)),
+                Some(true) => return Err(StoreError::Disabled(record.username)),
+                Some(false) => {}
+            }
+            let inserted = tx.execute(
+                &format!(
+                    "INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL)"
+                ),
+                params![
+                    &record.digest[..],
+                    record.family,
+                    record.username.as_str(),
+                    to_json(&record.scopes)?,
+                    record.issued_at,
+                    record.expires_at,
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                    return Err(StoreError::DuplicateRefresh);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old: &[u8; 32],
+        next: RefreshSuccessor,
+        now: i64,
+    ) -> Result<RefreshRecord, RotateError> {
+        let old = *old;
+        self.call(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::from)?;
+            let answer = rotate_in(&tx, &old, &next, now)?;
+            // Commit on success and on reuse (the family revocation must stick); other refusals
+            // changed nothing, and dropping the transaction rolls back a failed successor insert.
+            if matches!(answer, Ok(_) | Err(RotateError::Reused { .. })) {
+                tx.commit().map_err(StoreError::from)?;
+            }
+            answer
+        })
+        .await
+    }
+
+    async fn refresh(
+        &self,
+        digest: &[u8; 32],
+    ) -> Result<Option<(RefreshRecord, RefreshState)>, StoreError> {
+        let digest = *digest;
+        self.call(move |conn| find_refresh(conn, &digest)).await
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<(), StoreError> {
+        let family = family.to_owned();
+        self.call(move |conn| revoke_family_in(conn, &family, unix_now()).map(drop))
+            .await
+    }
+
+    async fn revoke_user_refresh(&self, name: &Username) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |conn| revoke_user_in(conn, &name, unix_now()).map(drop))
+            .await
+    }
+
+    async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
+        let jti = jti.to_owned();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO revoked_jtis (jti, expires_at) VALUES (?1, ?2) \
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
+                params![jti, expires_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoked_jtis(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
+            let live = {
+                let mut stmt = tx.prepare(
+                    "SELECT jti, expires_at FROM revoked_jtis WHERE expires_at > ?1 \
+                     ORDER BY expires_at, jti",
+                )?;
+                let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<Vec<(String, i64)>, _>>()?
+            };
+            tx.commit()?;
+            Ok(live)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+            let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
+            tx.commit()?;
+            Ok(u64::try_from(tokens + jtis).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+    const TTL: i64 = 3600;
+
+    fn name(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    fn new_user(s: &str) -> NewUser {
+        NewUser {
+            username: name(s),
+            password_hash: format!("$argon2id$hash-of-{s}"),
+            roles: vec!["admin".into(), "ops".into()],
+            scopes: vec!["read".into(), "write".into()],
+        }
+    }
+
+    fn digest(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    fn token(n: u8, family: &str, user: &str) -> RefreshRecord {
+        RefreshRecord {
+            digest: digest(n),
+            family: family.into(),
+            username: name(user),
+            scopes: vec!["read".into()],
+            issued_at: NOW,
+            expires_at: NOW + TTL,
+        }
+    }
+
+    fn successor(n: u8) -> RefreshSuccessor {
+        RefreshSuccessor {
+            digest: digest(n),
+            issued_at: NOW + 10,
+            expires_at: NOW + 10 + TTL,
+        }
+    }
+
+    fn open_in(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("state.db")).unwrap()
+    }
+
+    /// A store with user alice holding token 1 in family "f1".
+    async fn with_alice_token() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        store.create_user(new_user("alice")).await.unwrap();
+        store.insert_refresh(token(1, "f1", "alice")).await.unwrap();
+        (dir, store)
+    }
+
+    fn raw(store: &SqliteStore) -> Connection {
+        Connection::open(store.path()).unwrap()
+    }
+
+    #[test]
+    fn open_applies_durability_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let conn = store.conn.lock().unwrap();
+        let get = |p: &str| -> String {
+            conn.pragma_query_value(None, p, |r| r.get::<_, rusqlite::types::Value>(0))
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        };
+        assert_eq!(get("journal_mode"), r#"Text("wal")"#);
+        assert_eq!(get("synchronous"), "Integer(2)", "FULL");
+        assert_eq!(get("foreign_keys"), "Integer(1)");
+        assert_eq!(get("secure_delete"), "Integer(1)");
+        assert_eq!(get("busy_timeout"), "Integer(5000)");
+        assert_eq!(
+            get("user_version"),
+            format!("Integer({})", MIGRATIONS.len())
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn open_creates_private_dirs_and_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/state.db");
+        SqliteStore::open(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn world_readable_store_file_is_restricted_on_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteStore::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        store.create_user(new_user("alice")).await.unwrap();
+        drop(store);
+        for _ in 0..2 {
+            let store = open_in(&dir);
+            let version: i64 = raw(&store)
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, 1);
+            assert_eq!(store.list_users().await.unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn database_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        raw(&store).pragma_update(None, "user_version", 99).unwrap();
+        drop(store);
+        let err = SqliteStore::open(&dir.path().join("state.db")).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("99")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        assert!(SqliteStore::open(&path).is_err());
+    }
+
+    #[tokio::test]
+    async fn user_crud_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let alice = name("alice");
+
+        let created = store.create_user(new_user("alice")).await.unwrap();
+        assert!(!created.disabled);
+        assert_eq!(created.created_at, created.updated_at);
+        assert_eq!(store.user(&alice).await.unwrap(), Some(created.clone()));
+        store.create_user(new_user("bob")).await.unwrap();
+        let names: Vec<_> = store.list_users().await.unwrap();
+        let names: Vec<&str> = names.iter().map(|u| u.username.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+
+        store.set_password(&alice, "$2b$04$new").await.unwrap();
+        store.set_disabled(&alice, true).await.unwrap();
+        store
+            .set_roles_scopes(&alice, vec!["viewer".into()], vec![])
+            .await
+            .unwrap();
+        let got = store.user(&alice).await.unwrap().unwrap();
+        assert_eq!(got.password_hash, "$2b$04$new");
+        assert!(got.disabled);
+        assert_eq!(got.roles, ["viewer"]);
+        assert!(got.scopes.is_empty());
+        assert_eq!(got.created_at, created.created_at);
+        store.set_disabled(&alice, false).await.unwrap();
+        assert!(!store.user(&alice).await.unwrap().unwrap().disabled);
+
+        store.remove_user(&alice).await.unwrap();
+        assert_eq!(store.user(&alice).await.unwrap(), None);
+        assert_eq!(store.list_users().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn duplicate_user_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        store.create_user(new_user("alice")).await.unwrap();
+        let mut again = new_user("alice");
+        again.password_hash = "$argon2id$attacker".into();
+        let err = store.create_user(again).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(n) if n.as_str() == "alice"),
+            "{err}"
+        );
+        let kept = store.user(&name("alice")).await.unwrap().unwrap();
+        assert_eq!(kept.password_hash, "$argon2id$hash-of-alice");
+    }
+
+    #[tokio::test]
+    async fn changes_to_a_missing_user_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let ghost = name("ghost");
+        let is_not_found = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NotFound(n)) if n.as_str() == "ghost");
+        assert!(is_not_found(store.set_password(&ghost, "h").await));
+        assert!(is_not_found(store.set_disabled(&ghost, true).await));
+        assert!(is_not_found(
+            store.set_roles_scopes(&ghost, vec![], vec![]).await
+        ));
+        assert!(is_not_found(store.remove_user(&ghost).await));
+        assert!(is_not_found(
+            store.insert_refresh(token(1, "f", "ghost")).await
+        ));
+        assert_eq!(store.user(&ghost).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        store.create_user(new_user("alice")).await.unwrap();
+        store.insert_refresh(token(1, "f1", "alice")).await.unwrap();
+        store.revoke_jti("jti-1", NOW + 60).await.unwrap();
+        drop(store);
+
+        let store = open_in(&dir);
+        let alice = store.user(&name("alice")).await.unwrap().unwrap();
+        assert_eq!(alice.roles, ["admin", "ops"]);
+        let (record, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
+        assert_eq!(record, token(1, "f1", "alice"));
+        assert!(state.is_live(&record, NOW));
+        assert_eq!(
+            store.revoked_jtis(NOW).await.unwrap(),
+            [("jti-1".to_owned(), NOW + 60)]
+        );
+    }
+
+    #[tokio::test]
+    async fn tampered_rows_are_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let conn = raw(&store);
+        conn.execute(
+            "INSERT INTO users VALUES ('bob', 'h', 'not json', '[]', 0, 1, 1)",
+            [],
+        )
+        .unwrap();
+        // A non-canonical name written behind the store's back must not be served as "Eve".
+        conn.execute(
+            "INSERT INTO users VALUES ('Eve', 'h', '[]', '[]', 0, 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.user(&name("bob")).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            store.list_users().await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rotation_marks_old_used_and_stores_successor_in_family() {
+        let (_dir, store) = with_alice_token().await;
+        let old = store
+            .rotate_refresh(&digest(1), successor(2), NOW + 10)
+            .await
+            .unwrap();
+        assert_eq!(old, token(1, "f1", "alice"));
+
+        let (_, old_state) = store.refresh(&digest(1)).await.unwrap().unwrap();
+        assert_eq!(old_state.used_at, Some(NOW + 10));
+        let (new, new_state) = store.refresh(&digest(2)).await.unwrap().unwrap();
+        assert_eq!(new.family, "f1");
+        assert_eq!(new.username.as_str(), "alice");
+        assert_eq!(new.scopes, ["read"]);
+        assert_eq!((new.issued_at, new.expires_at), (NOW + 10, NOW + 10 + TTL));
+        assert!(new_state.is_live(&new, NOW + 10));
+
+        // The successor rotates in turn.
+        store
+            .rotate_refresh(&digest(2), successor(3), NOW + 20)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn stolen_refresh_token_replay_revokes_the_family() {
+        let (_dir, store) = with_alice_token().await;
+        store
+            .insert_refresh(token(9, "other", "alice"))
+            .await
+            .unwrap();
+        store
+            .rotate_refresh(&digest(1), successor(2), NOW + 10)
+            .await
+            .unwrap();
+
+        // The thief replays the old token: refused, and the family is revoked.
+        let err = store
+            .rotate_refresh(&digest(1), successor(3), NOW + 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RotateError::Reused { family, username }
+                if family == "f1" && username.as_str() == "alice"),
+            "{err}"
+        );
+        assert_eq!(store.refresh(&digest(3)).await.unwrap(), None);
+
+        // The sibling the legitimate client holds is now dead too.
+        let err = store
+            .rotate_refresh(&digest(2), successor(4), NOW + 30)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Revoked), "{err}");
+        let (_, state) = store.refresh(&digest(2)).await.unwrap().unwrap();
+        assert!(state.revoked_at.is_some());
+
+        // Another family of the same user is untouched.
+        store
+            .rotate_refresh(&digest(9), successor(5), NOW + 30)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_refresh_token_is_refused() {
+        let (_dir, store) = with_alice_token().await;
+        let err = store
+            .rotate_refresh(&digest(1), successor(2), NOW + TTL)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Expired), "{err}");
+        // Nothing changed: the token is not marked used and no successor exists.
+        let (_, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
+        assert_eq!(state, RefreshState::default());
+        assert_eq!(store.refresh(&digest(2)).await.unwrap(), None);
+        // One second earlier it is still valid.
+        store
+            .rotate_refresh(&digest(1), successor(2), NOW + TTL - 1)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_refresh_token_is_refused() {
+        let (_dir, store) = with_alice_token().await;
+        let err = store
+            .rotate_refresh(&digest(7), successor(2), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Unknown), "{err}");
+        assert_eq!(store.refresh(&digest(2)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn logged_out_family_cannot_refresh() {
+        let (_dir, store) = with_alice_token().await;
+        let (record, _) = store.refresh(&digest(1)).await.unwrap().unwrap();
+        store.revoke_family(&record.family).await.unwrap();
+        store.revoke_family(&record.family).await.unwrap();
+        store.revoke_family("no-such-family").await.unwrap();
+        let err = store
+            .rotate_refresh(&digest(1), successor(2), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Revoked), "{err}");
+    }
+
+    #[tokio::test]
+    async fn failed_successor_insert_leaves_old_token_usable() {
+        let (_dir, store) = with_alice_token().await;
+        store.insert_refresh(token(2, "f2", "alice")).await.unwrap();
+        let err = store
+            .rotate_refresh(&digest(1), successor(2), NOW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RotateError::Store(StoreError::DuplicateRefresh)),
+            "{err}"
+        );
+        let (_, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
+        assert_eq!(
+            state.used_at, None,
+            "the rollback must undo marking it used"
+        );
+        store
+            .rotate_refresh(&digest(1), successor(3), NOW)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn duplicate_refresh_digest_is_refused() {
+        let (_dir, store) = with_alice_token().await;
+        let err = store
+            .insert_refresh(token(1, "f9", "alice"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::DuplicateRefresh), "{err}");
+        let (record, _) = store.refresh(&digest(1)).await.unwrap().unwrap();
+        assert_eq!(record.family, "f1");
+    }
+
+    #[tokio::test]
+    async fn disabled_user_sessions_end_and_cannot_start() {
+        let (_dir, store) = with_alice_token().await;
+        let alice = name("alice");
+        store.set_disabled(&alice, true).await.unwrap();
+        let err = store
+            .rotate_refresh(&digest(1), successor(2), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Revoked), "{err}");
+        let err = store
+            .insert_refresh(token(3, "f3", "alice"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Disabled(_)), "{err}");
+
+        // Re-enabling does not resurrect the old family.
+        store.set_disabled(&alice, false).await.unwrap();
+        let err = store
+            .rotate_refresh(&digest(1), successor(2), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Revoked), "{err}");
+        store.insert_refresh(token(3, "f3", "alice")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn removed_user_tokens_are_gone_even_if_name_is_reused() {
+        let (_dir, store) = with_alice_token().await;
+        let alice = name("alice");
+        store.remove_user(&alice).await.unwrap();
+        assert_eq!(store.refresh(&digest(1)).await.unwrap(), None);
+        store.create_user(new_user("alice")).await.unwrap();
+        let err = store
+            .rotate_refresh(&digest(1), successor(2), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RotateError::Unknown), "{err}");
+    }
+
+    #[tokio::test]
+    async fn revoke_user_refresh_ends_every_family() {
+        let (_dir, store) = with_alice_token().await;
+        store.insert_refresh(token(2, "f2", "alice")).await.unwrap();
+        store.create_user(new_user("bob")).await.unwrap();
+        store.insert_refresh(token(3, "f3", "bob")).await.unwrap();
+        store.revoke_user_refresh(&name("alice")).await.unwrap();
+        for (n, live) in [(1, false), (2, false), (3, true)] {
+            let (record, state) = store.refresh(&digest(n)).await.unwrap().unwrap();
+            assert_eq!(state.is_live(&record, NOW), live, "token {n}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_refresh_race_has_exactly_one_winner() {
+        let (_dir, store) = with_alice_token().await;
+        let store = Arc::new(store);
+        let tasks: Vec<_> = (0..20u8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .rotate_refresh(&digest(1), successor(100 + i), NOW)
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(RotateError::Reused { .. }) => {}
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_refresh_race_across_processes_has_exactly_one_winner() {
+        // Two stores on one file stand in for two processes: only SQLite's locking separates
+        // them, not our mutex.
+        let (dir, first) = with_alice_token().await;
+        let stores = [Arc::new(first), Arc::new(open_in(&dir))];
+        let tasks: Vec<_> = (0..20u8)
+            .map(|i| {
+                let store = Arc::clone(&stores[usize::from(i % 2)]);
+                tokio::spawn(async move {
+                    store
+                        .rotate_refresh(&digest(1), successor(100 + i), NOW)
+                        .await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        let wins = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|r| matches!(r, Ok(_) | Err(RotateError::Reused { .. })))
+        );
+    }
+
+    #[tokio::test]
+    async fn revoked_jtis_are_listed_until_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        store.revoke_jti("a", NOW + 100).await.unwrap();
+        store.revoke_jti("b", NOW + 200).await.unwrap();
+        // Revoking again never shortens the denylisting.
+        store.revoke_jti("b", NOW + 50).await.unwrap();
+
+        let owned = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+            v.iter().map(|(j, e)| ((*j).to_owned(), *e)).collect()
+        };
+        assert_eq!(
+            store.revoked_jtis(NOW).await.unwrap(),
+            owned(&[("a", NOW + 100), ("b", NOW + 200)])
+        );
+        assert_eq!(
+            store.revoked_jtis(NOW + 100).await.unwrap(),
+            owned(&[("b", NOW + 200)])
+        );
+        let left: i64 = raw(&store)
+            .query_row("SELECT count(*) FROM revoked_jtis", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1, "expired ids are purged on the way");
+        assert!(store.revoked_jtis(NOW + 200).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn purge_expired_deletes_only_expired_rows() {
+        let (_dir, store) = with_alice_token().await;
+        let mut long = token(2, "f2", "alice");
+        long.expires_at = NOW + 10 * TTL;
+        store.insert_refresh(long).await.unwrap();
+        store.revoke_jti("a", NOW + TTL).await.unwrap();
+        store.revoke_jti("b", NOW + 10 * TTL).await.unwrap();
+        assert_eq!(store.purge_expired(NOW).await.unwrap(), 0);
+        assert_eq!(store.purge_expired(NOW + TTL).await.unwrap(), 2);
+        assert_eq!(store.refresh(&digest(1)).await.unwrap(), None);
+        assert!(store.refresh(&digest(2)).await.unwrap().is_some());
+        assert_eq!(store.revoked_jtis(NOW).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn usable_as_shared_trait_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(open_in(&dir));
+        store.ping().await.unwrap();
+        assert!(store.list_users().await.unwrap().is_empty());
+    }
+}
