@@ -1,1 +1,1047 @@
-//! TODO(owner): proxy/headers
+//! Header hygiene on the proxy path: hop-by-hop removal, identity scrubbing, untrusted forwarding
+//! headers, the client address, and the forwarding headers the gateway writes.
+//!
+//! Order on every request (SECURITY.md, "Headers"):
+//! 1. [`remove_hop_by_hop`]: a client's `Connection` header may nominate any field, including
+//!    the gateway's own identity headers, so it must run before anything is injected.
+//! 2. [`IdentityScrubber::scrub`]: client-sent identity headers and their aliases.
+//! 3. [`remove_untrusted_forwarding`] and [`set_forwarding`].
+//! 4. Inject the verified identity.
+//!
+//! Header names are matched on an alias-normalised form (lowercase, `_` and `.` read as `-`)
+//! wherever a client could spell a name differently to reach an upstream: CGI-style gateways
+//! (PHP, WSGI, Rack) map `X-User`, `X_User` and `X.User` to the same variable.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use ipnet::IpNet;
+
+/// Why an [`IdentityScrubber`] could not be built from the configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeaderError {
+    #[error("identity header strip prefix is empty: it would remove every header")]
+    EmptyStripPrefix,
+    #[error("identity header strip prefix {prefix:?} is not a valid header-name prefix")]
+    InvalidStripPrefix { prefix: String },
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Fields that are hop-by-hop whatever `Connection` says. RFC 9110 §7.6.1 names Connection,
+/// Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and Upgrade; Trailer describes this hop's
+/// chunked framing (RFC 9110 §6.6.2); Proxy-Authenticate and Proxy-Authorization are addressed
+/// to the proxy (RFC 9110 §11.7.1, §11.7.2). Any other `proxy-*` field is removed by prefix.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
+/// Fields a `Connection` header is not allowed to remove. RFC 9110 §7.6.1 forbids nominating
+/// fields meant for all recipients; Host is the request's authority (RFC 9112 §3.2) and
+/// Content-Length its framing (RFC 9112 §6.2), so honouring the nomination would only let a
+/// client change what the upstream routes on or how it reads the body.
+static NOT_NOMINATABLE: [&HeaderName; 2] = [&HOST, &CONTENT_LENGTH];
+
+const HOP_BY_HOP_PREFIX: &[u8] = b"proxy-";
+
+/// Headers some upstream treats as an authoritative statement by the proxy in front of it.
+/// The gateway never writes them, so any copy came from the client. Kept in alias-normalised form.
+const UNTRUSTED_FORWARDING: &[&str] = &[
+    // Client address claims, read for IP allow-lists, rate limits and audit logs (nginx realip,
+    // Rails/Rack `remote_ip`, CDN conventions from Akamai and Cloudflare).
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    // Request-URL overrides (IIS URL Rewrite, Symfony, Zend, nginx auth_request): the upstream
+    // would serve a different path from the one the gateway authorised.
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    // Path base (Spring ForwardedHeaderFilter, ASP.NET PathBase): rewrites generated links and
+    // redirects, and changes which prefix the upstream strips.
+    "x-forwarded-prefix",
+    // Method tunnelling (Express method-override, ASP.NET, Google APIs): turns the method the
+    // gateway authorised, say POST, into DELETE at the upstream.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    // Host, port and scheme reconstruction for absolute URLs: redirect and cache poisoning, or an
+    // upstream believing a plain-HTTP request arrived over TLS (Rack, IIS, OWA conventions).
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-protocol",
+    "x-url-scheme",
+    "front-end-https",
+    "x-host",
+    "x-original-host",
+];
+
+/// The forwarding headers [`set_forwarding`] writes, alias-normalised. Only the exact spelling is
+/// ever kept; aliases such as `X_Forwarded_For` would reach CGI-style upstreams unchecked.
+const WRITTEN_FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// RFC 9110 §7.6.1: removes every header named in `Connection` (all `Connection` lines, comma
+/// lists, any case) except Host and Content-Length, then the fixed hop-by-hop set and every
+/// `proxy-*` header.
+///
+/// Returns `Upgrade: websocket` (canonical spelling) only for a WebSocket upgrade request: a
+/// `Connection` option `upgrade` and an `Upgrade` field whose only protocol is `websocket`, any
+/// case. The proxy re-adds `Connection: upgrade` and the returned `Upgrade` for the tunnel, after
+/// checking the method is GET (RFC 6455 §4.1). `h2c` and every other upgrade are dropped.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let websocket = connection_has_upgrade(headers) && upgrade_is_only_websocket(headers);
+    remove_hop_by_hop_response(headers);
+    websocket.then(|| HeaderValue::from_static("websocket"))
+}
+
+/// The same removal for responses. For a 101 the proxy re-adds `Connection: upgrade` and
+/// `Upgrade` itself after this runs.
+pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
+    for name in connection_nominated(headers) {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    remove_matching(headers, |name| name.starts_with(HOP_BY_HOP_PREFIX));
+}
+
+/// Removes client-sent identity headers before routing. Built once from config.
+#[derive(Debug, Clone)]
+pub struct IdentityScrubber {
+    /// Alias-normalised exact names.
+    names: Vec<Box<[u8]>>,
+    /// Alias-normalised prefixes, never empty.
+    prefixes: Vec<Box<[u8]>>,
+}
+
+impl IdentityScrubber {
+    /// `names`: every header the gateway may inject (x-user, x-user-roles, x-user-scopes, plus
+    /// mapped ones); `strip_prefixes`: configured prefixes such as "x-auth-". Both are matched on
+    /// the alias-normalised form, so `X_User`, `x.user` and `X-USER` all match `x-user`.
+    ///
+    /// An empty prefix (it would strip every header) or one that cannot start a header name is a
+    /// configuration error.
+    pub fn new(names: &[HeaderName], strip_prefixes: &[String]) -> Result<Self, HeaderError> {
+        let names = names
+            .iter()
+            .map(|name| alias_normalise(name.as_str().as_bytes()))
+            .collect();
+        let prefixes = strip_prefixes
+            .iter()
+            .map(|prefix| {
+                if prefix.is_empty() {
+                    Err(HeaderError::EmptyStripPrefix)
+                } else if HeaderName::from_bytes(prefix.as_bytes()).is_err() {
+                    Err(HeaderError::InvalidStripPrefix {
+                        prefix: prefix.clone(),
+                    })
+                } else {
+                    Ok(alias_normalise(prefix.as_bytes()))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { names, prefixes })
+    }
+
+    /// Removes every matching header: all values, empty ones too. Allocates nothing when no
+    /// header matches.
+    pub fn scrub(&self, headers: &mut HeaderMap) {
+        remove_matching(headers, |name| self.matches(name));
+    }
+
+    fn matches(&self, name: &[u8]) -> bool {
+        self.names.iter().any(|own| alias_eq(name, own))
+            || self.prefixes.iter().any(|prefix| {
+                name.get(..prefix.len())
+                    .is_some_and(|head| alias_eq(head, prefix))
+            })
+    }
+}
+
+/// Removes headers a client must never be trusted on, in any alias spelling (see
+/// `UNTRUSTED_FORWARDING` for why each one is dangerous): x-real-ip, x-client-ip,
+/// true-client-ip, cf-connecting-ip, x-original-url, x-rewrite-url, x-original-uri,
+/// x-forwarded-prefix, x-http-method-override, x-http-method, x-method-override,
+/// x-original-method, x-forwarded-server, x-forwarded-port, x-forwarded-scheme, x-forwarded-ssl,
+/// x-forwarded-protocol, x-url-scheme, front-end-https, x-host, x-original-host.
+/// X-Forwarded-For/-Proto/-Host and Forwarded are rewritten by [`set_forwarding`] instead.
+pub fn remove_untrusted_forwarding(headers: &mut HeaderMap) {
+    remove_matching(headers, |name| {
+        UNTRUSTED_FORWARDING
+            .iter()
+            .any(|untrusted| alias_eq(name, untrusted.as_bytes()))
+    });
+}
+
+/// The client address: the socket peer, unless the peer is in `trusted`; then X-Forwarded-For
+/// is walked from the right and the right-most address that is not trusted is returned. If every
+/// hop is trusted, the left-most; an unparsable entry stops the walk and the last good address is
+/// used. Empty list elements are skipped (RFC 9110 §5.6.1).
+///
+/// IPv4-mapped IPv6 addresses (a dual-stack socket's `::ffff:192.0.2.1`) are returned and
+/// compared as IPv4, so one client has one address for limits and IPv4 CIDRs match.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let entries = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|value| value.as_bytes().rsplit(|&byte| byte == b','))
+        .map(trim_ows)
+        .filter(|entry| !entry.is_empty());
+    let mut client = peer;
+    for entry in entries {
+        let Some(hop) = parse_forwarded_for_entry(entry) else {
+            break;
+        };
+        client = hop;
+        if !is_trusted(hop, trusted) {
+            break;
+        }
+    }
+    client
+}
+
+/// What the gateway knows about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The socket peer.
+    pub peer: IpAddr,
+    /// Proxies whose forwarding headers are kept and extended rather than replaced.
+    pub trusted_proxies: &'a [IpNet],
+    /// "http" or "https": the scheme the client used to reach the gateway.
+    pub proto: &'static str,
+    /// The request's authority (Host), if it had one.
+    pub host: Option<&'a str>,
+}
+
+/// Writes the forwarding headers.
+///
+/// - X-Forwarded-For: an untrusted peer's value is replaced by the peer alone; a trusted peer's
+///   chain is kept (all lines joined, RFC 9110 §5.3) and the peer appended.
+/// - X-Forwarded-Proto, X-Forwarded-Host: a trusted peer's values are kept; otherwise replaced by
+///   ours (X-Forwarded-Host removed when there is no valid host).
+/// - Forwarded (RFC 7239 §4): `for=...;proto=...;host=...`, IPv6 nodes quoted and bracketed
+///   (`for="[2001:db8::1]"`, §6), values that are not tokens quoted (§4). A trusted peer's
+///   elements are kept and ours appended; otherwise replaced.
+///
+/// Alias spellings of these four (`X_Forwarded_For`, `x.forwarded.host`, ...) are always removed.
+pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let peer = f.peer.to_canonical();
+    let trusted = is_trusted(peer, f.trusted_proxies);
+    remove_matching(headers, |name| {
+        WRITTEN_FORWARDING
+            .iter()
+            .any(|written| name != written.as_bytes() && alias_eq(name, written.as_bytes()))
+    });
+    let host = f.host.and_then(|host| HeaderValue::from_str(host).ok());
+
+    let peer_text = peer.to_string();
+    append_or_replace(headers, &X_FORWARDED_FOR, trusted, peer_text.as_bytes());
+    keep_or_replace(
+        headers,
+        &X_FORWARDED_PROTO,
+        trusted,
+        HeaderValue::from_str(f.proto).ok(),
+    );
+    keep_or_replace(headers, &X_FORWARDED_HOST, trusted, host.clone());
+    let element = forwarded_element(peer, f.proto, host.as_ref());
+    append_or_replace(headers, &FORWARDED, trusted, &element);
+}
+
+/// Removes every header whose name satisfies `doomed`. Allocates only when something matches.
+fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| doomed(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+    }
+}
+
+/// Header names listed in `Connection`, minus the ones that may not be nominated.
+fn connection_nominated(headers: &HeaderMap) -> Vec<HeaderName> {
+    connection_options(headers)
+        .filter_map(|option| HeaderName::from_bytes(option).ok())
+        .filter(|name| !NOT_NOMINATABLE.contains(&name))
+        .collect()
+}
+
+/// The connection options of every `Connection` line (RFC 9110 §7.6.1), empty elements skipped.
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    list_elements(headers, &CONNECTION)
+}
+
+fn list_elements<'h>(headers: &'h HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(trim_ows)
+        .filter(|element| !element.is_empty())
+}
+
+fn connection_has_upgrade(headers: &HeaderMap) -> bool {
+    connection_options(headers).any(|option| option.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Whether `Upgrade` (RFC 9110 §7.8) offers exactly one protocol and it is `websocket`. A list
+/// such as `websocket, h2c` is refused: the gateway tunnels nothing but WebSocket.
+fn upgrade_is_only_websocket(headers: &HeaderMap) -> bool {
+    let mut protocols = list_elements(headers, &UPGRADE);
+    matches!(
+        (protocols.next(), protocols.next()),
+        (Some(protocol), None) if protocol.eq_ignore_ascii_case(b"websocket")
+    )
+}
+
+/// Optional whitespace around list elements (RFC 9110 §5.6.3).
+fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let is_ows = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// The form header names are compared in: lowercase, `_` and `.` read as `-`.
+fn alias_byte(byte: u8) -> u8 {
+    match byte {
+        b'_' | b'.' => b'-',
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+fn alias_normalise(name: &[u8]) -> Box<[u8]> {
+    name.iter().copied().map(alias_byte).collect()
+}
+
+/// Whether `name` is an alias spelling of `normalised` (already in alias-normalised form).
+fn alias_eq(name: &[u8], normalised: &[u8]) -> bool {
+    name.len() == normalised.len()
+        && name
+            .iter()
+            .zip(normalised)
+            .all(|(&byte, &want)| alias_byte(byte) == want)
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// An X-Forwarded-For entry: a bare address, or with a port as some proxies write it
+/// (`192.0.2.1:443`, `[2001:db8::1]:443`), or a bracketed IPv6 address.
+fn parse_forwarded_for_entry(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?;
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+        .or_else(|| {
+            let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+            inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
+}
+
+/// Sets `name` to `ours`, or for a trusted peer appends `ours` to its existing list.
+fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, trusted: bool, ours: &[u8]) {
+    let mut value = Vec::new();
+    if trusted {
+        for existing in headers.get_all(name) {
+            value.extend_from_slice(existing.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+    }
+    value.extend_from_slice(ours);
+    // Existing values were valid and `ours` is built from valid bytes; should the joined value
+    // still be refused, ours alone is the safe fallback.
+    let joined = HeaderValue::from_bytes(&value).or_else(|_| HeaderValue::from_bytes(ours));
+    match joined {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Keeps a trusted peer's `name`; otherwise sets it to `ours`, or removes it when there is none.
+fn keep_or_replace(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    trusted: bool,
+    ours: Option<HeaderValue>,
+) {
+    if trusted && headers.contains_key(name) {
+        return;
+    }
+    match ours {
+        Some(value) => {
+            headers.insert(name, value);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// One RFC 7239 forwarded-element describing this hop.
+fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&HeaderValue>) -> Vec<u8> {
+    let mut element = Vec::with_capacity(64);
+    element.extend_from_slice(b"for=");
+    match peer {
+        IpAddr::V4(v4) => element.extend_from_slice(v4.to_string().as_bytes()),
+        // RFC 7239 §6: an IPv6 node is bracketed, and `[`, `:` are not token characters.
+        IpAddr::V6(v6) => element.extend_from_slice(format!("\"[{v6}]\"").as_bytes()),
+    }
+    element.extend_from_slice(b";proto=");
+    push_token_or_quoted(&mut element, proto.as_bytes());
+    if let Some(host) = host {
+        element.extend_from_slice(b";host=");
+        push_token_or_quoted(&mut element, host.as_bytes());
+    }
+    element
+}
+
+/// RFC 7239 §4: `value = token / quoted-string`; `host:port` needs quoting because `:` is not a
+/// token character (RFC 9110 §5.6.2), and `"` and `\` inside quotes are escaped (§5.6.4).
+fn push_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
+    if !value.is_empty() && value.iter().copied().all(is_tchar) {
+        out.extend_from_slice(value);
+        return;
+    }
+    out.push(b'"');
+    for &byte in value {
+        if byte == b'"' || byte == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(byte);
+    }
+    out.push(b'"');
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for &(name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn nets(cidrs: &[&str]) -> Vec<IpNet> {
+        cidrs.iter().map(|cidr| cidr.parse().unwrap()).collect()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn scrubber() -> IdentityScrubber {
+        let names = ["x-user", "x-user-roles", "x-user-scopes"].map(HeaderName::from_static);
+        IdentityScrubber::new(&names, &["x-auth-".to_owned()]).unwrap()
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_set_and_proxy_prefix_are_removed() {
+        let mut headers = map(&[
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("proxy-anything", "x"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+            ("authorization", "Bearer t"),
+            ("x-proxy-note", "kept: proxy- only as a prefix"),
+        ]);
+        assert_eq!(remove_hop_by_hop(&mut headers), None);
+        assert_eq!(names(&headers), ["accept", "authorization", "x-proxy-note"]);
+    }
+
+    #[test]
+    fn connection_nominated_headers_are_removed_in_any_case_and_list_form() {
+        let mut headers = map(&[
+            ("connection", "X-Foo, x-bar"),
+            ("connection", " X-BAZ ,, keep-alive\t"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("x-bar", "3"),
+            ("x-baz", ""),
+            ("x-kept", "4"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_nominate_host_or_content_length() {
+        let mut headers = map(&[
+            ("connection", "host, Content-Length, cookie"),
+            ("host", "app.example"),
+            ("content-length", "3"),
+            ("cookie", "a=b"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["content-length", "host"]);
+    }
+
+    #[test]
+    fn invalid_connection_options_are_ignored() {
+        let mut headers = map(&[("connection", "close, bad token, (x)"), ("x-kept", "1")]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_nominating_identity_header_cannot_remove_injected_one() {
+        let client_headers = map(&[
+            ("connection", "x-user, X-User-Roles"),
+            ("x-user", "mallory"),
+            ("x_user_roles", "admin"),
+        ]);
+        let inject = |headers: &mut HeaderMap| {
+            headers.insert("x-user", HeaderValue::from_static("alice"));
+            headers.insert("x-user-roles", HeaderValue::from_static("reader"));
+        };
+
+        // The pipeline's order: hop-by-hop, then scrub, then inject.
+        let mut headers = client_headers.clone();
+        remove_hop_by_hop(&mut headers);
+        scrubber().scrub(&mut headers);
+        inject(&mut headers);
+        assert_eq!(values(&headers, "x-user"), ["alice"]);
+        assert_eq!(values(&headers, "x-user-roles"), ["reader"]);
+        assert_eq!(names(&headers), ["x-user", "x-user-roles"]);
+
+        // Why the order matters: injecting before hop-by-hop removal lets the client's
+        // `Connection` delete the gateway's own identity headers.
+        let mut headers = client_headers;
+        scrubber().scrub(&mut headers);
+        inject(&mut headers);
+        remove_hop_by_hop(&mut headers);
+        assert!(headers.get("x-user").is_none());
+        assert!(headers.get("x-user-roles").is_none());
+    }
+
+    #[test]
+    fn h2c_upgrade_is_dropped() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(remove_hop_by_hop(&mut headers), None);
+        assert_eq!(names(&headers), ["accept"]);
+    }
+
+    #[test]
+    fn websocket_upgrade_is_returned() {
+        for (connection, upgrade) in [
+            ("Upgrade", "websocket"),
+            ("keep-alive, upgrade", "WebSocket"),
+            ("UPGRADE", " websocket "),
+        ] {
+            let mut headers = map(&[
+                ("connection", connection),
+                ("upgrade", upgrade),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+            ]);
+            assert_eq!(
+                remove_hop_by_hop(&mut headers),
+                Some(HeaderValue::from_static("websocket")),
+                "{connection:?} / {upgrade:?}"
+            );
+            assert_eq!(
+                names(&headers),
+                ["sec-websocket-key", "sec-websocket-version"]
+            );
+        }
+    }
+
+    #[test]
+    fn websocket_upgrade_without_connection_upgrade_is_dropped() {
+        let mut headers = map(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
+        assert_eq!(remove_hop_by_hop(&mut headers), None);
+        let mut headers = map(&[("upgrade", "websocket")]);
+        assert_eq!(remove_hop_by_hop(&mut headers), None);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn h2c_smuggled_beside_websocket_upgrade_is_dropped() {
+        for upgrades in [
+            &["websocket, h2c"][..],
+            &["h2c", "websocket"],
+            &["websocket/13x, h2c"],
+        ] {
+            let mut headers = map(&[("connection", "upgrade")]);
+            for upgrade in upgrades {
+                headers.append(UPGRADE, HeaderValue::from_str(upgrade).unwrap());
+            }
+            assert_eq!(remove_hop_by_hop(&mut headers), None, "{upgrades:?}");
+            assert!(headers.is_empty());
+        }
+    }
+
+    #[test]
+    fn response_hop_by_hop_and_nominated_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "upgrade, x-internal"),
+            ("upgrade", "websocket"),
+            ("x-internal", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authenticate", "Basic"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ("content-type", "text/plain"),
+        ]);
+        remove_hop_by_hop_response(&mut headers);
+        assert_eq!(names(&headers), ["content-type", "sec-websocket-accept"]);
+    }
+
+    #[test]
+    fn identity_header_aliases_are_scrubbed_in_every_spelling() {
+        let mut headers = map(&[
+            ("x-user", "mallory"),
+            ("X-USER", "mallory2"),
+            ("x_user", "mallory3"),
+            ("X.User", "mallory4"),
+            ("x_user.roles", "admin"),
+            ("X-User-Scopes", ""),
+            ("x.user_scopes", "write"),
+            ("x-username", "kept: different name"),
+            ("x-userx", "kept"),
+            ("x--user", "kept: doubled separator is another name"),
+            ("accept", "*/*"),
+        ]);
+        scrubber().scrub(&mut headers);
+        assert_eq!(
+            names(&headers),
+            ["accept", "x--user", "x-username", "x-userx"]
+        );
+    }
+
+    #[test]
+    fn identity_header_configured_in_alias_form_still_matches() {
+        let names = [HeaderName::from_static("x_tenant.id")];
+        let scrubber = IdentityScrubber::new(&names, &[]).unwrap();
+        let mut headers = map(&[("x-tenant-id", "evil"), ("X_TENANT_ID", "evil2")]);
+        scrubber.scrub(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn identity_prefix_aliases_are_stripped() {
+        let scrubber =
+            IdentityScrubber::new(&[], &["X_Auth_".to_owned(), "x-jwt.".to_owned()]).unwrap();
+        let mut headers = map(&[
+            ("x-auth-sub", "mallory"),
+            ("X_AUTH_ROLE", "admin"),
+            ("x.auth.tenant", "other"),
+            ("x-auth-", "empty suffix still has the prefix"),
+            ("x-jwt-claim-sub", "mallory"),
+            ("x-auth", "kept: no separator after the prefix"),
+            ("x-author", "kept"),
+            ("accept", "*/*"),
+        ]);
+        scrubber.scrub(&mut headers);
+        assert_eq!(names(&headers), ["accept", "x-auth", "x-author"]);
+    }
+
+    #[test]
+    fn scrub_without_matches_leaves_headers_untouched() {
+        let original = map(&[
+            ("accept", "*/*"),
+            ("authorization", "Bearer t"),
+            ("x-other", ""),
+        ]);
+        let mut headers = original.clone();
+        scrubber().scrub(&mut headers);
+        assert_eq!(headers, original);
+    }
+
+    #[test]
+    fn empty_or_invalid_strip_prefix_is_a_config_error() {
+        assert_eq!(
+            IdentityScrubber::new(&[], &[String::new()]).unwrap_err(),
+            HeaderError::EmptyStripPrefix
+        );
+        assert_eq!(
+            IdentityScrubber::new(&[], &["x auth".to_owned()]).unwrap_err(),
+            HeaderError::InvalidStripPrefix {
+                prefix: "x auth".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_removed_in_every_spelling() {
+        let mut headers = HeaderMap::new();
+        for name in UNTRUSTED_FORWARDING {
+            let upper = name.to_ascii_uppercase();
+            let underscored = name.replace('-', "_");
+            let dotted = name.replace('-', ".");
+            for spelling in [name.to_string(), upper, underscored, dotted] {
+                headers.append(
+                    HeaderName::from_bytes(spelling.as_bytes()).unwrap(),
+                    HeaderValue::from_static("spoofed"),
+                );
+            }
+        }
+        headers.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        headers.append("accept", HeaderValue::from_static("*/*"));
+        remove_untrusted_forwarding(&mut headers);
+        assert_eq!(names(&headers), ["accept", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn method_override_cannot_reach_upstream() {
+        let mut headers = map(&[
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("x_http_method", "DELETE"),
+            ("x-method-override", "PUT"),
+        ]);
+        remove_untrusted_forwarding(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn original_url_path_override_cannot_reach_upstream() {
+        let mut headers = map(&[
+            ("X-Original-URL", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x_original_uri", "/admin"),
+        ]);
+        remove_untrusted_forwarding(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn xff_spoofing_from_untrusted_peer_is_ignored() {
+        let headers = map(&[("x-forwarded-for", "127.0.0.1, 10.0.0.1")]);
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers, &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_chain_yields_rightmost_untrusted_address() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let cases = [
+            // (X-Forwarded-For lines, expected client)
+            (&["198.51.100.7"][..], "198.51.100.7"),
+            (&["198.51.100.7, 10.0.0.2"], "198.51.100.7"),
+            // The client prepended a fake address; the right-most untrusted one wins.
+            (&["6.6.6.6, 198.51.100.7, 10.0.0.2"], "198.51.100.7"),
+            // Several lines form one list (RFC 9110 §5.3).
+            (
+                &["6.6.6.6, 198.51.100.7", "10.0.0.3", "10.0.0.2"],
+                "198.51.100.7",
+            ),
+            // Every hop trusted: the left-most.
+            (&["10.0.0.9, 10.0.0.2"], "10.0.0.9"),
+            // Unparsable entries stop the walk at the last good address.
+            (&["198.51.100.7, unknown, 10.0.0.2"], "10.0.0.2"),
+            (&["198.51.100.7, _hidden"], "10.0.0.1"),
+            // Empty list elements are skipped.
+            (&["198.51.100.7,, 10.0.0.2,"], "198.51.100.7"),
+            (&[""], "10.0.0.1"),
+        ];
+        for (lines, want) in cases {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append("x-forwarded-for", HeaderValue::from_str(line).unwrap());
+            }
+            assert_eq!(
+                client_ip(ip("10.0.0.1"), &headers, &trusted),
+                ip(want),
+                "{lines:?}"
+            );
+        }
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn forwarded_for_ipv6_and_port_forms_are_parsed() {
+        let trusted = nets(&["10.0.0.0/8", "fd00::/8"]);
+        let cases = [
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("198.51.100.7:5678", "198.51.100.7"),
+            ("::ffff:198.51.100.7", "198.51.100.7"),
+            ("2001:db8::1, fd00::2", "2001:db8::1"),
+            ("fe80::1%eth0", "fd00::1"),
+        ];
+        for (xff, want) in cases {
+            let headers = map(&[("x-forwarded-for", xff)]);
+            assert_eq!(
+                client_ip(ip("fd00::1"), &headers, &trusted),
+                ip(want),
+                "{xff:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_is_matched_against_ipv4_trust_list() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let headers = map(&[("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &headers, &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:203.0.113.9"), &headers, &trusted),
+            ip("203.0.113.9")
+        );
+    }
+
+    fn spoofed_forwarding() -> HeaderMap {
+        map(&[
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "admin.internal"),
+            ("forwarded", "for=127.0.0.1;host=admin.internal;proto=https"),
+        ])
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peer_are_replaced() {
+        let mut headers = spoofed_forwarding();
+        let trusted = nets(&["10.0.0.0/8"]);
+        set_forwarding(
+            &mut headers,
+            &Forwarding {
+                peer: ip("203.0.113.9"),
+                trusted_proxies: &trusted,
+                proto: "http",
+                host: Some("app.example"),
+            },
+        );
+        assert_eq!(values(&headers, "x-forwarded-for"), ["203.0.113.9"]);
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&headers, "x-forwarded-host"), ["app.example"]);
+        assert_eq!(
+            values(&headers, "forwarded"),
+            ["for=203.0.113.9;proto=http;host=app.example"]
+        );
+    }
+
+    #[test]
+    fn spoofed_forwarded_host_is_removed_when_request_has_no_host() {
+        let mut headers = spoofed_forwarding();
+        set_forwarding(
+            &mut headers,
+            &Forwarding {
+                peer: ip("203.0.113.9"),
+                trusted_proxies: &[],
+                proto: "https",
+                host: None,
+            },
+        );
+        assert!(headers.get("x-forwarded-host").is_none());
+        assert_eq!(
+            values(&headers, "forwarded"),
+            ["for=203.0.113.9;proto=https"]
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_forwarding_chain_is_extended() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-for", "10.0.0.5"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "app.example"),
+            ("forwarded", "for=198.51.100.7;proto=https"),
+        ]);
+        let trusted = nets(&["10.0.0.0/8"]);
+        set_forwarding(
+            &mut headers,
+            &Forwarding {
+                peer: ip("10.0.0.1"),
+                trusted_proxies: &trusted,
+                proto: "http",
+                host: Some("internal:8080"),
+            },
+        );
+        assert_eq!(
+            values(&headers, "x-forwarded-for"),
+            ["198.51.100.7, 10.0.0.5, 10.0.0.1"]
+        );
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["https"]);
+        assert_eq!(values(&headers, "x-forwarded-host"), ["app.example"]);
+        assert_eq!(
+            values(&headers, "forwarded"),
+            ["for=198.51.100.7;proto=https, for=10.0.0.1;proto=http;host=\"internal:8080\""]
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_without_forwarding_headers_gets_ours() {
+        let mut headers = HeaderMap::new();
+        let trusted = nets(&["10.0.0.0/8"]);
+        set_forwarding(
+            &mut headers,
+            &Forwarding {
+                peer: ip("10.0.0.1"),
+                trusted_proxies: &trusted,
+                proto: "https",
+                host: Some("app.example"),
+            },
+        );
+        assert_eq!(values(&headers, "x-forwarded-for"), ["10.0.0.1"]);
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["https"]);
+        assert_eq!(values(&headers, "x-forwarded-host"), ["app.example"]);
+        assert_eq!(
+            values(&headers, "forwarded"),
+            ["for=10.0.0.1;proto=https;host=app.example"]
+        );
+    }
+
+    #[test]
+    fn forwarded_ipv6_node_is_quoted_and_bracketed() {
+        for (peer, want_for) in [
+            ("2001:db8::1", "for=\"[2001:db8::1]\""),
+            ("::1", "for=\"[::1]\""),
+            // A dual-stack socket's IPv4 client is written as IPv4.
+            ("::ffff:192.0.2.1", "for=192.0.2.1"),
+        ] {
+            let mut headers = HeaderMap::new();
+            set_forwarding(
+                &mut headers,
+                &Forwarding {
+                    peer: ip(peer),
+                    trusted_proxies: &[],
+                    proto: "https",
+                    host: Some("[2001:db8::2]:8443"),
+                },
+            );
+            assert_eq!(
+                values(&headers, "forwarded"),
+                [format!(
+                    "{want_for};proto=https;host=\"[2001:db8::2]:8443\""
+                )],
+                "{peer}"
+            );
+            let want_xff = ip(peer).to_canonical().to_string();
+            assert_eq!(values(&headers, "x-forwarded-for"), [want_xff]);
+        }
+    }
+
+    #[test]
+    fn forwarded_quoted_string_escapes_quote_and_backslash() {
+        let mut element = Vec::new();
+        push_token_or_quoted(&mut element, br#"a"b\c"#);
+        assert_eq!(element, br#""a\"b\\c""#);
+        let mut element = Vec::new();
+        push_token_or_quoted(&mut element, b"");
+        assert_eq!(element, b"\"\"");
+    }
+
+    #[test]
+    fn forwarding_header_aliases_are_removed_even_from_trusted_peers() {
+        let mut headers = map(&[
+            ("x_forwarded_for", "127.0.0.1"),
+            ("X.Forwarded.Proto", "https"),
+            ("x_forwarded_host", "admin.internal"),
+            ("FORWARDED", "for=127.0.0.1"),
+        ]);
+        let trusted = nets(&["10.0.0.0/8"]);
+        set_forwarding(
+            &mut headers,
+            &Forwarding {
+                peer: ip("10.0.0.1"),
+                trusted_proxies: &trusted,
+                proto: "https",
+                host: None,
+            },
+        );
+        assert_eq!(
+            names(&headers),
+            ["forwarded", "x-forwarded-for", "x-forwarded-proto"]
+        );
+        // `FORWARDED` is the canonical name in another case: HeaderMap already merged it.
+        assert_eq!(
+            values(&headers, "forwarded"),
+            ["for=127.0.0.1, for=10.0.0.1;proto=https"]
+        );
+        assert_eq!(values(&headers, "x-forwarded-for"), ["10.0.0.1"]);
+    }
+}
