@@ -155,7 +155,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
 
 /// Signature check material, parsed once per key.
 enum Material {
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Public(ParsedPublicKey),
 }
 
@@ -881,7 +881,7 @@ fn parse_key(alg: KeyAlg, pem: &[u8]) -> Result<LoadedKey, &'static str> {
         }
         return Ok(LoadedKey {
             encoding: EncodingKey::from_secret(&secret),
-            material: Material::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &secret)),
+            material: Material::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA256, &secret))),
             public: None,
         });
     }
