@@ -107,6 +107,9 @@ pub enum VerifyError {
     WrongAudience,
     #[error("invalid claim: {0}")]
     BadClaim(&'static str),
+    /// Valid, but revoked at logout (checked by the auth service, after this policy).
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl VerifyError {
@@ -131,6 +134,7 @@ impl VerifyError {
             VerifyError::WrongIssuer => "wrong issuer",
             VerifyError::WrongAudience => "wrong audience",
             VerifyError::BadClaim(_) => "invalid claim",
+            VerifyError::Revoked => "token revoked",
         }
     }
 
@@ -155,6 +159,7 @@ impl VerifyError {
             VerifyError::WrongIssuer => "wrong_issuer",
             VerifyError::WrongAudience => "wrong_audience",
             VerifyError::BadClaim(_) => "bad_claim",
+            VerifyError::Revoked => "revoked",
         }
     }
 }
