@@ -28,4 +28,5 @@
 pub mod auth;
 pub mod body;
 pub mod proxy;
+pub mod server;
 pub mod store;

@@ -1,0 +1,1320 @@
+//! Listeners: the accept loop, TLS handshakes, per-connection limits, idle closing and graceful shutdown.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0` and
+//! stop the server cleanly. Every wait a client can cause has a limit:
+//!
+//! | limit | HTTP/1.1 | HTTP/2 |
+//! |---|---|---|
+//! | `max_connections` | one permit per TCP connection, held by the socket itself, so an upgraded (WebSocket) connection keeps its permit until the tunnel closes; over the cap the new socket is closed at once | same |
+//! | `max_header_bytes` | hyper's read buffer (`max_buf_size`, at least 8 KiB): a request head that does not fit gets `431` and the connection closes | not used; see `h2_max_header_list_bytes` |
+//! | `max_headers` | more header fields than this gets `431` | not used; the header list size bounds HTTP/2 |
+//! | `header_read_timeout` | hyper starts this timer whenever the connection waits for a request head, so it cuts slow-loris heads **and** closes idle keep-alive connections (whichever of this and `idle_timeout` is shorter wins) | bounds the wait for the first request (see below) |
+//! | `tls_handshake_timeout` | a TLS handshake that has not finished in time is dropped | same |
+//! | `idle_timeout` | a connection with no request in flight for this long is shut down gracefully | same: `GOAWAY`, streams in flight finish |
+//! | `h2_max_concurrent_streams` | — | advertised `SETTINGS_MAX_CONCURRENT_STREAMS` |
+//! | `h2_max_header_list_bytes` | — | advertised `SETTINGS_MAX_HEADER_LIST_SIZE`; a larger header block gets `431` (also bounds CONTINUATION floods) |
+//! | `shutdown_grace` | in-flight requests finish, then the connection closes | `GOAWAY`, in-flight streams finish |
+//!
+//! Also fixed here: HTTP/2 pending-accept and local-error reset limits (rapid-reset floods) and an
+//! HTTP/2 keep-alive ping that drops peers that stop answering.
+//!
+//! Idle closing: hyper has no idle timeout, so each connection counts the requests in flight (from
+//! the handler call until the response body is dropped) and a watchdog calls `graceful_shutdown`
+//! once none has been in flight for `idle_timeout`. Until the first request arrives the watchdog
+//! uses `min(idle_timeout, header_read_timeout)`, which also cuts a stalled HTTP/2 preface (the
+//! protocol sniffing of hyper-util has no timer of its own). A connection that ignores the graceful
+//! close stays for at most one more idle period before it is dropped.
+//!
+//! Protocol choice: without TLS, hyper-util's auto builder sniffs the HTTP/2 preface (prior
+//! knowledge). With TLS, ALPN decides: `h2` is served as HTTP/2 only; `http/1.1` (or no ALPN) is
+//! served with upgrades enabled, and an HTTP/2 request sneaking in there is answered `505`.
+//!
+//! Graceful shutdown signals every connection through a watch channel and calls hyper's
+//! `graceful_shutdown` on it. hyper-util's `GracefulShutdown` is not used: its `watch` takes the
+//! connection by value and its trait is sealed, so the same connection could no longer be closed by
+//! the idle watchdog.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
+
+use crate::body::{self, Body, BoxError};
+
+/// Default cap on concurrently open client connections (keep the process's file limit above it).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on the size of an HTTP/1.1 request head, in bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default cap on the number of HTTP/1.1 request header fields.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default time a client gets to send a complete HTTP/1.1 request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client gets to complete the TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a connection may stay open with no request in flight.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2 recommends at least 100).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default `SETTINGS_MAX_HEADER_LIST_SIZE`, in bytes.
+pub const DEFAULT_H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Default time in-flight requests get to finish once shutdown starts.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// hyper panics on a smaller HTTP/1 buffer.
+const MIN_HTTP1_BUF_BYTES: usize = 8192;
+/// Streams a client may open and reset before the server accepted them (rapid reset, CVE-2023-44487).
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset because of client protocol errors before it drops the connection.
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 100;
+/// How often an HTTP/2 peer is pinged to prove it is still there.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long an HTTP/2 peer has to answer a ping.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause after an accept error that is not about one connection (EMFILE, ENFILE, ENOBUFS...).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one "connection limit reached" warning per this period, so a flood cannot flood the log.
+const REJECT_LOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// Connection and protocol limits for one listener. `Default` uses the `DEFAULT_*` constants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrently open client connections, upgraded tunnels included.
+    pub max_connections: usize,
+    /// Largest HTTP/1.1 request head (raised to 8 KiB if lower: hyper's minimum buffer).
+    pub max_header_bytes: usize,
+    /// Most HTTP/1.1 request header fields.
+    pub max_headers: usize,
+    /// Time to receive a complete HTTP/1.1 request head; also bounds waiting for the first request.
+    pub header_read_timeout: Duration,
+    /// Time to complete a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.
+    pub h2_max_header_list_bytes: u32,
+    /// Time in-flight requests get to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_max_header_list_bytes: DEFAULT_H2_MAX_HEADER_LIST_BYTES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// What the handler learns about the connection a request came on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The socket peer: the only client address the gateway can trust on its own.
+    pub peer: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The certificate chain file is missing, unreadable or not PEM.
+    #[error("cannot read the TLS certificate chain {path}: {source}")]
+    CertificateFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate chain file holds no `CERTIFICATE` block.
+    #[error("the TLS certificate file {path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    /// The key file is missing, unreadable, not PEM, or holds no private key.
+    #[error("cannot read a TLS private key from {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// rustls refused the pair (unsupported key type, key not matching the certificate...).
+    #[error("the TLS certificate {cert} and key {key} are not usable together: {source}")]
+    CertifiedKey {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The listener could not report its own address.
+    #[error("cannot read the listener's local address: {0}")]
+    LocalAddr(#[source] io::Error),
+}
+
+/// Loads a rustls server configuration from a PEM certificate chain (leaf first) and a PEM private
+/// key (PKCS#8, PKCS#1 or SEC1), with ALPN `h2` then `http/1.1`, using the aws-lc-rs provider.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|blocks| blocks.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| ServerError::CertificateFile {
+            path: cert.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(ServerError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::KeyFile {
+        path: key.to_owned(),
+        source,
+    })?;
+    let unusable = |source| ServerError::CertifiedKey {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    // An explicit provider, so that a second provider compiled into the tree cannot make the
+    // process-wide default ambiguous.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(unusable)?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(unusable)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and lets in-flight requests
+/// finish for up to `limits.shutdown_grace` before returning. Connections still open after the
+/// grace are dropped. WebSocket tunnels already handed to the handler's tasks are not waited for.
+pub async fn run<H, F>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError>
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let local = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let shared = Arc::new(Shared::new(local, tls, &limits));
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut connections = JoinSet::new();
+    let mut rejections = Rejections::default();
+    let mut shutdown = pin!(shutdown);
+    info!(%local, tls = shared.tls.is_some(), "listening");
+
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                report_connection_task(joined);
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        connections.spawn(serve_connection(
+                            stream,
+                            peer,
+                            permit,
+                            shared.clone(),
+                            handler.clone(),
+                            stop_rx.clone(),
+                        ));
+                    }
+                    Err(_) => {
+                        drop(stream);
+                        rejections.record(peer, limits.max_connections);
+                    }
+                },
+                Err(error) if is_about_one_connection(&error) => {
+                    debug!(%error, "accept failed for one connection");
+                }
+                Err(error) => {
+                    warn!(%error, backoff = ?ACCEPT_ERROR_BACKOFF, "accept failed; backing off");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                    }
+                }
+            },
+        }
+    }
+
+    drop(listener);
+    info!(
+        open = connections.len(),
+        grace = ?limits.shutdown_grace,
+        "shutting down: no longer accepting, draining connections"
+    );
+    stop_tx.send_replace(());
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while let Some(joined) = connections.join_next().await {
+            report_connection_task(joined);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            remaining = connections.len(),
+            "shutdown grace expired; dropping the remaining connections"
+        );
+        connections.shutdown().await;
+    }
+    info!("server stopped");
+    Ok(())
+}
+
+/// Accept errors caused by one client (it reset before we accepted it) need no backoff; resource
+/// exhaustion does, or the loop would spin on EMFILE.
+fn is_about_one_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+fn report_connection_task(joined: Result<(), JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        error!(%error, "a connection task panicked");
+    }
+}
+
+/// Counts connections refused at the cap and logs them at a bounded rate.
+#[derive(Default)]
+struct Rejections {
+    total: u64,
+    last_logged: Option<Instant>,
+}
+
+impl Rejections {
+    fn record(&mut self, peer: SocketAddr, max_connections: usize) {
+        self.total += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= REJECT_LOG_PERIOD)
+        {
+            self.last_logged = Some(now);
+            warn!(
+                %peer,
+                max_connections,
+                rejected_total = self.total,
+                "connection limit reached; closing new connections"
+            );
+        }
+    }
+}
+
+/// Everything a connection task needs that does not change per connection.
+struct Shared {
+    local: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    /// Sniffs the HTTP/2 preface; HTTP/1 upgrades enabled.
+    auto: auto::Builder<TokioExecutor>,
+    /// For TLS connections that negotiated `h2`.
+    h2_only: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    tls_handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Shared {
+    fn new(local: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>, limits: &Limits) -> Self {
+        let auto = protocol_builder(limits);
+        Self {
+            local,
+            tls: tls.map(TlsAcceptor::from),
+            h2_only: auto.clone().http2_only(),
+            auto,
+            header_read_timeout: limits.header_read_timeout,
+            tls_handshake_timeout: limits.tls_handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+}
+
+fn protocol_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUF_BYTES))
+        .max_headers(limits.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
+/// Which HTTP versions a connection may speak.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge.
+    Sniff,
+    /// TLS with ALPN `http/1.1` or none.
+    Http1,
+    /// TLS with ALPN `h2`.
+    Http2,
+}
+
+async fn serve_connection<H, F>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    handler: H,
+    mut stop: watch::Receiver<()>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let local = stream.local_addr().unwrap_or(shared.local);
+    let io = Permitted {
+        io: stream,
+        _permit: permit,
+    };
+    let Some(acceptor) = &shared.tls else {
+        let info = ConnInfo {
+            peer,
+            local,
+            tls: false,
+        };
+        return serve_http(io, info, Protocol::Sniff, &shared, handler, stop).await;
+    };
+
+    let handshake = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(io));
+    let stream = tokio::select! {
+        finished = handshake => match finished {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, timeout = ?shared.tls_handshake_timeout, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    let info = ConnInfo {
+        peer,
+        local,
+        tls: true,
+    };
+    serve_http(stream, info, protocol, &shared, handler, stop).await;
+}
+
+async fn serve_http<I, H, F>(
+    io: I,
+    info: ConnInfo,
+    protocol: Protocol,
+    shared: &Shared,
+    handler: H,
+    stop: watch::Receiver<()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let in_flight = activity.begin();
+            // ALPN said HTTP/1.1; the auto builder would still sniff an HTTP/2 preface.
+            let refused = protocol == Protocol::Http1 && request.version() == Version::HTTP_2;
+            let answer = (!refused).then(|| handler(request, info));
+            async move {
+                let response = match answer {
+                    Some(answer) => answer.await,
+                    None => version_not_negotiated(),
+                };
+                Ok::<_, Infallible>(response.map(|inner| InFlightBody {
+                    inner,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    let idle = IdleLimits {
+        first: shared.idle_timeout.min(shared.header_read_timeout),
+        after: shared.idle_timeout,
+    };
+    let io = TokioIo::new(io);
+    let ended = if protocol == Protocol::Http2 {
+        let connection = pin!(shared.h2_only.serve_connection(io, service));
+        drive(connection, |c| c.graceful_shutdown(), &activity, idle, stop).await
+    } else {
+        let connection = pin!(shared.auto.serve_connection_with_upgrades(io, service));
+        drive(connection, |c| c.graceful_shutdown(), &activity, idle, stop).await
+    };
+    if let Err(error) = ended {
+        debug!(peer = %info.peer, %error, "connection ended with an error");
+    }
+}
+
+fn version_not_negotiated() -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+    response
+}
+
+/// Polls a connection to completion, closing it gracefully on shutdown or when idle, and dropping
+/// it if it is still idle one idle period after that.
+async fn drive<C>(
+    mut connection: Pin<&mut C>,
+    close: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    idle: IdleLimits,
+    mut stop: watch::Receiver<()>,
+) -> Result<(), BoxError>
+where
+    C: Future<Output = Result<(), BoxError>>,
+{
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => return ended,
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                close(connection.as_mut());
+            }
+            () = activity.idle_for(idle) => {
+                if closing {
+                    debug!("connection ignored the close; dropping it");
+                    return Ok(());
+                }
+                closing = true;
+                close(connection.as_mut());
+                activity.restart_idle_clock();
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct IdleLimits {
+    /// Until the first request has finished.
+    first: Duration,
+    /// Afterwards.
+    after: Duration,
+}
+
+/// Requests in flight on one connection and when the last one finished.
+struct Activity {
+    origin: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `origin` to the moment `in_flight` last dropped to zero.
+    idle_since_ms: AtomicU64,
+    served: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn restart_idle_clock(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(now, Ordering::Release);
+    }
+
+    /// Resolves once no request has been in flight for the applicable idle limit.
+    async fn idle_for(&self, limits: IdleLimits) {
+        loop {
+            let limit = if self.served.load(Ordering::Acquire) {
+                limits.after
+            } else {
+                limits.first
+            };
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            let deadline = self.origin + idle_since + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// One request in flight; dropped with the response body.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.served.store(true, Ordering::Release);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.restart_idle_clock();
+        }
+    }
+}
+
+/// The handler's response body, holding the request's in-flight mark until hyper drops it.
+struct InFlightBody {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client socket holding its connection permit, so the permit lives exactly as long as the
+/// socket, including after an HTTP/1 upgrade hands it to a tunnel.
+struct Permitted<I> {
+    io: I,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Permitted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Permitted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{Notify, oneshot};
+    use tokio::task::JoinHandle;
+
+    /// Generous bound for things that must happen "soon"; a hang fails instead of blocking.
+    const GUARD: Duration = Duration::from_secs(5);
+    const SHORT: Duration = Duration::from_millis(200);
+
+    struct Running {
+        addr: SocketAddr,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<Result<(), ServerError>>,
+    }
+
+    impl Running {
+        async fn shutdown(mut self) -> Result<(), ServerError> {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            tokio::time::timeout(GUARD, self.task)
+                .await
+                .expect("server did not stop in time")
+                .expect("server task panicked")
+        }
+    }
+
+    async fn start<H, F>(
+        limits: Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: H,
+    ) -> Running
+    where
+        H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, tls, limits, handler, async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Answers with what the server told the handler about the request and its connection.
+    async fn describe(request: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+        Response::new(body::full(format!(
+            "{:?} tls={} peer={} local={}",
+            request.version(),
+            info.tls,
+            info.peer,
+            info.local
+        )))
+    }
+
+    async fn ok(_: Request<Incoming>, _: ConnInfo) -> Response<Body> {
+        Response::new(body::full("ok"))
+    }
+
+    fn quick_limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            ..Limits::default()
+        }
+    }
+
+    /// Reads one HTTP/1.1 response with a Content-Length body; returns head and body as text.
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut chunk).await.unwrap();
+            assert!(read > 0, "connection closed mid-response: {buffer:?}");
+            buffer.extend_from_slice(&chunk[..read]);
+            let text = String::from_utf8_lossy(&buffer).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buffer.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    /// Waits for the server to close `stream`; returns what it sent before closing.
+    async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        tokio::time::timeout(GUARD, async {
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => received.extend_from_slice(&chunk[..read]),
+                }
+            }
+        })
+        .await
+        .expect("the server kept the connection open");
+        received
+    }
+
+    fn install_provider() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+
+    struct TestPki {
+        dir: tempfile::TempDir,
+        ca_pem: String,
+    }
+
+    impl TestPki {
+        fn cert(&self) -> PathBuf {
+            self.dir.path().join("cert.pem")
+        }
+        fn key(&self) -> PathBuf {
+            self.dir.path().join("key.pem")
+        }
+    }
+
+    /// A CA and a leaf for `localhost` and `127.0.0.1`, written as PEM files.
+    fn test_pki() -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "gatehouse test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        TestPki {
+            dir,
+            ca_pem: ca.pem(),
+        }
+    }
+
+    fn tls_client(pki: &TestPki, http1_only: bool) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap();
+        let builder = reqwest::Client::builder().tls_certs_only([ca]);
+        let builder = if http1_only {
+            builder.http1_only()
+        } else {
+            builder
+        };
+        builder.build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_http1_and_reports_the_socket_peer() {
+        let server = start(quick_limits(), None, describe).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let client_addr = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            response.ends_with(&format!(
+                "HTTP/1.1 tls=false peer={client_addr} local={}",
+                server.addr
+            )),
+            "{response}"
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn serves_http2_with_prior_knowledge() {
+        let server = start(quick_limits(), None, describe).await;
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("http://{}/", server.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert!(
+            response
+                .text()
+                .await
+                .unwrap()
+                .starts_with("HTTP/2.0 tls=false")
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tls_alpn_selects_http2_or_http1() {
+        install_provider();
+        let pki = test_pki();
+        let tls = tls_config(&pki.cert(), &pki.key()).unwrap();
+        let server = start(quick_limits(), Some(tls), describe).await;
+        let url = format!("https://localhost:{}/", server.addr.port());
+
+        let h2 = tls_client(&pki, false).get(&url).send().await.unwrap();
+        assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+        assert!(h2.text().await.unwrap().starts_with("HTTP/2.0 tls=true"));
+
+        let h1 = tls_client(&pki, true).get(&url).send().await.unwrap();
+        assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+        assert!(h1.text().await.unwrap().starts_with("HTTP/1.1 tls=true"));
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn http2_smuggled_past_http1_alpn_is_refused() {
+        install_provider();
+        let pki = test_pki();
+        let tls = tls_config(&pki.cert(), &pki.key()).unwrap();
+        let server = start(quick_limits(), Some(tls), describe).await;
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls_stream = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(
+            tls_stream.get_ref().1.alpn_protocol(),
+            Some(&b"http/1.1"[..])
+        );
+
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls_stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri(format!("https://localhost:{}/", server.addr.port()))
+            .body(body::empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn slow_loris_request_head_is_cut_at_header_read_timeout() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let handler = move |request, info| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            ok(request, info)
+        };
+        let limits = Limits {
+            header_read_timeout: SHORT,
+            ..quick_limits()
+        };
+        let server = start(limits, None, handler).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        // A first complete request, so that only the header timer (not the wait for a first
+        // request) can cut the slow one.
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut stream).await.ends_with("ok"));
+        let started = Instant::now();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\nX-Slow: ")
+            .await
+            .unwrap();
+        until_closed(&mut stream).await;
+        assert!(started.elapsed() >= SHORT);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn slow_loris_partial_http2_preface_is_cut() {
+        let limits = Limits {
+            header_read_timeout: SHORT,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        until_closed(&mut stream).await;
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_http1_keep_alive_connection_is_closed() {
+        let limits = Limits {
+            idle_timeout: SHORT,
+            header_read_timeout: Duration::from_secs(30),
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut stream).await.ends_with("ok"));
+        let idle_from = Instant::now();
+        let after = until_closed(&mut stream).await;
+        assert!(after.is_empty(), "unexpected bytes: {after:?}");
+        assert!(idle_from.elapsed() >= SHORT / 2);
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_http2_connection_is_closed() {
+        let limits = Limits {
+            idle_timeout: SHORT,
+            header_read_timeout: Duration::from_secs(30),
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        let request = Request::builder()
+            .uri(format!("http://{}/", server.addr))
+            .body(body::empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&text[..], b"ok");
+        tokio::time::timeout(GUARD, connection)
+            .await
+            .expect("idle HTTP/2 connection stayed open")
+            .unwrap()
+            .unwrap();
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stalled_tls_handshake_is_dropped() {
+        install_provider();
+        let pki = test_pki();
+        let tls = tls_config(&pki.cert(), &pki.key()).unwrap();
+        let limits = Limits {
+            tls_handshake_timeout: SHORT,
+            ..quick_limits()
+        };
+        let server = start(limits, Some(tls), ok).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        // The start of a TLS record header, then silence.
+        stream.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        let started = Instant::now();
+        until_closed(&mut stream).await;
+        assert!(started.elapsed() >= SHORT / 2);
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connection_flood_beyond_the_cap_is_closed_at_once() {
+        let limits = Limits {
+            max_connections: 1,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut held = TcpStream::connect(server.addr).await.unwrap();
+        held.write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut held).await.ends_with("ok"));
+
+        let mut excess = TcpStream::connect(server.addr).await.unwrap();
+        let _ = excess
+            .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+            .await;
+        let answer = until_closed(&mut excess).await;
+        assert!(answer.is_empty(), "over-cap connection was served");
+
+        drop(held);
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let mut stream = TcpStream::connect(server.addr).await.unwrap();
+                let _ = stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\nConnection: close\r\n\r\n")
+                    .await;
+                let answer = until_closed(&mut stream).await;
+                if answer.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the permit of a closed connection was never released");
+        server.shutdown().await.unwrap();
+    }
+
+    #[derive(Default)]
+    struct Gate {
+        entered: Notify,
+        release: Notify,
+    }
+
+    #[tokio::test]
+    async fn graceful_shutdown_finishes_in_flight_request_and_refuses_new_ones() {
+        let gate = Arc::new(Gate::default());
+        let held = gate.clone();
+        let handler = move |_: Request<Incoming>, _: ConnInfo| {
+            let gate = held.clone();
+            async move {
+                gate.entered.notify_one();
+                gate.release.notified().await;
+                Response::new(body::full("finished"))
+            }
+        };
+        let mut server = start(quick_limits(), None, handler).await;
+        let addr = server.addr;
+        let in_flight = tokio::spawn(async move {
+            let response = reqwest::get(format!("http://{addr}/slow")).await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        });
+        gate.entered.notified().await;
+
+        let _ = server.stop.take().unwrap().send(());
+        tokio::time::timeout(GUARD, async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("still accepting after shutdown");
+        assert!(!server.task.is_finished(), "returned before the drain");
+
+        gate.release.notify_one();
+        let (status, text) = in_flight.await.unwrap();
+        assert_eq!(status, reqwest::StatusCode::OK);
+        assert_eq!(text, "finished");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_grace_bounds_a_request_that_never_ends() {
+        let gate = Arc::new(Gate::default());
+        let held = gate.clone();
+        let handler = move |_: Request<Incoming>, _: ConnInfo| {
+            let gate = held.clone();
+            async move {
+                gate.entered.notify_one();
+                std::future::pending::<()>().await;
+                Response::new(body::empty())
+            }
+        };
+        let limits = Limits {
+            shutdown_grace: SHORT,
+            ..quick_limits()
+        };
+        let server = start(limits, None, handler).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
+            .await
+            .unwrap();
+        gate.entered.notified().await;
+        server.shutdown().await.unwrap();
+        let answer = until_closed(&mut stream).await;
+        assert!(answer.is_empty());
+    }
+
+    #[tokio::test]
+    async fn oversized_request_head_gets_431() {
+        let limits = Limits {
+            max_header_bytes: 8192,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: gatehouse\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(10_000)
+        );
+        let _ = stream.write_all(request.as_bytes()).await;
+        let answer = until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 431"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn header_count_flood_gets_431() {
+        let limits = Limits {
+            max_headers: 10,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let mut request = String::from("GET / HTTP/1.1\r\nHost: gatehouse\r\n");
+        for n in 0..20 {
+            request.push_str(&format!("X-Filler-{n}: x\r\n"));
+        }
+        request.push_str("\r\n");
+        let _ = stream.write_all(request.as_bytes()).await;
+        let answer = until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 431"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn http2_header_list_over_the_limit_is_refused() {
+        let limits = Limits {
+            h2_max_header_list_bytes: 4096,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let url = format!("http://{}/", server.addr);
+        let small = client.get(&url).send().await.unwrap();
+        assert_eq!(small.status(), reqwest::StatusCode::OK);
+        let big = client
+            .get(&url)
+            .header("x-big", "a".repeat(8000))
+            .send()
+            .await;
+        match big {
+            Ok(response) => assert_eq!(
+                response.status(),
+                reqwest::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ),
+            Err(error) => assert!(!error.is_timeout(), "{error}"),
+        }
+        server.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn tls_config_names_the_missing_file() {
+        let pki = test_pki();
+        let missing = pki.dir.path().join("absent.pem");
+        let error = tls_config(&missing, &pki.key()).unwrap_err();
+        assert!(matches!(&error, ServerError::CertificateFile { path, .. } if path == &missing));
+        assert!(error.to_string().contains("absent.pem"));
+        let error = tls_config(&pki.cert(), &missing).unwrap_err();
+        assert!(matches!(&error, ServerError::KeyFile { path, .. } if path == &missing));
+    }
+
+    #[test]
+    fn tls_config_rejects_a_file_without_certificates() {
+        let pki = test_pki();
+        let error = tls_config(&pki.key(), &pki.key()).unwrap_err();
+        assert!(
+            matches!(error, ServerError::NoCertificate { .. }),
+            "{error}"
+        );
+        let error = tls_config(&pki.cert(), &pki.cert()).unwrap_err();
+        assert!(matches!(error, ServerError::KeyFile { .. }), "{error}");
+    }
+
+    #[test]
+    fn tls_config_rejects_a_key_that_does_not_match() {
+        let pki = test_pki();
+        let other = test_pki();
+        let error = tls_config(&pki.cert(), &other.key()).unwrap_err();
+        assert!(matches!(error, ServerError::CertifiedKey { .. }), "{error}");
+    }
+
+    #[test]
+    fn accept_errors_from_resource_exhaustion_back_off() {
+        let emfile = io::Error::from_raw_os_error(24);
+        let enfile = io::Error::from_raw_os_error(23);
+        assert!(!is_about_one_connection(&emfile));
+        assert!(!is_about_one_connection(&enfile));
+        let aborted = io::Error::from(io::ErrorKind::ConnectionAborted);
+        assert!(is_about_one_connection(&aborted));
+    }
+}
