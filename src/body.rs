@@ -11,12 +11,21 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body holding `bytes` in one piece.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A streamed hyper body (a proxied response), boxed.
+pub fn incoming(body: hyper::body::Incoming) -> Body {
+    body.map_err(Into::into).boxed()
 }
 
 /// Compact JSON for `value`. Serialising a `serde_json::Value` cannot fail.

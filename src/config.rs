@@ -1,0 +1,1504 @@
+//! Configuration: a raw serde structure read by figment (TOML file, then `GATEHOUSE_` environment
+//! overrides), validated into a [`Config`] that cannot hold an invalid value.
+//!
+//! Every default is a named constant below and is echoed in `config/gatehouse.example.toml`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::keys::KeyAlg;
+use crate::proxy::path;
+
+/// Default public listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default cap on concurrently open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default cap on the bytes of a request head (request line and headers).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default cap on the number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default cap on a request body (larger answers 413).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default time a client has to send a complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// Default time a client has to complete the TLS handshake.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: &str = "10s";
+/// Default time a keep-alive connection may sit with no request in flight.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// Default time a request body may go without sending a byte.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: &str = "30s";
+/// Default time in-flight requests get to finish on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Default HTTP/2 concurrent streams per connection.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default upstream response timeout of a route.
+pub const DEFAULT_ROUTE_TIMEOUT: &str = "30s";
+/// Default upstream connect timeout of a route.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+/// Default idle time of pooled upstream connections.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: &str = "90s";
+/// Default pooled idle connections kept per upstream host.
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 64;
+/// Default path prefix of the gateway's own endpoints.
+pub const DEFAULT_AUTH_PREFIX: &str = "/auth";
+/// Default `iss` of minted tokens and the issuer the gateway trusts for its own tokens.
+pub const DEFAULT_ISSUER: &str = "gatehouse";
+/// Default `aud` of minted tokens and the audience every access token must carry.
+pub const DEFAULT_AUDIENCE: &str = "gatehouse";
+/// Default access-token lifetime.
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: &str = "15m";
+/// Default refresh-token lifetime.
+pub const DEFAULT_REFRESH_TOKEN_LIFETIME: &str = "7d";
+/// Default clock leeway for exp/nbf/iat.
+pub const DEFAULT_LEEWAY: &str = "10s";
+/// Largest leeway the validator accepts.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+/// Default cap on a presented token's size, checked before decoding.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default signing algorithm of the gateway's keys.
+pub const DEFAULT_ALGORITHM: &str = "EdDSA";
+/// Default directory of the gateway's signing keys.
+pub const DEFAULT_KEYS_DIR: &str = "data/keys";
+/// Default path of the embedded SQLite store.
+pub const DEFAULT_STORE_PATH: &str = "data/gatehouse.db";
+/// Default argon2id memory cost in KiB (OWASP).
+pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
+/// Default argon2id iterations (OWASP).
+pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
+/// Default argon2id lanes (OWASP).
+pub const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
+/// Default `X-User` header fed from `sub`.
+pub const DEFAULT_USER_HEADER: &str = "x-user";
+/// Default header fed from `roles`.
+pub const DEFAULT_ROLES_HEADER: &str = "x-user-roles";
+/// Default header fed from `scope`.
+pub const DEFAULT_SCOPES_HEADER: &str = "x-user-scopes";
+
+/// Environment variables with this prefix override file values; `__` separates nested keys.
+pub const ENV_PREFIX: &str = "GATEHOUSE_";
+/// Variables with the prefix that belong to the command line, not to the configuration.
+const ENV_NOT_CONFIG: &[&str] = &["CONFIG", "LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw: what the file and environment say, before validation.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub upstream: RawUpstream,
+    pub routes: Vec<RawRoute>,
+    pub auth: RawAuth,
+    pub store: RawStore,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub tls: Option<RawTls>,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: RawDuration,
+    pub tls_handshake_timeout: RawDuration,
+    pub idle_timeout: RawDuration,
+    pub body_idle_timeout: RawDuration,
+    pub shutdown_grace: RawDuration,
+    pub h2_max_concurrent_streams: u32,
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT.into(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT.into(),
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT.into(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub ca_file: Option<PathBuf>,
+    pub pool_idle_timeout: RawDuration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT.into(),
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub path_prefix: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub auth: AuthMode,
+    #[serde(default = "default_route_timeout")]
+    pub timeout: RawDuration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: RawDuration,
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    #[serde(default)]
+    pub require_roles: Vec<String>,
+    #[serde(default)]
+    pub require_any_role: Vec<String>,
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+fn default_route_timeout() -> RawDuration {
+    DEFAULT_ROUTE_TIMEOUT.into()
+}
+
+fn default_connect_timeout() -> RawDuration {
+    DEFAULT_CONNECT_TIMEOUT.into()
+}
+
+/// How a route treats access tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token is required (the default).
+    #[default]
+    Required,
+    /// A valid token is verified and injected; no token forwards without identity.
+    Optional,
+    /// No token is needed; identity headers are still scrubbed.
+    Public,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub prefix: String,
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: String,
+    pub keys_dir: PathBuf,
+    pub access_token_lifetime: RawDuration,
+    pub refresh_token_lifetime: RawDuration,
+    pub leeway: RawDuration,
+    pub max_token_bytes: usize,
+    pub registration: bool,
+    pub default_roles: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub cookie: Option<String>,
+    pub password: RawPassword,
+    pub identity_headers: RawIdentityHeaders,
+    pub trusted_issuers: Vec<RawTrustedIssuer>,
+    pub limits: RawLimits,
+}
+
+/// Brute-force limits on login, token, refresh and register.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub enabled: bool,
+    pub per_address_per_minute: u32,
+    pub per_address_burst: u32,
+    pub per_user_per_minute: u32,
+    pub per_user_burst: u32,
+    pub max_failures: u32,
+    pub find_time: RawDuration,
+    pub ban_time: RawDuration,
+}
+
+/// Default sustained attempts per minute from one client address (IPv6: one /64).
+pub const DEFAULT_PER_ADDRESS_PER_MINUTE: u32 = 30;
+/// Default burst of attempts from one client address.
+pub const DEFAULT_PER_ADDRESS_BURST: u32 = 10;
+/// Default sustained attempts per minute for one username.
+pub const DEFAULT_PER_USER_PER_MINUTE: u32 = 10;
+/// Default burst of attempts for one username.
+pub const DEFAULT_PER_USER_BURST: u32 = 5;
+/// Default failed logins within `find_time` that lock a username.
+pub const DEFAULT_MAX_FAILURES: u32 = 5;
+/// Default window in which failures count towards a lockout.
+pub const DEFAULT_FIND_TIME: &str = "10m";
+/// Default lockout duration.
+pub const DEFAULT_BAN_TIME: &str = "15m";
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_address_per_minute: DEFAULT_PER_ADDRESS_PER_MINUTE,
+            per_address_burst: DEFAULT_PER_ADDRESS_BURST,
+            per_user_per_minute: DEFAULT_PER_USER_PER_MINUTE,
+            per_user_burst: DEFAULT_PER_USER_BURST,
+            max_failures: DEFAULT_MAX_FAILURES,
+            find_time: DEFAULT_FIND_TIME.into(),
+            ban_time: DEFAULT_BAN_TIME.into(),
+        }
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<LimitsConfig, ConfigError> {
+        let nz = |key: &str, n: u32| {
+            std::num::NonZeroU32::new(n)
+                .ok_or_else(|| invalid(format!("auth.limits.{key}"), "must be greater than 0"))
+        };
+        Ok(LimitsConfig {
+            enabled: self.enabled,
+            per_address_per_minute: nz("per_address_per_minute", self.per_address_per_minute)?,
+            per_address_burst: nz("per_address_burst", self.per_address_burst)?,
+            per_user_per_minute: nz("per_user_per_minute", self.per_user_per_minute)?,
+            per_user_burst: nz("per_user_burst", self.per_user_burst)?,
+            max_failures: nz("max_failures", self.max_failures)?,
+            find_time: nonzero("auth.limits.find_time", &self.find_time)?,
+            ban_time: nonzero("auth.limits.ban_time", &self.ban_time)?,
+        })
+    }
+}
+
+/// An external identity provider whose access tokens the gateway accepts.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default = "default_issuer_types")]
+    pub token_types: Vec<String>,
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    #[serde(default = "default_issuer_max_lifetime")]
+    pub max_token_lifetime: RawDuration,
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval: RawDuration,
+    #[serde(default = "default_jwks_cooldown")]
+    pub refetch_cooldown: RawDuration,
+    #[serde(default = "default_jwks_timeout")]
+    pub fetch_timeout: RawDuration,
+}
+
+/// Default accepted `typ` values of an external issuer's tokens (many IdPs send "JWT").
+pub const DEFAULT_ISSUER_TOKEN_TYPES: &[&str] = &["at+jwt", "JWT"];
+/// Default claim holding an external token's roles.
+pub const DEFAULT_ROLES_CLAIM: &str = "roles";
+/// Default claim holding an external token's scopes (space-separated string or array).
+pub const DEFAULT_SCOPES_CLAIM: &str = "scope";
+/// Default longest lifetime (exp - iat) accepted from an external issuer.
+pub const DEFAULT_ISSUER_MAX_LIFETIME: &str = "24h";
+/// Default interval between background JWKS fetches.
+pub const DEFAULT_JWKS_REFRESH: &str = "5m";
+/// Default shortest interval between fetches triggered by an unknown `kid`.
+pub const DEFAULT_JWKS_COOLDOWN: &str = "30s";
+/// Default time a JWKS fetch may take.
+pub const DEFAULT_JWKS_TIMEOUT: &str = "5s";
+
+fn default_issuer_types() -> Vec<String> {
+    DEFAULT_ISSUER_TOKEN_TYPES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_roles_claim() -> String {
+    DEFAULT_ROLES_CLAIM.into()
+}
+fn default_scopes_claim() -> String {
+    DEFAULT_SCOPES_CLAIM.into()
+}
+fn default_issuer_max_lifetime() -> RawDuration {
+    DEFAULT_ISSUER_MAX_LIFETIME.into()
+}
+fn default_jwks_refresh() -> RawDuration {
+    DEFAULT_JWKS_REFRESH.into()
+}
+fn default_jwks_cooldown() -> RawDuration {
+    DEFAULT_JWKS_COOLDOWN.into()
+}
+fn default_jwks_timeout() -> RawDuration {
+    DEFAULT_JWKS_TIMEOUT.into()
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_AUTH_PREFIX.into(),
+            issuer: DEFAULT_ISSUER.into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            algorithm: DEFAULT_ALGORITHM.into(),
+            keys_dir: DEFAULT_KEYS_DIR.into(),
+            access_token_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME.into(),
+            refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
+            leeway: DEFAULT_LEEWAY.into(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            registration: false,
+            default_roles: Vec::new(),
+            default_scopes: Vec::new(),
+            cookie: None,
+            password: RawPassword::default(),
+            identity_headers: RawIdentityHeaders::default(),
+            trusted_issuers: Vec::new(),
+            limits: RawLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPassword {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// 0 means one worker per core.
+    pub workers: usize,
+    /// 0 means four waiting jobs per worker.
+    pub queue: usize,
+}
+
+impl Default for RawPassword {
+    fn default() -> Self {
+        Self {
+            memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
+            iterations: DEFAULT_ARGON2_ITERATIONS,
+            parallelism: DEFAULT_ARGON2_PARALLELISM,
+            workers: 0,
+            queue: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentityHeaders {
+    pub user: String,
+    pub roles: String,
+    pub scopes: String,
+    /// Extra header name -> claim name.
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Client headers starting with one of these prefixes are removed too.
+    pub strip_prefixes: Vec<String>,
+}
+
+impl Default for RawIdentityHeaders {
+    fn default() -> Self {
+        Self {
+            user: DEFAULT_USER_HEADER.into(),
+            roles: DEFAULT_ROLES_HEADER.into(),
+            scopes: DEFAULT_SCOPES_HEADER.into(),
+            claims: Default::default(),
+            strip_prefixes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub path: PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_STORE_PATH.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A duration as written in the config: `"500ms"`, `"10s"`, `"15m"`, `"2h"`, `"7d"`, or a bare
+/// number of seconds (environment overrides arrive as numbers).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl From<&str> for RawDuration {
+    fn from(s: &str) -> Self {
+        RawDuration::Text(s.to_owned())
+    }
+}
+
+impl RawDuration {
+    fn parse(&self, key: &str) -> Result<Duration, ConfigError> {
+        match self {
+            RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
+            RawDuration::Text(t) => parse_duration(t).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("{t:?} is not a duration (use e.g. \"500ms\", \"10s\", \"15m\", \"2h\", \"7d\")"),
+                )
+            }),
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let unit_secs = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit_secs).map(Duration::from_secs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------------------------
+
+/// A configuration that passed validation.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub routes: Vec<Route>,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub ca_file: Option<PathBuf>,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+/// A validated route.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    /// Lowercase host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Normalised, without a trailing slash unless it is `/`.
+    pub path_prefix: String,
+    /// `None` allows every method.
+    pub methods: Option<Vec<Method>>,
+    pub upstream: Upstream,
+    pub strip_prefix: bool,
+    pub auth: AuthMode,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub require_scopes: Vec<String>,
+    pub require_roles: Vec<String>,
+    pub require_any_role: Vec<String>,
+    pub forward_token: bool,
+}
+
+/// An upstream base URL split into the parts the forwarder needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Empty or starting with `/`.
+    pub base_path: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub prefix: String,
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: KeyAlg,
+    pub keys_dir: PathBuf,
+    pub access_token_lifetime: Duration,
+    pub refresh_token_lifetime: Duration,
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    pub registration: bool,
+    pub default_roles: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub cookie: Option<String>,
+    pub password: PasswordConfig,
+    pub identity_headers: IdentityHeaders,
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    pub per_address_per_minute: std::num::NonZeroU32,
+    pub per_address_burst: std::num::NonZeroU32,
+    pub per_user_per_minute: std::num::NonZeroU32,
+    pub per_user_burst: std::num::NonZeroU32,
+    pub max_failures: std::num::NonZeroU32,
+    pub find_time: Duration,
+    pub ban_time: Duration,
+}
+
+/// Where an external issuer's keys come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksSource {
+    Url(Uri),
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub source: JwksSource,
+    pub token_types: Vec<String>,
+    /// Dotted path into the claims, e.g. `realm_access.roles`.
+    pub roles_claim: Vec<String>,
+    pub scopes_claim: Vec<String>,
+    pub max_token_lifetime: Duration,
+    pub refresh_interval: Duration,
+    pub refetch_cooldown: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    pub workers: usize,
+    pub queue: usize,
+}
+
+/// Which headers carry the verified identity upstream.
+#[derive(Clone, Debug)]
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub roles: HeaderName,
+    pub scopes: HeaderName,
+    /// Extra header -> claim name, in a stable order.
+    pub claims: Vec<(HeaderName, String)>,
+    /// Lowercase prefixes with `_`/`.` folded to `-`.
+    pub strip_prefixes: Vec<String>,
+}
+
+impl IdentityHeaders {
+    /// Every header the gateway may inject.
+    pub fn all_names(&self) -> Vec<HeaderName> {
+        let mut names = vec![self.user.clone(), self.roles.clone(), self.scopes.clone()];
+        names.extend(self.claims.iter().map(|(h, _)| h.clone()));
+        names
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads `path` (when given) then `GATEHOUSE_*` overrides, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(env_provider()))
+    }
+
+    /// Parses TOML text (no environment): for tests and `check-config` of literal text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        raw.validate()
+    }
+}
+
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| {
+            !ENV_NOT_CONFIG
+                .iter()
+                .any(|k| key.as_str().eq_ignore_ascii_case(k))
+        })
+        .split("__")
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let upstream = self.upstream.validate()?;
+        let auth = self.auth.validate()?;
+        let routes = validate_routes(self.routes, &auth.prefix)?;
+        if self.store.path.as_os_str().is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        Ok(Config {
+            server,
+            upstream,
+            routes,
+            auth,
+            store: StoreConfig {
+                path: self.store.path,
+            },
+            log: LogConfig {
+                format: self.log.format,
+            },
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", self.listen),
+            )
+        })?;
+        positive("server.max_connections", self.max_connections as u64)?;
+        if self.max_header_bytes < 8192 {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be at least 8192 (the HTTP/1 parser's smallest buffer)",
+            ));
+        }
+        positive("server.max_headers", self.max_headers as u64)?;
+        positive("server.max_body_bytes", self.max_body_bytes)?;
+        positive(
+            "server.h2_max_concurrent_streams",
+            self.h2_max_concurrent_streams as u64,
+        )?;
+        let tls = match self.tls {
+            None => None,
+            Some(t) => {
+                for (key, p) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
+                    if p.as_os_str().is_empty() {
+                        return Err(invalid(key, "must name a PEM file"));
+                    }
+                }
+                Some(TlsFiles {
+                    cert: t.cert,
+                    key: t.key,
+                })
+            }
+        };
+        let trusted_proxies = parse_cidrs("server.trusted_proxies", &self.trusted_proxies)?;
+        Ok(ServerConfig {
+            listen,
+            tls,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_body_bytes: self.max_body_bytes,
+            header_read_timeout: nonzero("server.header_read_timeout", &self.header_read_timeout)?,
+            tls_handshake_timeout: nonzero(
+                "server.tls_handshake_timeout",
+                &self.tls_handshake_timeout,
+            )?,
+            idle_timeout: nonzero("server.idle_timeout", &self.idle_timeout)?,
+            body_idle_timeout: nonzero("server.body_idle_timeout", &self.body_idle_timeout)?,
+            shutdown_grace: self.shutdown_grace.parse("server.shutdown_grace")?,
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            trusted_proxies,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self) -> Result<UpstreamConfig, ConfigError> {
+        if let Some(ca) = &self.ca_file
+            && ca.as_os_str().is_empty()
+        {
+            return Err(invalid("upstream.ca_file", "must name a PEM file"));
+        }
+        Ok(UpstreamConfig {
+            ca_file: self.ca_file,
+            pool_idle_timeout: self.pool_idle_timeout.parse("upstream.pool_idle_timeout")?,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+        })
+    }
+}
+
+impl RawAuth {
+    fn validate(self) -> Result<AuthConfig, ConfigError> {
+        let prefix = self.prefix.trim_end_matches('/').to_owned();
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || path::normalize(&prefix).as_deref() != Ok(&prefix)
+        {
+            return Err(invalid(
+                "auth.prefix",
+                format!("{:?} must be a normalised path like \"/auth\"", self.prefix),
+            ));
+        }
+        for (key, value) in [
+            ("auth.issuer", &self.issuer),
+            ("auth.audience", &self.audience),
+        ] {
+            if value.is_empty()
+                || value.len() > 256
+                || !value.bytes().all(|b| (0x21..0x7f).contains(&b))
+            {
+                return Err(invalid(key, "must be 1-256 printable ASCII characters"));
+            }
+        }
+        let algorithm: KeyAlg = self.algorithm.parse().map_err(|_| {
+            invalid(
+                "auth.algorithm",
+                format!(
+                    "{:?} is not one of EdDSA, ES256, RS256, HS256",
+                    self.algorithm
+                ),
+            )
+        })?;
+        if self.keys_dir.as_os_str().is_empty() {
+            return Err(invalid("auth.keys_dir", "must not be empty"));
+        }
+        let access_token_lifetime =
+            nonzero("auth.access_token_lifetime", &self.access_token_lifetime)?;
+        let refresh_token_lifetime =
+            nonzero("auth.refresh_token_lifetime", &self.refresh_token_lifetime)?;
+        let leeway = self.leeway.parse("auth.leeway")?;
+        if leeway > MAX_LEEWAY {
+            return Err(invalid("auth.leeway", "must be at most 60s"));
+        }
+        if self.max_token_bytes < 256 || self.max_token_bytes > 64 * 1024 {
+            return Err(invalid(
+                "auth.max_token_bytes",
+                "must be between 256 and 65536",
+            ));
+        }
+        for (key, list) in [
+            ("auth.default_roles", &self.default_roles),
+            ("auth.default_scopes", &self.default_scopes),
+        ] {
+            for item in list {
+                claim_token(key, item)?;
+            }
+        }
+        if let Some(cookie) = &self.cookie
+            && (cookie.is_empty() || !cookie.bytes().all(is_tchar))
+        {
+            return Err(invalid(
+                "auth.cookie",
+                "must be a cookie name (token characters)",
+            ));
+        }
+        let p = &self.password;
+        if p.memory_kib < 8 * p.parallelism.max(1) || p.iterations == 0 || p.parallelism == 0 {
+            return Err(invalid(
+                "auth.password",
+                "argon2 needs iterations >= 1, parallelism >= 1 and memory_kib >= 8 x parallelism",
+            ));
+        }
+        let password = PasswordConfig {
+            memory_kib: p.memory_kib,
+            iterations: p.iterations,
+            parallelism: p.parallelism,
+            workers: p.workers,
+            queue: p.queue,
+        };
+        let identity_headers = self.identity_headers.validate()?;
+        let mut trusted_issuers: Vec<TrustedIssuer> = Vec::new();
+        for (i, raw) in self.trusted_issuers.into_iter().enumerate() {
+            let t = raw.validate(&format!("auth.trusted_issuers[{i}]"))?;
+            if t.issuer == self.issuer || trusted_issuers.iter().any(|o| o.issuer == t.issuer) {
+                return Err(invalid(
+                    format!("auth.trusted_issuers[{i}].issuer"),
+                    format!("issuer {:?} is configured twice", t.issuer),
+                ));
+            }
+            trusted_issuers.push(t);
+        }
+        Ok(AuthConfig {
+            prefix,
+            issuer: self.issuer,
+            audience: self.audience,
+            algorithm,
+            keys_dir: self.keys_dir,
+            access_token_lifetime,
+            refresh_token_lifetime,
+            leeway,
+            max_token_bytes: self.max_token_bytes,
+            registration: self.registration,
+            default_roles: self.default_roles,
+            default_scopes: self.default_scopes,
+            cookie: self.cookie,
+            password,
+            identity_headers,
+            trusted_issuers,
+            limits: self.limits.validate()?,
+        })
+    }
+}
+
+impl RawTrustedIssuer {
+    fn validate(self, key: &str) -> Result<TrustedIssuer, ConfigError> {
+        if self.issuer.is_empty() || self.issuer.len() > 512 {
+            return Err(invalid(format!("{key}.issuer"), "must be 1-512 characters"));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.is_empty()) {
+            return Err(invalid(
+                format!("{key}.audiences"),
+                "list at least one audience your API expects",
+            ));
+        }
+        let source = match (self.jwks_url, self.jwks_file) {
+            (Some(url), None) => {
+                let uri: Uri = url.parse().map_err(|_| {
+                    invalid(format!("{key}.jwks_url"), format!("{url:?} is not a URL"))
+                })?;
+                if !matches!(uri.scheme_str(), Some("https") | Some("http"))
+                    || uri.authority().is_none()
+                {
+                    return Err(invalid(
+                        format!("{key}.jwks_url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                JwksSource::Url(uri)
+            }
+            (None, Some(file)) => JwksSource::File(file),
+            _ => {
+                return Err(invalid(key, "set exactly one of jwks_url and jwks_file"));
+            }
+        };
+        if self.token_types.is_empty() {
+            return Err(invalid(
+                format!("{key}.token_types"),
+                "must list at least one typ",
+            ));
+        }
+        let path = |k: &str, v: &str| -> Result<Vec<String>, ConfigError> {
+            let parts: Vec<String> = v.split('.').map(str::to_owned).collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    format!("{v:?} is not a claim path"),
+                ));
+            }
+            Ok(parts)
+        };
+        Ok(TrustedIssuer {
+            issuer: self.issuer,
+            audiences: self.audiences,
+            source,
+            token_types: self.token_types,
+            roles_claim: path("roles_claim", &self.roles_claim)?,
+            scopes_claim: path("scopes_claim", &self.scopes_claim)?,
+            max_token_lifetime: nonzero(
+                &format!("{key}.max_token_lifetime"),
+                &self.max_token_lifetime,
+            )?,
+            refresh_interval: nonzero(&format!("{key}.refresh_interval"), &self.refresh_interval)?,
+            refetch_cooldown: self
+                .refetch_cooldown
+                .parse(&format!("{key}.refetch_cooldown"))?,
+            fetch_timeout: nonzero(&format!("{key}.fetch_timeout"), &self.fetch_timeout)?,
+        })
+    }
+}
+
+/// Claims the gateway itself fills from typed fields; mapping them again would be ambiguous.
+const MAPPABLE_CLAIM_MAX: usize = 64;
+
+impl RawIdentityHeaders {
+    fn validate(self) -> Result<IdentityHeaders, ConfigError> {
+        let user = injectable_header("auth.identity_headers.user", &self.user)?;
+        let roles = injectable_header("auth.identity_headers.roles", &self.roles)?;
+        let scopes = injectable_header("auth.identity_headers.scopes", &self.scopes)?;
+        let mut claims = Vec::new();
+        for (header, claim) in self.claims {
+            let key = format!("auth.identity_headers.claims.{header}");
+            let name = injectable_header(&key, &header)?;
+            if claim.is_empty() || claim.len() > MAPPABLE_CLAIM_MAX {
+                return Err(invalid(key, "claim name must be 1-64 characters"));
+            }
+            claims.push((name, claim));
+        }
+        let mut seen = HashSet::new();
+        for name in [&user, &roles, &scopes]
+            .into_iter()
+            .chain(claims.iter().map(|(h, _)| h))
+        {
+            if !seen.insert(fold_header(name.as_str())) {
+                return Err(invalid(
+                    "auth.identity_headers",
+                    format!("header {name} is mapped twice (names compare with _ and . as -)"),
+                ));
+            }
+        }
+        let mut strip_prefixes = Vec::new();
+        for prefix in self.strip_prefixes {
+            if prefix.is_empty() || !prefix.bytes().all(is_tchar) {
+                return Err(invalid(
+                    "auth.identity_headers.strip_prefixes",
+                    format!("{prefix:?} is not a header-name prefix"),
+                ));
+            }
+            strip_prefixes.push(fold_header(&prefix));
+        }
+        Ok(IdentityHeaders {
+            user,
+            roles,
+            scopes,
+            claims,
+            strip_prefixes,
+        })
+    }
+}
+
+/// Header names the gateway must never be told to inject: they carry protocol meaning.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+fn injectable_header(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+    let folded = fold_header(parsed.as_str());
+    if RESERVED_HEADERS.contains(&folded.as_str()) || folded.starts_with("proxy-") {
+        return Err(invalid(
+            key,
+            format!("{name} is reserved and cannot carry identity"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Lowercase with `_` and `.` as `-`: how header aliases are compared.
+pub fn fold_header(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' | b'.' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Role and scope names end up in comma- and space-joined header values.
+fn claim_token(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty()
+        || value.len() > 128
+        || !value
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !b",\"\\".contains(&b))
+    {
+        return Err(invalid(
+            key,
+            format!("{value:?} must be 1-128 printable ASCII characters without , \" or \\"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_routes(raw: Vec<RawRoute>, auth_prefix: &str) -> Result<Vec<Route>, ConfigError> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let route = r.validate(&key)?;
+        if !names.insert(route.name.clone()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("route name {:?} is used twice", route.name),
+            ));
+        }
+        if route.path_prefix != "/" && path::under_prefix(auth_prefix, &route.path_prefix)
+            || path::under_prefix(&route.path_prefix, auth_prefix)
+        {
+            return Err(invalid(
+                format!("{key}.path_prefix"),
+                format!(
+                    "{} overlaps the gateway's own endpoints under {auth_prefix}",
+                    route.path_prefix
+                ),
+            ));
+        }
+        if let Some(other) = routes.iter().find(|o| same_requests(o, &route)) {
+            return Err(invalid(
+                format!("{key}.path_prefix"),
+                format!(
+                    "route {:?} matches the same requests as route {:?} (same host, prefix and methods)",
+                    route.name, other.name
+                ),
+            ));
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+/// Two routes are ambiguous when host and prefix are equal and their method sets intersect.
+fn same_requests(a: &Route, b: &Route) -> bool {
+    // Prefixes match without regard to ASCII case (see proxy::path::under_prefix).
+    if a.host != b.host || !a.path_prefix.eq_ignore_ascii_case(&b.path_prefix) {
+        return false;
+    }
+    match (&a.methods, &b.methods) {
+        (Some(x), Some(y)) => x.iter().any(|m| y.contains(m)),
+        _ => true,
+    }
+}
+
+impl RawRoute {
+    fn validate(self, key: &str) -> Result<Route, ConfigError> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!(
+                    "{:?} must be 1-64 characters from [A-Za-z0-9._-]",
+                    self.name
+                ),
+            ));
+        }
+        let key = format!("routes[{}]", self.name);
+        let path_prefix = validate_prefix(&format!("{key}.path_prefix"), &self.path_prefix)?;
+        let host = match self.host {
+            None => None,
+            Some(h) => Some(validate_host(&format!("{key}.host"), &h)?),
+        };
+        let methods = match self.methods {
+            None => None,
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.methods"),
+                        "an empty list allows nothing; leave it out to allow every method",
+                    ));
+                }
+                let mut methods = Vec::new();
+                for m in list {
+                    let upper = m.to_ascii_uppercase();
+                    let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                        invalid(format!("{key}.methods"), format!("{m:?} is not a method"))
+                    })?;
+                    if method == Method::CONNECT || method == Method::TRACE {
+                        return Err(invalid(
+                            format!("{key}.methods"),
+                            format!("{method} is never proxied"),
+                        ));
+                    }
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                Some(methods)
+            }
+        };
+        let upstream = parse_upstream(&format!("{key}.upstream"), &self.upstream)?;
+        for (k, list) in [
+            ("require_scopes", &self.require_scopes),
+            ("require_roles", &self.require_roles),
+            ("require_any_role", &self.require_any_role),
+        ] {
+            for item in list {
+                claim_token(&format!("{key}.{k}"), item)?;
+            }
+        }
+        let has_requirements = !self.require_scopes.is_empty()
+            || !self.require_roles.is_empty()
+            || !self.require_any_role.is_empty();
+        if self.auth == AuthMode::Public && has_requirements {
+            return Err(invalid(
+                format!("{key}.auth"),
+                "a public route cannot require scopes or roles",
+            ));
+        }
+        Ok(Route {
+            name: self.name,
+            host,
+            path_prefix,
+            methods,
+            upstream,
+            strip_prefix: self.strip_prefix,
+            auth: self.auth,
+            timeout: nonzero(&format!("{key}.timeout"), &self.timeout)?,
+            connect_timeout: nonzero(&format!("{key}.connect_timeout"), &self.connect_timeout)?,
+            require_scopes: self.require_scopes,
+            require_roles: self.require_roles,
+            require_any_role: self.require_any_role,
+            forward_token: self.forward_token,
+        })
+    }
+}
+
+fn validate_prefix(key: &str, prefix: &str) -> Result<String, ConfigError> {
+    let normalised = path::normalize(prefix)
+        .map_err(|e| invalid(key, format!("{prefix:?} is not a clean path: {e}")))?;
+    let trimmed = match normalised.trim_end_matches('/') {
+        "" => "/".to_owned(),
+        t => t.to_owned(),
+    };
+    let expected = if prefix.len() > 1 {
+        prefix.trim_end_matches('/')
+    } else {
+        prefix
+    };
+    if trimmed != expected {
+        return Err(invalid(
+            key,
+            format!("{prefix:?} is not normalised (did you mean {trimmed:?}?)"),
+        ));
+    }
+    Ok(trimmed)
+}
+
+fn validate_host(key: &str, host: &str) -> Result<String, ConfigError> {
+    let lower = host.to_ascii_lowercase();
+    let ok = !lower.is_empty()
+        && lower.len() <= 253
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        && !lower.starts_with('.')
+        && !lower.ends_with('.');
+    if !ok {
+        return Err(invalid(
+            key,
+            format!("{host:?} must be a host name without port, e.g. api.example.com"),
+        ));
+    }
+    Ok(lower)
+}
+
+fn parse_upstream(key: &str, text: &str) -> Result<Upstream, ConfigError> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| invalid(key, format!("{text:?} is not a URL")))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") | Some("https") => uri.scheme().cloned(),
+        _ => None,
+    }
+    .ok_or_else(|| invalid(key, format!("{text:?} must start with http:// or https://")))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| invalid(key, format!("{text:?} has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(
+            key,
+            "credentials in the upstream URL are not supported",
+        ));
+    }
+    if authority.host().is_empty() {
+        return Err(invalid(key, format!("{text:?} has no host")));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(invalid(
+            key,
+            "an upstream URL cannot carry a query or fragment",
+        ));
+    }
+    let raw_path = uri.path();
+    let base_path = if raw_path == "/" || raw_path.is_empty() {
+        String::new()
+    } else {
+        let normalised = path::normalize(raw_path)
+            .map_err(|e| invalid(key, format!("base path {raw_path:?}: {e}")))?;
+        let trimmed = normalised.trim_end_matches('/').to_owned();
+        if trimmed != raw_path.trim_end_matches('/') {
+            return Err(invalid(
+                key,
+                format!("base path {raw_path:?} is not normalised (did you mean {trimmed:?}?)"),
+            ));
+        }
+        trimmed
+    };
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+fn parse_cidrs(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| invalid(key, format!("{s:?} is not an address or CIDR block")))
+        })
+        .collect()
+}
+
+fn positive(key: &str, n: u64) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn nonzero(key: &str, d: &RawDuration) -> Result<Duration, ConfigError> {
+    let d = d.parse(key)?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than 0"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(extra: &str) -> String {
+        format!(
+            "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"http://127.0.0.1:9000\"\n{extra}\n"
+        )
+    }
+
+    fn err(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/gatehouse.example.toml");
+        let config = Config::from_toml(text).expect("example config must be valid");
+        assert!(!config.routes.is_empty());
+        assert_eq!(config.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.auth.prefix, "/auth");
+        assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.auth.access_token_lifetime, Duration::from_secs(900));
+        assert_eq!(c.auth.leeway, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        assert!(e.contains("listen_port"), "{e}");
+        let e = err(&route("bogus = 1"));
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse_in_every_form() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("99999999999999999999d"), None);
+        let e = err("[server]\nidle_timeout = \"soon\"\n");
+        assert!(e.contains("server.idle_timeout"), "{e}");
+        let c = Config::from_toml("[server]\nidle_timeout = 5\n").unwrap();
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn route_prefix_must_be_normalised() {
+        let text = route("").replace("/api", "/api/../admin");
+        let e = err(&text);
+        assert!(e.contains("path_prefix"), "{e}");
+        let c = Config::from_toml(&route("").replace("\"/api\"", "\"/api/\"")).unwrap();
+        assert_eq!(c.routes[0].path_prefix, "/api");
+    }
+
+    #[test]
+    fn ambiguous_routes_are_rejected() {
+        let text = format!("{}{}", route(""), route("").replace("\"api\"", "\"api2\""));
+        let e = err(&text);
+        assert!(e.contains("same requests"), "{e}");
+        let text = format!(
+            "{}{}",
+            route("methods = [\"GET\"]"),
+            route("methods = [\"post\"]").replace("\"api\"", "\"api2\"")
+        );
+        Config::from_toml(&text).expect("disjoint methods are not ambiguous");
+    }
+
+    #[test]
+    fn upstream_url_is_checked() {
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:9000",
+            "http://u:p@x",
+            "http://x/?q=1",
+            "http://x/a/../b",
+        ] {
+            let e = err(&route("").replace("http://127.0.0.1:9000", bad));
+            assert!(e.contains("upstream"), "{bad}: {e}");
+        }
+        let c = Config::from_toml(&route("").replace("http://127.0.0.1:9000", "https://h:1/base/"))
+            .unwrap();
+        assert_eq!(c.routes[0].upstream.base_path, "/base");
+    }
+
+    #[test]
+    fn route_overlapping_auth_endpoints_is_rejected() {
+        let e = err(&route("").replace("\"/api\"", "\"/auth/x\""));
+        assert!(e.contains("gateway's own endpoints"), "{e}");
+    }
+
+    #[test]
+    fn reserved_identity_header_is_rejected() {
+        let e = err("[auth.identity_headers]\nuser = \"Authorization\"\n");
+        assert!(e.contains("reserved"), "{e}");
+        let e = err("[auth.identity_headers]\nuser = \"x_user_roles\"\n");
+        assert!(e.contains("mapped twice"), "{e}");
+    }
+
+    #[test]
+    fn leeway_is_capped() {
+        let e = err("[auth]\nleeway = \"61s\"\n");
+        assert!(e.contains("auth.leeway"), "{e}");
+    }
+
+    #[test]
+    fn public_route_with_requirements_is_rejected() {
+        let e = err(&route("auth = \"public\"\nrequire_scopes = [\"read\"]"));
+        assert!(e.contains("public"), "{e}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The one place where errors become HTTP responses: an exhaustive match, no catch-all arm.
+//!
+//! Bodies are short JSON. Nothing from the request (tokens, paths, header values) is echoed.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::auth::endpoints::OAuthError;
+use crate::auth::verify::VerifyError;
+use crate::body::{self, Body};
+use crate::proxy::ProxyError;
+use crate::proxy::path::PathError;
+
+/// Why the pipeline refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("request target is not in origin form")]
+    TargetForm,
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("Host header and :authority disagree")]
+    HostMismatch,
+    #[error("invalid Host header")]
+    BadHost,
+    #[error("invalid request path: {0}")]
+    BadPath(PathError),
+    #[error("the forwarded URI cannot be built")]
+    Unforwardable,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("invalid message framing")]
+    BadFraming,
+    #[error("a body is not allowed with this method")]
+    BodyNotAllowed,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("no route matches")]
+    NoRoute,
+    #[error("no access token")]
+    NoToken,
+    #[error("malformed credentials: {0}")]
+    InvalidRequest(&'static str),
+    #[error("invalid access token: {0}")]
+    InvalidToken(VerifyError),
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(String),
+    #[error("insufficient role")]
+    InsufficientRole,
+    #[error("upstream: {0}")]
+    Upstream(ProxyError),
+    #[error("upstream switched protocols unasked")]
+    UnexpectedUpgrade,
+    #[error("{0}")]
+    OAuth(OAuthError),
+}
+
+impl Rejection {
+    /// A short label for logs and metrics (bounded set).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::TargetForm => "target_form",
+            Rejection::MissingHost => "missing_host",
+            Rejection::DuplicateHost => "duplicate_host",
+            Rejection::HostMismatch => "host_mismatch",
+            Rejection::BadHost => "bad_host",
+            Rejection::BadPath(_) => "bad_path",
+            Rejection::Unforwardable => "unforwardable",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::BadFraming => "bad_framing",
+            Rejection::BodyNotAllowed => "body_not_allowed",
+            Rejection::PayloadTooLarge => "payload_too_large",
+            Rejection::NoRoute => "no_route",
+            Rejection::NoToken => "no_token",
+            Rejection::InvalidRequest(_) => "invalid_request",
+            Rejection::InvalidToken(e) => e.reason(),
+            Rejection::InsufficientScope(_) => "insufficient_scope",
+            Rejection::InsufficientRole => "insufficient_role",
+            Rejection::Upstream(ProxyError::Timeout { .. }) => "upstream_timeout",
+            Rejection::Upstream(ProxyError::BodyTooLarge { .. }) => "payload_too_large",
+            Rejection::Upstream(ProxyError::BodyTimeout { .. }) => "body_timeout",
+            Rejection::Upstream(ProxyError::Connect(_)) => "upstream_connect",
+            Rejection::Upstream(_) => "upstream_error",
+            Rejection::UnexpectedUpgrade => "unexpected_upgrade",
+            Rejection::OAuth(e) => e.code(),
+        }
+    }
+}
+
+// draft-ietf-httpapi-ratelimit-headers field names, as widely deployed.
+static RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+
+const REALM: &str = "Bearer realm=\"gatehouse\"";
+
+/// Renders a rejection.
+pub fn respond(rejection: &Rejection) -> Response<Body> {
+    match rejection {
+        Rejection::TargetForm
+        | Rejection::MissingHost
+        | Rejection::DuplicateHost
+        | Rejection::HostMismatch
+        | Rejection::BadHost
+        | Rejection::BadFraming
+        | Rejection::BodyNotAllowed => plain(StatusCode::BAD_REQUEST, &rejection.to_string()),
+        Rejection::BadPath(e) => plain(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid request path: {e}"),
+        ),
+        Rejection::Unforwardable => {
+            plain(StatusCode::BAD_REQUEST, "the forwarded URI cannot be built")
+        }
+        Rejection::MethodNotAllowed => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        Rejection::PayloadTooLarge => {
+            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+        }
+        Rejection::NoRoute => plain(StatusCode::NOT_FOUND, "no route"),
+        // RFC 6750 §3.1: no authentication information, so no error code.
+        Rejection::NoToken => bearer(
+            StatusCode::UNAUTHORIZED,
+            REALM.to_owned(),
+            json!({"error": "unauthorized", "error_description": "an access token is required"}),
+        ),
+        Rejection::InvalidRequest(what) => bearer(
+            StatusCode::BAD_REQUEST,
+            format!("{REALM}, error=\"invalid_request\", error_description=\"{what}\""),
+            json!({"error": "invalid_request", "error_description": what}),
+        ),
+        Rejection::InvalidToken(e) => bearer(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "{REALM}, error=\"invalid_token\", error_description=\"{}\"",
+                e.description()
+            ),
+            json!({"error": "invalid_token", "error_description": e.description()}),
+        ),
+        Rejection::InsufficientScope(scope) => bearer(
+            StatusCode::FORBIDDEN,
+            format!("{REALM}, error=\"insufficient_scope\", scope=\"{scope}\""),
+            json!({"error": "insufficient_scope", "scope": scope}),
+        ),
+        Rejection::InsufficientRole => bearer(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{REALM}, error=\"insufficient_scope\", error_description=\"a required role is missing\""
+            ),
+            json!({"error": "insufficient_scope", "error_description": "a required role is missing"}),
+        ),
+        Rejection::Upstream(e) => upstream(e),
+        Rejection::UnexpectedUpgrade => plain(
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols unasked",
+        ),
+        Rejection::OAuth(e) => oauth(e),
+    }
+}
+
+fn upstream(e: &ProxyError) -> Response<Body> {
+    match e {
+        ProxyError::Timeout { .. } => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        ProxyError::BodyTooLarge { .. } => {
+            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+        }
+        ProxyError::BodyTimeout { .. } => {
+            plain(StatusCode::REQUEST_TIMEOUT, "request body too slow")
+        }
+        ProxyError::ClientBody(_) => plain(StatusCode::BAD_REQUEST, "request body unreadable"),
+        ProxyError::Connect(_) => plain(StatusCode::BAD_GATEWAY, "upstream unreachable"),
+        ProxyError::Upstream(_) | ProxyError::NotUpgraded { .. } => {
+            plain(StatusCode::BAD_GATEWAY, "upstream error")
+        }
+        // Start-up errors; should one reach a request, the upstream is unusable.
+        ProxyError::CaFile { .. } | ProxyError::NoCaCertificate { .. } | ProxyError::Tls(_) => {
+            plain(StatusCode::BAD_GATEWAY, "upstream misconfigured")
+        }
+    }
+}
+
+/// RFC 6749 §5.2 error responses (and 429/503 with Retry-After for limits and a busy pool).
+fn oauth(e: &OAuthError) -> Response<Body> {
+    let status = e.status();
+    let mut response = with_json(
+        status,
+        json!({"error": e.code(), "error_description": e.description()}),
+    );
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = e.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let OAuthError::Limited(refusal) = e {
+        headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(refusal.limit));
+        headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0"));
+        headers.insert(
+            RATELIMIT_RESET.clone(),
+            HeaderValue::from(refusal.retry_after),
+        );
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    }
+    response
+}
+
+fn plain(status: StatusCode, message: &str) -> Response<Body> {
+    with_json(status, json!({ "error": message }))
+}
+
+fn bearer(status: StatusCode, challenge: String, body: serde_json::Value) -> Response<Body> {
+    let mut response = with_json(status, body);
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// A JSON response; the one constructor every generated response goes through.
+pub fn with_json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(body::json(&value));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,136 @@
+//! The route table: picks the route for a request by host, method and normalised path.
+//!
+//! Rules: routes naming the request's host are tried before host-less ones; among the routes
+//! whose method set fits, the longest `path_prefix` that covers the path on a segment boundary
+//! wins. Nothing matching means no route: the pipeline answers 404 and nothing is forwarded.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::Route;
+use crate::proxy::path::under_prefix;
+
+/// Routes ordered for matching: host-specific first, then by descending prefix length.
+#[derive(Clone, Debug)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[Route]) -> Self {
+        let mut routes: Vec<Arc<Route>> = routes.iter().cloned().map(Arc::new).collect();
+        // Stable sort keeps config order among equals; equals never overlap (config rejects it).
+        routes.sort_by(|a, b| {
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+        });
+        Self { routes }
+    }
+
+    /// The route for `host` (lowercase, no port), `method` and the normalised `path`.
+    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            r.host.as_deref().is_none_or(|h| Some(h) == host)
+                && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
+                && under_prefix(path, &r.path_prefix)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table(toml: &str) -> RouteTable {
+        RouteTable::new(&Config::from_toml(toml).unwrap().routes)
+    }
+
+    fn route(name: &str, prefix: &str, extra: &str) -> String {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:1\"\n{extra}\n"
+        )
+    }
+
+    fn found(t: &RouteTable, host: Option<&str>, method: Method, path: &str) -> Option<String> {
+        t.find(host, &method, path).map(|r| r.name.clone())
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = table(
+            &(route("root", "/", "") + &route("api", "/api", "") + &route("v1", "/api/v1", "")),
+        );
+        assert_eq!(
+            found(&t, None, Method::GET, "/api/v1/x").as_deref(),
+            Some("v1")
+        );
+        assert_eq!(
+            found(&t, None, Method::GET, "/api/v2").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            found(&t, None, Method::GET, "/other").as_deref(),
+            Some("root")
+        );
+    }
+
+    #[test]
+    fn prefix_not_on_segment_boundary_does_not_match() {
+        let t = table(&route("admin", "/admin", ""));
+        assert_eq!(
+            found(&t, None, Method::GET, "/admin").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            found(&t, None, Method::GET, "/admin/x").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(found(&t, None, Method::GET, "/administrator"), None);
+        assert_eq!(found(&t, None, Method::GET, "/"), None);
+    }
+
+    #[test]
+    fn host_specific_routes_come_first() {
+        let t = table(&(route("any", "/", "") + &route("api", "/", "host = \"API.example.com\"")));
+        assert_eq!(
+            found(&t, Some("api.example.com"), Method::GET, "/x").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            found(&t, Some("other"), Method::GET, "/x").as_deref(),
+            Some("any")
+        );
+        assert_eq!(found(&t, None, Method::GET, "/x").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn method_filter_falls_back_to_shorter_prefix() {
+        let t = table(&(route("read", "/data", "methods = [\"GET\"]") + &route("root", "/", "")));
+        assert_eq!(
+            found(&t, None, Method::GET, "/data").as_deref(),
+            Some("read")
+        );
+        assert_eq!(
+            found(&t, None, Method::DELETE, "/data").as_deref(),
+            Some("root")
+        );
+        let t = table(&route("read", "/data", "methods = [\"GET\"]"));
+        assert_eq!(found(&t, None, Method::POST, "/data"), None);
+    }
+}
