@@ -167,6 +167,14 @@ pub enum RotateError {
     Store(#[from] StoreError),
 }
 
+/// The consecutive-failure lockout rule, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    pub max_failures: u32,
+    pub find_time: i64,
+    pub ban_time: i64,
+}
+
 /// Persistent state. Implementations are shared as `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -245,6 +253,23 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 
     /// Readiness: the backend answers a trivial query.
+    /// When `name` is locked out, the unix time the lockout ends.
+    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError>;
+
+    /// Counts a failed login for `name` (whether or not such a user exists). Failures older than
+    /// `policy.find_time` start a new count; reaching `policy.max_failures` locks the name for
+    /// `policy.ban_time`, returned as the unix time the lockout ends.
+    async fn record_login_failure(
+        &self,
+        name: &Username,
+        now: i64,
+        policy: LockoutPolicy,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Forgets failures after a successful login (a running lockout is not lifted: a locked
+    /// name cannot log in to lift it).
+    async fn clear_login_failures(&self, name: &Username) -> Result<(), StoreError>;
+
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

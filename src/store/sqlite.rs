@@ -24,7 +24,8 @@ use rusqlite::{
 };
 
 use super::{
-    NewUser, RefreshRecord, RefreshState, RefreshSuccessor, RotateError, Store, StoreError, User,
+    LockoutPolicy, NewUser, RefreshRecord, RefreshState, RefreshSuccessor, RotateError, Store,
+    StoreError, User,
 };
 use crate::auth::username::Username;
 
@@ -32,7 +33,7 @@ use crate::auth::username::Username;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -70,6 +71,20 @@ CREATE TABLE revoked_jtis (
 ) STRICT;
 CREATE INDEX revoked_jtis_expires_at ON revoked_jtis (expires_at);
 ";
+
+/// Version 2: consecutive login failures and lockouts per canonical username (names that belong
+/// to no user count too, so lockouts reveal nothing about which accounts exist).
+const SCHEMA_V2: &str = "
+CREATE TABLE login_failures (
+    username         TEXT PRIMARY KEY NOT NULL,
+    failures         INTEGER NOT NULL,
+    first_failure_at INTEGER NOT NULL,
+    locked_until     INTEGER
+) STRICT;
+";
+
+/// Failure rows untouched for this long are purged (longer than any sensible find_time).
+const FAILURE_ROW_TTL: i64 = 86_400;
 
 const USER_COLUMNS: &str =
     "username, password_hash, roles, scopes, disabled, created_at, updated_at";
@@ -711,8 +726,78 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
             let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
+            let failures = tx.execute(
+                "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= ?1 \
+                 AND first_failure_at <= ?1 - ?2",
+                params![now, FAILURE_ROW_TTL],
+            )?;
             tx.commit()?;
-            Ok(u64::try_from(tokens + jtis).unwrap_or(u64::MAX))
+            Ok(u64::try_from(tokens + jtis + failures).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError> {
+        let name = name.as_str().to_owned();
+        self.call(move |conn| {
+            let until: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT locked_until FROM login_failures WHERE username = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(until.flatten().filter(|&t| t > now))
+        })
+        .await
+    }
+
+    async fn record_login_failure(
+        &self,
+        name: &Username,
+        now: i64,
+        policy: LockoutPolicy,
+    ) -> Result<Option<i64>, StoreError> {
+        let name = name.as_str().to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT failures, first_failure_at FROM login_failures WHERE username = ?1",
+                    [&name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (failures, first) = match row {
+                Some((n, first)) if first + policy.find_time > now => (n + 1, first),
+                _ => (1, now),
+            };
+            let locked_until =
+                (failures >= i64::from(policy.max_failures)).then(|| now + policy.ban_time);
+            // A lockout starts a fresh count: the next window begins when the ban ends.
+            let (failures, first) = if locked_until.is_some() {
+                (0, now)
+            } else {
+                (failures, first)
+            };
+            tx.execute(
+                "INSERT INTO login_failures (username, failures, first_failure_at, locked_until) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (username) DO UPDATE SET \
+                 failures = excluded.failures, first_failure_at = excluded.first_failure_at, \
+                 locked_until = coalesce(excluded.locked_until, locked_until)",
+                params![name, failures, first, locked_until],
+            )?;
+            tx.commit()?;
+            Ok(locked_until)
+        })
+        .await
+    }
+
+    async fn clear_login_failures(&self, name: &Username) -> Result<(), StoreError> {
+        let name = name.as_str().to_owned();
+        self.call(move |conn| {
+            conn.execute("DELETE FROM login_failures WHERE username = ?1", [&name])?;
+            Ok(())
         })
         .await
     }
@@ -843,7 +928,7 @@ mod tests {
             let version: i64 = raw(&store)
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap();
-            assert_eq!(version, 1);
+            assert_eq!(version, i64::from(SCHEMA_VERSION));
             assert_eq!(store.list_users().await.unwrap().len(), 1);
         }
     }
