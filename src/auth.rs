@@ -1,8 +1,11 @@
 //! Identity: passwords, keys, tokens and their verification.
 
 pub mod claims;
+pub mod endpoints;
+pub mod import;
 pub mod keys;
 pub mod password;
+pub mod service;
 pub mod tokens;
 pub mod username;
 pub mod verify;

@@ -1,0 +1,327 @@
+//! The authentication service: keys, verifier, store and hashing pool behind one handle, and the
+//! per-request work of finding the presented token and verifying it (revocation and cache included).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+
+use crate::auth::claims::Identity;
+use crate::auth::keys::{KeyError, KeyRing};
+use crate::auth::password::{HashParams, PasswordError, PasswordPool, PoolLimits};
+use crate::auth::tokens::AccessTokenSpec;
+use crate::auth::verify::{Policy, Verifier, VerifyError};
+use crate::config::AuthConfig;
+use crate::error::Rejection;
+use crate::limits::{LimitClock, Limits};
+use crate::store::{Store, StoreError};
+
+/// Most verified tokens remembered; beyond it the cache is cleared of expired entries, then of all.
+const CACHE_CAPACITY: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("password hashing: {0}")]
+    Password(#[from] PasswordError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The key ring and the verifier built from it, swapped together when keys are reloaded.
+pub struct KeyState {
+    pub ring: KeyRing,
+    pub verifier: Verifier,
+}
+
+pub struct AuthService {
+    pub(crate) config: AuthConfig,
+    pub(crate) keys: ArcSwap<KeyState>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) pool: PasswordPool,
+    pub(crate) spec: AccessTokenSpec,
+    pub(crate) limits: Limits,
+    /// Revoked access-token `jti`s and their expiry, mirrored from the store.
+    revoked: DashMap<String, i64>,
+    /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
+    cache: DashMap<[u8; 32], Arc<Identity>>,
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl AuthService {
+    /// Loads (or on first start generates) the keys, builds the pool, loads revocations.
+    pub async fn new(config: AuthConfig, store: Arc<dyn Store>) -> Result<Self, ServiceError> {
+        let keys = load_keys(&config, true)?;
+        let p = &config.password;
+        let workers = if p.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            p.workers
+        };
+        let queue = if p.queue == 0 { workers * 4 } else { p.queue };
+        let pool = PasswordPool::new(
+            HashParams {
+                m_kib: p.memory_kib,
+                t: p.iterations,
+                p: p.parallelism,
+            },
+            PoolLimits { workers, queue },
+        )?;
+        let spec = AccessTokenSpec {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            lifetime: config.access_token_lifetime,
+        };
+        let limits = Limits::new(config.limits.clone(), LimitClock::default());
+        let revoked = DashMap::new();
+        for (jti, exp) in store.revoked_jtis(now()).await? {
+            revoked.insert(jti, exp);
+        }
+        Ok(Self {
+            config,
+            keys: ArcSwap::from_pointee(keys),
+            store,
+            pool,
+            spec,
+            limits,
+            revoked,
+            cache: DashMap::new(),
+        })
+    }
+
+    /// Re-reads the key directory (after `gatehouse keys rotate`); the old keys stay on failure.
+    pub fn reload_keys(&self) -> Result<(), ServiceError> {
+        let keys = load_keys(&self.config, false)?;
+        self.keys.store(Arc::new(keys));
+        // A removed key must not keep vouching for tokens it signed.
+        self.cache.clear();
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Hashes a new password on the bounded pool (CLI, demo, registration).
+    pub async fn hash_password(
+        &self,
+        password: zeroize::Zeroizing<String>,
+    ) -> Result<String, PasswordError> {
+        self.pool.hash(password).await
+    }
+
+    /// Finds the one token the request presents: `Authorization: Bearer` or the configured
+    /// cookie. Two presentations, or a token in the query string, are `invalid_request`.
+    pub fn presented_token(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<String>, Rejection> {
+        if query.is_some_and(query_carries_token) {
+            return Err(Rejection::InvalidRequest(
+                "access tokens are not accepted in the query string",
+            ));
+        }
+        let mut found: Option<String> = None;
+        let mut present = |token: String| -> Result<(), Rejection> {
+            if found.replace(token).is_some() {
+                return Err(Rejection::InvalidRequest(
+                    "more than one access token presented",
+                ));
+            }
+            Ok(())
+        };
+        for value in headers.get_all(AUTHORIZATION) {
+            match bearer_token(value.as_bytes())? {
+                Some(token) => present(token)?,
+                None => continue,
+            }
+        }
+        if let Some(name) = &self.config.cookie {
+            for value in headers.get_all(COOKIE) {
+                let Ok(text) = value.to_str() else { continue };
+                for pair in text.split(';') {
+                    let mut kv = pair.trim().splitn(2, '=');
+                    if kv.next().map(str::trim) == Some(name.as_str()) {
+                        present(kv.next().unwrap_or("").trim().to_owned())?;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Verifies an access token: size cap, signature and claims (cached per token until its
+    /// `exp`), then revocation, which is checked on every request.
+    pub fn verify_access(&self, token: &str) -> Result<Identity, VerifyError> {
+        let now = now();
+        let max = self.config.max_token_bytes;
+        if token.len() > max {
+            return Err(VerifyError::TooLarge);
+        }
+        let digest = crate::auth::tokens::refresh_digest(token);
+        let leeway = self.config.leeway.as_secs() as i64;
+        if let Some(hit) = self.cache.get(&digest) {
+            if hit.exp + leeway > now {
+                let identity = Identity::clone(&hit);
+                drop(hit);
+                return self.not_revoked(identity, now);
+            }
+            drop(hit);
+            self.cache.remove(&digest);
+        }
+        let identity = self.keys.load().verifier.verify(token, now)?;
+        self.remember(digest, &identity, now);
+        self.not_revoked(identity, now)
+    }
+
+    fn not_revoked(&self, identity: Identity, now: i64) -> Result<Identity, VerifyError> {
+        if let Some(jti) = &identity.jti
+            && let Some(exp) = self.revoked.get(jti)
+            && *exp + 60 > now
+        {
+            return Err(VerifyError::Revoked);
+        }
+        Ok(identity)
+    }
+
+    fn remember(&self, digest: [u8; 32], identity: &Identity, now: i64) {
+        if self.cache.len() >= CACHE_CAPACITY {
+            self.cache.retain(|_, v| v.exp > now);
+            if self.cache.len() >= CACHE_CAPACITY {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(digest, Arc::new(identity.clone()));
+    }
+
+    /// Revokes an access token's `jti` until it expires (store first, then the local mirror).
+    pub async fn revoke_access(&self, identity: &Identity) -> Result<(), StoreError> {
+        if let Some(jti) = &identity.jti {
+            self.store.revoke_jti(jti, identity.exp).await?;
+            self.revoked.insert(jti.clone(), identity.exp);
+        }
+        Ok(())
+    }
+
+    /// Drops expired revocations, cache entries, limiter keys and stored rows; called on a timer.
+    pub async fn prune(&self) {
+        let now = now();
+        self.revoked.retain(|_, exp| *exp + 60 > now);
+        self.cache.retain(|_, v| v.exp > now);
+        self.limits.prune();
+        if let Err(e) = self.store.purge_expired(now).await {
+            tracing::warn!(error = %e, "purging expired store rows failed");
+        }
+    }
+}
+
+fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> {
+    // Old keys verify until every token they signed has expired.
+    let retain = config.access_token_lifetime + config.leeway + Duration::from_secs(60);
+    let ring = if generate {
+        KeyRing::load_or_generate(&config.keys_dir, config.algorithm, retain)?
+    } else {
+        KeyRing::load(&config.keys_dir, retain)?
+    };
+    let policy = Policy {
+        issuer: config.issuer.clone(),
+        audience: config.audience.clone(),
+        typ: "at+jwt".into(),
+        leeway: config.leeway,
+        max_lifetime: config.access_token_lifetime + config.leeway,
+        max_token_bytes: config.max_token_bytes,
+    };
+    let verifier = Verifier::new(policy, ring.lookup().clone());
+    Ok(KeyState { ring, verifier })
+}
+
+/// `Bearer <token>`, scheme in any case, exactly one space, a b64token (RFC 6750 §2.1).
+/// Another scheme is not a bearer presentation (`Ok(None)`).
+fn bearer_token(value: &[u8]) -> Result<Option<String>, Rejection> {
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return if value.eq_ignore_ascii_case(b"bearer") {
+            Err(Rejection::InvalidRequest("malformed Authorization header"))
+        } else {
+            Ok(None)
+        };
+    };
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let token = &rest[1..];
+    let valid = !token.is_empty()
+        && token
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b));
+    if !valid {
+        return Err(Rejection::InvalidRequest("malformed Authorization header"));
+    }
+    Ok(std::str::from_utf8(token).ok().map(str::to_owned))
+}
+
+/// Query parameters that would carry a token (RFC 6750 §2.3 is refused on purpose).
+fn query_carries_token(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("");
+        key.eq_ignore_ascii_case("access_token") || key.eq_ignore_ascii_case("token")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(
+            bearer_token(b"bearer abc.def").unwrap().as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(bearer_token(b"BEARER abc").unwrap().as_deref(), Some("abc"));
+        assert_eq!(bearer_token(b"Basic dXNlcjpwYXNz").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_bearer_is_invalid_request() {
+        for bad in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearer  abc",
+            b"Bearer a b",
+            b"Bearer a\"b",
+        ] {
+            assert!(
+                bearer_token(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn token_in_query_is_detected() {
+        assert!(query_carries_token("a=1&access_token=x"));
+        assert!(query_carries_token("ACCESS_TOKEN=x"));
+        assert!(!query_carries_token("tokens=3"));
+    }
+}
