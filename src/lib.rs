@@ -5,11 +5,14 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | `app` | assembles store, auth service, pipeline and listener; signals |
 //! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `keys` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
 //! | `gateway` | the request pipeline, its stages listed in order |
 //! | `auth::endpoints` | `/auth/*` and JWKS handlers |
+//! | `auth::service` | keys, verifier, store and pool behind one handle; token presentation |
+//! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
 //! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
 //! | `proxy::path` | request-path normalisation |
@@ -21,12 +24,23 @@
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
 //! | `auth::username` | canonical usernames |
 //! | `store` | the state interface; `store::sqlite` the embedded backend |
+//! | `limits` | login rate limits and lockout |
 //! | `config` | raw TOML/env configuration validated into `Config` |
 //! | `error` | the one mapping from errors to HTTP responses |
+//! | `logging` | tracing subscriber setup |
 //! | `body` | the response body type and small constructors |
 
+pub mod app;
 pub mod auth;
 pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod limits;
+pub mod logging;
 pub mod proxy;
+pub mod routes;
 pub mod server;
 pub mod store;

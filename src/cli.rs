@@ -1,0 +1,332 @@
+//! Subcommands: `serve`, `check-config`, `demo`, `user ...`, `keys ...`.
+
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::app;
+use crate::auth::keys::KeyRing;
+use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
+use crate::auth::username::Username;
+use crate::config::{AuthMode, Config};
+use crate::store::{NewUser, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A reverse-proxy authentication gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The TOML configuration file (GATEHOUSE_* variables override it).
+    #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate a configuration file and summarise it.
+    CheckConfig(ConfigArg),
+    /// The quick start: a demo upstream behind the gateway, with user alice / secret.
+    Demo {
+        /// Gateway address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the demo keeps its store and keys.
+        #[arg(long, default_value = "data/demo")]
+        data_dir: PathBuf,
+    },
+    /// Manage users.
+    User {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a user; the password is read from the terminal (twice) or stdin.
+    Add {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    List,
+    Remove {
+        name: String,
+    },
+    /// Import users with existing hashes (argon2 PHC or bcrypt) from JSON lines or CSV
+    /// (`username,password_hash,roles,scopes` with roles/scopes separated by spaces).
+    Import {
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create the first signing key if there is none.
+    Generate,
+    /// Make a new signing key; the old ones verify until their tokens expire.
+    Rotate,
+    List,
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(c) => {
+            let config = load(&c)?;
+            app::run(config).await?;
+            Ok(())
+        }
+        Command::CheckConfig(c) => check_config(&c),
+        Command::Demo { listen, data_dir } => crate::demo::run(listen, &data_dir).await,
+        Command::User { config, action } => user(load(&config)?, action).await,
+        Command::Keys { config, action } => keys(load(&config)?, action),
+    }
+}
+
+fn load(c: &ConfigArg) -> anyhow::Result<Config> {
+    Config::load(c.config.as_deref()).with_context(|| match &c.config {
+        Some(p) => format!("invalid configuration {}", p.display()),
+        None => "invalid configuration (defaults and GATEHOUSE_ variables)".into(),
+    })
+}
+
+fn check_config(c: &ConfigArg) -> anyhow::Result<()> {
+    let config = load(c)?;
+    println!("configuration OK");
+    print!("{}", summary(&config));
+    Ok(())
+}
+
+/// A one-screen summary of listeners and routes.
+pub fn summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let s = &config.server;
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    let _ = writeln!(out, "listen    {scheme}://{}", s.listen);
+    let _ = writeln!(
+        out,
+        "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {}",
+        config.auth.prefix,
+        config.auth.issuer,
+        config.auth.audience,
+        config.auth.algorithm,
+        config.auth.keys_dir.display()
+    );
+    let _ = writeln!(out, "store     {}", config.store.path.display());
+    let _ = writeln!(out, "routes    {}", config.routes.len());
+    for r in &config.routes {
+        let methods = r
+            .methods
+            .as_ref()
+            .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
+            .unwrap_or_else(|| "*".into());
+        let auth = match r.auth {
+            AuthMode::Required => "required",
+            AuthMode::Optional => "optional",
+            AuthMode::Public => "public",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<16} {}{} [{}] -> {}://{}{}{} auth={}",
+            r.name,
+            r.host.as_deref().unwrap_or(""),
+            r.path_prefix,
+            methods,
+            r.upstream.scheme,
+            r.upstream.authority,
+            r.upstream.base_path,
+            if r.strip_prefix {
+                " (prefix stripped)"
+            } else {
+                ""
+            },
+            auth
+        );
+    }
+    out
+}
+
+fn pool(config: &Config) -> anyhow::Result<PasswordPool> {
+    let p = &config.auth.password;
+    Ok(PasswordPool::new(
+        HashParams {
+            m_kib: p.memory_kib,
+            t: p.iterations,
+            p: p.parallelism,
+        },
+        PoolLimits {
+            workers: 1,
+            queue: 1,
+        },
+    )?)
+}
+
+async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = app::open_store(&config)?;
+    match action {
+        UserAction::Add {
+            name,
+            roles,
+            scopes,
+            password_stdin,
+        } => {
+            let username = Username::parse(&name)?;
+            let password = read_password(password_stdin)?;
+            let hash = pool(&config)?.hash(password).await?;
+            store
+                .create_user(NewUser {
+                    username: username.clone(),
+                    password_hash: hash,
+                    roles,
+                    scopes,
+                })
+                .await?;
+            println!("added {}", username.as_str());
+        }
+        UserAction::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let username = Username::parse(&name)?;
+            let password = read_password(password_stdin)?;
+            let hash = pool(&config)?.hash(password).await?;
+            store.set_password(&username, &hash).await?;
+            println!("password changed for {}", username.as_str());
+        }
+        UserAction::Disable { name } => {
+            store.set_disabled(&Username::parse(&name)?, true).await?;
+            println!("disabled {name}");
+        }
+        UserAction::Enable { name } => {
+            store.set_disabled(&Username::parse(&name)?, false).await?;
+            println!("enabled {name}");
+        }
+        UserAction::List => {
+            for u in store.list_users().await? {
+                println!(
+                    "{}\t{}\troles={}\tscopes={}",
+                    u.username.as_str(),
+                    if u.disabled { "disabled" } else { "enabled" },
+                    u.roles.join(","),
+                    u.scopes.join(",")
+                );
+            }
+        }
+        UserAction::Remove { name } => {
+            store.remove_user(&Username::parse(&name)?).await?;
+            println!("removed {name}");
+        }
+        UserAction::Import { file } => {
+            let users = crate::auth::import::read_file(&file)?;
+            let mut added = 0;
+            for u in users {
+                let name = u.username.as_str().to_owned();
+                store
+                    .create_user(u)
+                    .await
+                    .with_context(|| format!("importing {name}"))?;
+                added += 1;
+            }
+            println!("imported {added} users");
+        }
+    }
+    Ok(())
+}
+
+fn keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
+    let a = &config.auth;
+    let retain = a.access_token_lifetime + a.leeway + std::time::Duration::from_secs(60);
+    match action {
+        KeysAction::Generate => {
+            let ring = KeyRing::load_or_generate(&a.keys_dir, a.algorithm, retain)?;
+            println!("current key {}", ring.signing().kid);
+        }
+        KeysAction::Rotate => {
+            let kid = KeyRing::rotate(&a.keys_dir, a.algorithm, retain)?;
+            println!("new signing key {kid}; send SIGHUP to running gateways to use it");
+        }
+        KeysAction::List => print_keys(&a.keys_dir)?,
+    }
+    Ok(())
+}
+
+fn print_keys(dir: &Path) -> anyhow::Result<()> {
+    for k in KeyRing::list(dir)? {
+        let state = match k.retired {
+            None if k.current => "current".to_owned(),
+            None => "active".to_owned(),
+            Some(t) => format!("retired at {t}"),
+        };
+        println!("{}\t{}\tcreated {}\t{state}", k.kid, k.alg, k.created);
+    }
+    Ok(())
+}
+
+/// From the terminal (asked twice, not echoed) or the first line of stdin; never from argv.
+fn read_password(from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
+    let password = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .take(4096)
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
+    } else {
+        let first = Zeroizing::new(rpassword::prompt_password("Password: ")?);
+        let second = Zeroizing::new(rpassword::prompt_password("Again: ")?);
+        if first != second {
+            bail!("the passwords differ");
+        }
+        first
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    if password.len() > crate::auth::password::MAX_PASSWORD_BYTES {
+        bail!("the password is longer than 1024 bytes");
+    }
+    Ok(password)
+}

@@ -1,0 +1,502 @@
+//! The request pipeline. Every request goes through these stages, in this order; each is a plain
+//! function below, and the first one that fails ends the request with its error, rendered by
+//! [`crate::error`]:
+//!
+//! 1. **target**: origin-form only, exactly one `Host` (HTTP/2: `:authority`, agreeing with any
+//!    `Host`), path normalised once; everything later sees only the normalised path.
+//! 2. **framing**: CONNECT and TRACE refused; a body on GET/HEAD/OPTIONS refused; a declared
+//!    `Content-Length` over the limit answers 413 before a byte is read.
+//! 3. **scrub**: hop-by-hop and `Connection`-nominated headers first, then client forwarding and
+//!    identity headers, so nothing a client names can remove what the gateway injects later.
+//! 4. **endpoints**: the gateway's own `/auth/*` and JWKS endpoints answer here.
+//! 5. **route**: host, method, longest segment-bounded prefix; no route answers 404.
+//! 6. **authenticate**: the route's auth mode decides whether a token is required; the token is
+//!    taken from exactly one place and verified.
+//! 7. **authorise**: the route's required scopes and roles.
+//! 8. **inject**: the verified identity as headers; the token removed unless the route forwards it.
+//! 9. **forward**: upstream URI from the route's base URL, forwarding headers, bounded body,
+//!    response timeout; the response streams back with its hop-by-hop headers removed.
+//! 10. **log**: one access-log line.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::auth::claims::Identity;
+use crate::auth::service::AuthService;
+use crate::body::Body;
+use crate::config::{AuthMode, Config, IdentityHeaders, Route};
+use crate::error::Rejection;
+use crate::proxy::headers::{self, Forwarding, IdentityScrubber};
+use crate::proxy::path;
+use crate::proxy::{self as forward, ClientSettings, UpstreamClient};
+use crate::routes::RouteTable;
+use crate::server::ConnInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("building an upstream client: {0}")]
+    Proxy(#[from] forward::ProxyError),
+    #[error("identity headers: {0}")]
+    Headers(#[from] headers::HeaderError),
+}
+
+/// Everything the pipeline needs, built once from a validated [`Config`].
+pub struct Gateway {
+    config: Arc<Config>,
+    routes: RouteTable,
+    /// One pooled client per route, in `routes` order (each route has its own connect timeout).
+    clients: std::collections::HashMap<String, UpstreamClient>,
+    scrubber: IdentityScrubber,
+    auth: Arc<AuthService>,
+}
+
+/// What stage 1 learned about the request target.
+struct Target {
+    /// Lowercase host without port, as the client addressed it.
+    host: String,
+    /// The host and port as sent, for `X-Forwarded-Host`.
+    authority: Authority,
+    path: String,
+    query: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(config: Arc<Config>, auth: Arc<AuthService>) -> Result<Self, BuildError> {
+        let routes = RouteTable::new(&config.routes);
+        let mut clients = std::collections::HashMap::new();
+        for route in routes.iter() {
+            let settings = ClientSettings {
+                ca_file: config.upstream.ca_file.clone(),
+                connect_timeout: route.connect_timeout,
+                pool_idle_timeout: config.upstream.pool_idle_timeout,
+                pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
+            };
+            clients.insert(route.name.clone(), UpstreamClient::new(&settings)?);
+        }
+        let ids = &config.auth.identity_headers;
+        let scrubber = IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?;
+        Ok(Self {
+            config,
+            routes,
+            clients,
+            scrubber,
+            auth,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn auth(&self) -> &Arc<AuthService> {
+        &self.auth
+    }
+
+    /// Runs the pipeline for one request and renders any rejection; never panics on input.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let raw_path = req.uri().path().to_owned();
+        let client = headers::client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &self.config.server.trusted_proxies,
+        );
+        let mut access = AccessLog::default();
+        let response = match self.pipeline(req, &conn, client, &mut access).await {
+            Ok(response) => response,
+            Err(rejection) => {
+                access.rejection = Some(rejection.reason());
+                crate::error::respond(&rejection)
+            }
+        };
+        tracing::info!(
+            target: "access",
+            client = %client,
+            method = %method,
+            path = access.path.as_deref().unwrap_or(raw_path_for_log(&raw_path)),
+            route = access.route.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            upstream_us = access.upstream_us,
+            sub = access.sub.as_deref().unwrap_or("-"),
+            rejected = access.rejection.unwrap_or("-"),
+        );
+        response
+    }
+
+    async fn pipeline(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+        client: IpAddr,
+        access: &mut AccessLog,
+    ) -> Result<Response<Body>, Rejection> {
+        check_method(req.method())?;
+        let target = check_target(&req)?;
+        access.path = Some(target.path.clone());
+        check_framing(&req, self.config.server.max_body_bytes)?;
+        let upgrade = scrub(req.headers_mut(), &self.scrubber)
+            // RFC 6455 §4.1: the opening handshake is a GET.
+            .filter(|_| req.method() == Method::GET);
+
+        if let Some(endpoint) = self.auth.endpoint_for(&target.path) {
+            access.route = Some(format!("gatehouse:{}", endpoint.name()));
+            return self.auth.serve(endpoint, req, client).await;
+        }
+
+        let route = self
+            .routes
+            .find(Some(&target.host), req.method(), &target.path)
+            .ok_or(Rejection::NoRoute)?
+            .clone();
+        access.route = Some(route.name.clone());
+
+        let identity = self.authenticate(&req, &route, target.query.as_deref())?;
+        if let Some(identity) = &identity {
+            access.sub = Some(identity.sub.clone());
+            authorise(&route, identity)?;
+        }
+        prepare_upstream_headers(
+            req.headers_mut(),
+            &route,
+            identity.as_ref(),
+            &self.config.auth.identity_headers,
+            self.config.auth.cookie.as_deref(),
+        );
+        let forwarding = Forwarding {
+            peer: conn.peer.ip(),
+            trusted_proxies: &self.config.server.trusted_proxies,
+            proto: if conn.tls { "https" } else { "http" },
+            host: Some(target.authority.as_str()),
+        };
+        headers::set_forwarding(req.headers_mut(), &forwarding);
+
+        let uri = upstream_uri(&route, &target)?;
+        let started = Instant::now();
+        let result = self.forward(req, uri, &route, upgrade).await;
+        access.upstream_us = Some(started.elapsed().as_micros() as u64);
+        result
+    }
+
+    /// Stage 6: the route's auth mode decides what a missing or invalid token means.
+    fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        route: &Route,
+        query: Option<&str>,
+    ) -> Result<Option<Identity>, Rejection> {
+        if route.auth == AuthMode::Public {
+            return Ok(None);
+        }
+        let token = self.auth.presented_token(req.headers(), query)?;
+        match (token, route.auth) {
+            (None, AuthMode::Required) => Err(Rejection::NoToken),
+            (None, _) => Ok(None),
+            (Some(token), _) => self
+                .auth
+                .verify_access(&token)
+                .map(Some)
+                .map_err(Rejection::InvalidToken),
+        }
+    }
+
+    /// Stage 9.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        uri: Uri,
+        route: &Route,
+        upgrade: Option<HeaderValue>,
+    ) -> Result<Response<Body>, Rejection> {
+        let client = self.clients.get(&route.name).ok_or(Rejection::NoRoute)?;
+        let on_client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        parts.headers.remove(HOST);
+        if let Some(protocol) = &upgrade {
+            parts.headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            parts
+                .headers
+                .insert(http::header::UPGRADE, protocol.clone());
+        }
+        let server = &self.config.server;
+        let (body, limit) =
+            forward::limit_body(body, server.max_body_bytes, server.body_idle_timeout);
+        let request = Request::from_parts(parts, body);
+        let sent = client.send(request, route.timeout).await;
+        // The limit flag is the truth about the client's body: over HTTP/2 the body error may
+        // not survive in the client's error chain.
+        if let Some(limit_error) = limit.tripped() {
+            return Err(Rejection::Upstream(limit_error));
+        }
+        let mut response = sent.map_err(Rejection::Upstream)?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // An upstream may not switch protocols the client never asked for.
+            let on_upgrade = on_client_upgrade.ok_or(Rejection::UnexpectedUpgrade)?;
+            forward::tunnel(on_upgrade, &mut response, server.idle_timeout)
+                .map_err(Rejection::Upstream)?;
+            let (parts, _) = response.into_parts();
+            return Ok(Response::from_parts(parts, crate::body::empty()));
+        }
+        headers::remove_hop_by_hop_response(response.headers_mut());
+        Ok(response.map(crate::body::incoming))
+    }
+}
+
+/// Stage 1.
+fn check_target(req: &Request<Incoming>) -> Result<Target, Rejection> {
+    let uri = req.uri();
+    let authority = match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => {
+            let from_uri = uri.authority().cloned().ok_or(Rejection::MissingHost)?;
+            if let Some(host) = single_host(req.headers())?
+                && !host.as_str().eq_ignore_ascii_case(from_uri.as_str())
+            {
+                return Err(Rejection::HostMismatch);
+            }
+            from_uri
+        }
+        _ => {
+            if uri.scheme().is_some() || uri.authority().is_some() {
+                return Err(Rejection::TargetForm);
+            }
+            single_host(req.headers())?.ok_or(Rejection::MissingHost)?
+        }
+    };
+    if authority.as_str().contains('@') {
+        return Err(Rejection::BadHost);
+    }
+    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(Rejection::BadHost);
+    }
+    let path = path::normalize(uri.path()).map_err(Rejection::BadPath)?;
+    Ok(Target {
+        host,
+        authority,
+        path,
+        query: uri.query().map(str::to_owned),
+    })
+}
+
+/// The one `Host` header, parsed; two or more is an error.
+fn single_host(headers: &HeaderMap) -> Result<Option<Authority>, Rejection> {
+    let mut values = headers.get_all(HOST).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Rejection::DuplicateHost);
+    }
+    let text = first.to_str().map_err(|_| Rejection::BadHost)?;
+    text.parse::<Authority>()
+        .map(Some)
+        .map_err(|_| Rejection::BadHost)
+}
+
+/// Stage 1, first: methods the gateway never proxies (CONNECT tunnels, TRACE reflection).
+fn check_method(method: &Method) -> Result<(), Rejection> {
+    if method == Method::CONNECT || method == Method::TRACE {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    Ok(())
+}
+
+/// Stage 2.
+fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), Rejection> {
+    let method = req.method();
+    let headers = req.headers();
+    let declared = match headers.get(CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Rejection::BadFraming)?,
+        ),
+    };
+    let has_body = declared.is_some_and(|n| n > 0) || headers.contains_key(TRANSFER_ENCODING);
+    if has_body && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Err(Rejection::BodyNotAllowed);
+    }
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Rejection::PayloadTooLarge);
+    }
+    Ok(())
+}
+
+/// Stage 3: order matters (see the module docs). Returns the WebSocket upgrade to re-add, if any.
+fn scrub(headers: &mut HeaderMap, scrubber: &IdentityScrubber) -> Option<HeaderValue> {
+    let upgrade = headers::remove_hop_by_hop(headers);
+    headers::remove_untrusted_forwarding(headers);
+    scrubber.scrub(headers);
+    upgrade
+}
+
+/// Stage 7: every required scope and role, and one of the any-roles.
+fn authorise(route: &Route, identity: &Identity) -> Result<(), Rejection> {
+    let missing_scopes: Vec<&str> = route
+        .require_scopes
+        .iter()
+        .filter(|s| !identity.scopes.contains(s))
+        .map(String::as_str)
+        .collect();
+    if !missing_scopes.is_empty() {
+        return Err(Rejection::InsufficientScope(missing_scopes.join(" ")));
+    }
+    let roles_ok = route
+        .require_roles
+        .iter()
+        .all(|r| identity.roles.contains(r))
+        && (route.require_any_role.is_empty()
+            || route
+                .require_any_role
+                .iter()
+                .any(|r| identity.roles.contains(r)));
+    if !roles_ok {
+        return Err(Rejection::InsufficientRole);
+    }
+    Ok(())
+}
+
+/// Stage 8: drop the credentials unless forwarded on purpose, then inject the identity.
+fn prepare_upstream_headers(
+    headers: &mut HeaderMap,
+    route: &Route,
+    identity: Option<&Identity>,
+    names: &IdentityHeaders,
+    cookie: Option<&str>,
+) {
+    if !route.forward_token {
+        headers.remove(AUTHORIZATION);
+        if let Some(cookie) = cookie {
+            remove_cookie(headers, cookie);
+        }
+    }
+    if let Some(identity) = identity {
+        inject_identity(headers, identity, names);
+    }
+}
+
+/// Writes the identity headers. Values were checked to be header-safe by the verifier; mapped
+/// claims that cannot be carried in a header are left out rather than mangled.
+pub fn inject_identity(headers: &mut HeaderMap, identity: &Identity, names: &IdentityHeaders) {
+    let mut put = |name: &http::HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), v);
+        }
+    };
+    put(&names.user, &identity.sub);
+    put(&names.roles, &identity.roles.join(","));
+    put(&names.scopes, &identity.scopes.join(","));
+    for (header, claim) in &names.claims {
+        if let Some(value) = claim_value(identity, claim)
+            .as_ref()
+            .and_then(claim_header_value)
+        {
+            put(header, &value);
+        }
+    }
+}
+
+/// A claim by name: the typed ones from their fields, the rest from `extra`.
+fn claim_value(identity: &Identity, claim: &str) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match claim {
+        "sub" => Some(Value::from(identity.sub.as_str())),
+        "iss" => Some(Value::from(identity.issuer.as_str())),
+        "exp" => Some(Value::from(identity.exp)),
+        "jti" => identity.jti.as_deref().map(Value::from),
+        "client_id" => identity.client_id.as_deref().map(Value::from),
+        "roles" => Some(Value::from(identity.roles.clone())),
+        "scope" => Some(Value::from(identity.scopes.clone())),
+        other => identity.extra.get(other).cloned(),
+    }
+}
+
+fn claim_header_value(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(_) | Value::Number(_) | Value::Object(_) => Some(value.to_string()),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.contains(',') => Some(s.clone()),
+                    Value::Bool(_) | Value::Number(_) => Some(v.to_string()),
+                    _ => None,
+                })
+                .collect();
+            parts.map(|p| p.join(","))
+        }
+    }
+}
+
+/// Removes one cookie by name from every `Cookie` header, keeping the others.
+fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// The upstream URI: the route's scheme and authority, its base path joined with the forwarded
+/// (normalised, optionally prefix-stripped) path, and the query as the client sent it.
+fn upstream_uri(route: &Route, target: &Target) -> Result<Uri, Rejection> {
+    let path = if route.strip_prefix {
+        path::strip_prefix(&target.path, &route.path_prefix)
+    } else {
+        target.path.clone()
+    };
+    let full_path = path::join_base(&route.upstream.base_path, &path);
+    let path_and_query = match &target.query {
+        Some(q) => PathAndQuery::try_from(format!("{full_path}?{q}")),
+        None => PathAndQuery::try_from(full_path),
+    }
+    .map_err(|_| Rejection::Unforwardable)?;
+    Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Rejection::Unforwardable)
+}
+
+/// Raw paths are logged only up to a bound, and only as ASCII.
+fn raw_path_for_log(raw: &str) -> &str {
+    let end = raw.len().min(256);
+    raw.get(..end).unwrap_or("-")
+}
+
+#[derive(Default)]
+struct AccessLog {
+    path: Option<String>,
+    route: Option<String>,
+    sub: Option<String>,
+    upstream_us: Option<u64>,
+    rejection: Option<&'static str>,
+}
