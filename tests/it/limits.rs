@@ -1,0 +1,214 @@
+//! Brute-force limits through real sockets, with the limiters' clock moved by the test.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::{GatewayBuilder, TestGateway, Upstream, client};
+
+async fn gateway(limits: &str) -> (TestGateway, Upstream) {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and(&format!("[auth.limits]\n{limits}"))
+        .start()
+        .await;
+    gw.add_user("alice", "secret", &[], &["read"]).await;
+    (gw, up)
+}
+
+async fn attempt(
+    gw: &TestGateway,
+    user: &str,
+    password: &str,
+    xff: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client().post(gw.url("/auth/token")).form(&[
+        ("grant_type", "password"),
+        ("username", user),
+        ("password", password),
+    ]);
+    if let Some(xff) = xff {
+        req = req.header("x-forwarded-for", xff);
+    }
+    req.send().await.unwrap()
+}
+
+fn advance(gw: &TestGateway, by: Duration) {
+    gw.gateway.auth().limits().clock().advance(by);
+}
+
+#[tokio::test]
+async fn password_spraying_from_one_address_is_refused_with_429_and_headers() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 3\nper_address_per_minute = 1\nper_user_burst = 100\nper_user_per_minute = 100\nmax_failures = 100",
+    )
+    .await;
+    for user in ["a1", "a2", "a3"] {
+        assert_eq!(
+            attempt(&gw, user, "x", None).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    let r = attempt(&gw, "a4", "x", None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.headers()["ratelimit-limit"], "3");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    assert!(r.headers().contains_key("ratelimit-reset"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].is_string());
+    // Even the right password waits: the limit runs before any lookup or hashing.
+    assert_eq!(
+        attempt(&gw, "alice", "secret", None).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    advance(&gw, Duration::from_secs(61));
+    assert_eq!(
+        attempt(&gw, "alice", "secret", None).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn spoofed_x_forwarded_for_from_an_untrusted_peer_does_not_reset_the_address_limit() {
+    let (gw, _up) = gateway("per_address_burst = 2\nper_address_per_minute = 1\nper_user_burst = 100\nmax_failures = 100").await;
+    attempt(&gw, "u1", "x", Some("198.51.100.1")).await;
+    attempt(&gw, "u2", "x", Some("198.51.100.2")).await;
+    let r = attempt(&gw, "u3", "x", Some("198.51.100.3")).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn trusted_proxy_clients_are_limited_by_their_forwarded_address() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[server]\ntrusted_proxies = [\"127.0.0.1\"]")
+        .and("[auth.limits]\nper_address_burst = 1\nper_address_per_minute = 1\nper_user_burst = 100\nmax_failures = 100")
+        .start()
+        .await;
+    assert_eq!(
+        attempt(&gw, "u1", "x", Some("198.51.100.1")).await.status(),
+        400
+    );
+    assert_eq!(
+        attempt(&gw, "u1", "x", Some("198.51.100.1")).await.status(),
+        429
+    );
+    assert_eq!(
+        attempt(&gw, "u1", "x", Some("198.51.100.2")).await.status(),
+        400
+    );
+    // IPv6 clients share a bucket per /64.
+    assert_eq!(
+        attempt(&gw, "u1", "x", Some("2001:db8:1:2::1"))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        attempt(&gw, "u1", "x", Some("2001:db8:1:2::ffff"))
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        attempt(&gw, "u1", "x", Some("2001:db8:1:3::1"))
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn per_username_limit_treats_unknown_users_like_real_ones() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 2\nper_user_per_minute = 1\nmax_failures = 100",
+    )
+    .await;
+    let mut refusals = Vec::new();
+    for user in ["alice", "ghost"] {
+        assert_eq!(attempt(&gw, user, "x", None).await.status(), 400);
+        assert_eq!(attempt(&gw, user, "x", None).await.status(), 400);
+        let r = attempt(&gw, user, "x", None).await;
+        assert_eq!(r.status(), 429, "{user}");
+        refusals.push(r.bytes().await.unwrap());
+    }
+    assert_eq!(
+        refusals[0], refusals[1],
+        "the refusal must not reveal which account exists"
+    );
+    // The username is canonicalised: case does not open a new bucket.
+    assert_eq!(attempt(&gw, "ALICE", "secret", None).await.status(), 429);
+    assert_eq!(attempt(&gw, "bob", "x", None).await.status(), 400);
+}
+
+#[tokio::test]
+async fn lockout_after_repeated_failures_holds_even_for_the_right_password() {
+    let (gw, _up) = gateway("per_address_burst = 100\nper_user_burst = 100\nmax_failures = 3\nfind_time = \"10m\"\nban_time = \"15m\"").await;
+    for _ in 0..3 {
+        assert_eq!(attempt(&gw, "alice", "wrong", None).await.status(), 400);
+    }
+    let r = attempt(&gw, "alice", "secret", None).await;
+    assert_eq!(
+        r.status(),
+        429,
+        "a locked account must not log in with the right password"
+    );
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 800 && retry <= 900, "{retry}");
+    // Unknown names lock the same way.
+    for _ in 0..3 {
+        attempt(&gw, "ghost", "wrong", None).await;
+    }
+    assert_eq!(attempt(&gw, "ghost", "wrong", None).await.status(), 429);
+    advance(&gw, Duration::from_secs(15 * 60 + 1));
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn success_resets_the_failure_count_and_old_failures_expire() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 100\nmax_failures = 3\nfind_time = \"10m\"",
+    )
+    .await;
+    attempt(&gw, "alice", "wrong", None).await;
+    attempt(&gw, "alice", "wrong", None).await;
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 200);
+    attempt(&gw, "alice", "wrong", None).await;
+    attempt(&gw, "alice", "wrong", None).await;
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 200);
+    attempt(&gw, "alice", "wrong", None).await;
+    attempt(&gw, "alice", "wrong", None).await;
+    advance(&gw, Duration::from_secs(11 * 60));
+    attempt(&gw, "alice", "wrong", None).await;
+    assert_eq!(
+        attempt(&gw, "alice", "secret", None).await.status(),
+        200,
+        "failures outside find_time must not add up"
+    );
+}
+
+#[tokio::test]
+async fn lockout_survives_a_restart() {
+    let (mut gw, up) =
+        gateway("per_address_burst = 100\nper_user_burst = 100\nmax_failures = 2").await;
+    attempt(&gw, "alice", "wrong", None).await;
+    attempt(&gw, "alice", "wrong", None).await;
+    gw.shutdown().await;
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    drop(gw);
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[auth.limits]\nper_address_burst = 100\nper_user_burst = 100\nmax_failures = 2")
+        .start_in(dir)
+        .await;
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real gateways, upstreams and clients on 127.0.0.1 port 0.
+
+mod support;
+
+mod cli;
+mod identity;
+mod limits;
+mod proxy;
+mod tls;
+mod verify;

@@ -1,0 +1,385 @@
+//! Test fixtures: a recording upstream, a gateway on 127.0.0.1:0 built from TOML, clients (reqwest,
+//! raw TCP), users, and logins. Everything binds port 0 and stops when dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::body::{self, Body};
+use gatehouse::config::Config;
+use gatehouse::gateway::Gateway;
+use gatehouse::store::NewUser;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every header name the upstream received whose folded form (lowercase, `_`/`.` as `-`)
+    /// starts with `prefix`.
+    pub fn headers_like(&self, prefix: &str) -> Vec<String> {
+        self.headers
+            .keys()
+            .map(|k| k.as_str().replace(['_', '.'], "-"))
+            .filter(|k| k.starts_with(prefix))
+            .collect()
+    }
+}
+
+/// How the recording upstream answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Behaviour {
+    /// 200 with a small JSON body.
+    #[default]
+    Ok,
+    /// Waits this long before answering.
+    Delay(Duration),
+    /// Streams this many bytes back.
+    Download(u64),
+}
+
+/// An HTTP/1.1 + HTTP/2 upstream that records what reaches it.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        Self::with(Behaviour::Ok).await
+    }
+
+    pub async fn with(behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let record = record.clone();
+                        async move { Ok::<_, Infallible>(answer(req, record, behaviour).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The one request the upstream received; fails if it saw none or several.
+    pub fn only(&self) -> Seen {
+        let seen = self.seen();
+        assert_eq!(
+            seen.len(),
+            1,
+            "upstream saw {} requests: {seen:#?}",
+            seen.len()
+        );
+        seen.into_iter().next().unwrap()
+    }
+
+    pub fn assert_untouched(&self) {
+        let seen = self.seen();
+        assert!(seen.is_empty(), "upstream must see nothing, saw {seen:#?}");
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    record: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Behaviour,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    // Count the body as it streams, never holding it.
+    let mut body = body;
+    let mut body_len = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => break,
+        }
+    }
+    record.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body_len,
+    });
+    match behaviour {
+        Behaviour::Ok => json_ok(&serde_json::json!({"ok": true, "body_len": body_len})),
+        Behaviour::Delay(d) => {
+            tokio::time::sleep(d).await;
+            json_ok(&serde_json::json!({"ok": true}))
+        }
+        Behaviour::Download(n) => {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let chunks = n / chunk.len() as u64;
+            let stream = futures_util::stream::iter(
+                (0..chunks)
+                    .map(move |_| Ok::<_, Infallible>(http_body::Frame::data(chunk.clone()))),
+            );
+            let body = http_body_util::StreamBody::new(stream)
+                .map_err(|never| match never {})
+                .boxed();
+            Response::new(body)
+        }
+    }
+}
+
+fn json_ok(v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(body::json(v));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A running gateway with its own data directory.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Signals shutdown and waits for the server to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("gateway did not stop")
+                .unwrap();
+        }
+    }
+
+    pub async fn add_user(&self, name: &str, password: &str, roles: &[&str], scopes: &[&str]) {
+        let auth = self.gateway.auth();
+        let hash = auth
+            .hash_password(zeroize::Zeroizing::new(password.to_owned()))
+            .await
+            .unwrap();
+        auth.store()
+            .create_user(NewUser {
+                username: gatehouse::auth::username::Username::parse(name).unwrap(),
+                password_hash: hash,
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Password grant; returns the token response JSON.
+    pub async fn login(&self, name: &str, password: &str) -> serde_json::Value {
+        let response = client()
+            .post(self.url("/auth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", name),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "login failed");
+        response.json().await.unwrap()
+    }
+
+    pub async fn access_token(&self, name: &str, password: &str) -> String {
+        self.login(name, password).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Builds a gateway from TOML. `{data}` in the text is replaced by the test's data directory; the
+/// store and keys go there unless the text says otherwise.
+pub struct GatewayBuilder {
+    toml: String,
+}
+
+impl GatewayBuilder {
+    pub fn new(toml: &str) -> Self {
+        Self {
+            toml: toml.to_owned(),
+        }
+    }
+
+    /// A gateway with one route `name` at `prefix` to `upstream`, with extra route keys.
+    pub fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> Self {
+        Self::new(&route(name, prefix, upstream, extra))
+    }
+
+    pub fn and(mut self, toml: &str) -> Self {
+        self.toml.push('\n');
+        self.toml.push_str(toml);
+        self
+    }
+
+    pub fn config(&self, dir: &std::path::Path) -> Config {
+        let data = dir.display().to_string();
+        let mut text = self.toml.replace("{data}", &data);
+        if !text.contains("[store]") {
+            text.push_str(&format!("\n[store]\npath = \"{data}/gatehouse.db\"\n"));
+        }
+        // Tests about other things must not trip the brute-force limits by accident; the limits
+        // tests set their own.
+        if !text.contains("[auth.limits]") {
+            text.push_str(
+                "\n[auth.limits]\nper_address_burst = 100000\nper_address_per_minute = 100000\nper_user_burst = 100000\nper_user_per_minute = 100000\nmax_failures = 100000\n",
+            );
+        }
+        if !text.contains("keys_dir") {
+            text = add_auth_key(&text, &format!("keys_dir = \"{data}/keys\""));
+        }
+        Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"))
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        self.start_in(dir).await
+    }
+
+    /// Starts with an existing data directory (restart tests).
+    pub async fn start_in(self, dir: tempfile::TempDir) -> TestGateway {
+        let config = self.config(dir.path());
+        let gateway = gatehouse::app::build(config).await.expect("gateway builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let g = gateway.clone();
+        let task = tokio::spawn(async move {
+            gatehouse::app::serve(g, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        TestGateway {
+            addr,
+            gateway,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+/// Inserts a key into the `[auth]` table, creating it when absent.
+fn add_auth_key(text: &str, line: &str) -> String {
+    if let Some(pos) = text.find("[auth]\n") {
+        let at = pos + "[auth]\n".len();
+        format!("{}{}\n{}", &text[..at], line, &text[at..])
+    } else {
+        format!("{text}\n[auth]\n{line}\n")
+    }
+}
+
+pub fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n{extra}\n"
+    )
+}
+
+/// A reqwest client: HTTP/1.1, no proxy, no redirects, short timeout.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// HTTP/2 with prior knowledge (cleartext).
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes and reads until the server closes or `wait` passes; returns what came back.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in raw output.
+pub fn raw_status(out: &str) -> u16 {
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP response in {out:?}"))
+}
