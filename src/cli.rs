@@ -111,9 +111,13 @@ pub enum KeysAction {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::logging::init(crate::config::LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(c) => {
             let config = load(&c)?;
+            crate::logging::init(config.log.format);
             app::run(config).await?;
             Ok(())
         }

@@ -1,4 +1,5 @@
-//! The `gatehouse` binary: parses the command line, sets up logging, hands over to `cli::run`,
+//! The `gatehouse` binary: parses the command line, hands over to `cli::run` (which sets up
+//! logging once the configuration is known),
 //! and turns an error into a message with its causes and a non-zero exit code.
 
 use std::process::ExitCode;
@@ -7,7 +8,6 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = gatehouse::cli::Cli::parse();
-    gatehouse::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
