@@ -3,6 +3,7 @@
 pub mod claims;
 pub mod endpoints;
 pub mod import;
+pub mod issuers;
 pub mod keys;
 pub mod password;
 pub mod service;

@@ -6,8 +6,8 @@
 //!    refused), each strict base64url without padding and with canonical trailing bits;
 //! 3. header: one JSON object without duplicate members; `crit` refused (we understand no
 //!    extension); `jwk`, `jku`, `x5u`, `x5c` refused (keys never come from the token); `alg`
-//!    and `kid` required strings, `kid` 1 to 128 bytes; `typ` required and equal to the policy
-//!    type, case-insensitively, with or without the `application/` prefix (RFC 8725 3.11);
+//!    and `kid` required strings, `kid` 1 to 128 bytes; `typ` required and equal to one of the
+//!    policy types, case-insensitively, with or without the `application/` prefix (RFC 8725 3.11);
 //! 4. key: exact `kid` lookup, no fallback; the key must still be within its retention; the
 //!    header `alg` must equal the algorithm bound to the key, so `none`, HMAC-with-a-public-key
 //!    and every other swap fail here;
@@ -15,14 +15,15 @@
 //! 6. claims (only now is the payload parsed): strict JSON object; `exp` required and
 //!    `exp + leeway > now`; `nbf` if present `<= now + leeway`; `iat` required, `<= now + leeway`
 //!    and `<= exp`; `exp - iat <= max_lifetime`; `iss` equal to the policy issuer (and to the
-//!    key's issuer if it is bound to one); `aud` one of or equal to the policy audience; `sub`,
-//!    roles, scopes and `client_id` safe to place in headers, bounded in length and count.
+//!    key's issuer if it is bound to one); `aud` equal to or containing one of the policy
+//!    audiences; roles and scopes taken from where [`IdentityClaims`] says; `sub`, roles, scopes
+//!    and `client_id` safe to place in headers, bounded in length and count.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::auth::claims::{
     AccessClaims, ClaimsError, Identity, MAX_JTI_BYTES, check_identity_values, is_header_safe,
@@ -38,20 +39,26 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 
 /// What a token must satisfy. Built from validated configuration.
+///
+/// Empty `audiences` or `types` accept nothing: a policy fails closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub issuer: String,
-    pub audience: String,
-    /// Expected `typ`; [`ACCESS_TOKEN_TYP`] for our access tokens.
-    pub typ: String,
+    /// `aud` must equal, or be an array containing, at least one of these.
+    pub audiences: Vec<String>,
+    /// Accepted `typ` values; `[ACCESS_TOKEN_TYP]` for our access tokens.
+    pub types: Vec<String>,
     pub leeway: Duration,
     /// Longest accepted `exp - iat`.
     pub max_lifetime: Duration,
     pub max_token_bytes: usize,
+    /// Where roles and scopes are read from.
+    pub identity_claims: IdentityClaims,
 }
 
 impl Policy {
-    /// A policy for access tokens with the default type, leeway and size cap.
+    /// A policy for our own access tokens: one audience, type `at+jwt`, the default leeway and
+    /// size cap, roles and scopes as we mint them.
     pub fn new(
         issuer: impl Into<String>,
         audience: impl Into<String>,
@@ -59,13 +66,33 @@ impl Policy {
     ) -> Self {
         Policy {
             issuer: issuer.into(),
-            audience: audience.into(),
-            typ: ACCESS_TOKEN_TYP.to_owned(),
+            audiences: vec![audience.into()],
+            types: vec![ACCESS_TOKEN_TYP.to_owned()],
             leeway: DEFAULT_LEEWAY,
             max_lifetime,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            identity_claims: IdentityClaims::Standard,
         }
     }
+}
+
+/// Where a policy takes roles and scopes from. Either way every value then passes
+/// [`check_identity_values`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IdentityClaims {
+    /// As this gateway mints them: `roles`, an array of strings, and `scope`, one
+    /// space-separated string (RFC 9068 section 2.2.3).
+    #[default]
+    Standard,
+    /// An external issuer's layout. Each is a path of member names into nested objects, e.g.
+    /// `["realm_access", "roles"]` (Keycloak) or `["permissions"]` (Auth0). Roles must be an array
+    /// of strings; scopes may be a space-separated string or an array of strings. A member
+    /// missing anywhere on the path means none; a member of the wrong type refuses the token.
+    /// Top-level `roles` and `scope` members are ignored unless a path names them.
+    Paths {
+        roles: Vec<String>,
+        scopes: Vec<String>,
+    },
 }
 
 /// Why a token was refused. Carries only static text: nothing from the token is echoed.
@@ -220,42 +247,43 @@ impl Verifier {
         }
 
         let payload = decode_segment(payload_b64, "payload is not base64url")?;
-        let claims = AccessClaims::from_json(&payload).map_err(|e| claims_error(e, "claims"))?;
+        let mut object = parse_object(&payload).map_err(|e| claims_error(e, "claims"))?;
+        let configured = match &self.policy.identity_claims {
+            IdentityClaims::Standard => None,
+            IdentityClaims::Paths { roles, scopes } => {
+                let found = (
+                    roles_at(&object, roles)?.unwrap_or_default(),
+                    scopes_at(&object, scopes)?.unwrap_or_default(),
+                );
+                // This issuer may use these names differently; the typed parse must not judge
+                // members the policy does not read.
+                object.remove("roles");
+                object.remove("scope");
+                Some(found)
+            }
+        };
+        let claims = AccessClaims::from_object(object).map_err(|e| claims_error(e, "claims"))?;
         let issuer_binding = key.issuer.as_deref();
-        self.check_claims(claims, issuer_binding, now)
+        self.check_claims(claims, configured, issuer_binding, now)
     }
 
     /// Returns the header's `alg` and `kid` once every header rule holds.
     fn check_header(&self, header: &[u8]) -> Result<(String, String), VerifyError> {
-        let mut map =
-            parse_object(header).map_err(|e| claims_error(e, "header is not a JSON object"))?;
-        if map.contains_key("crit") {
-            return Err(VerifyError::CritHeader);
-        }
-        if let Some(name) = FORBIDDEN_HEADERS.iter().find(|n| map.contains_key(**n)) {
-            return Err(VerifyError::ForbiddenHeader(name));
-        }
-        let Some(Value::String(alg)) = map.remove("alg") else {
-            return Err(VerifyError::BadHeader("alg"));
-        };
-        let Some(Value::String(kid)) = map.remove("kid") else {
-            return Err(VerifyError::BadHeader("kid"));
-        };
-        if kid.is_empty() || kid.len() > MAX_KID_BYTES {
-            return Err(VerifyError::BadHeader("kid"));
-        }
-        let Some(Value::String(typ)) = map.remove("typ") else {
+        let JoseHeader { alg, kid, typ } = parse_header(header)?;
+        let Some(Value::String(typ)) = typ else {
             return Err(VerifyError::WrongType);
         };
-        if !typ_matches(&typ, &self.policy.typ) {
+        if !self.policy.types.iter().any(|t| typ_matches(&typ, t)) {
             return Err(VerifyError::WrongType);
         }
         Ok((alg, kid))
     }
 
+    /// `configured` holds the roles and scopes already read under [`IdentityClaims::Paths`].
     fn check_claims(
         &self,
         claims: AccessClaims,
+        configured: Option<(Vec<String>, Vec<String>)>,
         issuer_binding: Option<&str>,
         now: i64,
     ) -> Result<Identity, VerifyError> {
@@ -285,12 +313,17 @@ impl Verifier {
             .aud
             .as_ref()
             .ok_or(VerifyError::MissingClaim("aud"))?;
-        if !aud.contains(&self.policy.audience) {
+        if !self.policy.audiences.iter().any(|a| aud.contains(a)) {
             return Err(VerifyError::WrongAudience);
         }
         let sub = claims.sub.clone().ok_or(VerifyError::MissingClaim("sub"))?;
-        let scopes = claims.scopes().map_err(|e| claims_error(e, "claims"))?;
-        let roles = claims.roles.unwrap_or_default();
+        let (roles, scopes) = match configured {
+            Some(found) => found,
+            None => (
+                claims.roles.clone().unwrap_or_default(),
+                claims.scopes().map_err(|e| claims_error(e, "claims"))?,
+            ),
+        };
         check_identity_values(&sub, &roles, &scopes, claims.client_id.as_deref())
             .map_err(|e| claims_error(e, "claims"))?;
         if claims
@@ -310,6 +343,116 @@ impl Verifier {
             client_id: claims.client_id,
             extra: claims.extra,
         })
+    }
+}
+
+/// The header members a policy reads, once the policy-independent header rules hold.
+struct JoseHeader {
+    alg: String,
+    kid: String,
+    typ: Option<Value>,
+}
+
+fn parse_header(header: &[u8]) -> Result<JoseHeader, VerifyError> {
+    let mut map =
+        parse_object(header).map_err(|e| claims_error(e, "header is not a JSON object"))?;
+    if map.contains_key("crit") {
+        return Err(VerifyError::CritHeader);
+    }
+    if let Some(name) = FORBIDDEN_HEADERS.iter().find(|n| map.contains_key(**n)) {
+        return Err(VerifyError::ForbiddenHeader(name));
+    }
+    let Some(Value::String(alg)) = map.remove("alg") else {
+        return Err(VerifyError::BadHeader("alg"));
+    };
+    let Some(Value::String(kid)) = map.remove("kid") else {
+        return Err(VerifyError::BadHeader("kid"));
+    };
+    if kid.is_empty() || kid.len() > MAX_KID_BYTES {
+        return Err(VerifyError::BadHeader("kid"));
+    }
+    Ok(JoseHeader {
+        alg,
+        kid,
+        typ: map.remove("typ"),
+    })
+}
+
+/// The `kid` of a compact JWS, read only to choose which key set (and so which [`Verifier`])
+/// the token goes to. Applies the size cap, the shape and every policy-independent header rule,
+/// so a token that would be refused anyway never causes a key lookup or a JWKS fetch. The
+/// signature is not checked: the chosen verifier checks everything again.
+pub fn token_kid(token: &str, max_token_bytes: usize) -> Result<String, VerifyError> {
+    if token.len() > max_token_bytes {
+        return Err(VerifyError::TooLarge);
+    }
+    let (header_b64, _, _) = split_compact(token)?;
+    let header = decode_segment(header_b64, "header is not base64url")?;
+    parse_header(&header).map(|h| h.kid)
+}
+
+/// The member at `path` in nested objects; `None` when any member on the way is missing.
+fn member_at<'a>(
+    object: &'a Map<String, Value>,
+    path: &[String],
+    claim: &'static str,
+) -> Result<Option<&'a Value>, VerifyError> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(None);
+    };
+    let mut current = object;
+    for name in parents {
+        match current.get(name) {
+            None => return Ok(None),
+            Some(Value::Object(inner)) => current = inner,
+            Some(_) => return Err(VerifyError::BadClaim(claim)),
+        }
+    }
+    Ok(current.get(last))
+}
+
+fn string_array(items: &[Value], claim: &'static str) -> Result<Vec<String>, VerifyError> {
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(s) => Ok(s.clone()),
+            _ => Err(VerifyError::BadClaim(claim)),
+        })
+        .collect()
+}
+
+/// Roles at a configured path: an array of strings.
+fn roles_at(
+    object: &Map<String, Value>,
+    path: &[String],
+) -> Result<Option<Vec<String>>, VerifyError> {
+    match member_at(object, path, "roles")? {
+        None => Ok(None),
+        Some(Value::Array(items)) => string_array(items, "roles").map(Some),
+        Some(_) => Err(VerifyError::BadClaim("roles")),
+    }
+}
+
+/// Scopes at a configured path: a space-separated string (as `scope`) or an array of strings
+/// (as Auth0's `permissions`).
+fn scopes_at(
+    object: &Map<String, Value>,
+    path: &[String],
+) -> Result<Option<Vec<String>>, VerifyError> {
+    match member_at(object, path, "scope")? {
+        None => Ok(None),
+        Some(Value::String(text)) => {
+            let as_claim = AccessClaims {
+                scope: Some(text.clone()),
+                ..AccessClaims::default()
+            };
+            as_claim
+                .scopes()
+                .map(Some)
+                .map_err(|e| claims_error(e, "claims"))
+        }
+        Some(Value::Array(items)) => string_array(items, "scope").map(Some),
+        Some(_) => Err(VerifyError::BadClaim("scope")),
     }
 }
 
@@ -1455,5 +1598,225 @@ mod tests {
         assert!(!typ_matches("application/application/at+jwt", "at+jwt"));
         assert!(!typ_matches("applicatioé/at+jwt", "at+jwt"));
         assert!(!typ_matches("xapplication/at+jwt", "at+jwt"));
+    }
+
+    fn external_policy() -> Policy {
+        Policy {
+            audiences: vec!["account".into(), AUD.into()],
+            types: vec![ACCESS_TOKEN_TYP.into(), "JWT".into()],
+            identity_claims: IdentityClaims::Paths {
+                roles: vec!["realm_access".into(), "roles".into()],
+                scopes: vec!["permissions".into()],
+            },
+            ..Policy::new(ISS, AUD, MAX_LIFETIME)
+        }
+    }
+
+    fn check_with(policy: Policy, header: Value, claims: Value) -> Result<Identity, VerifyError> {
+        Verifier::new(policy, ed().lookup().clone()).verify(&sign(ed(), &header, &claims), NOW)
+    }
+
+    #[test]
+    fn policy_with_several_audiences_accepts_any_listed_and_refuses_others() {
+        let p = external_policy();
+        for aud in [json!("account"), json!(AUD), json!(["other", "account"])] {
+            assert!(
+                check_with(p.clone(), header(ed()), set(claims(), "aud", aud.clone())).is_ok(),
+                "{aud}"
+            );
+        }
+        for aud in [json!("other"), json!(["x", "y"]), json!("Account")] {
+            assert_eq!(
+                check_with(p.clone(), header(ed()), set(claims(), "aud", aud.clone())),
+                Err(VerifyError::WrongAudience),
+                "{aud}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_with_empty_audiences_or_types_accepts_nothing() {
+        let no_aud = Policy {
+            audiences: Vec::new(),
+            ..Policy::new(ISS, AUD, MAX_LIFETIME)
+        };
+        assert_eq!(
+            check_with(no_aud, header(ed()), claims()),
+            Err(VerifyError::WrongAudience)
+        );
+        let no_typ = Policy {
+            types: Vec::new(),
+            ..Policy::new(ISS, AUD, MAX_LIFETIME)
+        };
+        assert_eq!(
+            check_with(no_typ, header(ed()), claims()),
+            Err(VerifyError::WrongType)
+        );
+    }
+
+    #[test]
+    fn typ_jwt_is_accepted_only_by_a_policy_that_lists_it() {
+        let jwt = set(header(ed()), "typ", json!("JWT"));
+        assert_eq!(
+            check_with(Policy::new(ISS, AUD, MAX_LIFETIME), jwt.clone(), claims()),
+            Err(VerifyError::WrongType)
+        );
+        for typ in ["JWT", "jwt", "application/JWT", "at+jwt"] {
+            let h = set(header(ed()), "typ", json!(typ));
+            assert!(check_with(external_policy(), h, claims()).is_ok(), "{typ}");
+        }
+        for typ in ["rt+jwt", "JWS", "application/application/jwt"] {
+            let h = set(header(ed()), "typ", json!(typ));
+            assert_eq!(
+                check_with(external_policy(), h, claims()),
+                Err(VerifyError::WrongType),
+                "{typ}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_claim_paths_supply_roles_and_scopes() {
+        let c = set(
+            set(
+                claims(),
+                "realm_access",
+                json!({"roles": ["ops", "viewer"]}),
+            ),
+            "permissions",
+            json!(["read:orders", "write:orders"]),
+        );
+        let id = check_with(external_policy(), header(ed()), c).unwrap();
+        assert_eq!(id.roles, vec!["ops", "viewer"]);
+        assert_eq!(id.scopes, vec!["read:orders", "write:orders"]);
+        // The unconfigured top-level `roles` and `scope` of the baseline are ignored.
+        assert!(!id.roles.contains(&"admin".to_owned()));
+
+        // A space-separated string at the scope path works as well.
+        let string_scopes = Policy {
+            identity_claims: IdentityClaims::Paths {
+                roles: vec!["roles".into()],
+                scopes: vec!["scope".into()],
+            },
+            ..external_policy()
+        };
+        let id = check_with(string_scopes.clone(), header(ed()), claims()).unwrap();
+        assert_eq!(id.roles, vec!["admin"]);
+        assert_eq!(id.scopes, vec!["read", "write"]);
+        // And so does an array where our own policy insists on a string.
+        let c = set(claims(), "scope", json!(["read"]));
+        assert_eq!(
+            check_with(string_scopes, header(ed()), c.clone())
+                .unwrap()
+                .scopes,
+            vec!["read"]
+        );
+        assert_eq!(
+            check_with(Policy::new(ISS, AUD, MAX_LIFETIME), header(ed()), c),
+            Err(VerifyError::BadClaim("scope"))
+        );
+    }
+
+    #[test]
+    fn missing_claim_path_means_no_roles_or_scopes() {
+        for c in [
+            claims(),
+            set(claims(), "realm_access", json!({})),
+            set(claims(), "realm_access", json!({"other": 1})),
+        ] {
+            let id = check_with(external_policy(), header(ed()), c).unwrap();
+            assert!(id.roles.is_empty() && id.scopes.is_empty());
+        }
+    }
+
+    #[test]
+    fn configured_claims_of_the_wrong_type_are_rejected() {
+        let cases = [
+            ("realm_access", json!("admin"), "roles"),
+            ("realm_access", json!(["admin"]), "roles"),
+            ("realm_access", json!({"roles": "admin"}), "roles"),
+            ("realm_access", json!({"roles": ["admin", 1]}), "roles"),
+            ("realm_access", json!({"roles": null}), "roles"),
+            ("permissions", json!({"read": true}), "scope"),
+            ("permissions", json!(["read", null]), "scope"),
+            ("permissions", json!(7), "scope"),
+            ("permissions", json!("read  write"), "scope"),
+        ];
+        for (name, value, claim) in cases {
+            assert_eq!(
+                check_with(
+                    external_policy(),
+                    header(ed()),
+                    set(claims(), name, value.clone())
+                ),
+                Err(VerifyError::BadClaim(claim)),
+                "{name}: {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_roles_or_scopes_smuggling_headers_are_rejected() {
+        for role in ["admin,root", "admin\r\nX-Admin: 1", "rôle", "", "a b"] {
+            let c = set(claims(), "realm_access", json!({"roles": ["user", role]}));
+            assert_eq!(
+                check_with(external_policy(), header(ed()), c),
+                Err(VerifyError::BadClaim("roles")),
+                "{role:?}"
+            );
+        }
+        for scope in ["read,write", "read\r\n", "", "é"] {
+            let c = set(claims(), "permissions", json!([scope]));
+            assert_eq!(
+                check_with(external_policy(), header(ed()), c),
+                Err(VerifyError::BadClaim("scope")),
+                "{scope:?}"
+            );
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("p{i}")).collect();
+        assert_eq!(
+            check_with(
+                external_policy(),
+                header(ed()),
+                set(claims(), "permissions", json!(many))
+            ),
+            Err(VerifyError::BadClaim("scope"))
+        );
+    }
+
+    #[test]
+    fn token_kid_applies_size_shape_and_header_rules() {
+        let token = sign(ed(), &header(ed()), &claims());
+        assert_eq!(
+            token_kid(&token, DEFAULT_MAX_TOKEN_BYTES).unwrap(),
+            ed().signing().kid
+        );
+        assert_eq!(
+            token_kid(&token, token.len() - 1),
+            Err(VerifyError::TooLarge)
+        );
+        assert_eq!(
+            token_kid("a.b", DEFAULT_MAX_TOKEN_BYTES),
+            Err(VerifyError::Malformed("not three segments"))
+        );
+        let crit = sign(ed(), &set(header(ed()), "crit", json!(["x"])), &claims());
+        assert_eq!(
+            token_kid(&crit, DEFAULT_MAX_TOKEN_BYTES),
+            Err(VerifyError::CritHeader)
+        );
+        let jku = sign(
+            ed(),
+            &set(header(ed()), "jku", json!("https://a")),
+            &claims(),
+        );
+        assert_eq!(
+            token_kid(&jku, DEFAULT_MAX_TOKEN_BYTES),
+            Err(VerifyError::ForbiddenHeader("jku"))
+        );
+        let no_kid = sign(ed(), &unset(header(ed()), "kid"), &claims());
+        assert_eq!(
+            token_kid(&no_kid, DEFAULT_MAX_TOKEN_BYTES),
+            Err(VerifyError::BadHeader("kid"))
+        );
     }
 }
