@@ -85,9 +85,11 @@ pub async fn serve(
         None => None,
     };
     let background = spawn_background(gateway.clone());
+    let issuer_refresh = gateway.auth().trusted_issuers().spawn_refresh();
     let handler = move |req, conn| gateway.clone().handle(req, conn);
     let result = server::run(listener, tls, limits(&config), handler, shutdown).await;
     background.abort();
+    issuer_refresh.abort();
     Ok(result?)
 }
 

@@ -14,6 +14,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::issuers::JwksSource;
 use crate::auth::keys::KeyAlg;
 use crate::proxy::path;
 
@@ -631,13 +632,6 @@ pub struct LimitsConfig {
     pub max_failures: std::num::NonZeroU32,
     pub find_time: Duration,
     pub ban_time: Duration,
-}
-
-/// Where an external issuer's keys come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JwksSource {
-    Url(Uri),
-    File(PathBuf),
 }
 
 #[derive(Clone, Debug)]

@@ -158,7 +158,9 @@ impl Gateway {
             .clone();
         access.route = Some(route.name.clone());
 
-        let identity = self.authenticate(&req, &route, target.query.as_deref())?;
+        let identity = self
+            .authenticate(&req, &route, target.query.as_deref())
+            .await?;
         if let Some(identity) = &identity {
             access.sub = Some(identity.sub.clone());
             authorise(&route, identity)?;
@@ -186,7 +188,7 @@ impl Gateway {
     }
 
     /// Stage 6: the route's auth mode decides what a missing or invalid token means.
-    fn authenticate(
+    async fn authenticate(
         &self,
         req: &Request<Incoming>,
         route: &Route,
@@ -202,6 +204,7 @@ impl Gateway {
             (Some(token), _) => self
                 .auth
                 .verify_access(&token)
+                .await
                 .map(Some)
                 .map_err(Rejection::InvalidToken),
         }

@@ -243,7 +243,7 @@ impl AuthService {
             Endpoint::Unknown => Err(OAuthError::NotFound.into()),
             Endpoint::Jwks => Ok(jwks_response(self.keys.load().ring.jwks())),
             Endpoint::Me => {
-                let identity = self.require_identity(&req)?;
+                let identity = self.require_identity(&req).await?;
                 Ok(with_json(StatusCode::OK, me_json(&identity)))
             }
             Endpoint::Token => {
@@ -280,11 +280,13 @@ impl AuthService {
     }
 
     /// The identity behind the request's access token; no token or a bad one is a rejection.
-    fn require_identity(&self, req: &Request<Incoming>) -> Result<Identity, Rejection> {
+    async fn require_identity(&self, req: &Request<Incoming>) -> Result<Identity, Rejection> {
         let token = self
             .presented_token(req.headers(), req.uri().query())?
             .ok_or(Rejection::NoToken)?;
-        self.verify_access(&token).map_err(Rejection::InvalidToken)
+        self.verify_access(&token)
+            .await
+            .map_err(Rejection::InvalidToken)
     }
 
     async fn grant(&self, grant: Grant, form: &Form) -> Result<Response<Body>, OAuthError> {
@@ -531,7 +533,11 @@ impl AuthService {
     async fn logout(&self, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
         let token = self.presented_token(req.headers(), req.uri().query())?;
         let identity = match token {
-            Some(t) => Some(self.verify_access(&t).map_err(Rejection::InvalidToken)?),
+            Some(t) => Some(
+                self.verify_access(&t)
+                    .await
+                    .map_err(Rejection::InvalidToken)?,
+            ),
             None => None,
         };
         let has_body = req
@@ -593,7 +599,7 @@ impl AuthService {
         let mut revoked = as_refresh && self.revoke_refresh(token, None).await?;
         if !revoked
             && token.len() <= self.config.max_token_bytes
-            && let Ok(identity) = self.verify_access(token)
+            && let Ok(identity) = self.verify_access(token).await
         {
             self.revoke_access(&identity).await?;
             revoked = true;

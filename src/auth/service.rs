@@ -10,10 +10,11 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
 use crate::auth::claims::Identity;
+use crate::auth::issuers::{IssuerError, IssuerSettings, TrustedIssuers};
 use crate::auth::keys::{KeyError, KeyRing};
 use crate::auth::password::{HashParams, PasswordError, PasswordPool, PoolLimits};
 use crate::auth::tokens::AccessTokenSpec;
-use crate::auth::verify::{Policy, Verifier, VerifyError};
+use crate::auth::verify::{self, IdentityClaims, Policy, Verifier, VerifyError};
 use crate::config::AuthConfig;
 use crate::error::Rejection;
 use crate::limits::{LimitClock, Limits};
@@ -30,6 +31,8 @@ pub enum ServiceError {
     Password(#[from] PasswordError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("trusted issuers: {0}")]
+    Issuers(#[from] IssuerError),
 }
 
 /// The key ring and the verifier built from it, swapped together when keys are reloaded.
@@ -45,6 +48,8 @@ pub struct AuthService {
     pub(crate) pool: PasswordPool,
     pub(crate) spec: AccessTokenSpec,
     pub(crate) limits: Limits,
+    /// External identity providers whose tokens are accepted too.
+    trusted: Arc<TrustedIssuers>,
     /// Revoked access-token `jti`s and their expiry, mirrored from the store.
     revoked: DashMap<String, i64>,
     /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
@@ -83,6 +88,9 @@ impl AuthService {
             lifetime: config.access_token_lifetime,
         };
         let limits = Limits::new(config.limits.clone(), LimitClock::default());
+        let trusted = Arc::new(TrustedIssuers::new(issuer_settings(&config))?);
+        // A failed first fetch is logged inside; tokens of that issuer wait for its keys.
+        trusted.refresh_all().await;
         let revoked = DashMap::new();
         for (jti, exp) in store.revoked_jtis(now()).await? {
             revoked.insert(jti, exp);
@@ -94,6 +102,7 @@ impl AuthService {
             pool,
             spec,
             limits,
+            trusted,
             revoked,
             cache: DashMap::new(),
         })
@@ -106,6 +115,10 @@ impl AuthService {
         // A removed key must not keep vouching for tokens it signed.
         self.cache.clear();
         Ok(())
+    }
+
+    pub fn trusted_issuers(&self) -> &Arc<TrustedIssuers> {
+        &self.trusted
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -170,8 +183,9 @@ impl AuthService {
     }
 
     /// Verifies an access token: size cap, signature and claims (cached per token until its
-    /// `exp`), then revocation, which is checked on every request.
-    pub fn verify_access(&self, token: &str) -> Result<Identity, VerifyError> {
+    /// `exp`), then revocation, which is checked on every request. A kid the gateway's own keys
+    /// do not hold goes to the trusted issuers; no other failure does.
+    pub async fn verify_access(&self, token: &str) -> Result<Identity, VerifyError> {
         let now = now();
         let max = self.config.max_token_bytes;
         if token.len() > max {
@@ -188,7 +202,17 @@ impl AuthService {
             drop(hit);
             self.cache.remove(&digest);
         }
-        let identity = self.keys.load().verifier.verify(token, now)?;
+        let keys = self.keys.load();
+        // The kid decides whose policy applies: our own checks (typ first) would refuse an IdP's
+        // token before ever looking at its key.
+        let external = !self.trusted.is_empty()
+            && verify::token_kid(token, self.config.max_token_bytes)
+                .is_ok_and(|kid| keys.ring.lookup().get(&kid).is_none());
+        let identity = if external {
+            self.trusted.verify(token, now).await?
+        } else {
+            keys.verifier.verify(token, now)?
+        };
         self.remember(digest, &identity, now);
         self.not_revoked(identity, now)
     }
@@ -244,14 +268,36 @@ fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> 
     };
     let policy = Policy {
         issuer: config.issuer.clone(),
-        audience: config.audience.clone(),
-        typ: "at+jwt".into(),
+        audiences: vec![config.audience.clone()],
+        types: vec![crate::auth::verify::ACCESS_TOKEN_TYP.to_owned()],
         leeway: config.leeway,
         max_lifetime: config.access_token_lifetime + config.leeway,
         max_token_bytes: config.max_token_bytes,
+        identity_claims: IdentityClaims::Standard,
     };
     let verifier = Verifier::new(policy, ring.lookup().clone());
     Ok(KeyState { ring, verifier })
+}
+
+fn issuer_settings(config: &AuthConfig) -> Vec<IssuerSettings> {
+    config
+        .trusted_issuers
+        .iter()
+        .map(|t| IssuerSettings {
+            issuer: t.issuer.clone(),
+            audiences: t.audiences.clone(),
+            source: t.source.clone(),
+            token_types: t.token_types.clone(),
+            roles_claim: t.roles_claim.clone(),
+            scopes_claim: t.scopes_claim.clone(),
+            max_token_lifetime: t.max_token_lifetime,
+            leeway: config.leeway,
+            max_token_bytes: config.max_token_bytes,
+            refresh_interval: t.refresh_interval,
+            refetch_cooldown: t.refetch_cooldown,
+            fetch_timeout: t.fetch_timeout,
+        })
+        .collect()
 }
 
 /// `Bearer <token>`, scheme in any case, exactly one space, a b64token (RFC 6750 §2.1).

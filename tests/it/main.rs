@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod identity;
+mod issuers;
 mod limits;
 mod proxy;
 mod tls;
