@@ -1,21 +1,32 @@
-//! Assembles a running gateway from a validated config: store, auth service, pipeline, listener,
-//! background tasks (key reload on SIGHUP, pruning), and graceful shutdown.
+//! Assembles a running gateway from a validated config and keeps it current: store, auth
+//! service, pipeline, listeners, hot reload (SIGHUP and config-file changes), the admin listener,
+//! background pruning and graceful shutdown.
+//!
+//! The pipeline lives behind an `ArcSwap`: each request takes the current [`Gateway`] once, so a
+//! reload never changes the configuration under a request in flight.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::auth::service::{AuthService, ServiceError};
-use crate::config::Config;
+use crate::body::Body;
+use crate::config::{Config, ConfigError};
+use crate::error::with_json;
 use crate::gateway::{BuildError, Gateway};
-use crate::server::{self, Limits, ServerError};
+use crate::server::{self, CertStore, ConnInfo, Limits, ServerError};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
-/// How often expired revocations and cache entries are dropped from memory.
+/// How often expired revocations, cache entries, limiter keys and store rows are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +44,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
 }
 
 /// Installs the one rustls crypto provider (aws-lc-rs); harmless when already installed.
@@ -50,12 +63,196 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
         })
 }
 
-/// Builds the pipeline (store, keys, hashing pool, upstream clients).
-pub async fn build(config: Config) -> Result<Arc<Gateway>, AppError> {
-    install_crypto_provider();
-    let store = open_store(&config)?;
+/// Builds a pipeline (keys, hashing pool, upstream clients) on an open store.
+async fn build_gateway(config: Config, store: Arc<dyn Store>) -> Result<Gateway, AppError> {
     let auth = Arc::new(AuthService::new(config.auth.clone(), store).await?);
-    Ok(Arc::new(Gateway::new(Arc::new(config), auth)?))
+    Ok(Gateway::new(Arc::new(config), auth)?)
+}
+
+/// The running gateway: the current pipeline and what a reload needs.
+pub struct App {
+    current: ArcSwap<Gateway>,
+    store: Arc<dyn Store>,
+    /// The file the configuration came from; `None` when built from text (tests, demo).
+    source: Option<PathBuf>,
+    certs: Option<Arc<CertStore>>,
+    /// The trusted issuers' background JWKS refresh of the current pipeline.
+    issuer_refresh: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl App {
+    /// Opens the store and builds the first pipeline.
+    pub async fn new(config: Config, source: Option<PathBuf>) -> Result<Arc<App>, AppError> {
+        install_crypto_provider();
+        crate::metrics::install();
+        let store = open_store(&config)?;
+        let certs = match &config.server.tls {
+            Some(files) => Some(CertStore::load(&files.cert, &files.key)?),
+            None => None,
+        };
+        let gateway = build_gateway(config, store.clone()).await?;
+        Ok(Arc::new(App {
+            current: ArcSwap::from_pointee(gateway),
+            store,
+            source,
+            certs,
+            issuer_refresh: std::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The pipeline new requests get.
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file (and the keys and TLS certificate it names) and swaps in a new
+    /// pipeline. On any error the running one stays and the error is returned.
+    pub async fn reload(&self) -> Result<(), AppError> {
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => {
+                crate::metrics::reload("ok");
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                crate::metrics::reload("invalid");
+                tracing::error!(error = %e, "reload refused; keeping the running configuration");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), AppError> {
+        let config = match &self.source {
+            Some(path) => Config::load(Some(path))?,
+            None => (*self.current().config().as_ref()).clone(),
+        };
+        let running = self.current();
+        let old = &running.config().server;
+        if config.server.listen != old.listen || config.server.tls.is_some() != old.tls.is_some() {
+            tracing::warn!("listener address or TLS on/off changed: takes effect after a restart");
+        }
+        if config.store.path != running.config().store.path {
+            tracing::warn!("store path changed: takes effect after a restart");
+        }
+        let gateway = build_gateway(config, self.store.clone()).await?;
+        if let Some(certs) = &self.certs {
+            certs.reload()?;
+        }
+        let gateway = Arc::new(gateway);
+        if self.issuer_refresh_running() {
+            self.restart_issuer_refresh(&gateway);
+        }
+        self.current.store(gateway);
+        Ok(())
+    }
+
+    fn issuer_refresh_running(&self) -> bool {
+        self.issuer_refresh
+            .lock()
+            .map(|h| h.is_some())
+            .unwrap_or(false)
+    }
+
+    /// Runs `gateway`'s issuer refresh, stopping the previous pipeline's.
+    fn restart_issuer_refresh(&self, gateway: &Gateway) {
+        let handle = gateway.auth().trusted_issuers().spawn_refresh();
+        if let Ok(mut slot) = self.issuer_refresh.lock()
+            && let Some(old) = slot.replace(handle)
+        {
+            old.abort();
+        }
+    }
+
+    fn stop_issuer_refresh(&self) {
+        if let Ok(mut slot) = self.issuer_refresh.lock()
+            && let Some(old) = slot.take()
+        {
+            old.abort();
+        }
+    }
+
+    /// Readiness: a configuration is loaded with its keys (it could not exist otherwise) and the
+    /// store answers.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Serves the public listener until `shutdown` resolves.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AppError> {
+        let config = self.current().config().clone();
+        let tls = match &self.certs {
+            Some(certs) => Some(certs.server_config()?),
+            None => None,
+        };
+        let background = tokio::spawn(background(self.clone()));
+        self.restart_issuer_refresh(&self.current());
+        let app = self.clone();
+        let handler = move |req, conn| app.current().handle(req, conn);
+        let result = server::run(listener, tls, limits(&config), handler, shutdown).await;
+        background.abort();
+        self.stop_issuer_refresh();
+        Ok(result?)
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown` resolves.
+    pub async fn serve_admin(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AppError> {
+        let app = self.clone();
+        let handler = move |req: Request<Incoming>, _conn: ConnInfo| {
+            let app = app.clone();
+            async move { app.admin(req).await }
+        };
+        let limits = Limits {
+            max_connections: 64,
+            ..Limits::default()
+        };
+        Ok(server::run(listener, None, limits, handler, shutdown).await?)
+    }
+
+    async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return with_json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method not allowed"}),
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => with_json(StatusCode::OK, json!({"status": "alive"})),
+            "/readyz" => match self.ready().await {
+                Ok(()) => with_json(StatusCode::OK, json!({"status": "ready"})),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not ready");
+                    with_json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"status": "not ready", "reason": "store unavailable"}),
+                    )
+                }
+            },
+            "/metrics" => match crate::metrics::render() {
+                Some(text) => {
+                    let mut r = Response::new(crate::body::full(text));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    r
+                }
+                None => with_json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "another metrics recorder is installed"}),
+                ),
+            },
+            _ => with_json(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        }
+    }
 }
 
 pub fn limits(config: &Config) -> Limits {
@@ -73,71 +270,85 @@ pub fn limits(config: &Config) -> Limits {
     }
 }
 
-/// Serves `gateway` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
-    let config = gateway.config().clone();
-    let tls = match &config.server.tls {
-        Some(files) => Some(server::tls_config(&files.cert, &files.key)?),
-        None => None,
-    };
-    let background = spawn_background(gateway.clone());
-    let issuer_refresh = gateway.auth().trusted_issuers().spawn_refresh();
-    let handler = move |req, conn| gateway.clone().handle(req, conn);
-    let result = server::run(listener, tls, limits(&config), handler, shutdown).await;
-    background.abort();
-    issuer_refresh.abort();
-    Ok(result?)
-}
-
-/// Binds the configured address and serves until SIGTERM or Ctrl-C.
-pub async fn run(config: Config) -> Result<(), AppError> {
+/// Binds the configured listeners and serves until SIGTERM or Ctrl-C.
+pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let addr = config.server.listen;
-    let gateway = build(config).await?;
+    let admin_addr = config.admin.listen;
+    let app = App::new(config, source).await?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| AppError::Bind { addr, source })?;
-    let scheme = if gateway.config().server.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if app.certs.is_some() { "https" } else { "http" };
     tracing::info!(
         "gatehouse listening on {scheme}://{}",
         listener.local_addr().unwrap_or(addr)
     );
-    serve(gateway, listener, shutdown_signal()).await
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match admin_addr {
+        Some(addr) => {
+            let admin_listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+            tracing::info!("admin listening on http://{addr} (/healthz, /readyz, /metrics)");
+            let app = app.clone();
+            Some(tokio::spawn(async move {
+                let stopped = async {
+                    let _ = admin_stopped.await;
+                };
+                if let Err(e) = app.serve_admin(admin_listener, stopped).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    let result = app.serve(listener, shutdown_signal()).await;
+    let _ = stop_admin.send(());
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    result
 }
 
-/// Pruning on a timer; on Unix, SIGHUP reloads the signing keys.
-fn spawn_background(gateway: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// Pruning on a timer; reload on SIGHUP and, when enabled, on a change of the config file.
+async fn background(app: Arc<App>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let admin = app.current().config().admin.clone();
+    let mut watch = tokio::time::interval(admin.watch_interval);
+    let watched = app.source.clone().filter(|_| admin.watch_config);
+    let mut last_seen = watched.as_deref().and_then(modified);
+    loop {
         #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut prune = tokio::time::interval(PRUNE_EVERY);
-        loop {
-            #[cfg(unix)]
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = prune.tick() => app.current().auth().prune().await,
+            _ = hup => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = app.reload().await;
+            }
+            _ = watch.tick(), if watched.is_some() => {
+                let now = watched.as_deref().and_then(modified);
+                if now != last_seen {
+                    last_seen = now;
+                    tracing::info!("config file changed: reloading");
+                    let _ = app.reload().await;
                 }
-            };
-            #[cfg(not(unix))]
-            let hup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = prune.tick() => gateway.auth().prune().await,
-                _ = hup => match gateway.auth().reload_keys() {
-                    Ok(()) => tracing::info!("signing keys reloaded"),
-                    Err(e) => tracing::error!(error = %e, "key reload failed; keeping the old keys"),
-                },
             }
         }
-    })
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -22,6 +22,8 @@ use crate::store::{NewUser, Store};
     about = "A reverse-proxy authentication gateway"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,16 +31,16 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The TOML configuration file (GATEHOUSE_* variables override it).
-    #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+    #[arg(long, short, env = "GATEHOUSE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Serve(ConfigArg),
+    Serve,
     /// Validate a configuration file and summarise it.
-    CheckConfig(ConfigArg),
+    CheckConfig,
     /// The quick start: a demo upstream behind the gateway, with user alice / secret.
     Demo {
         /// Gateway address.
@@ -50,15 +52,16 @@ pub enum Command {
     },
     /// Manage users.
     User {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Explain how the gateway would handle a request.
+    Routes {
+        #[command(subcommand)]
+        action: RoutesAction,
+    },
     /// Manage signing keys.
     Keys {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: KeysAction,
     },
@@ -101,6 +104,17 @@ pub enum UserAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RoutesAction {
+    /// Which route matches, the path and URL that would be forwarded, and the auth policy.
+    Explain {
+        /// e.g. GET
+        method: String,
+        /// e.g. http://api.example.com/api/items?x=1 (the host selects host-specific routes)
+        url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysAction {
     /// Create the first signing key if there is none.
     Generate,
@@ -111,20 +125,28 @@ pub enum KeysAction {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve) {
         crate::logging::init(crate::config::LogFormat::Text);
     }
+    let c = &cli.config;
     match cli.command {
-        Command::Serve(c) => {
-            let config = load(&c)?;
+        Command::Serve => {
+            let config = load(c)?;
             crate::logging::init(config.log.format);
-            app::run(config).await?;
+            app::run(config, c.config.clone()).await?;
             Ok(())
         }
-        Command::CheckConfig(c) => check_config(&c),
+        Command::CheckConfig => check_config(c),
         Command::Demo { listen, data_dir } => crate::demo::run(listen, &data_dir).await,
-        Command::User { config, action } => user(load(&config)?, action).await,
-        Command::Keys { config, action } => keys(load(&config)?, action),
+        Command::User { action } => user(load(c)?, action).await,
+        Command::Keys { action } => keys(load(c)?, action),
+        Command::Routes {
+            action: RoutesAction::Explain { method, url },
+        } => {
+            let report = explain(&load(c)?, &method, &url)?;
+            print!("{report}");
+            Ok(())
+        }
     }
 }
 
@@ -190,6 +212,114 @@ pub fn summary(config: &Config) -> String {
         );
     }
     out
+}
+
+/// What the gateway would do with `METHOD URL`: the route, the forwarded path and URL, and the
+/// policy; or why no route takes it (which the gateway answers with 400 or 404).
+pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .with_context(|| format!("{method:?} is not an HTTP method"))?;
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL (e.g. http://host/path)"))?;
+    let host = uri
+        .host()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    let mut out = String::new();
+    let normalised = match crate::proxy::path::normalize(uri.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(out, "rejected   400: invalid request path: {e}");
+            return Ok(out);
+        }
+    };
+    if method == http::Method::CONNECT || method == http::Method::TRACE {
+        let _ = writeln!(out, "rejected   405: {method} is never proxied");
+        return Ok(out);
+    }
+    let auth_prefix = &config.auth.prefix;
+    if normalised == crate::auth::endpoints::JWKS_PATH
+        || crate::proxy::path::under_prefix(&normalised, auth_prefix)
+    {
+        let _ = writeln!(
+            out,
+            "endpoint   gatehouse's own ({normalised}); never proxied"
+        );
+        return Ok(out);
+    }
+    let table = crate::routes::RouteTable::new(&config.routes);
+    let Some(route) = table.find(host.as_deref(), &method, &normalised) else {
+        let _ = writeln!(
+            out,
+            "no route   404: nothing matches host {}, method {method}, path {normalised}",
+            host.as_deref().unwrap_or("(none)")
+        );
+        for r in table
+            .iter()
+            .filter(|r| crate::proxy::path::under_prefix(&normalised, &r.path_prefix))
+        {
+            let _ = writeln!(
+                out,
+                "  near     {} ({}{}) serves only host {:?} and methods {:?}",
+                r.name,
+                r.host.as_deref().unwrap_or(""),
+                r.path_prefix,
+                r.host,
+                r.methods
+            );
+        }
+        return Ok(out);
+    };
+    let upstream = crate::routes::upstream_uri(route, &normalised, uri.query())
+        .map(|u| u.to_string())
+        .unwrap_or_else(|| "(cannot be built: 400)".into());
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "-".to_owned()
+        } else {
+            l.join(" ")
+        }
+    };
+    let _ = writeln!(out, "route      {}", route.name);
+    if normalised != uri.path() {
+        let _ = writeln!(
+            out,
+            "path       {normalised} (normalised from {})",
+            uri.path()
+        );
+    } else {
+        let _ = writeln!(out, "path       {normalised}");
+    }
+    let _ = writeln!(out, "upstream   {upstream}");
+    let mode = match route.auth {
+        AuthMode::Required => "required (401 without a valid token)",
+        AuthMode::Optional => "optional (identity injected when a valid token is sent)",
+        AuthMode::Public => "public (no token; identity headers still removed)",
+    };
+    let _ = writeln!(out, "auth       {mode}");
+    let _ = writeln!(
+        out,
+        "requires   scopes: {}; roles: {}; any role of: {}",
+        list(&route.require_scopes),
+        list(&route.require_roles),
+        list(&route.require_any_role)
+    );
+    let _ = writeln!(
+        out,
+        "token      {}",
+        if route.forward_token {
+            "forwarded to the upstream"
+        } else {
+            "not forwarded"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "timeouts   connect {:?}, response {:?}",
+        route.connect_timeout, route.timeout
+    );
+    Ok(out)
 }
 
 fn pool(config: &Config) -> anyhow::Result<PasswordPool> {

@@ -116,6 +116,32 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub store: RawStore,
     pub log: RawLog,
+    pub admin: RawAdmin,
+}
+
+/// Default address of the admin listener (health, readiness, metrics).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default interval at which the config file is checked for changes.
+pub const DEFAULT_WATCH_INTERVAL: &str = "2s";
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub enabled: bool,
+    pub listen: String,
+    pub watch_config: bool,
+    pub watch_interval: RawDuration,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_ADMIN_LISTEN.into(),
+            watch_config: true,
+            watch_interval: DEFAULT_WATCH_INTERVAL.into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -539,6 +565,16 @@ pub struct Config {
     pub auth: AuthConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `None`: no admin listener.
+    pub listen: Option<SocketAddr>,
+    /// Reload when the config file changes (SIGHUP always reloads).
+    pub watch_config: bool,
+    pub watch_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -743,6 +779,28 @@ impl RawConfig {
         if self.store.path.as_os_str().is_empty() {
             return Err(invalid("store.path", "must not be empty"));
         }
+        let admin_listen = if self.admin.enabled {
+            let addr: SocketAddr = self.admin.listen.parse().map_err(|_| {
+                invalid(
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address like 127.0.0.1:9901",
+                        self.admin.listen
+                    ),
+                )
+            })?;
+            if addr == server.listen {
+                return Err(invalid("admin.listen", "must differ from server.listen"));
+            }
+            Some(addr)
+        } else {
+            None
+        };
+        let admin = AdminConfig {
+            listen: admin_listen,
+            watch_config: self.admin.watch_config,
+            watch_interval: nonzero("admin.watch_interval", &self.admin.watch_interval)?,
+        };
         Ok(Config {
             server,
             upstream,
@@ -754,6 +812,7 @@ impl RawConfig {
             log: LogConfig {
                 format: self.log.format,
             },
+            admin,
         })
     }
 }

@@ -115,14 +115,14 @@ pub async fn run(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .context("starting the echo upstream")?;
     let config = demo_config(listen, upstream, data_dir)?;
-    let gateway = app::build(config).await?;
-    seed_user(&gateway).await?;
+    let app = app::App::new(config, None).await?;
+    seed_user(&app.current()).await?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen} (pass --listen ADDR to use another address)"))?;
     let base = format!("http://{}", listener.local_addr()?);
     println!("{}", instructions(&base, upstream));
-    app::serve(gateway, listener, app::shutdown_signal()).await?;
+    app.serve(listener, app::shutdown_signal()).await?;
     Ok(())
 }
 

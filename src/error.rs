@@ -226,3 +226,120 @@ pub fn with_json(status: StatusCode, value: serde_json::Value) -> Response<Body>
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::verify::VerifyError;
+    use crate::limits::Refusal;
+
+    fn status(r: Rejection) -> (u16, Option<String>) {
+        let response = respond(&r);
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), challenge)
+    }
+
+    #[test]
+    fn request_shape_rejections_are_400() {
+        for r in [
+            Rejection::TargetForm,
+            Rejection::MissingHost,
+            Rejection::DuplicateHost,
+            Rejection::HostMismatch,
+            Rejection::BadHost,
+            Rejection::BadPath(PathError::NotOriginForm),
+            Rejection::Unforwardable,
+            Rejection::BadFraming,
+            Rejection::BodyNotAllowed,
+        ] {
+            assert_eq!(status(r).0, 400);
+        }
+    }
+
+    #[test]
+    fn method_body_and_route_rejections() {
+        assert_eq!(status(Rejection::MethodNotAllowed).0, 405);
+        assert_eq!(status(Rejection::PayloadTooLarge).0, 413);
+        assert_eq!(status(Rejection::NoRoute).0, 404);
+    }
+
+    #[test]
+    fn missing_token_is_a_bare_bearer_challenge() {
+        assert_eq!(status(Rejection::NoToken), (401, Some(REALM.to_owned())));
+    }
+
+    #[test]
+    fn invalid_token_names_the_error_without_the_token() {
+        let (code, challenge) = status(Rejection::InvalidToken(VerifyError::Expired));
+        assert_eq!(code, 401);
+        assert_eq!(
+            challenge.unwrap(),
+            "Bearer realm=\"gatehouse\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+    }
+
+    #[test]
+    fn invalid_request_is_400_with_its_error_code() {
+        let (code, challenge) = status(Rejection::InvalidRequest("two tokens"));
+        assert_eq!(code, 400);
+        assert!(challenge.unwrap().contains("error=\"invalid_request\""));
+    }
+
+    #[test]
+    fn missing_scope_or_role_is_403_insufficient_scope() {
+        let (code, challenge) = status(Rejection::InsufficientScope("write".into()));
+        assert_eq!(code, 403);
+        assert!(challenge.unwrap().contains("scope=\"write\""));
+        let (code, challenge) = status(Rejection::InsufficientRole);
+        assert_eq!(code, 403);
+        assert!(challenge.unwrap().contains("insufficient_scope"));
+    }
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let d = std::time::Duration::from_secs(1);
+        assert_eq!(
+            status(Rejection::Upstream(ProxyError::Timeout { after: d })).0,
+            504
+        );
+        assert_eq!(
+            status(Rejection::Upstream(ProxyError::BodyTooLarge { max: 1 })).0,
+            413
+        );
+        assert_eq!(
+            status(Rejection::Upstream(ProxyError::BodyTimeout { idle: d })).0,
+            408
+        );
+        assert_eq!(
+            status(Rejection::Upstream(ProxyError::ClientBody("x".into()))).0,
+            400
+        );
+        let not_upgraded = ProxyError::NotUpgraded {
+            status: StatusCode::OK,
+        };
+        assert_eq!(status(Rejection::Upstream(not_upgraded)).0, 502);
+        assert_eq!(status(Rejection::UnexpectedUpgrade).0, 502);
+    }
+
+    #[test]
+    fn oauth_errors_carry_no_store_and_limits_carry_retry_after() {
+        let response = respond(&Rejection::OAuth(OAuthError::BadCredentials));
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        let refusal = Refusal {
+            retry_after: 7,
+            limit: 5,
+        };
+        let response = respond(&Rejection::OAuth(OAuthError::Limited(refusal)));
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[RETRY_AFTER], "7");
+        assert_eq!(response.headers()["ratelimit-limit"], "5");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        let response = respond(&Rejection::OAuth(OAuthError::Busy));
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key(RETRY_AFTER));
+    }
+}

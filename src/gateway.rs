@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -99,32 +99,45 @@ impl Gateway {
     }
 
     /// Runs the pipeline for one request and renders any rejection; never panics on input.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let raw_path = req.uri().path().to_owned();
-        let client = headers::client_ip(
-            conn.peer.ip(),
-            req.headers(),
-            &self.config.server.trusted_proxies,
-        );
+        let trusted = &self.config.server.trusted_proxies;
+        let client = headers::client_ip(conn.peer.ip(), req.headers(), trusted);
+        let request_id = request_id(req.headers(), conn.peer.ip(), trusted);
         let mut access = AccessLog::default();
-        let response = match self.pipeline(req, &conn, client, &mut access).await {
+        let mut response = match self
+            .pipeline(req, &conn, client, &request_id, &mut access)
+            .await
+        {
             Ok(response) => response,
             Err(rejection) => {
                 access.rejection = Some(rejection.reason());
+                count_rejection(&rejection, access.route.as_deref());
                 crate::error::respond(&rejection)
             }
         };
+        response
+            .headers_mut()
+            .insert(&X_REQUEST_ID, request_id.clone());
+        let latency = started.elapsed();
+        let route = access.route.as_deref().unwrap_or("-");
+        crate::metrics::request(route, response.status().as_u16(), latency, access.upstream);
         tracing::info!(
             target: "access",
+            request_id = request_id.to_str().unwrap_or("-"),
             client = %client,
             method = %method,
             path = access.path.as_deref().unwrap_or(raw_path_for_log(&raw_path)),
-            route = access.route.as_deref().unwrap_or("-"),
+            route,
             status = response.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
-            upstream_us = access.upstream_us,
+            latency_us = latency.as_micros() as u64,
+            upstream_us = access.upstream.map(|d| d.as_micros() as u64),
             sub = access.sub.as_deref().unwrap_or("-"),
             rejected = access.rejection.unwrap_or("-"),
         );
@@ -136,6 +149,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         client: IpAddr,
+        request_id: &HeaderValue,
         access: &mut AccessLog,
     ) -> Result<Response<Body>, Rejection> {
         check_method(req.method())?;
@@ -165,6 +179,8 @@ impl Gateway {
             access.sub = Some(identity.sub.clone());
             authorise(&route, identity)?;
         }
+        // After scrubbing, so no Connection header can remove it.
+        req.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
         prepare_upstream_headers(
             req.headers_mut(),
             &route,
@@ -180,10 +196,11 @@ impl Gateway {
         };
         headers::set_forwarding(req.headers_mut(), &forwarding);
 
-        let uri = upstream_uri(&route, &target)?;
+        let uri = crate::routes::upstream_uri(&route, &target.path, target.query.as_deref())
+            .ok_or(Rejection::Unforwardable)?;
         let started = Instant::now();
         let result = self.forward(req, uri, &route, upgrade).await;
-        access.upstream_us = Some(started.elapsed().as_micros() as u64);
+        access.upstream = Some(started.elapsed());
         result
     }
 
@@ -467,26 +484,48 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// The upstream URI: the route's scheme and authority, its base path joined with the forwarded
-/// (normalised, optionally prefix-stripped) path, and the query as the client sent it.
-fn upstream_uri(route: &Route, target: &Target) -> Result<Uri, Rejection> {
-    let path = if route.strip_prefix {
-        path::strip_prefix(&target.path, &route.path_prefix)
-    } else {
-        target.path.clone()
-    };
-    let full_path = path::join_base(&route.upstream.base_path, &path);
-    let path_and_query = match &target.query {
-        Some(q) => PathAndQuery::try_from(format!("{full_path}?{q}")),
-        None => PathAndQuery::try_from(full_path),
+/// Correlates a request across the gateway's log, the upstream and the client.
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The id a trusted proxy assigned (when well-formed), or a fresh random one. A client's own
+/// value is never trusted: it would let one client spoof another's log lines.
+fn request_id(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> HeaderValue {
+    let from_proxy = trusted.iter().any(|net| net.contains(&peer));
+    if from_proxy
+        && let Some(v) = headers.get(&X_REQUEST_ID)
+        && (1..=128).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    {
+        return v.clone();
     }
-    .map_err(|_| Rejection::Unforwardable)?;
-    Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Rejection::Unforwardable)
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // The DRBG never fails in practice; a constant id is still better than no response.
+        bytes = [0; 16];
+    }
+    let mut hex = String::with_capacity(32);
+    for b in bytes {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    HeaderValue::from_str(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Counts a refusal under its metric; the access log has the reason too.
+fn count_rejection(rejection: &Rejection, route: Option<&str>) {
+    match rejection {
+        Rejection::InvalidToken(e) => crate::metrics::auth_failure(e.reason()),
+        Rejection::NoToken => crate::metrics::auth_failure("missing"),
+        Rejection::InsufficientScope(_) | Rejection::InsufficientRole => {
+            crate::metrics::authz_denied(route.unwrap_or("-"))
+        }
+        Rejection::Upstream(_) | Rejection::UnexpectedUpgrade => {
+            crate::metrics::upstream_error(rejection.reason())
+        }
+        _ => {}
+    }
 }
 
 /// Raw paths are logged only up to a bound, and only as ASCII.
@@ -500,6 +539,6 @@ struct AccessLog {
     path: Option<String>,
     route: Option<String>,
     sub: Option<String>,
-    upstream_us: Option<u64>,
+    upstream: Option<std::time::Duration>,
     rejection: Option<&'static str>,
 }

@@ -27,6 +27,7 @@
 //! | `limits` | login rate limits and lockout |
 //! | `config` | raw TOML/env configuration validated into `Config` |
 //! | `error` | the one mapping from errors to HTTP responses |
+//! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup |
 //! | `body` | the response body type and small constructors |
 
@@ -40,6 +41,7 @@ pub mod error;
 pub mod gateway;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;

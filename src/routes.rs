@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 
-use http::Method;
+use http::uri::PathAndQuery;
+use http::{Method, Uri};
 
 use crate::config::Route;
-use crate::proxy::path::under_prefix;
+use crate::proxy::path::{self, under_prefix};
 
 /// Routes ordered for matching: host-specific first, then by descending prefix length.
 #[derive(Clone, Debug)]
@@ -50,6 +51,29 @@ impl RouteTable {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
     }
+}
+
+/// The upstream URI for a request on `route`: the route's scheme and authority, its base path
+/// joined with the normalised path (prefix removed when the route strips it), and the query as the
+/// client sent it. Built with `Uri` parts, never by gluing URL strings.
+pub fn upstream_uri(route: &Route, normalised_path: &str, query: Option<&str>) -> Option<Uri> {
+    let forwarded = if route.strip_prefix {
+        path::strip_prefix(normalised_path, &route.path_prefix)
+    } else {
+        normalised_path.to_owned()
+    };
+    let full_path = path::join_base(&route.upstream.base_path, &forwarded);
+    let path_and_query = match query {
+        Some(q) => PathAndQuery::try_from(format!("{full_path}?{q}")),
+        None => PathAndQuery::try_from(full_path),
+    }
+    .ok()?;
+    Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
 }
 
 #[cfg(test)]
@@ -117,6 +141,20 @@ mod tests {
             Some("any")
         );
         assert_eq!(found(&t, None, Method::GET, "/x").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn upstream_uri_strips_the_prefix_and_keeps_the_query() {
+        let t = table(
+            &route("api", "/api", "strip_prefix = true").replace("127.0.0.1:1", "127.0.0.1:1/base"),
+        );
+        let r = t.find(None, &Method::GET, "/api/x").unwrap();
+        let uri = upstream_uri(r, "/api/x", Some("a=1&b=%20")).unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:1/base/x?a=1&b=%20");
+        assert_eq!(
+            upstream_uri(r, "/api", None).unwrap().to_string(),
+            "http://127.0.0.1:1/base/"
+        );
     }
 
     #[test]

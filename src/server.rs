@@ -51,6 +51,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -180,9 +181,67 @@ pub enum ServerError {
     LocalAddr(#[source] io::Error),
 }
 
-/// Loads a rustls server configuration from a PEM certificate chain (leaf first) and a PEM private
-/// key (PKCS#8, PKCS#1 or SEC1), with ALPN `h2` then `http/1.1`, using the aws-lc-rs provider.
-pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+/// The server certificate and key, swappable while the listener runs: new handshakes use the
+/// newest pair, established connections keep theirs.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: arc_swap::ArcSwap<CertifiedKey>,
+}
+
+impl CertStore {
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1), checking that they belong together.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, ServerError> {
+        // An explicit provider, so that a second provider compiled into the tree cannot make the
+        // process-wide default ambiguous.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let certified = read_certified_key(cert, key, &provider)?;
+        Ok(Arc::new(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            provider,
+            current: arc_swap::ArcSwap::from_pointee(certified),
+        }))
+    }
+
+    /// Re-reads both files; on any error the previous pair stays in use.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let certified = read_certified_key(&self.cert, &self.key, &self.provider)?;
+        self.current.store(Arc::new(certified));
+        Ok(())
+    }
+
+    /// A rustls configuration serving this store's current pair, with ALPN `h2` then
+    /// `http/1.1`.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|source| ServerError::CertifiedKey {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                source,
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn read_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, ServerError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|blocks| blocks.collect::<Result<Vec<_>, _>>())
         .map_err(|source| ServerError::CertificateFile {
@@ -198,22 +257,18 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
         path: key.to_owned(),
         source,
     })?;
-    let unusable = |source| ServerError::CertifiedKey {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        source,
-    };
-    // An explicit provider, so that a second provider compiled into the tree cannot make the
-    // process-wide default ambiguous.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(unusable)?
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map_err(unusable)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|source| {
+        ServerError::CertifiedKey {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Loads a rustls server configuration from PEM files (see [`CertStore::load`]).
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    CertStore::load(cert, key)?.server_config()
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets in-flight requests
@@ -429,6 +484,7 @@ async fn serve_connection<H, F>(
     let io = Permitted {
         io: stream,
         _permit: permit,
+        _open: crate::metrics::OpenConnection::new(),
     };
     let Some(acceptor) = &shared.tls else {
         let info = ConnInfo {
@@ -656,6 +712,7 @@ impl http_body::Body for InFlightBody {
 struct Permitted<I> {
     io: I,
     _permit: OwnedSemaphorePermit,
+    _open: crate::metrics::OpenConnection,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Permitted<I> {

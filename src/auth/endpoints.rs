@@ -237,6 +237,7 @@ impl AuthService {
             Endpoint::Token | Endpoint::Login | Endpoint::Refresh | Endpoint::Register
         );
         if limited && let Err(refusal) = self.limits.check_addr(client) {
+            crate::metrics::limit_refusal("address");
             return Err(OAuthError::Limited(refusal).into());
         }
         match endpoint {
@@ -355,25 +356,33 @@ impl AuthService {
             Some(name) => self.store.user(name).await?.filter(|u| !u.disabled),
             None => None,
         };
+        crate::metrics::hash_queue_depth(self.pool.queue_depth() + 1);
         let outcome = self
             .pool
             .verify(
                 Zeroizing::new(password.to_owned()),
                 user.as_ref().map(|u| u.password_hash.clone()),
             )
-            .await?;
+            .await
+            .inspect_err(|e| {
+                let busy = matches!(e, PasswordError::Busy);
+                crate::metrics::login(if busy { "busy" } else { "error" });
+            })?;
+        crate::metrics::hash_queue_depth(self.pool.queue_depth());
         if let Some(problem) = outcome.unusable {
             tracing::warn!(%problem, "stored password hash cannot be verified");
         }
         let user = match user {
             Some(user) if outcome.ok => user,
             _ => {
+                crate::metrics::login("bad_credentials");
                 if let Some(name) = &name {
                     self.count_failure(name, now).await?;
                 }
                 return Err(OAuthError::BadCredentials);
             }
         };
+        crate::metrics::login("success");
         self.store.clear_login_failures(&user.username).await?;
         if outcome.needs_rehash {
             self.upgrade_hash(&user.username, password).await;

@@ -195,6 +195,7 @@ impl AuthService {
         let leeway = self.config.leeway.as_secs() as i64;
         if let Some(hit) = self.cache.get(&digest) {
             if hit.exp + leeway > now {
+                crate::metrics::verify_cache(true);
                 let identity = Identity::clone(&hit);
                 drop(hit);
                 return self.not_revoked(identity, now);
@@ -202,6 +203,7 @@ impl AuthService {
             drop(hit);
             self.cache.remove(&digest);
         }
+        crate::metrics::verify_cache(false);
         let keys = self.keys.load();
         // The kid decides whose policy applies: our own checks (typ first) would refuse an IdP's
         // token before ever looking at its key.

@@ -803,6 +803,14 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // The open connection keeps working on an unlinked file; everything written from then on
+        // would be lost at the next restart.
+        if !self.path.exists() {
+            return Err(StoreError::Unavailable(format!(
+                "database file {} is gone",
+                self.path.display()
+            )));
+        }
         self.call(|conn| {
             conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
             Ok(())

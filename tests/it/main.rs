@@ -6,6 +6,7 @@ mod cli;
 mod identity;
 mod issuers;
 mod limits;
+mod ops;
 mod proxy;
 mod tls;
 mod verify;

@@ -185,6 +185,8 @@ fn json_ok(v: &serde_json::Value) -> Response<Body> {
 /// A running gateway with its own data directory.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub app: Arc<gatehouse::app::App>,
+    /// The pipeline as first built (`app.current()` after a reload).
     pub gateway: Arc<Gateway>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -283,6 +285,12 @@ impl GatewayBuilder {
     }
 
     pub fn config(&self, dir: &std::path::Path) -> Config {
+        let text = self.text(dir);
+        Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"))
+    }
+
+    /// The TOML with `{data}` filled in and the test defaults added.
+    pub fn text(&self, dir: &std::path::Path) -> String {
         let data = dir.display().to_string();
         let mut text = self.toml.replace("{data}", &data);
         if !text.contains("[store]") {
@@ -298,7 +306,7 @@ impl GatewayBuilder {
         if !text.contains("keys_dir") {
             text = add_auth_key(&text, &format!("keys_dir = \"{data}/keys\""));
         }
-        Config::from_toml(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"))
+        text
     }
 
     pub async fn start(self) -> TestGateway {
@@ -309,13 +317,35 @@ impl GatewayBuilder {
     /// Starts with an existing data directory (restart tests).
     pub async fn start_in(self, dir: tempfile::TempDir) -> TestGateway {
         let config = self.config(dir.path());
-        let gateway = gatehouse::app::build(config).await.expect("gateway builds");
+        let app = gatehouse::app::App::new(config, None)
+            .await
+            .expect("gateway builds");
+        self.serve(app, dir).await
+    }
+
+    /// Starts from a config file in `dir`, so that reloads re-read it.
+    pub async fn start_from_file(
+        self,
+        dir: tempfile::TempDir,
+        file: &std::path::Path,
+    ) -> TestGateway {
+        std::fs::write(file, self.text(dir.path())).unwrap();
+        let config =
+            Config::load(Some(file)).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let app = gatehouse::app::App::new(config, Some(file.to_owned()))
+            .await
+            .expect("gateway builds");
+        self.serve(app, dir).await
+    }
+
+    async fn serve(self, app: Arc<gatehouse::app::App>, dir: tempfile::TempDir) -> TestGateway {
+        let gateway = app.current();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let g = gateway.clone();
+        let a = app.clone();
         let task = tokio::spawn(async move {
-            gatehouse::app::serve(g, listener, async {
+            a.serve(listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -323,6 +353,7 @@ impl GatewayBuilder {
         });
         TestGateway {
             addr,
+            app,
             gateway,
             dir,
             stop: Some(stop),
