@@ -14,7 +14,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::issuers::JwksSource;
+use crate::auth::issuers::{IssuerSettings, JwksSource};
 use crate::auth::keys::KeyAlg;
 use crate::proxy::path;
 
@@ -654,7 +654,7 @@ pub struct AuthConfig {
     pub cookie: Option<String>,
     pub password: PasswordConfig,
     pub identity_headers: IdentityHeaders,
-    pub trusted_issuers: Vec<TrustedIssuer>,
+    pub trusted_issuers: Vec<IssuerSettings>,
     pub limits: LimitsConfig,
 }
 
@@ -668,21 +668,6 @@ pub struct LimitsConfig {
     pub max_failures: std::num::NonZeroU32,
     pub find_time: Duration,
     pub ban_time: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct TrustedIssuer {
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub source: JwksSource,
-    pub token_types: Vec<String>,
-    /// Dotted path into the claims, e.g. `realm_access.roles`.
-    pub roles_claim: Vec<String>,
-    pub scopes_claim: Vec<String>,
-    pub max_token_lifetime: Duration,
-    pub refresh_interval: Duration,
-    pub refetch_cooldown: Duration,
-    pub fetch_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -969,9 +954,10 @@ impl RawAuth {
             queue: p.queue,
         };
         let identity_headers = self.identity_headers.validate()?;
-        let mut trusted_issuers: Vec<TrustedIssuer> = Vec::new();
+        let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
         for (i, raw) in self.trusted_issuers.into_iter().enumerate() {
-            let t = raw.validate(&format!("auth.trusted_issuers[{i}]"))?;
+            let key = format!("auth.trusted_issuers[{i}]");
+            let t = raw.validate(&key, leeway, self.max_token_bytes)?;
             if t.issuer == self.issuer || trusted_issuers.iter().any(|o| o.issuer == t.issuer) {
                 return Err(invalid(
                     format!("auth.trusted_issuers[{i}].issuer"),
@@ -1003,7 +989,13 @@ impl RawAuth {
 }
 
 impl RawTrustedIssuer {
-    fn validate(self, key: &str) -> Result<TrustedIssuer, ConfigError> {
+    /// The gateway-wide leeway and token cap apply to external tokens too.
+    fn validate(
+        self,
+        key: &str,
+        leeway: Duration,
+        max_token_bytes: usize,
+    ) -> Result<IssuerSettings, ConfigError> {
         if self.issuer.is_empty() || self.issuer.len() > 512 {
             return Err(invalid(format!("{key}.issuer"), "must be 1-512 characters"));
         }
@@ -1049,7 +1041,7 @@ impl RawTrustedIssuer {
             }
             Ok(parts)
         };
-        Ok(TrustedIssuer {
+        Ok(IssuerSettings {
             issuer: self.issuer,
             audiences: self.audiences,
             source,
@@ -1060,16 +1052,16 @@ impl RawTrustedIssuer {
                 &format!("{key}.max_token_lifetime"),
                 &self.max_token_lifetime,
             )?,
+            leeway,
+            max_token_bytes,
             refresh_interval: nonzero(&format!("{key}.refresh_interval"), &self.refresh_interval)?,
-            refetch_cooldown: self
-                .refetch_cooldown
-                .parse(&format!("{key}.refetch_cooldown"))?,
+            refetch_cooldown: nonzero(&format!("{key}.refetch_cooldown"), &self.refetch_cooldown)?,
             fetch_timeout: nonzero(&format!("{key}.fetch_timeout"), &self.fetch_timeout)?,
         })
     }
 }
 
-/// Claims the gateway itself fills from typed fields; mapping them again would be ambiguous.
+/// Longest claim name a header may be mapped from.
 const MAPPABLE_CLAIM_MAX: usize = 64;
 
 impl RawIdentityHeaders {
@@ -1541,6 +1533,28 @@ mod tests {
         assert!(e.contains("reserved"), "{e}");
         let e = err("[auth.identity_headers]\nuser = \"x_user_roles\"\n");
         assert!(e.contains("mapped twice"), "{e}");
+    }
+
+    #[test]
+    fn trusted_issuer_needs_exactly_one_key_source_and_an_audience() {
+        let base = "[[auth.trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"api\"]\n";
+        let e = err(base);
+        assert!(e.contains("exactly one of jwks_url and jwks_file"), "{e}");
+        let both = format!("{base}jwks_url = \"https://idp/certs\"\njwks_file = \"/x\"\n");
+        assert!(err(&both).contains("exactly one"));
+        let e = err(&format!("{base}jwks_url = \"ftp://idp/certs\"\n"));
+        assert!(e.contains("jwks_url"), "{e}");
+        let e = err(&base
+            .replace("[\"api\"]", "[]")
+            .replace("issuer =", "jwks_file = \"/x\"\nissuer ="));
+        assert!(e.contains("audiences"), "{e}");
+        let c = Config::from_toml(&format!(
+            "{base}jwks_file = \"/x\"\nroles_claim = \"realm_access.roles\"\n"
+        ))
+        .unwrap();
+        let t = &c.auth.trusted_issuers[0];
+        assert_eq!(t.roles_claim, vec!["realm_access", "roles"]);
+        assert_eq!(t.leeway, c.auth.leeway);
     }
 
     #[test]

@@ -99,11 +99,7 @@ impl Gateway {
     }
 
     /// Runs the pipeline for one request and renders any rejection; never panics on input.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let raw_path = req.uri().path().to_owned();

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
 use crate::auth::claims::Identity;
-use crate::auth::issuers::{IssuerError, IssuerSettings, TrustedIssuers};
+use crate::auth::issuers::{IssuerError, TrustedIssuers};
 use crate::auth::keys::{KeyError, KeyRing};
 use crate::auth::password::{HashParams, PasswordError, PasswordPool, PoolLimits};
 use crate::auth::tokens::AccessTokenSpec;
@@ -88,7 +88,7 @@ impl AuthService {
             lifetime: config.access_token_lifetime,
         };
         let limits = Limits::new(config.limits.clone(), LimitClock::default());
-        let trusted = Arc::new(TrustedIssuers::new(issuer_settings(&config))?);
+        let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);
         // A failed first fetch is logged inside; tokens of that issuer wait for its keys.
         trusted.refresh_all().await;
         let revoked = DashMap::new();
@@ -279,27 +279,6 @@ fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> 
     };
     let verifier = Verifier::new(policy, ring.lookup().clone());
     Ok(KeyState { ring, verifier })
-}
-
-fn issuer_settings(config: &AuthConfig) -> Vec<IssuerSettings> {
-    config
-        .trusted_issuers
-        .iter()
-        .map(|t| IssuerSettings {
-            issuer: t.issuer.clone(),
-            audiences: t.audiences.clone(),
-            source: t.source.clone(),
-            token_types: t.token_types.clone(),
-            roles_claim: t.roles_claim.clone(),
-            scopes_claim: t.scopes_claim.clone(),
-            max_token_lifetime: t.max_token_lifetime,
-            leeway: config.leeway,
-            max_token_bytes: config.max_token_bytes,
-            refresh_interval: t.refresh_interval,
-            refetch_cooldown: t.refetch_cooldown,
-            fetch_timeout: t.fetch_timeout,
-        })
-        .collect()
 }
 
 /// `Bearer <token>`, scheme in any case, exactly one space, a b64token (RFC 6750 §2.1).
