@@ -448,6 +448,49 @@ async fn revoke_endpoint_follows_rfc7009() {
     assert_eq!(r.status(), 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flood_beyond_the_hashing_pool_gets_503_with_retry_after_at_once() {
+    let up = Upstream::start().await;
+    // One worker, one waiting slot, and a hash slow enough that 16 logins overlap.
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[auth.password]\nworkers = 1\nqueue = 1\nmemory_kib = 65536\niterations = 3")
+        .start()
+        .await;
+    let url = gw.url("/auth/token");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let user = format!("user{i}");
+                let r = client()
+                    .post(url)
+                    .form(&[
+                        ("grant_type", "password"),
+                        ("username", user.as_str()),
+                        ("password", "x"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status(), r.headers().get("retry-after").cloned())
+            })
+        })
+        .collect();
+    let mut busy = 0;
+    for t in tasks {
+        let (status, retry_after) = t.await.unwrap();
+        match status.as_u16() {
+            503 => {
+                busy += 1;
+                assert!(retry_after.is_some(), "503 without Retry-After");
+            }
+            400 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(busy >= 1, "no login was refused while the pool was full");
+}
+
 #[tokio::test]
 async fn me_returns_the_verified_identity() {
     let (gw, _up) = gateway_with_alice().await;

@@ -426,3 +426,89 @@ async fn graceful_shutdown_completes_an_in_flight_request() {
     // New connections are refused once the server has returned.
     assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
 }
+
+/// A raw upstream that answers an upgrade with `status_line` and, after a 101, echoes bytes.
+async fn upgrade_upstream(
+    status_line: &'static str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        s.write_all(status_line.as_bytes()).await.unwrap();
+        if status_line.contains(" 101 ") {
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+        head
+    });
+    (addr, task)
+}
+
+const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-User: mallory\r\n\r\n";
+
+#[tokio::test]
+async fn websocket_is_tunnelled_after_the_upstream_answers_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, upstream) = upgrade_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    )
+    .await;
+    let gw = GatewayBuilder::route("ws", "/ws", &format!("http://{addr}"), PUBLIC)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_ne!(s.read(&mut byte).await.unwrap(), 0, "closed before the 101");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    s.write_all(b"hello through the tunnel").await.unwrap();
+    let mut echoed = [0u8; 24];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"hello through the tunnel");
+    let seen = String::from_utf8_lossy(&upstream.await.unwrap()).to_lowercase();
+    assert!(
+        seen.contains("upgrade: websocket") && seen.contains("connection: upgrade"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("mallory"),
+        "identity headers must be scrubbed on upgrades too"
+    );
+}
+
+#[tokio::test]
+async fn upgrade_refused_by_the_upstream_opens_no_tunnel() {
+    let (addr, _upstream) = upgrade_upstream(
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
+    )
+    .await;
+    let gw = GatewayBuilder::route("ws", "/ws", &format!("http://{addr}"), PUBLIC)
+        .start()
+        .await;
+    let mut request = UPGRADE_REQUEST.to_vec();
+    request.truncate(request.len() - 2);
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let out = raw(gw.addr, &request, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&out), 403, "{out}");
+    assert!(out.ends_with("no"), "{out}");
+}
