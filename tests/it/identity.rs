@@ -367,6 +367,44 @@ async fn concurrent_refreshes_with_one_token_yield_exactly_one_success() {
 }
 
 #[tokio::test]
+async fn disabled_or_removed_user_cannot_refresh() {
+    let (gw, _up) = gateway_with_alice().await;
+    gw.add_user("bob", "bobpass", &[], &[]).await;
+    let alice = gw.login("alice", "secret").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob = gw.login("bob", "bobpass").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let store = gw.gateway.auth().store();
+    let name = |n: &str| gatehouse::auth::username::Username::parse(n).unwrap();
+    store.set_disabled(&name("alice"), true).await.unwrap();
+    store.remove_user(&name("bob")).await.unwrap();
+    for refresh in [&alice, &bob] {
+        let r = post_form(
+            &gw,
+            "/auth/token",
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
+        )
+        .await;
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant");
+    }
+    // Re-enabling does not bring old sessions back.
+    store.set_disabled(&name("alice"), false).await.unwrap();
+    let r = post_form(
+        &gw,
+        "/auth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", &alice)],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
 async fn logout_revokes_the_refresh_family_and_the_access_token() {
     let (gw, up) = gateway_with_alice().await;
     let tokens = gw.login("alice", "secret").await;
