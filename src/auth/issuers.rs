@@ -146,6 +146,9 @@ struct Inner {
     /// The largest per-issuer cap, applied before a token is routed; the chosen verifier then
     /// applies its own.
     max_token_bytes: usize,
+    /// Bumped whenever any issuer's key set is replaced, so cached verifications of external
+    /// tokens can tell that the key that vouched for them may be gone.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct Issuer {
@@ -223,6 +226,7 @@ impl TrustedIssuers {
                 routes: HashMap::new(),
             }),
             max_token_bytes,
+            generation: std::sync::atomic::AtomicU64::new(0),
         };
         for (index, issuer) in inner.issuers.iter().enumerate() {
             if let JwksSource::File(path) = &issuer.settings.source {
@@ -303,6 +307,13 @@ impl TrustedIssuers {
         self.inner.issuers.is_empty()
     }
 
+    /// Changes whenever a key set is replaced (see `Inner::generation`).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Each issuer with the number of keys it currently holds, for readiness and diagnostics.
     pub fn key_counts(&self) -> Vec<(String, usize)> {
         let state = read(&self.inner.state);
@@ -376,6 +387,8 @@ impl Inner {
             }
         }
         state.routes = routes;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn key_count(&self, index: usize) -> usize {

@@ -53,7 +53,15 @@ pub struct AuthService {
     /// Revoked access-token `jti`s and their expiry, mirrored from the store.
     revoked: DashMap<String, i64>,
     /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
-    cache: DashMap<[u8; 32], Arc<Identity>>,
+    cache: DashMap<[u8; 32], Cached>,
+}
+
+/// A verified identity, and for an external issuer's token the key-set generation it was
+/// verified under: a newer generation may have dropped the key, so the entry no longer counts.
+#[derive(Clone)]
+struct Cached {
+    identity: Arc<Identity>,
+    external_generation: Option<u64>,
 }
 
 pub fn now() -> i64 {
@@ -194,9 +202,13 @@ impl AuthService {
         let digest = crate::auth::tokens::refresh_digest(token);
         let leeway = self.config.leeway.as_secs() as i64;
         if let Some(hit) = self.cache.get(&digest) {
-            if hit.exp + leeway > now {
+            let fresh = hit.identity.exp + leeway > now
+                && hit
+                    .external_generation
+                    .is_none_or(|g| g == self.trusted.generation());
+            if fresh {
                 crate::metrics::verify_cache(true);
-                let identity = Identity::clone(&hit);
+                let identity = Identity::clone(&hit.identity);
                 drop(hit);
                 return self.not_revoked(identity, now);
             }
@@ -210,12 +222,15 @@ impl AuthService {
         let external = !self.trusted.is_empty()
             && verify::token_kid(token, self.config.max_token_bytes)
                 .is_ok_and(|kid| keys.ring.lookup().get(&kid).is_none());
-        let identity = if external {
-            self.trusted.verify(token, now).await?
+        let (identity, external_generation) = if external {
+            // Read before verifying: a swap during verification makes the entry stale, never
+            // wrongly fresh.
+            let generation = self.trusted.generation();
+            (self.trusted.verify(token, now).await?, Some(generation))
         } else {
-            keys.verifier.verify(token, now)?
+            (keys.verifier.verify(token, now)?, None)
         };
-        self.remember(digest, &identity, now);
+        self.remember(digest, &identity, external_generation, now);
         self.not_revoked(identity, now)
     }
 
@@ -229,14 +244,24 @@ impl AuthService {
         Ok(identity)
     }
 
-    fn remember(&self, digest: [u8; 32], identity: &Identity, now: i64) {
+    fn remember(
+        &self,
+        digest: [u8; 32],
+        identity: &Identity,
+        external_generation: Option<u64>,
+        now: i64,
+    ) {
         if self.cache.len() >= CACHE_CAPACITY {
-            self.cache.retain(|_, v| v.exp > now);
+            self.cache.retain(|_, v| v.identity.exp > now);
             if self.cache.len() >= CACHE_CAPACITY {
                 self.cache.clear();
             }
         }
-        self.cache.insert(digest, Arc::new(identity.clone()));
+        let entry = Cached {
+            identity: Arc::new(identity.clone()),
+            external_generation,
+        };
+        self.cache.insert(digest, entry);
     }
 
     /// Revokes an access token's `jti` until it expires (store first, then the local mirror).
@@ -252,7 +277,7 @@ impl AuthService {
     pub async fn prune(&self) {
         let now = now();
         self.revoked.retain(|_, exp| *exp + 60 > now);
-        self.cache.retain(|_, v| v.exp > now);
+        self.cache.retain(|_, v| v.identity.exp > now);
         self.limits.prune();
         if let Err(e) = self.store.purge_expired(now).await {
             tracing::warn!(error = %e, "purging expired store rows failed");
