@@ -143,4 +143,29 @@ async fn tokens_from_a_trusted_idp_are_verified_and_mapped_and_rotation_is_follo
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.seen().len(), 2);
+
+    // The IdP retires the first key: a token it signed, cached from its first use, stops
+    // working once the gateway has the new key set.
+    let old = first.sign(&keycloak_claims("orders-api"));
+    let r = client()
+        .get(gw.url("/admin/x"))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    keys.lock().unwrap().retain(|k| k["kid"] != "kc-1");
+    gw.gateway.auth().trusted_issuers().refresh_all().await;
+    let r = client()
+        .get(gw.url("/admin/x"))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a cached verification outlived the key that made it"
+    );
+    assert_eq!(up.seen().len(), 3);
 }
