@@ -706,14 +706,14 @@ async fn bcrypt_import_logs_in_and_is_rehashed_to_argon2id() {
 /// The Python interpreter with PyJWT and authlib (set by `.ci/run`). Outside CI the checks are
 /// skipped with a notice; in CI (`CI` set) a missing interpreter fails the test.
 fn python() -> Option<String> {
-    match std::env::var("GATEHOUSE_TEST_PYTHON") {
+    match std::env::var("INTEROP_PYTHON") {
         Ok(p) => Some(p),
         Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("GATEHOUSE_TEST_PYTHON must be set in CI")
+            panic!("INTEROP_PYTHON must be set in CI")
         }
         Err(_) => {
             eprintln!(
-                "skipping: set GATEHOUSE_TEST_PYTHON to a python with PyJWT and authlib (see .ci/run)"
+                "skipping: set INTEROP_PYTHON to a python with PyJWT and authlib (see .ci/run)"
             );
             None
         }
