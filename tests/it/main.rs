@@ -7,5 +7,6 @@ mod identity;
 mod issuers;
 mod limits;
 mod proxy;
+mod security;
 mod tls;
 mod verify;
