@@ -30,6 +30,9 @@ const ACK: u8 = 0x1;
 const CANCEL: u32 = 0x8;
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A header block's fields, in order, as raw bytes.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap();
     let mut out = Vec::with_capacity(9 + payload.len());
@@ -70,7 +73,7 @@ fn block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-fn request(method: &str, path: &str, authority: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn request(method: &str, path: &str, authority: &str) -> Fields {
     vec![
         (b":method".to_vec(), method.as_bytes().to_vec()),
         (b":scheme".to_vec(), b"http".to_vec()),
@@ -79,7 +82,7 @@ fn request(method: &str, path: &str, authority: &str) -> Vec<(Vec<u8>, Vec<u8>)>
     ]
 }
 
-fn fields(list: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+fn fields(list: &Fields) -> Vec<u8> {
     let borrowed: Vec<(&[u8], &[u8])> = list
         .iter()
         .map(|(n, v)| (n.as_slice(), v.as_slice()))
@@ -227,7 +230,7 @@ impl Conn {
 }
 
 /// Sends one header block on stream 1 of a fresh connection and reports what came back.
-async fn one(addr: SocketAddr, list: &[(Vec<u8>, Vec<u8>)], body: Option<&[u8]>) -> Outcome {
+async fn one(addr: SocketAddr, list: &Fields, body: Option<&[u8]>) -> Outcome {
     let mut conn = Conn::open(addr).await;
     let flags = if body.is_some() {
         END_HEADERS
@@ -244,7 +247,7 @@ async fn one(addr: SocketAddr, list: &[(Vec<u8>, Vec<u8>)], body: Option<&[u8]>)
     conn.outcome().await
 }
 
-fn with(mut list: Vec<(Vec<u8>, Vec<u8>)>, name: &str, value: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn with(mut list: Fields, name: &str, value: &str) -> Fields {
     list.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
     list
 }
@@ -331,7 +334,7 @@ async fn malformed_http2_requests_are_reset_or_refused() {
     let up = Recorder::start().await;
     let gw = gateway(&up, "").await;
     let base = || request("GET", "/pub/a", "x");
-    let mut cases: Vec<(&str, Vec<(Vec<u8>, Vec<u8>)>)> = vec![
+    let mut cases: Vec<(&str, Fields)> = vec![
         ("uppercase name", with(base(), "X-User", "admin")),
         ("connection", with(base(), "connection", "x-user")),
         ("keep-alive", with(base(), "keep-alive", "timeout=5")),
@@ -404,7 +407,7 @@ async fn well_behaved(
     let mut latencies = Vec::new();
     let mut n = 0u32;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let c = if n % 2 == 0 { &h2 } else { &h1 };
+        let c = if n.is_multiple_of(2) { &h2 } else { &h1 };
         n += 1;
         let started = Instant::now();
         let r = c.get(&url).send().await.unwrap();

@@ -272,13 +272,16 @@ fn wycheproof_signatures_never_verify_a_token_they_were_not_made_for() {
     assert!(tried > 600, "{tried}");
 }
 
+/// One hostile change to a JWK.
+type JwkEdit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn wycheproof_keys_cannot_be_smuggled_in_as_other_algorithms() {
     // The JWK decides the algorithm: a Wycheproof key with a contradicting `alg`, a private
     // member, a symmetric type or the wrong curve is refused before any signature is looked at.
     let ec = vectors("ecdsa_secp256r1_sha256_p1363_test.json");
     let jwk = groups(&ec)[0]["publicKeyJwk"].clone();
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let edits: Vec<(&str, JwkEdit)> = vec![
         ("alg HS256", Box::new(|j| j["alg"] = json!("HS256"))),
         ("alg none", Box::new(|j| j["alg"] = json!("none"))),
         ("alg RS256", Box::new(|j| j["alg"] = json!("RS256"))),
