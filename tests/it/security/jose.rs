@@ -70,6 +70,10 @@ impl Tally {
     }
 
     fn assert_clean(&self, file: &str) {
+        eprintln!(
+            "{file}: {} cases, {} valid accepted, {} keys refused",
+            self.checked, self.accepted_valid, self.keys_refused
+        );
         assert!(
             self.wrong.is_empty(),
             "{file}: {} disagreements with Wycheproof:\n{}",
