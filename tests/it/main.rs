@@ -8,5 +8,6 @@ mod issuers;
 mod limits;
 mod ops;
 mod proxy;
+mod security;
 mod tls;
 mod verify;
