@@ -213,6 +213,7 @@ class Runner:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         env = dict(os.environ)
+        env.update(kv.split("=", 1) for kv in self.args.gatehouse_env)
         env["GATEHOUSE_LOG"] = "info" if log else "warn"
         log_file = open(os.path.join(data, "gatehouse.log"), "w")
         proc = self.procs.start(f"gatehouse-{name}", [gh, "serve", "--config", config],
@@ -418,7 +419,11 @@ def main():
     p.add_argument("--gen-core", type=int, default=0)
     p.add_argument("--sut-core", type=int, default=1)
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    p.add_argument("--skip", default="", help="comma list of: haproxy,idle,flood,cacheoff")
+    p.add_argument("--skip", default="",
+                   help="comma list of: proxy (baselines and per-algorithm cases), haproxy, "
+                        "cacheoff, idle, flood")
+    p.add_argument("--gatehouse-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for every gatehouse started (e.g. MALLOC_ARENA_MAX=2)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, keys)")
     args = p.parse_args()
@@ -456,6 +461,19 @@ def run_all(runner, algorithms, have_haproxy, skip):
     up_proc, upstream = runner.start_helper(
         "upstream", [args.upstream, "serve", "127.0.0.1:0", "1800"], args.gen_core)
 
+    if "proxy" not in skip:
+        proxy_cases(runner, rows, up_proc, upstream, algorithms, have_haproxy, skip)
+    if "idle" not in skip:
+        idle_memory(runner, algorithms[0], upstream)
+    if "flood" not in skip:
+        login_flood(runner, algorithms[0], upstream, rows)
+    if "passthrough" in rows:
+        report_ratios(runner, rows, algorithms, have_haproxy)
+    runner.procs.stop(up_proc)
+
+
+def proxy_cases(runner, rows, up_proc, upstream, algorithms, have_haproxy, skip):
+    args = runner.args
     print("== baselines", flush=True)
     rows["upstream"] = runner.case("upstream direct (no proxy)", f"http://{upstream}/api/x",
                                    up_proc.pid)
@@ -473,6 +491,14 @@ def run_all(runner, algorithms, have_haproxy, skip):
 
     for alg in algorithms:
         print(f"== {alg}", flush=True)
+        # The machine is shared: a pass-through run right before each block gives every
+        # algorithm a baseline measured under the same background load.
+        pt_proc, pt = runner.start_helper(
+            "passthrough", [args.passthrough, "serve", "127.0.0.1:0", upstream, "600"],
+            args.sut_core)
+        rows[f"{alg}_passthrough"] = runner.case("pass-through proxy (adjacent baseline)",
+                                                 f"http://{pt}/api/x", pt_proc.pid)
+        runner.procs.stop(pt_proc)
         gh = runner.gatehouse_instance(alg, upstream)
         url = f"http://127.0.0.1:{gh['port']}/api/x"
         pid = gh["proc"].pid
@@ -508,25 +534,28 @@ def run_all(runner, algorithms, have_haproxy, skip):
                 {"LOAD_TOKEN": logged["token"]})
             runner.stop_gatehouse(logged)
 
-    if "idle" not in skip:
-        idle_memory(runner, algorithms[0], upstream)
-    if "flood" not in skip:
-        login_flood(runner, algorithms[0], upstream, rows)
-
-    report_ratios(runner, rows, algorithms, have_haproxy)
-    runner.procs.stop(up_proc)
-
 
 def idle_memory(runner, alg, upstream):
-    print(f"== {runner.args.idle_connections} idle keep-alive connections", flush=True)
+    count = runner.args.idle_connections
+    print(f"== {count} idle keep-alive connections", flush=True)
     gh = runner.gatehouse_instance(alg, upstream, name=f"{alg}-idle")
-    pid = gh["proc"].pid
+    idle_row(runner, "gatehouse", gh["proc"].pid, gh["port"], gh["token"], count)
+    runner.stop_gatehouse(gh)
+    # The same with the pass-through proxy: what hyper itself keeps per connection.
+    pt_proc, pt = runner.start_helper(
+        "passthrough", [runner.args.passthrough, "serve", "127.0.0.1:0", upstream, "600"],
+        runner.args.sut_core)
+    idle_row(runner, "pass-through", pt_proc.pid, int(pt.rsplit(":", 1)[1]), "unused", count)
+    runner.procs.stop(pt_proc)
+
+
+def idle_row(runner, label, pid, port, token, count):
     # Warm: pooled upstream connections, the token cached, allocator arenas in use.
-    run_wrk(f"http://127.0.0.1:{gh['port']}/api/x", runner.args.gen_core, 2, 64,
-            {"LOAD_TOKEN": gh["token"]})
+    run_wrk(f"http://127.0.0.1:{port}/api/x", runner.args.gen_core, 2, 64,
+            {"LOAD_TOKEN": token})
     before = rss_kib(pid)
     started = time.time()
-    socks = open_idle_connections(gh["port"], gh["token"], runner.args.idle_connections)
+    socks = open_idle_connections(port, token, count)
     opened = time.time() - started
     time.sleep(2)
     held = rss_kib(pid)
@@ -535,14 +564,13 @@ def idle_memory(runner, alg, upstream):
         s.close()
     time.sleep(1)
     after_close = rss_kib(pid)
-    runner.stop_gatehouse(gh)
-    row = {"case": f"idle connections ({len(socks)})", "rss_before_kib": before,
+    row = {"case": f"{label}: idle connections ({len(socks)})", "rss_before_kib": before,
            "rss_with_idle_kib": held, "rss_after_close_kib": after_close,
            "per_connection_bytes": (held - before) * 1024 / max(len(socks), 1),
-           "gatehouse_fds": fds, "open_seconds": opened}
+           "fds": fds, "open_seconds": opened}
     runner.results.append(row)
-    print(f"  RSS {before / 1024:.1f} MiB warm -> {held / 1024:.1f} MiB with {len(socks)} idle "
-          f"connections ({row['per_connection_bytes']:.0f} B each; {fds} fds) -> "
+    print(f"  {label}: RSS {before / 1024:.1f} MiB warm -> {held / 1024:.1f} MiB with {len(socks)} "
+          f"idle connections ({row['per_connection_bytes']:.0f} B each; {fds} fds) -> "
           f"{after_close / 1024:.1f} MiB after closing", flush=True)
 
 
@@ -610,29 +638,32 @@ def login_flood(runner, alg, upstream, rows):
 def report_ratios(runner, rows, algorithms, have_haproxy):
     notes = runner.notes
     pt = rows["passthrough"]
-    notes.insert(0, "== ratios (same run)")
+    notes.insert(0, "== ratios (same run; per algorithm against the adjacent pass-through run)")
     for alg in algorithms:
+        adjacent = rows.get(f"{alg}_passthrough", pt)
         for kind in ("hit", "miss", "bad"):
             r = rows.get(f"{alg}_{kind}")
             if not r:
                 continue
-            line = (f"{alg} {kind:<4}: req/s {ratio(r['rps'], pt['rps']):.2f}x pass-through, "
-                    f"CPU/req {ratio(r['cpu_us_per_req'], pt['cpu_us_per_req']):.2f}x pass-through")
+            line = (f"{alg} {kind:<4}: req/s {ratio(r['rps'], adjacent['rps']):.2f}x pass-through, "
+                    f"CPU/req {ratio(r['cpu_us_per_req'], adjacent['cpu_us_per_req']):.2f}x "
+                    f"pass-through")
             hp = rows.get(f"{alg}_haproxy" if kind != "bad" else f"{alg}_haproxy_bad")
             if hp:
                 line += (f"; req/s {ratio(r['rps'], hp['rps']):.2f}x haproxy, CPU/req "
                          f"{ratio(r['cpu_us_per_req'], hp['cpu_us_per_req']):.2f}x haproxy")
             notes.append(line)
+    first = rows.get(f"{algorithms[0]}_passthrough", pt)
     if "gh_public" in rows:
         r = rows["gh_public"]
-        notes.append(f"gatehouse public route: req/s {ratio(r['rps'], pt['rps']):.2f}x, CPU/req "
-                     f"{ratio(r['cpu_us_per_req'], pt['cpu_us_per_req']):.2f}x pass-through")
+        notes.append(f"gatehouse public route: req/s {ratio(r['rps'], first['rps']):.2f}x, CPU/req "
+                     f"{ratio(r['cpu_us_per_req'], first['cpu_us_per_req']):.2f}x pass-through")
     logged = rows.get(f"{algorithms[0]}_hit_log")
     if logged:
         r = logged
         notes.append(f"{algorithms[0]} hit, access log on (default filter): req/s "
-                     f"{ratio(r['rps'], pt['rps']):.2f}x, CPU/req "
-                     f"{ratio(r['cpu_us_per_req'], pt['cpu_us_per_req']):.2f}x pass-through")
+                     f"{ratio(r['rps'], first['rps']):.2f}x, CPU/req "
+                     f"{ratio(r['cpu_us_per_req'], first['cpu_us_per_req']):.2f}x pass-through")
     if have_haproxy and "haproxy_plain" in rows:
         r = rows["haproxy_plain"]
         notes.append(f"haproxy without auth: req/s {ratio(r['rps'], pt['rps']):.2f}x, CPU/req "
