@@ -1,0 +1,77 @@
+//! Load-test helper, not a measurement: the fastest upstream we can put behind a proxy, so the
+//! proxy is what `benches/load.sh` measures. HTTP/1.1 with keep-alive; every request gets a fixed
+//! `200` with the body `ok`. Usage: `upstream serve ADDR MAX_SECONDS`; it prints
+//! `listening ADDR` once bound and exits by itself after MAX_SECONDS. Run by `cargo bench` (no
+//! `serve` argument) it exits at once.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (addr, max_seconds) = match args.as_slice() {
+        [serve, addr, secs] if serve == "serve" => match (addr.parse(), secs.parse()) {
+            (Ok(addr), Ok(secs)) => (addr, secs),
+            _ => {
+                eprintln!("upstream: usage: upstream serve ADDR MAX_SECONDS");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => {
+            eprintln!("upstream: load-test helper for benches/load.sh; nothing to benchmark");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("upstream: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(addr, Duration::from_secs(max_seconds))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("upstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(addr: SocketAddr, max: Duration) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    println!("listening {}", listener.local_addr()?);
+    let deadline = tokio::time::sleep(max);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return Ok(()),
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = service_fn(|_req: Request<Incoming>| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+}
