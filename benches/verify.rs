@@ -252,10 +252,10 @@ path = "{db}"
         .enable_all()
         .build()
         .expect("runtime");
-    let gateway = runtime
-        .block_on(gatehouse::app::build(config))
+    let app = runtime
+        .block_on(gatehouse::app::App::new(config, None))
         .expect("build");
-    gateway.auth().clone()
+    app.current().auth().clone()
 }
 
 fn bench_cache_hit(c: &mut Criterion) {

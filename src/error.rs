@@ -35,6 +35,8 @@ pub enum Rejection {
     BadFraming,
     #[error("a body is not allowed with this method")]
     BodyNotAllowed,
+    #[error("transfer coding not implemented")]
+    UnsupportedTransferCoding,
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("no route matches")]
@@ -71,6 +73,7 @@ impl Rejection {
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::BadFraming => "bad_framing",
             Rejection::BodyNotAllowed => "body_not_allowed",
+            Rejection::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Rejection::PayloadTooLarge => "payload_too_large",
             Rejection::NoRoute => "no_route",
             Rejection::NoToken => "no_token",
@@ -103,9 +106,13 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
         | Rejection::MissingHost
         | Rejection::DuplicateHost
         | Rejection::HostMismatch
-        | Rejection::BadHost
-        | Rejection::BadFraming
-        | Rejection::BodyNotAllowed => plain(StatusCode::BAD_REQUEST, &rejection.to_string()),
+        | Rejection::BadHost => plain(StatusCode::BAD_REQUEST, &rejection.to_string()),
+        // The body was not read as the client framed it: nothing after it on this connection can
+        // be trusted to start a request (RFC 9112 §6.3), so the connection closes. (HTTP/2 has
+        // no connection header; hyper leaves it out there.)
+        Rejection::BadFraming | Rejection::BodyNotAllowed => {
+            closing(plain(StatusCode::BAD_REQUEST, &rejection.to_string()))
+        }
         Rejection::BadPath(e) => plain(
             StatusCode::BAD_REQUEST,
             &format!("invalid request path: {e}"),
@@ -114,6 +121,10 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             plain(StatusCode::BAD_REQUEST, "the forwarded URI cannot be built")
         }
         Rejection::MethodNotAllowed => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        Rejection::UnsupportedTransferCoding => closing(plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is accepted",
+        )),
         Rejection::PayloadTooLarge => {
             plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
         }
@@ -205,6 +216,13 @@ fn oauth(e: &OAuthError) -> Response<Body> {
     response
 }
 
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn plain(status: StatusCode, message: &str) -> Response<Body> {
     with_json(status, json!({ "error": message }))
 }
@@ -264,6 +282,15 @@ mod tests {
         assert_eq!(status(Rejection::MethodNotAllowed).0, 405);
         assert_eq!(status(Rejection::PayloadTooLarge).0, 413);
         assert_eq!(status(Rejection::NoRoute).0, 404);
+        assert_eq!(status(Rejection::UnsupportedTransferCoding).0, 501);
+        for r in [
+            Rejection::BadFraming,
+            Rejection::BodyNotAllowed,
+            Rejection::UnsupportedTransferCoding,
+        ] {
+            let response = respond(&r);
+            assert_eq!(response.headers()[http::header::CONNECTION], "close");
+        }
     }
 
     #[test]

@@ -276,6 +276,9 @@ fn check_target(req: &Request<Incoming>) -> Result<Target, Rejection> {
     let authority = match req.version() {
         Version::HTTP_2 | Version::HTTP_3 => {
             let from_uri = uri.authority().cloned().ok_or(Rejection::MissingHost)?;
+            if !valid_authority(&from_uri) {
+                return Err(Rejection::BadHost);
+            }
             if let Some(host) = single_host(req.headers())?
                 && !host.as_str().eq_ignore_ascii_case(from_uri.as_str())
             {
@@ -316,9 +319,34 @@ fn single_host(headers: &HeaderMap) -> Result<Option<Authority>, Rejection> {
         return Err(Rejection::DuplicateHost);
     }
     let text = first.to_str().map_err(|_| Rejection::BadHost)?;
-    text.parse::<Authority>()
-        .map(Some)
-        .map_err(|_| Rejection::BadHost)
+    let authority = text.parse::<Authority>().map_err(|_| Rejection::BadHost)?;
+    valid_authority(&authority)
+        .then_some(Some(authority))
+        .ok_or(Rejection::BadHost)
+}
+
+/// `host[:port]` as RFC 9110 §7.2 allows it: a registered name or an IP literal, and a port that
+/// fits in 16 bits. `http::uri::Authority` alone accepts `x:99999` and `[name]`.
+fn valid_authority(authority: &Authority) -> bool {
+    let host = authority.host();
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
+    let port_ok = match authority.as_str().strip_prefix(host) {
+        None | Some("") => true,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok()),
+    };
+    host_ok && port_ok
 }
 
 /// Stage 1, first: methods the gateway never proxies (CONNECT tunnels, TRACE reflection).
@@ -342,7 +370,8 @@ fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), Rejection
                 .ok_or(Rejection::BadFraming)?,
         ),
     };
-    let has_body = declared.is_some_and(|n| n > 0) || headers.contains_key(TRANSFER_ENCODING);
+    let chunked = transfer_coding(headers)?;
+    let has_body = declared.is_some_and(|n| n > 0) || chunked;
     if has_body && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Err(Rejection::BodyNotAllowed);
     }
@@ -350,6 +379,26 @@ fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), Rejection
         return Err(Rejection::PayloadTooLarge);
     }
     Ok(())
+}
+
+/// Whether the body is chunked. Only exactly `chunked` is accepted: the gateway decodes nothing
+/// else, and a coding it passed on undecoded would be read differently by the upstream
+/// (RFC 9112 §6.1: 501 for a coding not understood).
+fn transfer_coding(headers: &HeaderMap) -> Result<bool, Rejection> {
+    let mut values = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = values.next() else {
+        return Ok(false);
+    };
+    let only_chunked = values.next().is_none()
+        && first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+    if only_chunked {
+        Ok(true)
+    } else {
+        Err(Rejection::UnsupportedTransferCoding)
+    }
 }
 
 /// Stage 3: order matters (see the module docs). Returns the WebSocket upgrade to re-add, if any.

@@ -127,7 +127,42 @@ pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    remove_matching(headers, |name| name.starts_with(HOP_BY_HOP_PREFIX));
+    remove_matching(headers, |name| {
+        name.starts_with(HOP_BY_HOP_PREFIX) || is_protocol_alias(name)
+    });
+}
+
+/// Names with protocol meaning that must reach an upstream only in their one true spelling.
+/// CGI-style upstreams fold `_` and `.` into `-` (and WSGI/CGI turn `Proxy` into `HTTP_PROXY`,
+/// "httpoxy"), so `Content_Length` would become a second Content-Length there and `Proxy` an
+/// outbound proxy setting.
+const PROTOCOL_NAMES: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"expect",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-request-id",
+];
+
+/// `Proxy` itself, any `proxy-*` alias, or an alias spelling (with `_` or `.`) of a protocol name.
+fn is_protocol_alias(name: &[u8]) -> bool {
+    if name == b"proxy" {
+        return true;
+    }
+    if !name.iter().any(|b| matches!(b, b'_' | b'.')) {
+        return false;
+    }
+    let folded = alias_normalise(name);
+    folded.starts_with(HOP_BY_HOP_PREFIX) || PROTOCOL_NAMES.iter().any(|p| **p == *folded)
 }
 
 /// Removes client-sent identity headers before routing. Built once from config.
@@ -346,6 +381,36 @@ fn alias_byte(byte: u8) -> u8 {
 
 fn alias_normalise(name: &[u8]) -> Box<[u8]> {
     name.iter().copied().map(alias_byte).collect()
+}
+
+#[cfg(test)]
+mod protocol_alias_tests {
+    use super::*;
+
+    #[test]
+    fn framing_and_proxy_aliases_are_removed_but_the_real_names_kept() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-length", "5"),
+            ("content_length", "500"),
+            ("content.length", "500"),
+            ("transfer_encoding", "chunked"),
+            ("proxy", "http://evil"),
+            ("proxy_authorization", "Basic x"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-kept", "1"),
+            ("x_kept_too", "1"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-length", "x-kept", "x_kept_too"]);
+    }
 }
 
 /// Whether `name` is an alias spelling of `normalised` (already in alias-normalised form).
