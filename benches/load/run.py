@@ -426,6 +426,10 @@ def main():
                    help="extra environment for every gatehouse started (e.g. MALLOC_ARENA_MAX=2)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs, keys)")
+    p.add_argument("--report", metavar="JSON",
+                   help="only print the Markdown tables of an earlier --out file")
+    if "--report" in sys.argv:
+        return report(sys.argv[sys.argv.index("--report") + 1])
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     algorithms = [a for a in args.algorithms.split(",") if a]
@@ -453,6 +457,43 @@ def main():
         with open(args.out, "w") as f:
             json.dump({"results": runner.results, "notes": runner.notes}, f, indent=1)
     print("\n".join(runner.notes))
+    print(markdown(runner.results))
+
+
+def report(path):
+    with open(path) as f:
+        data = json.load(f)
+    print(markdown(data["results"]))
+    print("\n".join(data["notes"]))
+    return 0
+
+
+def markdown(results):
+    """The results as Markdown tables, in the order they were measured."""
+    lines = ["| case | req/s | p50 ms | p99 ms | CPU µs/req | core busy | non-2xx |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "rps" in r:
+            lines.append(f"| {r['case']} | {r['rps']:.0f} | {r['p50_us'] / 1000:.2f} | "
+                         f"{r['p99_us'] / 1000:.2f} | {r['cpu_us_per_req']:.1f} | "
+                         f"{r['sut_cpu_util'] * 100:.0f}% | {r['non_2xx']} |")
+    lines += ["", "| memory case | RSS before | RSS with idle | per connection | after close |",
+              "|---|---|---|---|---|"]
+    for r in results:
+        if "per_connection_bytes" in r:
+            lines.append(f"| {r['case']} | {r['rss_before_kib'] / 1024:.1f} MiB | "
+                         f"{r['rss_with_idle_kib'] / 1024:.1f} MiB | "
+                         f"{r['per_connection_bytes'] / 1024:.1f} KiB | "
+                         f"{r['rss_after_close_kib'] / 1024:.1f} MiB |")
+    lines += ["", "| login flood | login req/s | statuses | login p50 ms | login p99 ms | "
+              "gatehouse RSS during flood |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if "login_rps" in r:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+            lines.append(f"| {r['case']} | {r['login_rps']:.0f} | {statuses} | "
+                         f"{r['login_p50_us'] / 1000:.2f} | {r['login_p99_us'] / 1000:.2f} | "
+                         f"{r['rss_min_kib'] / 1024:.0f}..{r['rss_max_kib'] / 1024:.0f} MiB |")
+    return "\n".join(lines)
 
 
 def run_all(runner, algorithms, have_haproxy, skip):
