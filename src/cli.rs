@@ -125,14 +125,15 @@ pub enum KeysAction {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Serve) {
-        crate::logging::init(crate::config::LogFormat::Text);
-    }
     let c = &cli.config;
+    let _log = match cli.command {
+        Command::Serve => None,
+        _ => Some(crate::logging::init(crate::config::LogFormat::Text)),
+    };
     match cli.command {
         Command::Serve => {
             let config = load(c)?;
-            crate::logging::init(config.log.format);
+            let _log = crate::logging::init(config.log.format);
             app::run(config, c.config.clone()).await?;
             Ok(())
         }

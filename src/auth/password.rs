@@ -3,15 +3,21 @@
 //!
 //! Admission: a job first takes one of `workers + queue` admission permits without waiting; if
 //! none is left it is refused at once with [`PasswordError::Busy`]. It then waits for one of
-//! `workers` worker permits and runs on `spawn_blocking`. Both permits move into the blocking
-//! closure, so work a dropped caller left running still counts until it really ends.
+//! goes to one of `workers` dedicated hashing threads. The permit moves into the job, so work a
+//! dropped caller left running still counts until it really ends.
+//!
+//! Dedicated threads rather than tokio's blocking pool: each argon2 run allocates and frees a
+//! block array of `m_kib` KiB, and spread over a growing set of blocking threads (each with its
+//! own malloc arena) those arrays fragmented the heap to over 1 GiB under a login flood. On a few
+//! long-lived threads they are reused (measured in BENCHMARKS.md).
 //!
 //! Timing: an unknown user, a disabled user and an unusable stored hash all verify against a
 //! dummy hash built with the configured parameters, so they cost what a wrong password costs.
 
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::Error as PhcError;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
@@ -106,9 +112,14 @@ pub enum PasswordError {
     InvalidLimits(PoolLimits),
     #[error("password hashing failed: {0}")]
     Hash(#[source] PhcError),
-    #[error("password hashing task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error("a password hashing thread failed")]
+    WorkerLost,
+    #[error("cannot start a password hashing thread: {0}")]
+    Spawn(#[source] std::io::Error),
 }
+
+/// A unit of work for a hashing thread.
+type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Why a stored hash could not be checked. The password is then treated as wrong, after the
 /// same work as a real check; the caller should log the problem (never the hash itself).
@@ -163,8 +174,30 @@ struct Inner {
     argon2: Argon2<'static>,
     dummy: PasswordHash,
     admission: Arc<Semaphore>,
-    workers: Arc<Semaphore>,
+    /// Jobs for the hashing threads; dropping it (with the pool) ends them.
+    jobs: Mutex<mpsc::Sender<Job>>,
     capacity: usize,
+}
+
+/// Starts `n` hashing threads sharing one job queue. A job that panics is caught so the thread
+/// lives on; its caller sees `WorkerLost`.
+fn spawn_workers(n: usize) -> Result<mpsc::Sender<Job>, PasswordError> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new()
+            .name(format!("gatehouse-hash-{i}"))
+            .spawn(move || {
+                loop {
+                    let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(job) = next else { return };
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(PasswordError::Spawn)?;
+    }
+    Ok(tx)
 }
 
 impl fmt::Debug for PasswordPool {
@@ -198,7 +231,7 @@ impl PasswordPool {
                 argon2,
                 dummy,
                 admission: Arc::new(Semaphore::new(capacity)),
-                workers: Arc::new(Semaphore::new(limits.workers)),
+                jobs: Mutex::new(spawn_workers(limits.workers)?),
                 capacity,
             }),
         })
@@ -251,19 +284,19 @@ impl PasswordPool {
         let admitted = Arc::clone(&self.inner.admission)
             .try_acquire_owned()
             .map_err(|_| PasswordError::Busy)?;
-        // The semaphores are never closed, so an error here cannot happen; refusing is the safe
-        // answer if it ever did.
-        let worker = Arc::clone(&self.inner.workers)
-            .acquire_owned()
-            .await
-            .map_err(|_| PasswordError::Busy)?;
+        let (done, result) = tokio::sync::oneshot::channel();
         let inner = Arc::clone(&self.inner);
-        let result = tokio::task::spawn_blocking(move || {
-            let _permits = (admitted, worker);
-            job(&inner)
-        })
-        .await?;
-        Ok(result)
+        let work: Job = Box::new(move || {
+            let _admitted = admitted;
+            let _ = done.send(job(&inner));
+        });
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(work)
+            .map_err(|_| PasswordError::WorkerLost)?;
+        result.await.map_err(|_| PasswordError::WorkerLost)
     }
 }
 
