@@ -340,13 +340,21 @@ impl AuthService {
             || raw_username.to_ascii_lowercase(),
             |n| n.as_str().to_owned(),
         );
-        self.limits
-            .check_user(&limit_key)
-            .map_err(OAuthError::Limited)?;
+        self.limits.check_user(&limit_key).map_err(|r| {
+            crate::metrics::limit_refusal("user");
+            OAuthError::Limited(r)
+        })?;
+        // A place in the hashing pool before any store lookup: a flood beyond the pool is
+        // refused without costing a query.
+        let admission = self
+            .pool
+            .admit()
+            .inspect_err(|_| crate::metrics::login("busy"))?;
         let now = self.limits.clock().unix_now();
         if let Some(name) = &name
             && let Some(until) = self.store.lockout(name, now).await?
         {
+            crate::metrics::limit_refusal("lockout");
             return Err(OAuthError::Limited(Refusal {
                 retry_after: (until - now).max(1) as u64,
                 limit: self.limits.config().max_failures.get(),
@@ -359,7 +367,8 @@ impl AuthService {
         crate::metrics::hash_queue_depth(self.pool.queue_depth() + 1);
         let outcome = self
             .pool
-            .verify(
+            .verify_admitted(
+                admission,
                 Zeroizing::new(password.to_owned()),
                 user.as_ref().map(|u| u.password_hash.clone()),
             )

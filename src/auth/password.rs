@@ -118,6 +118,10 @@ pub enum PasswordError {
     Spawn(#[source] std::io::Error),
 }
 
+/// A place in the hashing pool (running or waiting), held until the job it is used for ends.
+#[derive(Debug)]
+pub struct Admission(tokio::sync::OwnedSemaphorePermit);
+
 /// A unit of work for a hashing thread.
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -266,9 +270,31 @@ impl PasswordPool {
         password: Zeroizing<String>,
         stored: Option<String>,
     ) -> Result<Outcome, PasswordError> {
+        let admission = self.admit()?;
+        self.verify_admitted(admission, password, stored).await
+    }
+
+    /// Takes a place in the pool now, or `Busy` at once. Lets a caller refuse a flood before it
+    /// does any other work for the attempt (store lookups), then verify with the place it holds.
+    pub fn admit(&self) -> Result<Admission, PasswordError> {
+        Arc::clone(&self.inner.admission)
+            .try_acquire_owned()
+            .map(Admission)
+            .map_err(|_| PasswordError::Busy)
+    }
+
+    /// [`PasswordPool::verify`] with a place taken by [`PasswordPool::admit`].
+    pub async fn verify_admitted(
+        &self,
+        admission: Admission,
+        password: Zeroizing<String>,
+        stored: Option<String>,
+    ) -> Result<Outcome, PasswordError> {
         check_len(&password)?;
-        self.run(move |inner| inner.verify(password.as_bytes(), stored.as_deref()))
-            .await
+        self.run_admitted(admission, move |inner| {
+            inner.verify(password.as_bytes(), stored.as_deref())
+        })
+        .await
     }
 
     /// Jobs admitted and not yet finished (running plus waiting), for metrics.
@@ -281,9 +307,16 @@ impl PasswordPool {
         F: FnOnce(&Inner) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let admitted = Arc::clone(&self.inner.admission)
-            .try_acquire_owned()
-            .map_err(|_| PasswordError::Busy)?;
+        let admission = self.admit()?;
+        self.run_admitted(admission, job).await
+    }
+
+    async fn run_admitted<T, F>(&self, admission: Admission, job: F) -> Result<T, PasswordError>
+    where
+        F: FnOnce(&Inner) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let admitted = admission.0;
         let (done, result) = tokio::sync::oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let work: Job = Box::new(move || {
