@@ -270,6 +270,7 @@ impl PasswordPool {
         password: Zeroizing<String>,
         stored: Option<String>,
     ) -> Result<Outcome, PasswordError> {
+        check_len(&password)?;
         let admission = self.admit()?;
         self.verify_admitted(admission, password, stored).await
     }
@@ -320,8 +321,10 @@ impl PasswordPool {
         let (done, result) = tokio::sync::oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let work: Job = Box::new(move || {
-            let _admitted = admitted;
-            let _ = done.send(job(&inner));
+            let result = job(&inner);
+            // The place is free before the caller hears back, so what it sees next is current.
+            drop(admitted);
+            let _ = done.send(result);
         });
         self.inner
             .jobs
