@@ -14,6 +14,7 @@ use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::issuers::{IssuerSettings, JwksSource};
 use crate::auth::keys::KeyAlg;
 use crate::proxy::path;
@@ -1160,12 +1161,7 @@ fn is_tchar(b: u8) -> bool {
 
 /// Role and scope names end up in comma- and space-joined header values.
 fn claim_token(key: &str, value: &str) -> Result<(), ConfigError> {
-    if value.is_empty()
-        || value.len() > 128
-        || !value
-            .bytes()
-            .all(|b| (0x21..0x7f).contains(&b) && !b",\"\\".contains(&b))
-    {
+    if !is_header_safe(value, MAX_ROLE_BYTES) {
         return Err(invalid(
             key,
             format!("{value:?} must be 1-128 printable ASCII characters without , \" or \\"),

@@ -16,9 +16,10 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::auth::claims::Identity;
+use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError};
 use crate::auth::service::{AuthService, now};
-use crate::auth::tokens::{self, mint_access};
+use crate::auth::tokens::{self, MAX_REFRESH_TOKEN_BYTES, mint_access};
 use crate::auth::username::Username;
 use crate::body::Body;
 use crate::error::{Rejection, with_json};
@@ -31,8 +32,6 @@ use crate::store::{
 pub const MAX_FORM_BYTES: usize = 4 * 1024;
 /// Time a client has to send the whole token-endpoint body.
 const FORM_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest refresh token looked at (ours are 43 characters).
-const MAX_REFRESH_TOKEN_BYTES: usize = 128;
 /// `client_id` stamped on tokens when the client names none.
 const DEFAULT_CLIENT_ID: &str = "gatehouse";
 /// Shortest password accepted at registration.
@@ -293,7 +292,7 @@ impl AuthService {
     async fn grant(&self, grant: Grant, form: &Form) -> Result<Response<Body>, OAuthError> {
         let client_id = match form.get("client_id") {
             None => DEFAULT_CLIENT_ID.to_owned(),
-            Some(id) if is_safe_token(id, 128) => id.to_owned(),
+            Some(id) if is_header_safe(id, MAX_CLIENT_ID_BYTES) => id.to_owned(),
             Some(_) => return Err(OAuthError::InvalidRequest("invalid client_id")),
         };
         let requested = match form.get("scope") {
@@ -797,7 +796,7 @@ fn json_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
 fn parse_scope(text: &str) -> Result<Vec<String>, OAuthError> {
     let mut scopes = Vec::new();
     for s in text.split(' ').filter(|s| !s.is_empty()) {
-        if !is_safe_token(s, 128) {
+        if !is_header_safe(s, MAX_ROLE_BYTES) {
             return Err(OAuthError::InvalidScope);
         }
         if !scopes.iter().any(|x| x == s) {
@@ -817,13 +816,6 @@ fn narrow_scopes(
         Some(req) if req.iter().all(|s| granted.contains(s)) => Ok(req),
         Some(_) => Err(OAuthError::InvalidScope),
     }
-}
-
-fn is_safe_token(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| (0x21..0x7f).contains(&b) && !b",\"\\".contains(&b))
 }
 
 fn me_json(identity: &Identity) -> Value {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::username::{Username, UsernameError};
 use crate::store::NewUser;
 
@@ -77,12 +78,7 @@ pub fn parse(text: &str) -> Result<Vec<NewUser>, ImportError> {
             .map_err(|e: UsernameError| err(format!("username {:?}: {e}", user.username)))?;
         check_hash(&user.password_hash).map_err(|r| err(r.to_owned()))?;
         for item in user.roles.iter().chain(&user.scopes) {
-            if item.is_empty()
-                || item.len() > 128
-                || !item
-                    .bytes()
-                    .all(|b| (0x21..0x7f).contains(&b) && !b",\"\\".contains(&b))
-            {
+            if !is_header_safe(item, MAX_ROLE_BYTES) {
                 return Err(err(format!("role or scope {item:?} has unsafe characters")));
             }
         }
