@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than glibc's malloc: the proxy path allocates a few dozen small objects per
+/// request, and glibc's per-request malloc/free cost was measured in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = gatehouse::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
