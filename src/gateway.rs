@@ -50,10 +50,17 @@ pub enum BuildError {
 pub struct Gateway {
     config: Arc<Config>,
     routes: RouteTable,
-    /// One pooled client per route, in `routes` order (each route has its own connect timeout).
-    clients: std::collections::HashMap<String, UpstreamClient>,
+    /// Per-route state, in `routes` order.
+    per_route: Vec<RouteState>,
     scrubber: IdentityScrubber,
     auth: Arc<AuthService>,
+}
+
+/// What each route needs beside its config: its own pooled client (each route has its own
+/// connect timeout) and its metric handles.
+struct RouteState {
+    client: UpstreamClient,
+    metrics: crate::metrics::RouteMetrics,
 }
 
 /// What stage 1 learned about the request target.
@@ -69,7 +76,7 @@ struct Target {
 impl Gateway {
     pub fn new(config: Arc<Config>, auth: Arc<AuthService>) -> Result<Self, BuildError> {
         let routes = RouteTable::new(&config.routes);
-        let mut clients = std::collections::HashMap::new();
+        let mut per_route = Vec::with_capacity(routes.len());
         for route in routes.iter() {
             let settings = ClientSettings {
                 ca_file: config.upstream.ca_file.clone(),
@@ -77,14 +84,17 @@ impl Gateway {
                 pool_idle_timeout: config.upstream.pool_idle_timeout,
                 pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
             };
-            clients.insert(route.name.clone(), UpstreamClient::new(&settings)?);
+            per_route.push(RouteState {
+                client: UpstreamClient::new(&settings)?,
+                metrics: crate::metrics::RouteMetrics::new(&route.name),
+            });
         }
         let ids = &config.auth.identity_headers;
         let scrubber = IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?;
         Ok(Self {
             config,
             routes,
-            clients,
+            per_route,
             scrubber,
             auth,
         })
@@ -102,7 +112,8 @@ impl Gateway {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
-        let raw_path = req.uri().path().to_owned();
+        // A refcount, not a copy: only logged when the target is refused.
+        let raw_uri = req.uri().clone();
         let trusted = &self.config.server.trusted_proxies;
         let client = headers::client_ip(conn.peer.ip(), req.headers(), trusted);
         let request_id = request_id(req.headers(), conn.peer.ip(), trusted);
@@ -122,16 +133,23 @@ impl Gateway {
             .headers_mut()
             .insert(&X_REQUEST_ID, request_id.clone());
         let latency = started.elapsed();
+        let status = response.status().as_u16();
         let route = access.route.as_deref().unwrap_or("-");
-        crate::metrics::request(route, response.status().as_u16(), latency, access.upstream);
+        match access.route_state {
+            Some(state) => state.metrics.request(status, latency, access.upstream),
+            None => crate::metrics::request(route, status, latency, access.upstream),
+        }
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),
             client = %client,
             method = %method,
-            path = access.path.as_deref().unwrap_or(raw_path_for_log(&raw_path)),
+            path = access
+                .path
+                .as_deref()
+                .unwrap_or(raw_path_for_log(raw_uri.path())),
             route,
-            status = response.status().as_u16(),
+            status,
             latency_us = latency.as_micros() as u64,
             upstream_us = access.upstream.map(|d| d.as_micros() as u64),
             sub = access.sub.as_deref().unwrap_or("-"),
@@ -140,13 +158,13 @@ impl Gateway {
         response
     }
 
-    async fn pipeline(
-        &self,
+    async fn pipeline<'g>(
+        &'g self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         client: IpAddr,
         request_id: &HeaderValue,
-        access: &mut AccessLog,
+        access: &mut AccessLog<'g>,
     ) -> Result<Response<Body>, Rejection> {
         check_method(req.method())?;
         let target = check_target(&req)?;
@@ -157,30 +175,36 @@ impl Gateway {
             .filter(|_| req.method() == Method::GET);
 
         if let Some(endpoint) = self.auth.endpoint_for(&target.path) {
-            access.route = Some(format!("gatehouse:{}", endpoint.name()));
+            access.route = Some(format!("gatehouse:{}", endpoint.name()).into());
             return self.auth.serve(endpoint, req, client).await;
         }
 
-        let route = self
+        let index = self
             .routes
-            .find(Some(&target.host), req.method(), &target.path)
-            .ok_or(Rejection::NoRoute)?
-            .clone();
-        access.route = Some(route.name.clone());
+            .position(Some(&target.host), req.method(), &target.path)
+            .ok_or(Rejection::NoRoute)?;
+        let (route, state) = self
+            .routes
+            .iter()
+            .nth(index)
+            .zip(self.per_route.get(index))
+            .ok_or(Rejection::NoRoute)?;
+        access.route = Some(route.name.as_str().into());
+        access.route_state = Some(state);
 
         let identity = self
-            .authenticate(&req, &route, target.query.as_deref())
+            .authenticate(&req, route, target.query.as_deref())
             .await?;
         if let Some(identity) = &identity {
             access.sub = Some(identity.sub.clone());
-            authorise(&route, identity)?;
+            authorise(route, identity)?;
         }
         // After scrubbing, so no Connection header can remove it.
         req.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
         prepare_upstream_headers(
             req.headers_mut(),
-            &route,
-            identity.as_ref(),
+            route,
+            identity.as_deref(),
             &self.config.auth.identity_headers,
             self.config.auth.cookie.as_deref(),
         );
@@ -192,10 +216,10 @@ impl Gateway {
         };
         headers::set_forwarding(req.headers_mut(), &forwarding);
 
-        let uri = crate::routes::upstream_uri(&route, &target.path, target.query.as_deref())
+        let uri = crate::routes::upstream_uri(route, &target.path, target.query.as_deref())
             .ok_or(Rejection::Unforwardable)?;
         let started = Instant::now();
-        let result = self.forward(req, uri, &route, upgrade).await;
+        let result = self.forward(req, uri, route, &state.client, upgrade).await;
         access.upstream = Some(started.elapsed());
         result
     }
@@ -206,7 +230,7 @@ impl Gateway {
         req: &Request<Incoming>,
         route: &Route,
         query: Option<&str>,
-    ) -> Result<Option<Identity>, Rejection> {
+    ) -> Result<Option<Arc<Identity>>, Rejection> {
         if route.auth == AuthMode::Public {
             return Ok(None);
         }
@@ -229,9 +253,9 @@ impl Gateway {
         mut req: Request<Incoming>,
         uri: Uri,
         route: &Route,
+        client: &UpstreamClient,
         upgrade: Option<HeaderValue>,
     ) -> Result<Response<Body>, Rejection> {
-        let client = self.clients.get(&route.name).ok_or(Rejection::NoRoute)?;
         let on_client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
@@ -545,17 +569,37 @@ fn request_id(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> He
     {
         return v.clone();
     }
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // The DRBG never fails in practice; a constant id is still better than no response.
-        bytes = [0; 16];
+    let bytes = random_id_bytes();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
-    let mut hex = String::with_capacity(32);
-    for b in bytes {
-        use std::fmt::Write;
-        let _ = write!(hex, "{b:02x}");
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// 16 bytes from the system CSPRNG for one request id. The generator is asked for a block of ids
+/// at a time per thread: per call, its fixed cost was most of the id's cost.
+fn random_id_bytes() -> [u8; 16] {
+    const IDS_PER_FILL: usize = 64;
+    thread_local! {
+        static POOL: std::cell::RefCell<([u8; 16 * IDS_PER_FILL], usize)> =
+            const { std::cell::RefCell::new(([0; 16 * IDS_PER_FILL], IDS_PER_FILL)) };
     }
-    HeaderValue::from_str(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    POOL.with_borrow_mut(|(block, next)| {
+        if *next == IDS_PER_FILL {
+            if aws_lc_rs::rand::fill(block).is_err() {
+                // The DRBG never fails in practice; a constant id beats no response.
+                *block = [0; 16 * IDS_PER_FILL];
+            }
+            *next = 0;
+        }
+        let mut id = [0; 16];
+        id.copy_from_slice(&block[*next * 16..][..16]);
+        *next += 1;
+        id
+    })
 }
 
 /// Counts a refusal under its metric; the access log has the reason too.
@@ -580,10 +624,37 @@ fn raw_path_for_log(raw: &str) -> &str {
 }
 
 #[derive(Default)]
-struct AccessLog {
+struct AccessLog<'g> {
     path: Option<String>,
-    route: Option<String>,
+    /// The route's name, or `gatehouse:<endpoint>` for the gateway's own endpoints.
+    route: Option<std::borrow::Cow<'g, str>>,
+    /// Set when a configured route matched; its metric handles.
+    route_state: Option<&'g RouteState>,
     sub: Option<String>,
     upstream: Option<std::time::Duration>,
     rejection: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_request_ids_are_32_hex_digits_and_never_repeat_across_refills() {
+        let untrusted: IpAddr = [192, 0, 2, 1].into();
+        let mut headers = HeaderMap::new();
+        // A client's own id is replaced, not kept.
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("chosen-by-client"));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = request_id(&headers, untrusted, &[]);
+            let text = id.to_str().unwrap().to_owned();
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+            assert!(seen.insert(text), "request id repeated");
+        }
+    }
 }

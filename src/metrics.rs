@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds: sub-millisecond proxying up to slow upstreams.
@@ -14,10 +14,16 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// How often recorded histogram samples are folded into their buckets. The recorder keeps every
+/// sample (value and timestamp) until then, so without this a gateway nobody scrapes would grow
+/// by tens of bytes per request for ever.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the global recorder once (later calls return the same handle). `None` when another
-/// recorder was installed first, in which case `/metrics` says so.
+/// Installs the global recorder once (later calls return the same handle), with a thread that
+/// folds histogram samples every [`UPKEEP_EVERY`]. `None` when another recorder was installed
+/// first, in which case `/metrics` says so.
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -28,6 +34,19 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("gatehouse-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(error) = started {
+                // Rendering folds samples too: a scraped gateway stays bounded without it.
+                tracing::warn!(%error, "cannot start the metrics upkeep thread");
+            }
             Some(handle)
         })
         .as_ref()
@@ -84,15 +103,22 @@ fn describe() {
     );
 }
 
-/// One finished request.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One finished request, for a label without [`RouteMetrics`] (the gateway's own endpoints and
+/// requests refused before routing): a registry lookup per call.
 pub fn request(route: &str, status: u16, total: Duration, upstream: Option<Duration>) {
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
+    let class = STATUS_CLASSES[status_class(status)];
     counter!("gatehouse_requests_total", "route" => route.to_owned(), "status" => class)
         .increment(1);
     histogram!("gatehouse_request_duration_seconds", "route" => route.to_owned())
@@ -100,6 +126,37 @@ pub fn request(route: &str, status: u16, total: Duration, upstream: Option<Durat
     if let Some(upstream) = upstream {
         histogram!("gatehouse_upstream_duration_seconds", "route" => route.to_owned())
             .record(upstream.as_secs_f64());
+    }
+}
+
+/// One route's request metrics, registered when the gateway is built so that a proxied request
+/// records them without label allocations or registry lookups.
+pub struct RouteMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+    upstream: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        install();
+        let route = route.to_owned();
+        Self {
+            requests: STATUS_CLASSES.map(|class| {
+                counter!("gatehouse_requests_total", "route" => route.clone(), "status" => class)
+            }),
+            duration: histogram!("gatehouse_request_duration_seconds", "route" => route.clone()),
+            upstream: histogram!("gatehouse_upstream_duration_seconds", "route" => route),
+        }
+    }
+
+    /// The same series as [`request`] with this route's label.
+    pub fn request(&self, status: u16, total: Duration, upstream: Option<Duration>) {
+        self.requests[status_class(status)].increment(1);
+        self.duration.record(total.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream.record(upstream.as_secs_f64());
+        }
     }
 }
 
@@ -125,9 +182,14 @@ pub fn hash_queue_depth(depth: usize) {
     gauge!("gatehouse_hash_queue_depth").set(depth as f64);
 }
 
+/// Called on every authenticated request, so its two handles are registered once.
 pub fn verify_cache(hit: bool) {
-    counter!("gatehouse_verify_cache_total", "result" => if hit { "hit" } else { "miss" })
-        .increment(1);
+    static HANDLES: OnceLock<[Counter; 2]> = OnceLock::new();
+    let [hits, misses] = HANDLES.get_or_init(|| {
+        install();
+        ["hit", "miss"].map(|result| counter!("gatehouse_verify_cache_total", "result" => result))
+    });
+    if hit { hits } else { misses }.increment(1);
 }
 
 pub fn upstream_error(kind: &'static str) {

@@ -33,7 +33,13 @@ impl RouteTable {
 
     /// The route for `host` (lowercase, no port), `method` and the normalised `path`.
     pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| {
+        self.position(host, method, path).map(|i| &self.routes[i])
+    }
+
+    /// Like [`find`](Self::find), as the route's index in [`iter`](Self::iter) order, for
+    /// callers that keep per-route state beside the table.
+    pub fn position(&self, host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| {
             r.host.as_deref().is_none_or(|h| Some(h) == host)
                 && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
                 && under_prefix(path, &r.path_prefix)

@@ -280,7 +280,10 @@ impl AuthService {
     }
 
     /// The identity behind the request's access token; no token or a bad one is a rejection.
-    async fn require_identity(&self, req: &Request<Incoming>) -> Result<Identity, Rejection> {
+    async fn require_identity(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<std::sync::Arc<Identity>, Rejection> {
         let token = self
             .presented_token(req.headers(), req.uri().query())?
             .ok_or(Rejection::NoToken)?;
@@ -579,7 +582,7 @@ impl AuthService {
                 .map_err(OAuthError::from)?;
         }
         if let Some(refresh) = refresh {
-            self.revoke_refresh(refresh, identity.as_ref()).await?;
+            self.revoke_refresh(refresh, identity.as_deref()).await?;
         }
         Ok(no_store(with_json(
             StatusCode::OK,

@@ -194,7 +194,7 @@ impl AuthService {
     /// Verifies an access token: size cap, signature and claims (cached per token until its
     /// `exp`), then revocation, which is checked on every request. A kid the gateway's own keys
     /// do not hold goes to the trusted issuers; no other failure does.
-    pub async fn verify_access(&self, token: &str) -> Result<Identity, VerifyError> {
+    pub async fn verify_access(&self, token: &str) -> Result<Arc<Identity>, VerifyError> {
         let now = now();
         let max = self.config.max_token_bytes;
         if token.len() > max {
@@ -209,7 +209,7 @@ impl AuthService {
                     .is_none_or(|g| g == self.trusted.generation());
             if fresh {
                 crate::metrics::verify_cache(true);
-                let identity = Identity::clone(&hit.identity);
+                let identity = Arc::clone(&hit.identity);
                 drop(hit);
                 return self.not_revoked(identity, now);
             }
@@ -231,11 +231,12 @@ impl AuthService {
         } else {
             (keys.verifier.verify(token, now)?, None)
         };
+        let identity = Arc::new(identity);
         self.remember(digest, &identity, external_generation);
         self.not_revoked(identity, now)
     }
 
-    fn not_revoked(&self, identity: Identity, now: i64) -> Result<Identity, VerifyError> {
+    fn not_revoked(&self, identity: Arc<Identity>, now: i64) -> Result<Arc<Identity>, VerifyError> {
         if let Some(jti) = &identity.jti
             && let Some(exp) = self.revoked.get(jti)
             && *exp + 60 > now
@@ -245,14 +246,19 @@ impl AuthService {
         Ok(identity)
     }
 
-    fn remember(&self, digest: [u8; 32], identity: &Identity, external_generation: Option<u64>) {
+    fn remember(
+        &self,
+        digest: [u8; 32],
+        identity: &Arc<Identity>,
+        external_generation: Option<u64>,
+    ) {
         // Full: this token goes uncached. Sweeping 100,000 entries here stalled the request
         // that hit the limit (p99 ~100 ms in BENCHMARKS.md); the prune timer drops expired ones.
         if self.cache.len() >= CACHE_CAPACITY {
             return;
         }
         let entry = Cached {
-            identity: Arc::new(identity.clone()),
+            identity: Arc::clone(identity),
             external_generation,
         };
         self.cache.insert(digest, entry);
@@ -300,6 +306,18 @@ fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> 
     Ok(KeyState { ring, verifier })
 }
 
+/// The bytes a bearer token may hold: RFC 6750 §2.1 `b64token`, which includes JWS's `.`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
+        | (b == b'=')
+}
+
 /// `Bearer <token>`, scheme in any case, exactly one space, a b64token (RFC 6750 §2.1).
 /// Another scheme is not a bearer presentation (`Ok(None)`).
 fn bearer_token(value: &[u8]) -> Result<Option<String>, Rejection> {
@@ -315,10 +333,8 @@ fn bearer_token(value: &[u8]) -> Result<Option<String>, Rejection> {
         return Ok(None);
     }
     let token = &rest[1..];
-    let valid = !token.is_empty()
-        && token
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b));
+    // A fold rather than `all`: no early exit, so the compiler checks many bytes per step.
+    let valid = !token.is_empty() && token.iter().fold(true, |ok, &b| ok & is_token_char(b));
     if !valid {
         return Err(Rejection::InvalidRequest("malformed Authorization header"));
     }
@@ -361,6 +377,31 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    #[test]
+    fn every_byte_outside_b64token_is_refused_at_any_position() {
+        let allowed: Vec<u8> = (b'a'..=b'z')
+            .chain(b'A'..=b'Z')
+            .chain(b'0'..=b'9')
+            .chain(*b"-._~+/=")
+            .collect();
+        // Long enough that the check runs in wide steps and a tail.
+        let base = vec![b'A'; 131];
+        for byte in 0..=255u8 {
+            for position in [0, 1, 15, 16, 17, 64, 130] {
+                let mut token = base.clone();
+                token[position] = byte;
+                let mut header = b"Bearer ".to_vec();
+                header.extend_from_slice(&token);
+                let accepted = bearer_token(&header).is_ok_and(|t| t.is_some());
+                assert_eq!(
+                    accepted,
+                    allowed.contains(&byte),
+                    "byte {byte:#04x} at {position}"
+                );
+            }
         }
     }
 

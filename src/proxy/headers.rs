@@ -121,14 +121,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 /// The same removal for responses. For a 101 the proxy re-adds `Connection: upgrade` and
 /// `Upgrade` itself after this runs.
 pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
-    for name in connection_nominated(headers) {
-        headers.remove(&name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    // Read before anything is removed: `Connection` itself is hop-by-hop.
+    let nominated = if headers.contains_key(CONNECTION) {
+        connection_nominated(headers)
+    } else {
+        Vec::new()
+    };
+    // One pass over the names present rather than a lookup per hop-by-hop name.
     remove_matching(headers, |name| {
-        name.starts_with(HOP_BY_HOP_PREFIX) || is_protocol_alias(name)
+        HOP_BY_HOP.iter().any(|hop| hop.as_str().as_bytes() == name)
+            || name.starts_with(HOP_BY_HOP_PREFIX)
+            || is_protocol_alias(name)
+            || nominated.iter().any(|n| n.as_str().as_bytes() == name)
     });
 }
 
@@ -299,7 +303,8 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     });
     let host = f.host.and_then(|host| HeaderValue::from_str(host).ok());
 
-    let peer_text = peer.to_string();
+    let mut peer_text = IpText::default();
+    peer_text.write(peer);
     append_or_replace(headers, &X_FORWARDED_FOR, trusted, peer_text.as_bytes());
     keep_or_replace(
         headers,
@@ -308,12 +313,71 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         HeaderValue::from_str(f.proto).ok(),
     );
     keep_or_replace(headers, &X_FORWARDED_HOST, trusted, host.clone());
-    let element = forwarded_element(peer, f.proto, host.as_ref());
+    let element = forwarded_element(peer, &peer_text, f.proto, host.as_ref());
     append_or_replace(headers, &FORWARDED, trusted, &element);
+}
+
+/// An address's text form, written without the formatting machinery (this runs on every request:
+/// `Ipv4Addr`'s `Display` cost more than the rest of [`set_forwarding`] together).
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        Self {
+            buf: [0; 45],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn write(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut self.buf[..];
+                // 45 bytes hold the longest form (IPv4-mapped with every group written out).
+                if write!(rest, "{v6}").is_ok() {
+                    self.len = 45 - rest.len();
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// Removes every header whose name satisfies `doomed`. Allocates only when something matches.
 fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
+    if !headers.keys().any(|name| doomed(name.as_str().as_bytes())) {
+        return;
+    }
     let names: Vec<HeaderName> = headers
         .keys()
         .filter(|name| doomed(name.as_str().as_bytes()))
@@ -485,13 +549,22 @@ fn keep_or_replace(
 }
 
 /// One RFC 7239 forwarded-element describing this hop.
-fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&HeaderValue>) -> Vec<u8> {
+fn forwarded_element(
+    peer: IpAddr,
+    peer_text: &IpText,
+    proto: &str,
+    host: Option<&HeaderValue>,
+) -> Vec<u8> {
     let mut element = Vec::with_capacity(64);
     element.extend_from_slice(b"for=");
     match peer {
-        IpAddr::V4(v4) => element.extend_from_slice(v4.to_string().as_bytes()),
+        IpAddr::V4(_) => element.extend_from_slice(peer_text.as_bytes()),
         // RFC 7239 §6: an IPv6 node is bracketed, and `[`, `:` are not token characters.
-        IpAddr::V6(v6) => element.extend_from_slice(format!("\"[{v6}]\"").as_bytes()),
+        IpAddr::V6(_) => {
+            element.extend_from_slice(b"\"[");
+            element.extend_from_slice(peer_text.as_bytes());
+            element.extend_from_slice(b"]\"");
+        }
     }
     element.extend_from_slice(b";proto=");
     push_token_or_quoted(&mut element, proto.as_bytes());
@@ -527,6 +600,32 @@ fn is_tchar(byte: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_text_matches_display_for_every_octet_width_and_ipv6_form() {
+        let mut cases: Vec<IpAddr> = [0u8, 7, 9, 10, 42, 99, 100, 199, 255]
+            .into_iter()
+            .map(|o| IpAddr::from([o, 255 - o, o / 2, 1]))
+            .collect();
+        cases.extend(
+            [
+                "::",
+                "::1",
+                "2001:db8::8a2e:370:7334",
+                "fe80::1:2:3:4",
+                "::ffff:1.2.3.4",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "0:0:0:0:0:ffff:255.255.255.255",
+            ]
+            .iter()
+            .map(|t| t.parse::<IpAddr>().unwrap()),
+        );
+        for ip in cases {
+            let mut text = IpText::default();
+            text.write(ip);
+            assert_eq!(text.as_bytes(), ip.to_string().as_bytes(), "{ip}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
