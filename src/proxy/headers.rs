@@ -507,18 +507,23 @@ fn parse_forwarded_for_entry(entry: &[u8]) -> Option<IpAddr> {
 
 /// Sets `name` to `ours`, or for a trusted peer appends `ours` to its existing list.
 fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, trusted: bool, ours: &[u8]) {
-    let mut value = Vec::new();
+    let mut joined = Vec::new();
+    // Only a trusted proxy's list is kept; anything else is replaced by ours alone.
     if trusted {
         for existing in headers.get_all(name) {
-            value.extend_from_slice(existing.as_bytes());
-            value.extend_from_slice(b", ");
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
         }
     }
-    value.extend_from_slice(ours);
     // Existing values were valid and `ours` is built from valid bytes; should the joined value
     // still be refused, ours alone is the safe fallback.
-    let joined = HeaderValue::from_bytes(&value).or_else(|_| HeaderValue::from_bytes(ours));
-    match joined {
+    let value = if joined.is_empty() {
+        HeaderValue::from_bytes(ours)
+    } else {
+        joined.extend_from_slice(ours);
+        HeaderValue::from_bytes(&joined).or_else(|_| HeaderValue::from_bytes(ours))
+    };
+    match value {
         Ok(value) => {
             headers.insert(name, value);
         }
@@ -583,11 +588,16 @@ fn push_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
         return;
     }
     out.push(b'"');
-    for &byte in value {
-        if byte == b'"' || byte == b'\\' {
-            out.push(b'\\');
+    // Usually nothing needs escaping (a host with a port only needs the quotes).
+    if !value.iter().any(|&byte| byte == b'"' || byte == b'\\') {
+        out.extend_from_slice(value);
+    } else {
+        for &byte in value {
+            if byte == b'"' || byte == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(byte);
         }
-        out.push(byte);
     }
     out.push(b'"');
 }
