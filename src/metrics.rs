@@ -192,6 +192,17 @@ pub fn verify_cache(hit: bool) {
     if hit { hits } else { misses }.increment(1);
 }
 
+/// A token refused earlier for a reason that cannot change, refused again without verifying.
+pub fn verify_cache_refused() {
+    static HANDLE: OnceLock<Counter> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            install();
+            counter!("gatehouse_verify_cache_total", "result" => "refused")
+        })
+        .increment(1);
+}
+
 pub fn upstream_error(kind: &'static str) {
     counter!("gatehouse_upstream_errors_total", "kind" => kind).increment(1);
 }

@@ -24,6 +24,13 @@ use crate::store::{Store, StoreError};
 /// timer has dropped expired entries.
 const CACHE_CAPACITY: usize = 100_000;
 
+/// Most refused tokens remembered, and for how long (seconds). A client retrying one bad token
+/// (expired, forged, for another audience) then costs a lookup instead of a signature check each
+/// time. Tokens forged fresh for every request still cost one check each; they fill this up to
+/// its bound and are then simply not remembered.
+const REFUSED_CAPACITY: usize = 10_000;
+const REFUSED_FOR_SECS: i64 = 300;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("keys: {0}")]
@@ -55,6 +62,28 @@ pub struct AuthService {
     revoked: DashMap<String, i64>,
     /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
     cache: DashMap<[u8; 32], Cached>,
+    /// Tokens refused for a reason time cannot change, by SHA-256 of the token.
+    refused: DashMap<[u8; 32], Refused>,
+}
+
+/// A refusal worth remembering; like [`Cached`], bound to the external key-set generation.
+struct Refused {
+    error: VerifyError,
+    external_generation: Option<u64>,
+    until: i64,
+}
+
+/// Whether a refusal holds for this token whatever the time and however often it is retried,
+/// under the same policy and keys. Not: time-dependent ones (not yet valid, issued in the
+/// future), a key the gateway may learn later, revocation (checked on every request anyway).
+fn refusal_is_final(error: &VerifyError) -> bool {
+    !matches!(
+        error,
+        VerifyError::NotYetValid
+            | VerifyError::IssuedInFuture
+            | VerifyError::UnknownKey
+            | VerifyError::Revoked
+    )
 }
 
 /// A verified identity, and for an external issuer's token the key-set generation it was
@@ -114,6 +143,7 @@ impl AuthService {
             trusted,
             revoked,
             cache: DashMap::new(),
+            refused: DashMap::new(),
         })
     }
 
@@ -123,6 +153,7 @@ impl AuthService {
         self.keys.store(Arc::new(keys));
         // A removed key must not keep vouching for tokens it signed.
         self.cache.clear();
+        self.refused.clear();
         Ok(())
     }
 
@@ -216,6 +247,16 @@ impl AuthService {
             drop(hit);
             self.cache.remove(&digest);
         }
+        if let Some(known) = self.refused.get(&digest) {
+            let fresh = known.until > now
+                && known
+                    .external_generation
+                    .is_none_or(|g| g == self.trusted.generation());
+            if fresh {
+                crate::metrics::verify_cache_refused();
+                return Err(known.error.clone());
+            }
+        }
         crate::metrics::verify_cache(false);
         let keys = self.keys.load();
         // The kid decides whose policy applies: our own checks (typ first) would refuse an IdP's
@@ -223,13 +264,20 @@ impl AuthService {
         let external = !self.trusted.is_empty()
             && verify::token_kid(token, self.config.max_token_bytes)
                 .is_ok_and(|kid| keys.ring.lookup().get(&kid).is_none());
-        let (identity, external_generation) = if external {
-            // Read before verifying: a swap during verification makes the entry stale, never
-            // wrongly fresh.
-            let generation = self.trusted.generation();
-            (self.trusted.verify(token, now).await?, Some(generation))
+        // Read before verifying: a swap during verification makes the entry stale, never wrongly
+        // fresh.
+        let external_generation = external.then(|| self.trusted.generation());
+        let verified = if external {
+            self.trusted.verify(token, now).await
         } else {
-            (keys.verifier.verify(token, now)?, None)
+            keys.verifier.verify(token, now)
+        };
+        let identity = match verified {
+            Ok(identity) => identity,
+            Err(error) => {
+                self.remember_refusal(digest, &error, external_generation, now);
+                return Err(error);
+            }
         };
         let identity = Arc::new(identity);
         self.remember(digest, &identity, external_generation);
@@ -264,6 +312,24 @@ impl AuthService {
         self.cache.insert(digest, entry);
     }
 
+    fn remember_refusal(
+        &self,
+        digest: [u8; 32],
+        error: &VerifyError,
+        external_generation: Option<u64>,
+        now: i64,
+    ) {
+        if !refusal_is_final(error) || self.refused.len() >= REFUSED_CAPACITY {
+            return;
+        }
+        let entry = Refused {
+            error: error.clone(),
+            external_generation,
+            until: now + REFUSED_FOR_SECS,
+        };
+        self.refused.insert(digest, entry);
+    }
+
     /// Revokes an access token's `jti` until it expires (store first, then the local mirror).
     pub async fn revoke_access(&self, identity: &Identity) -> Result<(), StoreError> {
         if let Some(jti) = &identity.jti {
@@ -278,6 +344,7 @@ impl AuthService {
         let now = now();
         self.revoked.retain(|_, exp| *exp + 60 > now);
         self.cache.retain(|_, v| v.identity.exp > now);
+        self.refused.retain(|_, v| v.until > now);
         self.limits.prune();
         if let Err(e) = self.store.purge_expired(now).await {
             tracing::warn!(error = %e, "purging expired store rows failed");

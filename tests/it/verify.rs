@@ -834,3 +834,71 @@ async fn removed_key_stops_verifying_even_for_cached_tokens() {
     assert_eq!(r.status(), 401);
     assert_eq!(up.seen().len(), 1);
 }
+
+/// The process-wide count of tokens refused from memory (the recorder is shared by every test in
+/// this binary; only this feature ever increments the series).
+fn refused_from_memory() -> f64 {
+    let text = gatehouse::metrics::render().unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("gatehouse_verify_cache_total{result=\"refused\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn flood_of_one_forged_token_is_refused_from_memory_after_one_check() {
+    let (gw, up) = setup().await;
+    let f = Forge::of(&gw);
+    let token = f.token_with(|_| {});
+    // Same header and claims, signature bytes changed: a forgery that costs a signature check.
+    let (signed, sig) = token.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{signed}.{flipped}{}", &sig[1..]);
+    let before = refused_from_memory();
+    for _ in 0..20 {
+        let r = client()
+            .get(gw.url("/api/x"))
+            .bearer_auth(&forged)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.contains("invalid signature"), "{challenge}");
+    }
+    assert!(refused_from_memory() - before >= 19.0);
+    // The genuine token is unaffected by its forged twin being remembered.
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn not_yet_valid_token_is_not_remembered_as_refused() {
+    let (gw, up) = setup_with("[auth]\nleeway = \"0s\"").await;
+    let f = Forge::of(&gw);
+    let start = now();
+    let token = f.token_with(|c| {
+        c["nbf"] = json!(start + 2);
+        c["iat"] = json!(start);
+    });
+    assert_refused(&gw, &up, &token).await;
+    assert_refused(&gw, &up, &token).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a time-dependent refusal outlived its reason"
+    );
+}
