@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind (on demand; never run in CI).
+#
+# Counts user-space instructions, which do not depend on what else the machine is running, so it
+# compares builds reliably where req/s and CPU time on a shared machine do not. Syscalls are the
+# same for gatehouse and the pass-through (two writev and two recvfrom per request, checked with
+# strace -c), so the user-space difference is the overhead. Caveat: under valgrind aws-lc takes
+# its AVX SHA-256 path, not SHA-NI, so the token digest of the cached path counts ~17k
+# instructions that cost far less on the real CPU.
+#
+# Starts on 127.0.0.1: the fixed upstream (benches/upstream.rs), gatehouse under callgrind with a
+# public route and a token route, then the pass-through proxy under callgrind; drives each with
+# wrk (1 thread, 16 connections, 10 s) after a warm-up, and prints instructions per request.
+# Every process it starts is stopped by PID; servers also exit on their own after 10 minutes.
+#
+# Usage: benches/callgrind.sh [OUT_DIR]   (default target/callgrind; inspect the profiles with
+#        callgrind_annotate --inclusive=yes OUT_DIR/gatehouse.out.2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/callgrind}
+mkdir -p "$out"
+for tool in valgrind callgrind_control wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is required" >&2; exit 1; }
+done
+
+cargo build --release --locked --bin gatehouse
+helpers=$(cargo bench --locked --no-run --bench upstream --bench passthrough \
+  --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and "bench" in msg["target"]["kind"]:
+        print(msg["target"]["name"] + "=" + msg["executable"])
+')
+exe() { printf '%s\n' "$helpers" | sed -n "s/^$1=//p"; }
+gh=target/release/gatehouse
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_up() {
+  for _ in $(seq 1 240); do curl -s -o /dev/null "$1" && return 0; sleep 0.5; done
+  echo "callgrind.sh: $1 never answered" >&2; exit 1
+}
+# Prints "<requests> <instructions>" for one wrk run against a process under callgrind.
+measure() {
+  local pid=$1 label=$2; shift 2
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  local requests
+  requests=$(wrk -t1 -c16 -d10s "$@" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+  callgrind_control -d "$label" "$pid" >/dev/null 2>&1
+  local file
+  file=$(ls -t "$out"/*.out.* | head -1)
+  echo "$requests $(sed -n 's/^summary: //p' "$file")"
+}
+per_request() { python3 -c "import sys; r, i = map(int, sys.argv[1:]); print(f'{i / r / 1000:7.1f}k instructions/request ({r} requests)')" "$@"; }
+
+up_port=$(free_port)
+"$(exe upstream)" serve "127.0.0.1:$up_port" 600 >/dev/null & pids+=($!)
+wait_up "http://127.0.0.1:$up_port/"
+
+data=$(mktemp -d)
+gh_port=$(free_port)
+cat >"$data/gatehouse.toml" <<EOF
+[server]
+listen = "127.0.0.1:$gh_port"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "http://127.0.0.1:$up_port"
+[[routes]]
+name = "open"
+path_prefix = "/open"
+upstream = "http://127.0.0.1:$up_port"
+auth = "public"
+[auth]
+algorithm = "EdDSA"
+keys_dir = "$data/keys"
+[admin]
+enabled = false
+[store]
+path = "$data/gatehouse.db"
+EOF
+"$gh" --config "$data/gatehouse.toml" keys generate >/dev/null
+echo "bench-password-1" | "$gh" --config "$data/gatehouse.toml" user add bench --password-stdin >/dev/null
+rm -f "$out"/gatehouse.out* "$out"/passthrough.out*
+GATEHOUSE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out/gatehouse.out" \
+  "$gh" --config "$data/gatehouse.toml" serve 2>"$out/gatehouse.valgrind.log" & pids+=($!)
+gh_pid=$!
+wait_up "http://127.0.0.1:$gh_port/open/x"
+token=$(curl -s -d grant_type=password -d username=bench -d password=bench-password-1 \
+  "http://127.0.0.1:$gh_port/auth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+wrk -t1 -c16 -d2s "http://127.0.0.1:$gh_port/open/x" >/dev/null
+echo "gatehouse public route:      $(per_request $(measure "$gh_pid" public "http://127.0.0.1:$gh_port/open/x"))"
+echo "gatehouse token, cache hit:  $(per_request $(measure "$gh_pid" cached -H "Authorization: Bearer $token" "http://127.0.0.1:$gh_port/api/x"))"
+kill "$gh_pid"; wait "$gh_pid" 2>/dev/null || true
+
+pt_port=$(free_port)
+valgrind --tool=callgrind --callgrind-out-file="$out/passthrough.out" \
+  "$(exe passthrough)" serve "127.0.0.1:$pt_port" "127.0.0.1:$up_port" 600 \
+  >/dev/null 2>"$out/passthrough.valgrind.log" & pids+=($!)
+pt_pid=$!
+wait_up "http://127.0.0.1:$pt_port/x"
+wrk -t1 -c16 -d2s "http://127.0.0.1:$pt_port/x" >/dev/null
+echo "pass-through proxy:          $(per_request $(measure "$pt_pid" pass "http://127.0.0.1:$pt_port/x"))"
+rm -rf "$data"
