@@ -11,8 +11,8 @@
 //! starve.
 //!
 //! The runtime lives on one std thread that owns it and waits for a stop signal; dropping
-//! [`EndpointRuntime`] (with its `AuthService`) sends the signal and the thread shuts the runtime
-//! down outside any async context.
+//! [`EndpointRuntime`] (with its `AuthService`, e.g. the old one after a reload) sends the signal
+//! and the thread shuts the runtime down outside any async context, then ends.
 
 use std::future::Future;
 use std::thread::JoinHandle;
@@ -192,11 +192,13 @@ impl Drop for EndpointRuntime {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // The last owner may be a task on this very runtime (it held the service to answer a
-        // request): its thread cannot wait for itself, and ends on its own after the signal.
-        let on_own_thread = std::thread::current().name() == Some(ENDPOINT_THREAD_NAME);
+        // Waiting for the thread only outside any runtime: the last owner may be a task on this
+        // very runtime (it held the service to answer a request), which cannot wait for itself,
+        // or a proxy worker (after a reload), which must not block while store queries finish.
+        // Either way the thread ends on its own after the signal.
+        let in_async_context = Handle::try_current().is_ok();
         if let Some(thread) = self.thread.take()
-            && !on_own_thread
+            && !in_async_context
         {
             let _ = thread.join();
         }
@@ -310,6 +312,28 @@ mod tests {
             !exists
         });
         assert!(gone, "{task_dir} outlived the runtime");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_runtime_inside_a_runtime_ends_its_thread_without_waiting() {
+        let rt = EndpointRuntime::start(ThreadPriority::Normal).unwrap();
+        let task_dir = format!("/proc/self/task/{}", rt.thread_id());
+        rt.handle
+            .spawn_blocking(|| std::thread::sleep(Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        drop(rt);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "drop waited"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&task_dir).exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !std::path::Path::new(&task_dir).exists(),
+            "{task_dir} lives on"
+        );
     }
 
     #[test]
