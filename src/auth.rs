@@ -6,6 +6,7 @@ pub mod import;
 pub mod issuers;
 pub mod keys;
 pub mod password;
+pub mod runtime;
 pub mod service;
 pub mod tokens;
 pub mod username;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::issuers::{IssuerSettings, JwksSource};
 use crate::auth::keys::KeyAlg;
+use crate::auth::runtime::ThreadPriority;
 use crate::proxy::path;
 
 /// Default public listener.
@@ -442,7 +443,13 @@ pub struct RawPassword {
     pub workers: usize,
     /// 0 means four waiting jobs per worker.
     pub queue: usize,
+    /// "low" or "normal"; see [`DEFAULT_LOGIN_PRIORITY`].
+    pub priority: String,
 }
+
+/// Default priority of the login work (hashing threads and the `/auth/*` endpoint thread):
+/// "low", nice 19, so a login flood only gets the CPU proxied traffic leaves.
+pub const DEFAULT_LOGIN_PRIORITY: &str = "low";
 
 impl Default for RawPassword {
     fn default() -> Self {
@@ -452,6 +459,7 @@ impl Default for RawPassword {
             parallelism: DEFAULT_ARGON2_PARALLELISM,
             workers: 0,
             queue: 0,
+            priority: DEFAULT_LOGIN_PRIORITY.to_owned(),
         }
     }
 }
@@ -678,6 +686,8 @@ pub struct PasswordConfig {
     pub parallelism: u32,
     pub workers: usize,
     pub queue: usize,
+    /// Of the hashing threads and of the thread answering the `/auth/*` endpoints.
+    pub priority: ThreadPriority,
 }
 
 /// Which headers carry the verified identity upstream.
@@ -947,12 +957,19 @@ impl RawAuth {
                 "argon2 needs iterations >= 1, parallelism >= 1 and memory_kib >= 8 x parallelism",
             ));
         }
+        let priority = ThreadPriority::parse(&p.priority).ok_or_else(|| {
+            invalid(
+                "auth.password.priority",
+                format!("{:?} is not one of \"low\", \"normal\"", p.priority),
+            )
+        })?;
         let password = PasswordConfig {
             memory_kib: p.memory_kib,
             iterations: p.iterations,
             parallelism: p.parallelism,
             workers: p.workers,
             queue: p.queue,
+            priority,
         };
         let identity_headers = self.identity_headers.validate()?;
         let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
@@ -1462,6 +1479,18 @@ mod tests {
         assert!(e.contains("listen_port"), "{e}");
         let e = err(&route("bogus = 1"));
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn login_priority_defaults_to_low_and_unknown_values_are_refused() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.auth.password.priority, ThreadPriority::Low);
+        let c = Config::from_toml("[auth.password]\npriority = \"normal\"\n").unwrap();
+        assert_eq!(c.auth.password.priority, ThreadPriority::Normal);
+        for bad in ["idle", "LOW", "", "19"] {
+            let e = err(&format!("[auth.password]\npriority = {bad:?}\n"));
+            assert!(e.contains("auth.password.priority"), "{e}");
+        }
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl Gateway {
 
         if let Some(endpoint) = self.auth.endpoint_for(&target.path) {
             access.route = Some(format!("gatehouse:{}", endpoint.name()).into());
-            return self.auth.serve(endpoint, req, client).await;
+            return self.auth.serve_apart(endpoint, req, client).await;
         }
 
         let index = self

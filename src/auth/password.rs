@@ -2,9 +2,13 @@
 //! blocking threads, so a login flood cannot stall the async runtime that proxies traffic.
 //!
 //! Admission: a job first takes one of `workers + queue` admission permits without waiting; if
-//! none is left it is refused at once with [`PasswordError::Busy`]. It then waits for one of
-//! goes to one of `workers` dedicated hashing threads. The permit moves into the job, so work a
+//! none is left it is refused at once with [`PasswordError::Busy`]. It then goes to one of
+//! `workers` dedicated hashing threads. The permit moves into the job, so work a
 //! dropped caller left running still counts until it really ends.
+//!
+//! Priority: a gateway starts the threads at [`ThreadPriority::Low`] (nice 19, see
+//! [`crate::auth::runtime`]), so hashing only gets the CPU proxied traffic leaves; a saturated
+//! core slows logins down, the queue fills and further attempts get `Busy` at once.
 //!
 //! Dedicated threads rather than tokio's blocking pool: each argon2 run allocates and frees a
 //! block array of `m_kib` KiB, and spread over a growing set of blocking threads (each with its
@@ -23,6 +27,8 @@ use argon2::password_hash::Error as PhcError;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
+
+use crate::auth::runtime::{self, RuntimeError, ThreadPriority};
 
 /// Default argon2id memory cost in KiB (19 MiB): the OWASP password storage recommendation.
 pub const DEFAULT_M_KIB: u32 = 19_456;
@@ -116,6 +122,8 @@ pub enum PasswordError {
     WorkerLost,
     #[error("cannot start a password hashing thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot lower a password hashing thread's priority: {0}")]
+    Priority(#[source] RuntimeError),
 }
 
 /// A place in the hashing pool (running or waiting), held until the job it is used for ends.
@@ -180,19 +188,36 @@ struct Inner {
     admission: Arc<Semaphore>,
     /// Jobs for the hashing threads; dropping it (with the pool) ends them.
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// The kernel's ids of the hashing threads.
+    tids: Vec<i32>,
     capacity: usize,
 }
 
-/// Starts `n` hashing threads sharing one job queue. A job that panics is caught so the thread
-/// lives on; its caller sees `WorkerLost`.
-fn spawn_workers(n: usize) -> Result<mpsc::Sender<Job>, PasswordError> {
+/// Starts `n` hashing threads sharing one job queue, each at `priority`, and returns once every
+/// one of them runs at it. A job that panics is caught so the thread lives on; its caller sees
+/// `WorkerLost`.
+fn spawn_workers(
+    n: usize,
+    priority: ThreadPriority,
+) -> Result<(mpsc::Sender<Job>, Vec<i32>), PasswordError> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
+    let (ready, started) = mpsc::channel();
     for i in 0..n {
         let rx = Arc::clone(&rx);
+        let ready = ready.clone();
         std::thread::Builder::new()
             .name(format!("gatehouse-hash-{i}"))
             .spawn(move || {
+                // Priority first: a flood's hashing must never compete with proxied traffic at
+                // the runtime's own priority, not even for its first job.
+                let applied =
+                    runtime::apply_to_current_thread(priority).map(|()| runtime::current_tid());
+                let failed = applied.is_err();
+                let _ = ready.send(applied);
+                if failed {
+                    return;
+                }
                 loop {
                     let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     let Ok(job) = next else { return };
@@ -201,7 +226,16 @@ fn spawn_workers(n: usize) -> Result<mpsc::Sender<Job>, PasswordError> {
             })
             .map_err(PasswordError::Spawn)?;
     }
-    Ok(tx)
+    drop(ready);
+    let mut tids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tid = started
+            .recv()
+            .map_err(|_| PasswordError::WorkerLost)?
+            .map_err(PasswordError::Priority)?;
+        tids.push(tid);
+    }
+    Ok((tx, tids))
 }
 
 impl fmt::Debug for PasswordPool {
@@ -216,8 +250,18 @@ impl fmt::Debug for PasswordPool {
 
 impl PasswordPool {
     /// Validates the parameters and builds the dummy hash (one real argon2id hash, on the
-    /// calling thread: call this at startup, not on the runtime's hot path).
+    /// calling thread: call this at startup, not on the runtime's hot path). The hashing threads
+    /// keep the process's priority; a gateway uses [`PasswordPool::with_priority`].
     pub fn new(params: HashParams, limits: PoolLimits) -> Result<Self, PasswordError> {
+        Self::with_priority(params, limits, ThreadPriority::Normal)
+    }
+
+    /// [`PasswordPool::new`] with the hashing threads at `priority`.
+    pub fn with_priority(
+        params: HashParams,
+        limits: PoolLimits,
+        priority: ThreadPriority,
+    ) -> Result<Self, PasswordError> {
         let argon_params = Params::new(params.m_kib, params.t, params.p, Some(OUTPUT_LEN))
             .map_err(|source| PasswordError::InvalidParams { params, source })?;
         let capacity = limits
@@ -229,13 +273,15 @@ impl PasswordPool {
         let dummy = argon2
             .hash_password(DUMMY_PASSWORD)
             .map_err(PasswordError::Hash)?;
+        let (jobs, tids) = spawn_workers(limits.workers, priority)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 params,
                 argon2,
                 dummy,
                 admission: Arc::new(Semaphore::new(capacity)),
-                jobs: Mutex::new(spawn_workers(limits.workers)?),
+                jobs: Mutex::new(jobs),
+                tids,
                 capacity,
             }),
         })
@@ -296,6 +342,11 @@ impl PasswordPool {
             inner.verify(password.as_bytes(), stored.as_deref())
         })
         .await
+    }
+
+    /// The kernel's ids of the hashing threads (for `/proc/self/task/<tid>`).
+    pub fn thread_ids(&self) -> &[i32] {
+        &self.inner.tids
     }
 
     /// Jobs admitted and not yet finished (running plus waiting), for metrics.
@@ -749,6 +800,30 @@ mod tests {
             pool.hash(pw("d")).await.is_ok(),
             "capacity comes back after a flood"
         );
+    }
+
+    #[tokio::test]
+    async fn login_flood_hashing_runs_at_the_lowest_priority() {
+        let low = PasswordPool::with_priority(
+            CHEAP,
+            PoolLimits {
+                workers: 2,
+                queue: 2,
+            },
+            ThreadPriority::Low,
+        )
+        .unwrap();
+        for _ in 0..4 {
+            let nice = low.run(|_| runtime::current_thread_nice()).await.unwrap();
+            assert_eq!(nice.unwrap(), runtime::LOW_NICE);
+        }
+        let normal = pool(CHEAP, 1, 1);
+        let own = runtime::current_thread_nice().unwrap();
+        let nice = normal
+            .run(|_| runtime::current_thread_nice())
+            .await
+            .unwrap();
+        assert_eq!(nice.unwrap(), own);
     }
 
     #[tokio::test]

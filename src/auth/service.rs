@@ -6,15 +6,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
 
 use crate::auth::claims::Identity;
+use crate::auth::endpoints::{Endpoint, OAuthError};
 use crate::auth::issuers::{IssuerError, TrustedIssuers};
 use crate::auth::keys::{KeyError, KeyRing};
 use crate::auth::password::{HashParams, PasswordError, PasswordPool, PoolLimits};
+use crate::auth::runtime::{EndpointRuntime, RuntimeError};
 use crate::auth::tokens::AccessTokenSpec;
 use crate::auth::verify::{self, IdentityClaims, Policy, Verifier, VerifyError};
+use crate::body::Body;
 use crate::config::AuthConfig;
 use crate::error::Rejection;
 use crate::limits::{LimitClock, Limits};
@@ -41,6 +45,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("trusted issuers: {0}")]
     Issuers(#[from] IssuerError),
+    #[error("endpoint runtime: {0}")]
+    Runtime(#[from] RuntimeError),
 }
 
 /// The key ring and the verifier built from it, swapped together when keys are reloaded.
@@ -62,6 +68,9 @@ pub struct AuthService {
     revoked: DashMap<String, i64>,
     /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
     cache: DashMap<[u8; 32], Cached>,
+    /// Where the endpoints run, apart from the proxy runtime (see [`crate::auth::runtime`]).
+    /// Its thread ends when the service is dropped.
+    endpoints: EndpointRuntime,
     /// Tokens refused for a reason time cannot change, by SHA-256 of the token.
     refused: DashMap<[u8; 32], Refused>,
 }
@@ -112,14 +121,16 @@ impl AuthService {
             p.workers
         };
         let queue = if p.queue == 0 { workers * 4 } else { p.queue };
-        let pool = PasswordPool::new(
+        let pool = PasswordPool::with_priority(
             HashParams {
                 m_kib: p.memory_kib,
                 t: p.iterations,
                 p: p.parallelism,
             },
             PoolLimits { workers, queue },
+            p.priority,
         )?;
+        let endpoints = EndpointRuntime::start(p.priority)?;
         let spec = AccessTokenSpec {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -144,7 +155,36 @@ impl AuthService {
             revoked,
             cache: DashMap::new(),
             refused: DashMap::new(),
+            endpoints,
         })
+    }
+
+    /// The kernel's ids of the threads doing login work: the endpoint runtime's driver thread,
+    /// then the hashing threads. They end when the service is dropped.
+    pub fn login_thread_ids(&self) -> Vec<i32> {
+        let mut tids = vec![self.endpoints.thread_id()];
+        tids.extend_from_slice(self.pool.thread_ids());
+        tids
+    }
+
+    /// Answers one of the gateway's endpoints ([`AuthService::serve`]) on the endpoint runtime,
+    /// so a login flood's request handling only gets the CPU proxied traffic leaves. A panic
+    /// there is a 500 for this request, logged once.
+    pub async fn serve_apart(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        req: Request<Incoming>,
+        client: std::net::IpAddr,
+    ) -> Result<Response<Body>, Rejection> {
+        let auth = Arc::clone(self);
+        let work = async move { auth.serve(endpoint, req, client).await };
+        match self.endpoints.run(work).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(error = %e, endpoint = endpoint.name(), "endpoint failed");
+                Err(OAuthError::Server.into())
+            }
+        }
     }
 
     /// Re-reads the key directory (after `gatehouse keys rotate`); the old keys stay on failure.

@@ -212,3 +212,71 @@ async fn lockout_survives_a_restart() {
         .await;
     assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
 }
+
+/// The nice value the kernel holds for one of this process's threads (`stat` field 19).
+fn thread_nice(tid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The name (field 2) may hold spaces or parentheses: count fields after its closing ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(16)?.parse().ok()
+}
+
+fn thread_name(tid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+#[tokio::test]
+async fn login_flood_work_runs_at_the_lowest_priority_and_ends_with_the_app() {
+    let (mut gw, _up) = gateway("per_address_burst = 1000\nper_user_burst = 1000").await;
+    let tids = gw.gateway.auth().login_thread_ids();
+    assert!(tids.len() >= 2, "{tids:?}");
+    for &tid in &tids {
+        let name = thread_name(tid).unwrap();
+        assert!(name.starts_with("gatehouse-"), "{tid}: {name}");
+        assert_eq!(thread_nice(tid), Some(19), "{tid} ({name})");
+    }
+    // The endpoints still answer end to end from their own thread.
+    assert_eq!(attempt(&gw, "alice", "wrong", None).await.status(), 400);
+    let token = gw.access_token("alice", "secret").await;
+    let me = client()
+        .get(gw.url("/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+
+    gw.shutdown().await;
+    drop(gw);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alive = || {
+        tids.iter()
+            .filter(|&&tid| thread_name(tid).is_some_and(|n| n.starts_with("gatehouse-")))
+            .count()
+    };
+    while alive() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(alive(), 0, "login threads outlived their app: {tids:?}");
+}
+
+#[tokio::test]
+async fn normal_priority_leaves_login_threads_at_the_process_priority() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[auth.password]\npriority = \"normal\"")
+        .start()
+        .await;
+    let own = thread_nice(gatehouse_tid()).unwrap();
+    for tid in gw.gateway.auth().login_thread_ids() {
+        assert_eq!(thread_nice(tid), Some(own), "{tid}");
+    }
+    gw.add_user("bob", "pw", &[], &[]).await;
+    assert_eq!(attempt(&gw, "bob", "pw", None).await.status(), 200);
+}
+
+fn gatehouse_tid() -> i32 {
+    gatehouse::auth::runtime::current_tid()
+}
