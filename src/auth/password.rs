@@ -22,6 +22,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use argon2::password_hash::Error as PhcError;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
@@ -179,7 +180,14 @@ impl Outcome {
 #[derive(Clone)]
 pub struct PasswordPool {
     inner: Arc<Inner>,
+    /// Longest a caller waits for its job's result before answering `Busy`.
+    max_wait: Duration,
 }
+
+/// Default for how long a caller waits for its hashing result. The queue bounds how much work is
+/// ahead of a job, not how long it takes: hashing threads run at low priority and get little CPU
+/// while proxied traffic saturates the machine.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
 struct Inner {
     params: HashParams,
@@ -284,6 +292,7 @@ impl PasswordPool {
                 tids,
                 capacity,
             }),
+            max_wait: DEFAULT_MAX_WAIT,
         })
     }
 
@@ -363,6 +372,12 @@ impl PasswordPool {
         self.run_admitted(admission, job).await
     }
 
+    /// The same pool with another bound on waiting for a result (see [`DEFAULT_MAX_WAIT`]).
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
     async fn run_admitted<T, F>(&self, admission: Admission, job: F) -> Result<T, PasswordError>
     where
         F: FnOnce(&Inner) -> T + Send + 'static,
@@ -383,7 +398,12 @@ impl PasswordPool {
             .unwrap_or_else(PoisonError::into_inner)
             .send(work)
             .map_err(|_| PasswordError::WorkerLost)?;
-        result.await.map_err(|_| PasswordError::WorkerLost)
+        // Past the bound the caller is answered `Busy`; the job keeps its place in the pool
+        // until it has run, so abandoning it frees nothing early.
+        match tokio::time::timeout(self.max_wait, result).await {
+            Ok(done) => done.map_err(|_| PasswordError::WorkerLost),
+            Err(_) => Err(PasswordError::Busy),
+        }
     }
 }
 
@@ -845,6 +865,28 @@ mod tests {
         let _ = job.await;
         assert!(matches!(pool.hash(pw("b")).await, Err(PasswordError::Busy)));
         wait_for_depth(&pool, 0).await;
+    }
+
+    #[tokio::test]
+    async fn starved_hashing_answers_busy_at_the_wait_bound_instead_of_hanging() {
+        let pool = pool(CHEAP, 1, 1).with_max_wait(Duration::from_millis(200));
+        // The one worker is held by a job that outlasts the bound (a starved or slow thread).
+        let holder = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(|_| std::thread::sleep(Duration::from_millis(1500)))
+                    .await
+            }
+        });
+        wait_for_depth(&pool, 1).await;
+        let started = Instant::now();
+        let waited = pool.hash(pw("queued")).await;
+        assert!(matches!(waited, Err(PasswordError::Busy)), "{waited:?}");
+        assert!(started.elapsed() < Duration::from_millis(1200));
+        assert!(matches!(holder.await.unwrap(), Err(PasswordError::Busy)));
+        // Both places come back once the work has really run.
+        wait_for_depth(&pool, 0).await;
+        assert!(pool.hash(pw("later")).await.is_ok());
     }
 
     #[test]
