@@ -117,6 +117,9 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// that have just gone idle: with 3,000 new connections a second each going idle after one
 /// request, 1 s kept about 95 MiB of hyper state alive, this about a quarter of it.
 const PARK_DELAY: Duration = Duration::from_millis(250);
+/// How often a connection that cannot be parked yet (a request in flight, or none since the last
+/// park) looks again.
+const PARK_RECHECK: Duration = Duration::from_secs(1);
 /// Pause after an accept error that is not about one connection (EMFILE, ENFILE, ENOBUFS...).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "connection limit reached" warning per this period, so a flood cannot flood the log.
@@ -537,7 +540,7 @@ async fn serve_connection<H, F>(
     permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
     handler: Arc<H>,
-    stop: watch::Receiver<()>,
+    mut stop: watch::Receiver<()>,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -551,17 +554,53 @@ async fn serve_connection<H, F>(
         _permit: permit,
         _open: crate::metrics::OpenConnection::new(),
     };
+    // Every phase but the parked one is boxed: the task's own future, allocated at its largest
+    // for the connection's whole life, holds only what a parked connection needs.
     if shared.tls.is_some() {
-        // Boxed: the handshake and TLS state would otherwise size every plaintext task as well,
-        // for its whole life.
         Box::pin(serve_tls(io, peer, local, shared, handler, stop)).await;
-    } else {
-        let info = ConnInfo {
-            peer,
-            local,
-            tls: false,
+        return;
+    }
+    let info = ConnInfo {
+        peer,
+        local,
+        tls: false,
+    };
+    let activity = Arc::new(Activity::new());
+    let opening = open_plaintext(io, info, &shared, &activity, &mut stop);
+    let Some((mut io, protocol)) = Box::pin(opening).await else {
+        return;
+    };
+    if protocol == Protocol::Http2 {
+        let serving = serve_http(io, info, protocol, &shared, handler, activity, stop);
+        Box::pin(serving).await;
+        return;
+    }
+
+    // Plaintext HTTP/1.1: serve until parked, wait alone, serve again.
+    let mut parked_after = None;
+    loop {
+        let session = serve_until_parked(
+            io,
+            info,
+            &shared,
+            &handler,
+            &activity,
+            parked_after,
+            &mut stop,
+        );
+        let Some(parked) = Box::pin(session).await else {
+            return;
         };
-        serve_plaintext(io, info, &shared, handler, stop).await;
+        io = parked;
+        shared.parks.fetch_add(1, Ordering::Relaxed);
+        parked_after = Some(activity.started());
+        if io.replay.is_empty() {
+            let limit = activity.idle_limit(shared.idle_limits());
+            let close_at = activity.idle_start() + limit.min(shared.header_read_timeout);
+            if !park(&io.stream.io, close_at, &mut stop).await {
+                return;
+            }
+        }
     }
 }
 
@@ -731,110 +770,93 @@ async fn read_opening(io: &mut (impl AsyncRead + Unpin)) -> io::Result<Opening> 
     }
 }
 
-async fn serve_plaintext<H, F>(
+/// Tells a plaintext connection's protocol from its first bytes, which the returned socket
+/// replays. `None` when the connection should close: nothing came in time, shutdown, or the
+/// client left.
+async fn open_plaintext(
     mut io: Permitted<TcpStream>,
     info: ConnInfo,
     shared: &Shared,
-    handler: Arc<H>,
-    mut stop: watch::Receiver<()>,
-) where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let activity = Arc::new(Activity::new());
+    activity: &Arc<Activity>,
+    stop: &mut watch::Receiver<()>,
+) -> Option<(PlainIo, Protocol)> {
     // The same bound the idle watchdog puts on the wait for a first request.
     let first_bytes_by = activity.origin + shared.idle_limits().first;
     let opening = tokio::select! {
         opening = read_opening(&mut io) => opening,
         () = tokio::time::sleep_until(first_bytes_by) => {
             debug!(peer = %info.peer, "nothing received before the first-request timeout");
-            return;
+            return None;
         }
-        _ = stop.changed() => return,
+        _ = stop.changed() => return None,
     };
-    let io = |replay| PlainIo {
+    let (replay, protocol) = match opening {
+        Ok(Opening::Http2(preface)) => (preface, Protocol::Http2),
+        Ok(Opening::Http1(head)) => (head, Protocol::Http1),
+        Ok(Opening::Closed) => return None,
+        Err(error) => {
+            debug!(peer = %info.peer, %error, "read failed before the first request");
+            return None;
+        }
+    };
+    let io = PlainIo {
         replay,
         stream: io,
         activity: activity.clone(),
     };
-    match opening {
-        Ok(Opening::Http2(preface)) => {
-            let io = io(preface);
-            let serving = serve_http(io, info, Protocol::Http2, shared, handler, activity, stop);
-            Box::pin(serving).await;
-        }
-        Ok(Opening::Http1(head)) => {
-            let io = io(head);
-            serve_parkable_http1(io, info, shared, handler, activity, stop).await;
-        }
-        Ok(Opening::Closed) => {}
-        Err(error) => debug!(peer = %info.peer, %error, "read failed before the first request"),
-    }
+    Some((io, protocol))
 }
 
-/// Serves plaintext HTTP/1.1, parking the connection whenever it has had no request in flight for
-/// [`PARK_DELAY`]: hyper's connection (its buffers included) is dropped, the socket waits alone,
-/// and the next request gets a fresh hyper connection. Bytes hyper had read but not parsed are
-/// replayed to the next one, in order.
-async fn serve_parkable_http1<H, F>(
-    mut io: PlainIo,
+/// Serves `io` with one hyper connection until it closes (`None`) or parks: then the socket comes
+/// back with the bytes hyper had read but not parsed in front.
+async fn serve_until_parked<H, F>(
+    io: PlainIo,
     info: ConnInfo,
     shared: &Shared,
-    handler: Arc<H>,
-    activity: Arc<Activity>,
-    mut stop: watch::Receiver<()>,
-) where
+    handler: &Arc<H>,
+    activity: &Arc<Activity>,
+    parked_after: Option<u64>,
+    stop: &mut watch::Receiver<()>,
+) -> Option<PlainIo>
+where
     H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let idle = shared.idle_limits();
-    let mut parked_after = None;
-    loop {
-        // hyper starts its header timer afresh; the head awaited since the connection went idle
-        // must still arrive within `header_read_timeout` of that moment.
-        let head_by = activity.idle_start() + shared.header_read_timeout;
-        let service = request_service(&activity, &handler, info, Protocol::Http1);
-        let mut connection = Box::new(
-            shared
-                .http1
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades(),
-        );
-        // Boxed like the connection: only the parked state stays in the task.
-        let ended = Box::pin(drive_parkable(
-            Pin::new(&mut *connection),
-            |c| c.graceful_shutdown(),
-            &activity,
-            idle,
-            head_by,
-            parked_after,
-            &mut stop,
-        ))
-        .await;
-        match ended {
-            Ok(Ended::Parked) => {}
-            Ok(Ended::Closed) => return,
-            Err(error) => {
-                debug!(peer = %info.peer, %error, "connection ended with an error");
-                return;
-            }
-        }
-        // `None` only after an upgrade, which a park never follows.
-        let Some(parts) = connection.into_parts() else {
-            return;
-        };
-        shared.parks.fetch_add(1, Ordering::Relaxed);
-        parked_after = Some(activity.started());
-        io = parts.io.into_inner();
-        io.unread(parts.read_buf);
-        if io.replay.is_empty() {
-            let close_at =
-                activity.idle_start() + activity.idle_limit(idle).min(shared.header_read_timeout);
-            if !park(&io.stream.io, close_at, &mut stop).await {
-                return;
-            }
+    // hyper starts its header timer afresh; the head awaited since the connection went idle
+    // must still arrive within `header_read_timeout` of that moment.
+    let head_by = activity.idle_start() + shared.header_read_timeout;
+    let service = request_service(activity, handler, info, Protocol::Http1);
+    let mut connection = shared
+        .http1
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let ended = drive_parkable(
+        Pin::new(&mut connection),
+        |c| c.graceful_shutdown(),
+        activity,
+        shared.idle_limits(),
+        head_by,
+        parked_after,
+        stop,
+    )
+    .await;
+    match ended {
+        Ok(Ended::Parked) => {}
+        Ok(Ended::Closed) => return None,
+        Err(error) => {
+            debug!(peer = %info.peer, %error, "connection ended with an error");
+            return None;
         }
     }
+    // `None` only after an upgrade, which a park never follows.
+    let http1::Parts {
+        io: parked,
+        read_buf,
+        ..
+    } = connection.into_parts()?;
+    let mut io = parked.into_inner();
+    io.unread(read_buf);
+    Some(io)
 }
 
 /// Waits, holding only the socket, for the client's next bytes. False when the connection should
@@ -1017,7 +1039,9 @@ impl Activity {
     async fn park_due(&self, delay: Duration, parked_after: Option<u64>) {
         loop {
             if self.in_flight.load(Ordering::Acquire) > 0 || parked_after == Some(self.started()) {
-                tokio::time::sleep(delay).await;
+                // Nothing wakes this when a request ends; look again later, but not so often that
+                // many long requests cost many timer wake-ups.
+                tokio::time::sleep(delay.max(PARK_RECHECK)).await;
                 continue;
             }
             let due = self.idle_start() + delay;
