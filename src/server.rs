@@ -117,9 +117,6 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// that have just gone idle: with 3,000 new connections a second each going idle after one
 /// request, 1 s kept about 95 MiB of hyper state alive, this about a quarter of it.
 const PARK_DELAY: Duration = Duration::from_millis(250);
-/// How often a connection that cannot be parked yet (a request in flight, or none since the last
-/// park) looks again.
-const PARK_RECHECK: Duration = Duration::from_secs(1);
 /// Pause after an accept error that is not about one connection (EMFILE, ENFILE, ENOBUFS...).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "connection limit reached" warning per this period, so a flood cannot flood the log.
@@ -897,6 +894,8 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: `park_due` must see the requests it has just started or ended.
+            biased;
             ended = connection.as_mut() => return ended.map(|()| Ended::Closed),
             _ = stop.changed(), if !closing => {
                 closing = true;
@@ -1035,21 +1034,30 @@ impl Activity {
 
     /// Resolves once no request has been in flight for `delay`, provided a request has started
     /// since the previous park (`parked_after`), so that a parked connection whose client sends
-    /// nothing complete is not parked over and over.
+    /// nothing complete is not parked over and over. Looks at the connection on every poll: it
+    /// must be polled after the connection itself (a `biased` select), which is where requests
+    /// start and end, so no timer runs while a request is in flight. The timer is moved only when
+    /// it would fire too late or has fired, not once per request.
     async fn park_due(&self, delay: Duration, parked_after: Option<u64>) {
-        loop {
-            if self.in_flight.load(Ordering::Acquire) > 0 || parked_after == Some(self.started()) {
-                // Nothing wakes this when a request ends; look again later, but not so often that
-                // many long requests cost many timer wake-ups.
-                tokio::time::sleep(delay.max(PARK_RECHECK)).await;
-                continue;
+        let mut timer = pin!(tokio::time::sleep(delay));
+        std::future::poll_fn(|cx| {
+            let parkable =
+                self.in_flight.load(Ordering::Acquire) == 0 && parked_after != Some(self.started());
+            if !parkable {
+                return Poll::Pending;
             }
             let due = self.idle_start() + delay;
             if Instant::now() >= due {
-                return;
+                return Poll::Ready(());
             }
-            tokio::time::sleep_until(due).await;
-        }
+            if timer.is_elapsed() || timer.deadline() > due {
+                timer.as_mut().reset(due);
+            }
+            // Early is fine: this runs again and re-arms for the rest.
+            let _ = timer.as_mut().poll(cx);
+            Poll::Pending
+        })
+        .await;
     }
 
     fn restart_idle_clock(&self) {
