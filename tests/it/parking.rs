@@ -1,5 +1,5 @@
 //! Idle plaintext HTTP/1.1 connections are parked by the server (hyper's state dropped, the
-//! socket kept) after a quarter of a second without a request. These tests leave connections idle past
+//! socket kept) after 50 ms without a request. These tests leave connections idle past
 //! that and check that the gateway behaves exactly as before: the next request is served on the
 //! same socket, keep-alive is kept, and a WebSocket upgrade still tunnels. The server's own unit
 //! tests prove that the park really happens.
@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::support::{GatewayBuilder, Upstream, route};
 
 const PUBLIC: &str = "auth = \"public\"";
-/// Longer than the server's park delay (250 ms).
+/// Longer than the server's park delay (50 ms).
 const PAST_THE_PARK: Duration = Duration::from_millis(600);
 
 /// Reads one response with a `Content-Length` body; returns it as text.
