@@ -35,9 +35,9 @@
 //! ends its hyper connection without closing the socket (`graceful_shutdown` on an idle hyper
 //! connection closes it at once; the socket's `poll_shutdown` is skipped while parking) and takes
 //! the socket and any bytes hyper had read but not parsed back with `into_parts`. hyper's buffers
-//! and connection state (most of the ~31 KiB an unparked connection holds) are freed; the socket then waits alone for readability,
-//! until the idle limit that applied (`min(idle_timeout, header_read_timeout)` from the end of the
-//! last request) or shutdown closes it. The next bytes get a fresh hyper connection, with unparsed
+//! and connection state (most of the ~31 KiB an unparked connection holds) are freed; the socket
+//! then waits alone for readability, until the idle limit that applied (`min(idle_timeout,
+//! header_read_timeout)` from the end of the last request) or shutdown closes it. The next bytes get a fresh hyper connection, with unparsed
 //! bytes replayed first, in order. A request head begun before a park must still complete within
 //! `header_read_timeout` of the moment the connection went idle, and a connection is parked at
 //! most once between two requests, so a slow client cannot use parks to stretch its head. An
