@@ -37,13 +37,14 @@
 //! the socket and any bytes hyper had read but not parsed back with `into_parts`. hyper's buffers
 //! and connection state (most of the ~31 KiB an unparked connection holds) are freed; the socket
 //! then waits alone for readability, until the idle limit that applied (`min(idle_timeout,
-//! header_read_timeout)` from the end of the last request) or shutdown closes it. The next bytes get a fresh hyper connection, with unparsed
-//! bytes replayed first, in order. A request head begun before a park must still complete within
-//! `header_read_timeout` of the moment the connection went idle, and a connection is parked at
-//! most once between two requests, so a slow client cannot use parks to stretch its head. An
-//! upgraded connection is never parked: hyper hands its socket to the tunnel. Busy keep-alive
-//! connections never wait `PARK_DELAY` and pay nothing. TLS connections are not parked: the rustls
-//! session (and its buffers) must live on with the socket, so only hyper's part could be freed.
+//! header_read_timeout)` from the end of the last request) or shutdown closes it. The next bytes
+//! get a fresh hyper connection, with unparsed bytes replayed first, in order. A request head
+//! begun before a park must still complete within `header_read_timeout` of the moment the
+//! connection went idle, and a connection is parked at most once between two requests, so a slow
+//! client cannot use parks to stretch its head. An upgraded connection is never parked: hyper
+//! hands its socket to the tunnel. Busy keep-alive connections never wait `PARK_DELAY` and pay
+//! nothing. TLS connections are not parked: the rustls session (and its buffers) must live on
+//! with the socket, so only hyper's part could be freed.
 //!
 //! Graceful shutdown signals every connection through a watch channel and calls hyper's
 //! `graceful_shutdown` on it. hyper-util's `GracefulShutdown` is not used: its `watch` takes the
