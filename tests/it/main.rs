@@ -7,6 +7,7 @@ mod identity;
 mod issuers;
 mod limits;
 mod ops;
+mod parking;
 mod proxy;
 mod security;
 mod tls;
