@@ -127,13 +127,22 @@ pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
     } else {
         Vec::new()
     };
-    // One pass over the names present rather than a lookup per hop-by-hop name.
-    remove_matching(headers, |name| {
-        HOP_BY_HOP.iter().any(|hop| hop.as_str().as_bytes() == name)
-            || name.starts_with(HOP_BY_HOP_PREFIX)
-            || is_protocol_alias(name)
-            || nominated.iter().any(|n| n.as_str().as_bytes() == name)
-    });
+    // One pass over the names present rather than a hashed lookup per hop-by-hop name; names
+    // compare cheaply as `HeaderName`s (standard ones by tag).
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let bytes = name.as_str().as_bytes();
+            HOP_BY_HOP.contains(name)
+                || nominated.contains(name)
+                || bytes.starts_with(HOP_BY_HOP_PREFIX)
+                || is_protocol_alias(bytes)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
 }
 
 /// Names with protocol meaning that must reach an upstream only in their one true spelling.
@@ -375,9 +384,6 @@ impl IpText {
 
 /// Removes every header whose name satisfies `doomed`. Allocates only when something matches.
 fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&[u8]) -> bool) {
-    if !headers.keys().any(|name| doomed(name.as_str().as_bytes())) {
-        return;
-    }
     let names: Vec<HeaderName> = headers
         .keys()
         .filter(|name| doomed(name.as_str().as_bytes()))
