@@ -177,7 +177,9 @@ impl AuthService {
         client: std::net::IpAddr,
     ) -> Result<Response<Body>, Rejection> {
         let auth = Arc::clone(self);
-        let work = async move { auth.serve(endpoint, req, client).await };
+        // Boxed: the endpoint's state machine is large, and inline it would sit in every proxied
+        // request's future too (the pipeline's future holds either branch), copied on each move.
+        let work = Box::pin(async move { auth.serve(endpoint, req, client).await });
         match self.endpoints.run(work).await {
             Ok(answer) => answer,
             Err(e) => {
