@@ -28,10 +28,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use hyper::body::Incoming;
 
 use crate::auth::claims::Identity;
+use crate::auth::endpoints::Endpoint;
 use crate::auth::service::AuthService;
 use crate::body::Body;
 use crate::config::{AuthMode, Config, IdentityHeaders, Route};
 use crate::error::Rejection;
+use crate::metrics::RouteMetrics;
 use crate::proxy::headers::{self, Forwarding, IdentityScrubber};
 use crate::proxy::path;
 use crate::proxy::{self as forward, ClientSettings, UpstreamClient};
@@ -52,6 +54,10 @@ pub struct Gateway {
     routes: RouteTable,
     /// Per-route state, in `routes` order.
     per_route: Vec<RouteState>,
+    /// Metric handles of the gateway's own endpoints, by `Endpoint as usize`.
+    endpoint_metrics: Vec<RouteMetrics>,
+    /// Metric handles for requests refused before a route or endpoint was chosen.
+    unrouted_metrics: RouteMetrics,
     scrubber: IdentityScrubber,
     auth: Arc<AuthService>,
 }
@@ -60,7 +66,7 @@ pub struct Gateway {
 /// connect timeout) and its metric handles.
 struct RouteState {
     client: UpstreamClient,
-    metrics: crate::metrics::RouteMetrics,
+    metrics: RouteMetrics,
 }
 
 /// What stage 1 learned about the request target.
@@ -86,7 +92,7 @@ impl Gateway {
             };
             per_route.push(RouteState {
                 client: UpstreamClient::new(&settings)?,
-                metrics: crate::metrics::RouteMetrics::new(&route.name),
+                metrics: RouteMetrics::new(&route.name),
             });
         }
         let ids = &config.auth.identity_headers;
@@ -95,6 +101,11 @@ impl Gateway {
             config,
             routes,
             per_route,
+            endpoint_metrics: Endpoint::ALL
+                .iter()
+                .map(|e| RouteMetrics::new(e.label()))
+                .collect(),
+            unrouted_metrics: RouteMetrics::new(UNROUTED),
             scrubber,
             auth,
         })
@@ -125,7 +136,7 @@ impl Gateway {
             Ok(response) => response,
             Err(rejection) => {
                 access.rejection = Some(rejection.reason());
-                count_rejection(&rejection, access.route.as_deref());
+                count_rejection(&rejection, access.route);
                 crate::error::respond(&rejection)
             }
         };
@@ -134,11 +145,11 @@ impl Gateway {
             .insert(&X_REQUEST_ID, request_id.clone());
         let latency = started.elapsed();
         let status = response.status().as_u16();
-        let route = access.route.as_deref().unwrap_or("-");
-        match access.route_state {
-            Some(state) => state.metrics.request(status, latency, access.upstream),
-            None => crate::metrics::request(route, status, latency, access.upstream),
-        }
+        let route = access.route.unwrap_or(UNROUTED);
+        access
+            .metrics
+            .unwrap_or(&self.unrouted_metrics)
+            .request(status, latency, access.upstream);
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),
@@ -175,7 +186,8 @@ impl Gateway {
             .filter(|_| req.method() == Method::GET);
 
         if let Some(endpoint) = self.auth.endpoint_for(&target.path) {
-            access.route = Some(format!("gatehouse:{}", endpoint.name()).into());
+            access.route = Some(endpoint.label());
+            access.metrics = self.endpoint_metrics.get(endpoint as usize);
             return self.auth.serve_apart(endpoint, req, client).await;
         }
 
@@ -185,12 +197,11 @@ impl Gateway {
             .ok_or(Rejection::NoRoute)?;
         let (route, state) = self
             .routes
-            .iter()
-            .nth(index)
+            .get(index)
             .zip(self.per_route.get(index))
             .ok_or(Rejection::NoRoute)?;
-        access.route = Some(route.name.as_str().into());
-        access.route_state = Some(state);
+        access.route = Some(&route.name);
+        access.metrics = Some(&state.metrics);
 
         let identity = self
             .authenticate(&req, route, target.query.as_deref())
@@ -553,6 +564,9 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
+/// The route label of requests refused before a route or endpoint was chosen.
+const UNROUTED: &str = "-";
+
 /// Correlates a request across the gateway's log, the upstream and the client.
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -627,9 +641,9 @@ fn raw_path_for_log(raw: &str) -> &str {
 struct AccessLog<'g> {
     path: Option<String>,
     /// The route's name, or `gatehouse:<endpoint>` for the gateway's own endpoints.
-    route: Option<std::borrow::Cow<'g, str>>,
-    /// Set when a configured route matched; its metric handles.
-    route_state: Option<&'g RouteState>,
+    route: Option<&'g str>,
+    /// The metric handles of that route or endpoint.
+    metrics: Option<&'g RouteMetrics>,
     sub: Option<String>,
     upstream: Option<std::time::Duration>,
     rejection: Option<&'static str>,

@@ -115,20 +115,6 @@ fn status_class(status: u16) -> usize {
     }
 }
 
-/// One finished request, for a label without [`RouteMetrics`] (the gateway's own endpoints and
-/// requests refused before routing): a registry lookup per call.
-pub fn request(route: &str, status: u16, total: Duration, upstream: Option<Duration>) {
-    let class = STATUS_CLASSES[status_class(status)];
-    counter!("gatehouse_requests_total", "route" => route.to_owned(), "status" => class)
-        .increment(1);
-    histogram!("gatehouse_request_duration_seconds", "route" => route.to_owned())
-        .record(total.as_secs_f64());
-    if let Some(upstream) = upstream {
-        histogram!("gatehouse_upstream_duration_seconds", "route" => route.to_owned())
-            .record(upstream.as_secs_f64());
-    }
-}
-
 /// One route's request metrics, registered when the gateway is built so that a proxied request
 /// records them without label allocations or registry lookups.
 pub struct RouteMetrics {
@@ -150,7 +136,7 @@ impl RouteMetrics {
         }
     }
 
-    /// The same series as [`request`] with this route's label.
+    /// One finished request on this route.
     pub fn request(&self, status: u16, total: Duration, upstream: Option<Duration>) {
         self.requests[status_class(status)].increment(1);
         self.duration.record(total.as_secs_f64());
@@ -182,25 +168,26 @@ pub fn hash_queue_depth(depth: usize) {
     gauge!("gatehouse_hash_queue_depth").set(depth as f64);
 }
 
-/// Called on every authenticated request, so its two handles are registered once.
-pub fn verify_cache(hit: bool) {
-    static HANDLES: OnceLock<[Counter; 2]> = OnceLock::new();
-    let [hits, misses] = HANDLES.get_or_init(|| {
-        install();
-        ["hit", "miss"].map(|result| counter!("gatehouse_verify_cache_total", "result" => result))
-    });
-    if hit { hits } else { misses }.increment(1);
+/// What the verification cache answered for one token.
+#[derive(Clone, Copy)]
+pub enum CacheLookup {
+    /// Verified earlier and still valid.
+    Hit,
+    /// Not known: verified now.
+    Miss,
+    /// Refused earlier for a reason that cannot change: refused again without verifying.
+    Refused,
 }
 
-/// A token refused earlier for a reason that cannot change, refused again without verifying.
-pub fn verify_cache_refused() {
-    static HANDLE: OnceLock<Counter> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            install();
-            counter!("gatehouse_verify_cache_total", "result" => "refused")
-        })
-        .increment(1);
+/// Called on every authenticated request, so its handles are registered once.
+pub fn verify_cache(lookup: CacheLookup) {
+    static HANDLES: OnceLock<[Counter; 3]> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        install();
+        ["hit", "miss", "refused"]
+            .map(|result| counter!("gatehouse_verify_cache_total", "result" => result))
+    });
+    handles[lookup as usize].increment(1);
 }
 
 pub fn upstream_error(kind: &'static str) {

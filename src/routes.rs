@@ -46,6 +46,11 @@ impl RouteTable {
         })
     }
 
+    /// The route at `index` in [`iter`](Self::iter) order.
+    pub fn get(&self, index: usize) -> Option<&Arc<Route>> {
+        self.routes.get(index)
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }

@@ -178,17 +178,32 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn name(self) -> &'static str {
+    /// Every endpoint, in declaration order (`ALL[e as usize] == e`), for per-endpoint state
+    /// built once.
+    pub const ALL: [Endpoint; 9] = [
+        Endpoint::Token,
+        Endpoint::Login,
+        Endpoint::Refresh,
+        Endpoint::Logout,
+        Endpoint::Revoke,
+        Endpoint::Me,
+        Endpoint::Register,
+        Endpoint::Jwks,
+        Endpoint::Unknown,
+    ];
+
+    /// Its label in the access log and the metrics, where route names stand for proxied requests.
+    pub fn label(self) -> &'static str {
         match self {
-            Endpoint::Token => "token",
-            Endpoint::Login => "login",
-            Endpoint::Refresh => "refresh",
-            Endpoint::Logout => "logout",
-            Endpoint::Revoke => "revoke",
-            Endpoint::Me => "me",
-            Endpoint::Register => "register",
-            Endpoint::Jwks => "jwks",
-            Endpoint::Unknown => "unknown",
+            Endpoint::Token => "gatehouse:token",
+            Endpoint::Login => "gatehouse:login",
+            Endpoint::Refresh => "gatehouse:refresh",
+            Endpoint::Logout => "gatehouse:logout",
+            Endpoint::Revoke => "gatehouse:revoke",
+            Endpoint::Me => "gatehouse:me",
+            Endpoint::Register => "gatehouse:register",
+            Endpoint::Jwks => "gatehouse:jwks",
+            Endpoint::Unknown => "gatehouse:unknown",
         }
     }
 }
@@ -851,6 +866,15 @@ fn no_store(mut response: Response<Body>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_sits_at_its_own_index_with_a_distinct_label() {
+        let mut labels = std::collections::HashSet::new();
+        for (i, endpoint) in Endpoint::ALL.into_iter().enumerate() {
+            assert_eq!(endpoint as usize, i, "{endpoint:?}");
+            assert!(labels.insert(endpoint.label()), "{endpoint:?}");
+        }
+    }
 
     #[test]
     fn requested_scope_never_widens_the_grant() {

@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::config::AuthConfig;
 use crate::error::Rejection;
 use crate::limits::{LimitClock, Limits};
+use crate::metrics::CacheLookup;
 use crate::store::{Store, StoreError};
 
 /// Most verified tokens remembered; beyond it new tokens are verified every time until the prune
@@ -183,7 +184,7 @@ impl AuthService {
         match self.endpoints.run(work).await {
             Ok(answer) => answer,
             Err(e) => {
-                tracing::error!(error = %e, endpoint = endpoint.name(), "endpoint failed");
+                tracing::error!(error = %e, endpoint = endpoint.label(), "endpoint failed");
                 Err(OAuthError::Server.into())
             }
         }
@@ -276,12 +277,10 @@ impl AuthService {
         let digest = crate::auth::tokens::refresh_digest(token);
         let leeway = self.config.leeway.as_secs() as i64;
         if let Some(hit) = self.cache.get(&digest) {
-            let fresh = hit.identity.exp + leeway > now
-                && hit
-                    .external_generation
-                    .is_none_or(|g| g == self.trusted.generation());
+            let fresh =
+                hit.identity.exp + leeway > now && self.keys_unchanged(hit.external_generation);
             if fresh {
-                crate::metrics::verify_cache(true);
+                crate::metrics::verify_cache(CacheLookup::Hit);
                 let identity = Arc::clone(&hit.identity);
                 drop(hit);
                 return self.not_revoked(identity, now);
@@ -290,16 +289,13 @@ impl AuthService {
             self.cache.remove(&digest);
         }
         if let Some(known) = self.refused.get(&digest) {
-            let fresh = known.until > now
-                && known
-                    .external_generation
-                    .is_none_or(|g| g == self.trusted.generation());
+            let fresh = known.until > now && self.keys_unchanged(known.external_generation);
             if fresh {
-                crate::metrics::verify_cache_refused();
+                crate::metrics::verify_cache(CacheLookup::Refused);
                 return Err(known.error.clone());
             }
         }
-        crate::metrics::verify_cache(false);
+        crate::metrics::verify_cache(CacheLookup::Miss);
         let keys = self.keys.load();
         // The kid decides whose policy applies: our own checks (typ first) would refuse an IdP's
         // token before ever looking at its key.
@@ -352,6 +348,12 @@ impl AuthService {
             external_generation,
         };
         self.cache.insert(digest, entry);
+    }
+
+    /// Whether a cached answer still stands for the keys it was reached with: our own keys
+    /// (`None`; a key reload clears both caches) or the external key-set generation it records.
+    fn keys_unchanged(&self, external_generation: Option<u64>) -> bool {
+        external_generation.is_none_or(|g| g == self.trusted.generation())
     }
 
     fn remember_refusal(
