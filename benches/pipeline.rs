@@ -92,11 +92,12 @@ fn bench_headers(c: &mut Criterion) {
     let scrubber = IdentityScrubber::new(&names.all_names(), &names.strip_prefixes).expect("names");
     let identity = identity();
     let template = request_headers();
+    let host = HeaderValue::from_static("api.example.com");
     let forwarding = Forwarding {
         peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         trusted_proxies: &[],
         proto: "http",
-        host: Some("api.example.com"),
+        host: Some(&host),
     };
 
     let mut group = c.benchmark_group("headers_20");

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODING};
-use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -71,12 +70,27 @@ struct RouteState {
 
 /// What stage 1 learned about the request target.
 struct Target {
-    /// Lowercase host without port, as the client addressed it.
-    host: String,
-    /// The host and port as sent, for `X-Forwarded-Host`.
-    authority: Authority,
+    /// The host and port as sent (the Host header or the HTTP/2 authority), for
+    /// `X-Forwarded-Host`; checked by [`host_len`].
+    authority: HeaderValue,
+    /// Bytes of `authority` before the port.
+    host_len: usize,
     path: String,
     query: Option<String>,
+}
+
+impl Target {
+    /// The host without port or trailing dots, in the client's letter case.
+    fn host(&self) -> &str {
+        let host = self
+            .authority
+            .as_bytes()
+            .get(..self.host_len)
+            .unwrap_or_default();
+        std::str::from_utf8(host)
+            .unwrap_or_default()
+            .trim_end_matches('.')
+    }
 }
 
 impl Gateway {
@@ -163,7 +177,7 @@ impl Gateway {
             status,
             latency_us = latency.as_micros() as u64,
             upstream_us = access.upstream.map(|d| d.as_micros() as u64),
-            sub = access.sub.as_deref().unwrap_or("-"),
+            sub = access.identity.as_ref().map_or("-", |identity| identity.sub.as_str()),
             rejected = access.rejection.unwrap_or("-"),
         );
         response
@@ -179,7 +193,9 @@ impl Gateway {
     ) -> Result<Response<Body>, Rejection> {
         check_method(req.method())?;
         let target = check_target(&req)?;
-        access.path = Some(target.path.clone());
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            access.path = Some(target.path.clone());
+        }
         check_framing(&req, self.config.server.max_body_bytes)?;
         let upgrade = scrub(req.headers_mut(), &self.scrubber)
             // RFC 6455 §4.1: the opening handshake is a GET.
@@ -193,7 +209,7 @@ impl Gateway {
 
         let index = self
             .routes
-            .position(Some(&target.host), req.method(), &target.path)
+            .position(Some(target.host()), req.method(), &target.path)
             .ok_or(Rejection::NoRoute)?;
         let (route, state) = self
             .routes
@@ -207,7 +223,7 @@ impl Gateway {
             .authenticate(&req, route, target.query.as_deref())
             .await?;
         if let Some(identity) = &identity {
-            access.sub = Some(identity.sub.clone());
+            access.identity = Some(identity.clone());
             authorise(route, identity)?;
         }
         // After scrubbing, so no Connection header can remove it.
@@ -223,7 +239,7 @@ impl Gateway {
             peer: conn.peer.ip(),
             trusted_proxies: &self.config.server.trusted_proxies,
             proto: if conn.tls { "https" } else { "http" },
-            host: Some(target.authority.as_str()),
+            host: Some(&target.authority),
         };
         headers::set_forwarding(req.headers_mut(), &forwarding);
 
@@ -308,18 +324,20 @@ impl Gateway {
 /// Stage 1.
 fn check_target(req: &Request<Incoming>) -> Result<Target, Rejection> {
     let uri = req.uri();
-    let authority = match req.version() {
+    let (authority, host_len) = match req.version() {
         Version::HTTP_2 | Version::HTTP_3 => {
-            let from_uri = uri.authority().cloned().ok_or(Rejection::MissingHost)?;
-            if !valid_authority(&from_uri) {
-                return Err(Rejection::BadHost);
-            }
-            if let Some(host) = single_host(req.headers())?
-                && !host.as_str().eq_ignore_ascii_case(from_uri.as_str())
+            let from_uri = uri.authority().ok_or(Rejection::MissingHost)?;
+            let host_len = host_len(from_uri.as_str().as_bytes()).ok_or(Rejection::BadHost)?;
+            if let Some((host, _)) = single_host(req.headers())?
+                && !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(from_uri.as_str().as_bytes())
             {
                 return Err(Rejection::HostMismatch);
             }
-            from_uri
+            let authority =
+                HeaderValue::from_str(from_uri.as_str()).map_err(|_| Rejection::BadHost)?;
+            (authority, host_len)
         }
         _ => {
             if uri.scheme().is_some() || uri.authority().is_some() {
@@ -328,24 +346,20 @@ fn check_target(req: &Request<Incoming>) -> Result<Target, Rejection> {
             single_host(req.headers())?.ok_or(Rejection::MissingHost)?
         }
     };
-    if authority.as_str().contains('@') {
-        return Err(Rejection::BadHost);
-    }
-    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(Rejection::BadHost);
-    }
-    let path = path::normalize(uri.path()).map_err(Rejection::BadPath)?;
-    Ok(Target {
-        host,
+    let target = Target {
         authority,
-        path,
+        host_len,
+        path: path::normalize(uri.path()).map_err(Rejection::BadPath)?,
         query: uri.query().map(str::to_owned),
-    })
+    };
+    if target.host().is_empty() {
+        return Err(Rejection::BadHost);
+    }
+    Ok(target)
 }
 
-/// The one `Host` header, parsed; two or more is an error.
-fn single_host(headers: &HeaderMap) -> Result<Option<Authority>, Rejection> {
+/// The one `Host` header and the length of its host part; two or more is an error.
+fn single_host(headers: &HeaderMap) -> Result<Option<(HeaderValue, usize)>, Rejection> {
     let mut values = headers.get_all(HOST).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -353,35 +367,52 @@ fn single_host(headers: &HeaderMap) -> Result<Option<Authority>, Rejection> {
     if values.next().is_some() {
         return Err(Rejection::DuplicateHost);
     }
-    let text = first.to_str().map_err(|_| Rejection::BadHost)?;
-    let authority = text.parse::<Authority>().map_err(|_| Rejection::BadHost)?;
-    valid_authority(&authority)
-        .then_some(Some(authority))
-        .ok_or(Rejection::BadHost)
+    let host_len = host_len(first.as_bytes()).ok_or(Rejection::BadHost)?;
+    Ok(Some((first.clone(), host_len)))
 }
 
-/// `host[:port]` as RFC 9110 §7.2 allows it: a registered name or an IP literal, and a port that
-/// fits in 16 bits. `http::uri::Authority` alone accepts `x:99999` and `[name]`.
-fn valid_authority(authority: &Authority) -> bool {
-    let host = authority.host();
-    let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+/// Bytes of a registered name (RFC 3986 §3.2.2 unreserved; percent-encodings and sub-delims are
+/// refused), indexed by byte.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        byte += 1;
+    }
+    table
+};
+
+/// The length of the host in `host[:port]` as RFC 9110 §7.2 allows it: a registered name of at
+/// most 253 bytes or a bracketed IPv6 literal, and a port of digits that fits in 16 bits. `None`
+/// for anything else (userinfo, `x:99999`, `[name]`, several colons, empty host).
+fn host_len(authority: &[u8]) -> Option<usize> {
+    let host = if authority.first() == Some(&b'[') {
+        let close = authority.iter().position(|&b| b == b']')?;
+        let literal = std::str::from_utf8(&authority[1..close]).ok()?;
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        &authority[..=close]
     } else {
-        !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        let end = authority
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(authority.len());
+        let name = &authority[..end];
+        if name.is_empty() || name.len() > 253 || !name.iter().all(|&b| REG_NAME[usize::from(b)]) {
+            return None;
+        }
+        name
     };
-    let port_ok = match authority.as_str().strip_prefix(host) {
-        None | Some("") => true,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok()),
+    let port_ok = match &authority[host.len()..] {
+        [] | [b':'] => true,
+        [b':', digits @ ..] => {
+            digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits).is_ok_and(|p| p.parse::<u16>().is_ok())
+        }
+        _ => false,
     };
-    host_ok && port_ok
+    port_ok.then_some(host.len())
 }
 
 /// Stage 1, first: methods the gateway never proxies (CONNECT tunnels, TRACE reflection).
@@ -639,12 +670,13 @@ fn raw_path_for_log(raw: &str) -> &str {
 
 #[derive(Default)]
 struct AccessLog<'g> {
+    /// The normalised path, kept only while the access log is on.
     path: Option<String>,
     /// The route's name, or `gatehouse:<endpoint>` for the gateway's own endpoints.
     route: Option<&'g str>,
     /// The metric handles of that route or endpoint.
     metrics: Option<&'g RouteMetrics>,
-    sub: Option<String>,
+    identity: Option<Arc<Identity>>,
     upstream: Option<std::time::Duration>,
     rejection: Option<&'static str>,
 }
@@ -652,6 +684,33 @@ struct AccessLog<'g> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_len_takes_names_ip_literals_and_16_bit_ports_only() {
+        for (authority, host) in [
+            ("api.example.com", "api.example.com"),
+            ("API.example.com:8443", "API.example.com"),
+            ("x:", "x"),
+            ("x:65535", "x"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("[::1]", "[::1]"),
+            ("[::1]:", "[::1]"),
+            ("[2001:db8::1]:443", "[2001:db8::1]"),
+        ] {
+            assert_eq!(
+                host_len(authority.as_bytes()),
+                Some(host.len()),
+                "{authority}"
+            );
+        }
+        for authority in [
+            "", ":80", "user@x", "x:65536", "x:+80", "x:8a", "x:1:2", "[::1]x", "[::1", "[x]",
+            "x y", "x/y", "x%41", "a,b",
+        ] {
+            assert_eq!(host_len(authority.as_bytes()), None, "{authority}");
+        }
+        assert_eq!(host_len("a".repeat(254).as_bytes()), None);
+    }
 
     #[test]
     fn fresh_request_ids_are_32_hex_digits_and_never_repeat_across_refills() {

@@ -31,7 +31,8 @@ impl RouteTable {
         Self { routes }
     }
 
-    /// The route for `host` (lowercase, no port), `method` and the normalised `path`.
+    /// The route for `host` (no port; letter case and trailing dots do not matter), `method` and
+    /// the normalised `path`.
     pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<Route>> {
         self.position(host, method, path).map(|i| &self.routes[i])
     }
@@ -40,8 +41,9 @@ impl RouteTable {
     /// callers that keep per-route state beside the table.
     pub fn position(&self, host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
         self.routes.iter().position(|r| {
-            r.host.as_deref().is_none_or(|h| Some(h) == host)
-                && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
+            r.host.as_deref().is_none_or(|h| {
+                host.is_some_and(|host| host.trim_end_matches('.').eq_ignore_ascii_case(h))
+            }) && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
                 && under_prefix(path, &r.path_prefix)
         })
     }
@@ -166,6 +168,22 @@ mod tests {
             upstream_uri(r, "/api", None).unwrap().to_string(),
             "http://127.0.0.1:1/base/"
         );
+    }
+
+    #[test]
+    fn host_matches_in_any_letter_case_and_with_a_trailing_dot() {
+        let t = table(&route("api", "/", "host = \"api.example.com\""));
+        for host in ["api.example.com", "API.Example.COM", "api.example.com."] {
+            assert_eq!(
+                found(&t, Some(host), Method::GET, "/x").as_deref(),
+                Some("api"),
+                "{host}"
+            );
+        }
+        for host in ["api.example.co", "xapi.example.com", ""] {
+            assert_eq!(found(&t, Some(host), Method::GET, "/x"), None, "{host}");
+        }
+        assert_eq!(found(&t, None, Method::GET, "/x"), None);
     }
 
     #[test]

@@ -288,7 +288,7 @@ pub struct Forwarding<'a> {
     /// "http" or "https": the scheme the client used to reach the gateway.
     pub proto: &'static str,
     /// The request's authority (Host), if it had one.
-    pub host: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Writes the forwarding headers.
@@ -310,7 +310,6 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             .iter()
             .any(|written| name != written.as_bytes() && alias_eq(name, written.as_bytes()))
     });
-    let host = f.host.and_then(|host| HeaderValue::from_str(host).ok());
 
     let mut peer_text = IpText::default();
     peer_text.write(peer);
@@ -319,10 +318,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         headers,
         &X_FORWARDED_PROTO,
         trusted,
-        HeaderValue::from_str(f.proto).ok(),
+        Some(HeaderValue::from_static(f.proto)),
     );
-    keep_or_replace(headers, &X_FORWARDED_HOST, trusted, host.clone());
-    let element = forwarded_element(peer, &peer_text, f.proto, host.as_ref());
+    keep_or_replace(headers, &X_FORWARDED_HOST, trusted, f.host.cloned());
+    let element = forwarded_element(peer, &peer_text, f.proto, f.host);
     append_or_replace(headers, &FORWARDED, trusted, &element);
 }
 
@@ -610,8 +609,37 @@ fn push_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
 
 /// RFC 9110 §5.6.2 `tchar`.
 fn is_tchar(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+    TCHAR[usize::from(byte)]
 }
+
+/// [`is_tchar`] by byte: this runs for every byte of every forwarded host.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        byte += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -1071,7 +1099,7 @@ mod tests {
                 peer: ip("203.0.113.9"),
                 trusted_proxies: &trusted,
                 proto: "http",
-                host: Some("app.example"),
+                host: Some(&HeaderValue::from_static("app.example")),
             },
         );
         assert_eq!(values(&headers, "x-forwarded-for"), ["203.0.113.9"]);
@@ -1118,7 +1146,7 @@ mod tests {
                 peer: ip("10.0.0.1"),
                 trusted_proxies: &trusted,
                 proto: "http",
-                host: Some("internal:8080"),
+                host: Some(&HeaderValue::from_static("internal:8080")),
             },
         );
         assert_eq!(
@@ -1143,7 +1171,7 @@ mod tests {
                 peer: ip("10.0.0.1"),
                 trusted_proxies: &trusted,
                 proto: "https",
-                host: Some("app.example"),
+                host: Some(&HeaderValue::from_static("app.example")),
             },
         );
         assert_eq!(values(&headers, "x-forwarded-for"), ["10.0.0.1"]);
@@ -1170,7 +1198,7 @@ mod tests {
                     peer: ip(peer),
                     trusted_proxies: &[],
                     proto: "https",
-                    host: Some("[2001:db8::2]:8443"),
+                    host: Some(&HeaderValue::from_static("[2001:db8::2]:8443")),
                 },
             );
             assert_eq!(

@@ -70,8 +70,45 @@ pub enum PathError {
 /// unreserved character, only uppercase percent-encodings, and is a valid
 /// [`http::uri::PathAndQuery`] with no query. Normalising it again returns it unchanged.
 pub fn normalize(raw: &str) -> Result<String, PathError> {
+    if is_canonical(raw.as_bytes()) {
+        return Ok(raw.to_owned());
+    }
     let canonical = canonicalize_bytes(raw.as_bytes())?;
     Ok(remove_dot_segments(&canonical))
+}
+
+/// Printable ASCII that step 1 keeps as it is, indexed by byte: not `%`, not refused by
+/// [`reject_raw`], not rewritten by [`needs_encoding`].
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0x21;
+    while byte < 0x7F {
+        let b = byte as u8;
+        table[byte] = !(matches!(b, b'%' | b'\\' | b';' | b'?' | b'#') || needs_encoding(b));
+        byte += 1;
+    }
+    table
+};
+
+/// Whether `raw` is already what [`normalize`] would return: one pass that most requests end in
+/// (the full normalisation allocates twice and walks the path twice). Only bytes that step 1
+/// keeps, and no empty (`//`), `.` or `..` segment except an empty last one (a trailing slash).
+fn is_canonical(raw: &[u8]) -> bool {
+    if raw.first() != Some(&b'/') {
+        return false;
+    }
+    let mut segment_start = 1;
+    for (at, &byte) in raw.iter().enumerate().skip(1) {
+        if byte == b'/' {
+            if matches!(&raw[segment_start..at], b"" | b"." | b"..") {
+                return false;
+            }
+            segment_start = at + 1;
+        } else if !PLAIN[usize::from(byte)] {
+            return false;
+        }
+    }
+    !matches!(&raw[segment_start..], b"." | b"..")
 }
 
 /// Whether `path` lies under `prefix` on a segment boundary: "/admin" covers "/admin",
@@ -296,7 +333,7 @@ fn is_unreserved(byte: u8) -> bool {
 
 /// Printable ASCII that RFC 3986 §3.3 does not allow raw in a path. Clients differ on whether
 /// they encode these, so they are encoded here to give each path a single spelling.
-fn needs_encoding(byte: u8) -> bool {
+const fn needs_encoding(byte: u8) -> bool {
     matches!(
         byte,
         b'"' | b'<' | b'>' | b'[' | b']' | b'^' | b'`' | b'{' | b'|' | b'}'
@@ -333,6 +370,55 @@ fn remove_dot_segments(canonical: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The full normalisation, without the [`is_canonical`] shortcut.
+    fn normalize_in_full(raw: &str) -> Result<String, PathError> {
+        Ok(remove_dot_segments(&canonicalize_bytes(raw.as_bytes())?))
+    }
+
+    #[test]
+    fn shortcut_agrees_with_the_full_normalisation_for_every_byte() {
+        for byte in 0..=u8::MAX {
+            let raw = [b'/', b'a', byte, b'b'];
+            let Ok(text) = std::str::from_utf8(&raw) else {
+                assert!(!is_canonical(&raw), "{raw:?}");
+                continue;
+            };
+            let full = normalize_in_full(text);
+            assert_eq!(is_canonical(&raw), full.as_deref() == Ok(text), "{text:?}");
+            assert_eq!(normalize(text), full, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn shortcut_agrees_with_the_full_normalisation_on_every_short_path() {
+        // Every string of up to 6 bytes over the bytes that matter to segments and encodings.
+        let alphabet = b"/.a%2E;\"";
+        let mut checked = 0;
+        let mut shortcut = 0;
+        let mut stack = vec![Vec::new()];
+        while let Some(raw) = stack.pop() {
+            let text = std::str::from_utf8(&raw).unwrap();
+            let full = normalize_in_full(text);
+            if is_canonical(&raw) {
+                shortcut += 1;
+                assert_eq!(full.as_deref(), Ok(text), "{text:?}");
+            }
+            assert_eq!(normalize(text), full, "{text:?}");
+            checked += 1;
+            if raw.len() < 6 {
+                for &byte in alphabet {
+                    let mut longer = raw.clone();
+                    longer.push(byte);
+                    stack.push(longer);
+                }
+            }
+        }
+        assert!(
+            checked > 100_000 && shortcut > 1_000,
+            "{checked} {shortcut}"
+        );
+    }
     use http::uri::PathAndQuery;
 
     fn assert_normalizes(cases: &[(&str, &str)]) {
