@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use gatehouse::auth::claims::Identity;
+use gatehouse::auth::claims::{Identity, IdentityValues};
 use gatehouse::config::Config;
 use gatehouse::gateway::inject_identity;
 use gatehouse::proxy::headers::{
@@ -67,10 +67,13 @@ fn request_headers() -> HeaderMap {
 }
 
 fn identity() -> Identity {
+    let roles = vec!["admin".into(), "ops".into()];
+    let scopes = vec!["read".into(), "write".into()];
     Identity {
+        values: IdentityValues::render("alice", &roles, &scopes),
         sub: "alice".into(),
-        roles: vec!["admin".into(), "ops".into()],
-        scopes: vec!["read".into(), "write".into()],
+        roles,
+        scopes,
         issuer: "gatehouse".into(),
         exp: 4_102_444_800,
         jti: Some("Qm9vdHN0cmFwcGVkSnRp".into()),

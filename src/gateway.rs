@@ -523,20 +523,23 @@ fn prepare_upstream_headers(
 /// Writes the identity headers. Values were checked to be header-safe by the verifier; mapped
 /// claims that cannot be carried in a header are left out rather than mangled.
 pub fn inject_identity(headers: &mut HeaderMap, identity: &Identity, names: &IdentityHeaders) {
-    let mut put = |name: &http::HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), v);
+    let values = &identity.values;
+    for (name, value) in [
+        (&names.user, &values.user),
+        (&names.roles, &values.roles),
+        (&names.scopes, &values.scopes),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
         }
-    };
-    put(&names.user, &identity.sub);
-    put(&names.roles, &identity.roles.join(","));
-    put(&names.scopes, &identity.scopes.join(","));
+    }
     for (header, claim) in &names.claims {
         if let Some(value) = claim_value(identity, claim)
             .as_ref()
             .and_then(claim_header_value)
+            .and_then(|value| HeaderValue::from_str(&value).ok())
         {
-            put(header, &value);
+            headers.insert(header, value);
         }
     }
 }

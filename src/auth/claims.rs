@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use http::HeaderValue;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Number, Value};
@@ -354,6 +355,30 @@ pub struct Identity {
     pub jti: Option<String>,
     pub client_id: Option<String>,
     pub extra: Map<String, Value>,
+    /// `sub`, `roles` and `scopes` as header values, rendered once from the fields above.
+    pub values: IdentityValues,
+}
+
+/// An identity's user, roles and scopes as header values. Rendered once per verified token: a
+/// cached identity is injected into every later request that presents the same token. A value
+/// that cannot be a header value is `None` (never, once [`check_identity_values`] passed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentityValues {
+    pub user: Option<HeaderValue>,
+    /// The roles joined with ','.
+    pub roles: Option<HeaderValue>,
+    /// The scopes joined with ','.
+    pub scopes: Option<HeaderValue>,
+}
+
+impl IdentityValues {
+    pub fn render(sub: &str, roles: &[String], scopes: &[String]) -> Self {
+        Self {
+            user: HeaderValue::from_str(sub).ok(),
+            roles: HeaderValue::from_str(&roles.join(",")).ok(),
+            scopes: HeaderValue::from_str(&scopes.join(",")).ok(),
+        }
+    }
 }
 
 #[cfg(test)]

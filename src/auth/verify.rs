@@ -26,8 +26,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use crate::auth::claims::{
-    AccessClaims, ClaimsError, Identity, MAX_JTI_BYTES, check_identity_values, is_header_safe,
-    parse_object,
+    AccessClaims, ClaimsError, Identity, IdentityValues, MAX_JTI_BYTES, check_identity_values,
+    is_header_safe, parse_object,
 };
 use crate::auth::keys::{KeyLookup, MAX_KID_BYTES};
 
@@ -334,6 +334,7 @@ impl Verifier {
             return Err(VerifyError::BadClaim("jti"));
         }
         Ok(Identity {
+            values: IdentityValues::render(&sub, &roles, &scopes),
             sub,
             roles,
             scopes,
