@@ -719,7 +719,9 @@ where
     service_fn(move |request: Request<Incoming>| {
         let in_flight = activity.begin();
         let refused = protocol == Protocol::Http1 && request.version() == Version::HTTP_2;
-        let answer = (!refused).then(|| handler(request, info));
+        // Boxed: hyper moves the service future several times before and while storing it, and
+        // the gateway's future is kilobytes large; a box is moved as one pointer.
+        let answer = (!refused).then(|| Box::pin(handler(request, info)));
         async move {
             let response = match answer {
                 Some(answer) => answer.await,
