@@ -901,41 +901,44 @@ where
     let started = activity.started();
     let mut closing = false;
     loop {
+        let park = (!closing).then_some(parked_after);
         tokio::select! {
-            // The connection first: `park_due` must see the requests it has just started or ended.
+            // The connection first: `next_due` must see the requests it has just started or ended.
             biased;
             ended = connection.as_mut() => return ended.map(|()| Ended::Closed),
             _ = stop.changed(), if !closing => {
                 closing = true;
                 close(connection.as_mut());
             }
-            () = activity.idle_for(idle) => {
-                if closing {
-                    debug!("connection ignored the close; dropping it");
+            due = activity.next_due(idle, Some((head_by, started)), park) => match due {
+                Due::Idle => {
+                    if closing {
+                        debug!("connection ignored the close; dropping it");
+                        return Ok(Ended::Closed);
+                    }
+                    closing = true;
+                    close(connection.as_mut());
+                    activity.restart_idle_clock();
+                }
+                Due::HeadOverdue => {
+                    debug!("no request head within the header read timeout");
                     return Ok(Ended::Closed);
                 }
-                closing = true;
-                close(connection.as_mut());
-                activity.restart_idle_clock();
-            }
-            () = activity.head_overdue(head_by, started) => {
-                debug!("no request head within the header read timeout");
-                return Ok(Ended::Closed);
-            }
-            () = activity.park_due(PARK_DELAY, parked_after), if !closing => {
-                // An idle hyper connection closes at once on `graceful_shutdown`, within this
-                // poll; `PlainIo` skips the socket shutdown while `parking` is set.
-                activity.parking.store(true, Ordering::Release);
-                close(connection.as_mut());
-                let polled =
-                    std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
-                activity.parking.store(false, Ordering::Release);
-                match polled {
-                    Poll::Ready(Ok(())) => return Ok(Ended::Parked),
-                    Poll::Ready(Err(error)) => return Err(error),
-                    // Not idle after all (a request body still being drained): it now closes
-                    // after the exchange, like an idle close.
-                    Poll::Pending => closing = true,
+                Due::Park => {
+                    // An idle hyper connection closes at once on `graceful_shutdown`, within
+                    // this poll; `PlainIo` skips the socket shutdown while `parking` is set.
+                    activity.parking.store(true, Ordering::Release);
+                    close(connection.as_mut());
+                    let polled =
+                        std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
+                    activity.parking.store(false, Ordering::Release);
+                    match polled {
+                        Poll::Ready(Ok(())) => return Ok(Ended::Parked),
+                        Poll::Ready(Err(error)) => return Err(error),
+                        // Not idle after all (a request body still being drained): it now closes
+                        // after the exchange, like an idle close.
+                        Poll::Pending => closing = true,
+                    }
                 }
             }
         }
@@ -962,7 +965,7 @@ where
                 closing = true;
                 close(connection.as_mut());
             }
-            () = activity.idle_for(idle) => {
+            _ = activity.next_due(idle, None, None) => {
                 if closing {
                     debug!("connection ignored the close; dropping it");
                     return Ok(());
@@ -973,6 +976,13 @@ where
             }
         }
     }
+}
+
+/// What [`Activity::next_due`] found due.
+enum Due {
+    Idle,
+    HeadOverdue,
+    Park,
 }
 
 #[derive(Clone, Copy)]
@@ -1032,61 +1042,68 @@ impl Activity {
         }
     }
 
-    /// Resolves at `head_by` if no request has started since `started` was read; otherwise never.
-    async fn head_overdue(&self, head_by: Instant, started: u64) {
-        tokio::time::sleep_until(head_by).await;
-        if self.started() != started {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// Resolves once no request has been in flight for `delay`, provided a request has started
-    /// since the previous park (`parked_after`), so that a parked connection whose client sends
-    /// nothing complete is not parked over and over. Looks at the connection on every poll: it
-    /// must be polled after the connection itself (a `biased` select), which is where requests
-    /// start and end, so no timer runs while a request is in flight. The timer is moved only when
-    /// it would fire too late or has fired, not once per request.
-    async fn park_due(&self, delay: Duration, parked_after: Option<u64>) {
-        let mut timer = pin!(tokio::time::sleep(delay));
+    /// Resolves with the first of these to come, on one timer (three timers polled on every
+    /// wake of the connection cost more than the rest of the connection glue):
+    /// - [`Due::Idle`]: no request in flight for the applicable idle limit;
+    /// - [`Due::HeadOverdue`], with `head` = `(head_by, started)`: `head_by` passed and no request
+    ///   started since [`started`](Self::started) read `started`;
+    /// - [`Due::Park`], with `park` = `Some(parked_after)`: no request in flight for
+    ///   [`PARK_DELAY`], and a request started since the previous park (`parked_after`), so that a
+    ///   parked connection whose client sends nothing complete is not parked over and over.
+    ///
+    /// Looks at the connection on every poll: it must be polled after the connection itself (a
+    /// `biased` select), which is where requests start and end, so no timer runs while a request
+    /// is in flight. The timer is moved only when it would fire too late or has fired, not once
+    /// per request; firing early is harmless (the next poll re-arms it for the rest).
+    async fn next_due(
+        &self,
+        limits: IdleLimits,
+        head: Option<(Instant, u64)>,
+        park: Option<Option<u64>>,
+    ) -> Due {
+        let mut timer = pin!(tokio::time::sleep(limits.first));
         std::future::poll_fn(|cx| {
-            let parkable =
-                self.in_flight.load(Ordering::Acquire) == 0 && parked_after != Some(self.started());
-            if !parkable {
-                return Poll::Pending;
+            let now = Instant::now();
+            let idle = self.in_flight.load(Ordering::Acquire) == 0;
+            let mut next: Option<Instant> = None;
+            let mut due = |at: Instant, what: Due| {
+                if now >= at {
+                    return Some(what);
+                }
+                next = Some(next.map_or(at, |next| next.min(at)));
+                None
+            };
+            let idle_start = self.idle_start();
+            if idle && let Some(what) = due(idle_start + self.idle_limit(limits), Due::Idle) {
+                return Poll::Ready(what);
             }
-            let due = self.idle_start() + delay;
-            if Instant::now() >= due {
-                return Poll::Ready(());
+            if let Some((head_by, started)) = head
+                && self.started() == started
+                && let Some(what) = due(head_by, Due::HeadOverdue)
+            {
+                return Poll::Ready(what);
             }
-            if timer.is_elapsed() || timer.deadline() > due {
-                timer.as_mut().reset(due);
+            if let Some(parked_after) = park
+                && idle
+                && parked_after != Some(self.started())
+                && let Some(what) = due(idle_start + PARK_DELAY, Due::Park)
+            {
+                return Poll::Ready(what);
             }
-            // Early is fine: this runs again and re-arms for the rest.
-            let _ = timer.as_mut().poll(cx);
+            if let Some(next) = next {
+                if timer.is_elapsed() || timer.deadline() > next {
+                    timer.as_mut().reset(next);
+                }
+                let _ = timer.as_mut().poll(cx);
+            }
             Poll::Pending
         })
-        .await;
+        .await
     }
 
     fn restart_idle_clock(&self) {
         let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.idle_since_ms.store(now, Ordering::Release);
-    }
-
-    /// Resolves once no request has been in flight for the applicable idle limit.
-    async fn idle_for(&self, limits: IdleLimits) {
-        loop {
-            let limit = self.idle_limit(limits);
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(limit).await;
-                continue;
-            }
-            let deadline = self.idle_start() + limit;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
     }
 }
 
