@@ -73,20 +73,18 @@ pub fn upstream_uri(route: &Route, normalised_path: &str, query: Option<&str>) -
     let forwarded = if route.strip_prefix {
         path::strip_prefix(normalised_path, &route.path_prefix)
     } else {
-        normalised_path.to_owned()
+        normalised_path
     };
-    let full_path = path::join_base(&route.upstream.base_path, &forwarded);
-    let path_and_query = match query {
-        Some(q) => PathAndQuery::try_from(format!("{full_path}?{q}")),
-        None => PathAndQuery::try_from(full_path),
+    let mut target = path::join_base(&route.upstream.base_path, forwarded);
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
     }
-    .ok()?;
-    Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(route.upstream.scheme.clone());
+    parts.authority = Some(route.upstream.authority.clone());
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]

@@ -128,11 +128,11 @@ pub fn under_prefix(path: &str, prefix: &str) -> bool {
 ///
 /// A `path` that is not under `prefix` is returned unchanged; callers strip only after a route
 /// matched, so that case is a caller bug, not a client input.
-pub fn strip_prefix(path: &str, prefix: &str) -> String {
+pub fn strip_prefix<'p>(path: &'p str, prefix: &str) -> &'p str {
     match rest_after_prefix(path, prefix) {
-        Some("") => "/".to_owned(),
-        Some(rest) => rest.to_owned(),
-        None => path.to_owned(),
+        Some("") => "/",
+        Some(rest) => rest,
+        None => path,
     }
 }
 
