@@ -23,8 +23,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// A streamed hyper body (a proxied response), boxed.
-pub fn incoming(body: hyper::body::Incoming) -> Body {
+/// A proxied response body, streamed, boxed.
+pub fn upstream(body: crate::proxy::UpstreamBody) -> Body {
     body.map_err(Into::into).boxed()
 }
 

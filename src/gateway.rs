@@ -317,7 +317,7 @@ impl Gateway {
             return Ok(Response::from_parts(parts, crate::body::empty()));
         }
         headers::remove_hop_by_hop_response(response.headers_mut());
-        Ok(response.map(crate::body::incoming))
+        Ok(response.map(crate::body::upstream))
     }
 }
 

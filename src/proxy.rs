@@ -1,12 +1,16 @@
 //! Forwarding requests to upstreams: the pooled upstream client, request-body limits and WebSocket tunnels.
 //!
 //! The client sends what it is given: an absolute URI and headers already cleaned by
-//! [`headers`]. Errors are classified from the error chain (`is_connect`, our own body errors),
-//! never from message text. The status each [`ProxyError`] stands for is written on its variant;
+//! [`headers`]; its connections are kept by [`pool`]. Errors are classified by where they
+//! happened (connecting or exchanging) and by our own body errors in the error chain, never from
+//! message text. The status each [`ProxyError`] stands for is written on its variant;
 //! the one mapping to HTTP responses lives with the integrator.
 
 pub mod headers;
 pub mod path;
+mod pool;
+
+pub use pool::{PoolError, UpstreamBody};
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -16,13 +20,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -73,7 +76,7 @@ impl Default for ClientSettings {
 pub enum ProxyError {
     /// No connection to the upstream: refused, unreachable, DNS, connect timeout, TLS. (502)
     #[error("cannot connect to the upstream")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] PoolError),
     /// The upstream sent no response head within the route timeout. (504)
     #[error("the upstream did not answer within {after:?}")]
     Timeout { after: Duration },
@@ -88,7 +91,7 @@ pub enum ProxyError {
     ClientBody(#[source] BoxError),
     /// Any other failure talking to the upstream. (502)
     #[error("the upstream request failed")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] PoolError),
     /// [`tunnel`] was given a response that does not switch protocols. (502)
     #[error("the upstream answered {status} to an upgrade request")]
     NotUpgraded { status: StatusCode },
@@ -112,7 +115,7 @@ pub enum ProxyError {
 /// `https` upstreams offer ALPN `h2` then `http/1.1`; `http` upstreams get HTTP/1.1.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Arc<pool::Pool>,
 }
 
 impl UpstreamClient {
@@ -147,13 +150,14 @@ impl UpstreamClient {
             .enable_http2()
             .wrap_connector(tcp);
 
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .build(connector);
-        Ok(Self { client })
+        let pool = pool::Pool::new(
+            connector,
+            settings.pool_idle_timeout,
+            settings.pool_max_idle_per_host,
+        );
+        Ok(Self {
+            pool: Arc::new(pool),
+        })
     }
 
     /// Sends `req` (absolute URI, headers already cleaned) and waits up to `timeout` for the
@@ -164,13 +168,12 @@ impl UpstreamClient {
     /// error: over HTTP/2 the body error may not survive in the error chain.
     pub async fn send(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        // Each hop speaks its own version (RFC 9110 §6.2): the client's is irrelevant upstream, and
-        // an HTTP/2 request on a pooled HTTP/1 connection would be refused. ALPN still picks h2.
-        *req.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        // Each hop speaks its own version (RFC 9110 §6.2): the pool sets the one of the
+        // connection it picked (HTTP/1.1, or HTTP/2 where TLS negotiated h2).
+        match tokio::time::timeout(timeout, self.pool.send(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(classify(error)),
             Err(_) => Err(ProxyError::Timeout { after: timeout }),
@@ -207,12 +210,12 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, ProxyError> {
     Ok(roots)
 }
 
-fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(error: PoolError) -> ProxyError {
     match body_failure(&error) {
         Some(BodyFailure::TooLarge { max }) => ProxyError::BodyTooLarge { max },
         Some(BodyFailure::Idle { idle }) => ProxyError::BodyTimeout { idle },
         Some(BodyFailure::Client) => ProxyError::ClientBody(Box::new(error)),
-        None if error.is_connect() => ProxyError::Connect(error),
+        None if matches!(error, PoolError::Connect { .. }) => ProxyError::Connect(error),
         None => ProxyError::Upstream(error),
     }
 }
@@ -427,7 +430,7 @@ impl http_body::Body for LimitedBody {
 /// permit of the client socket stays held until the tunnel ends.
 pub fn tunnel(
     client: OnUpgrade,
-    upstream_response: &mut Response<Incoming>,
+    upstream_response: &mut Response<impl Send>,
     idle: Duration,
 ) -> Result<JoinHandle<()>, ProxyError> {
     let status = upstream_response.status();
@@ -546,9 +549,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Version;
     use http::header::{CONNECTION, UPGRADE};
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioExecutor;
     use hyper_util::server::conn::auto;
     use std::convert::Infallible;
     use std::future::Future;
@@ -623,8 +628,8 @@ mod tests {
         })
     }
 
-    fn stream_back(response: Response<Incoming>) -> Response<Body> {
-        response.map(|incoming| incoming.map_err(BoxError::from).boxed())
+    fn stream_back(response: Response<UpstreamBody>) -> Response<Body> {
+        response.map(crate::body::upstream)
     }
 
     fn retarget<B>(request: &mut Request<B>, upstream: SocketAddr) {
