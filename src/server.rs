@@ -1054,7 +1054,8 @@ impl Activity {
     /// Looks at the connection on every poll: it must be polled after the connection itself (a
     /// `biased` select), which is where requests start and end, so no timer runs while a request
     /// is in flight. The timer is moved only when it would fire too late or has fired, not once
-    /// per request; firing early is harmless (the next poll re-arms it for the rest).
+    /// per request; firing early is harmless (the next poll re-arms it for the rest). A deadline
+    /// already past when it starts to apply fires on the timer's next tick.
     async fn next_due(
         &self,
         limits: IdleLimits,
@@ -1063,39 +1064,32 @@ impl Activity {
     ) -> Due {
         let mut timer = pin!(tokio::time::sleep(limits.first));
         std::future::poll_fn(|cx| {
-            let now = Instant::now();
             let idle = self.in_flight.load(Ordering::Acquire) == 0;
-            let mut next: Option<Instant> = None;
-            let mut due = |at: Instant, what: Due| {
-                if now >= at {
-                    return Some(what);
-                }
-                next = Some(next.map_or(at, |next| next.min(at)));
-                None
-            };
             let idle_start = self.idle_start();
-            if idle && let Some(what) = due(idle_start + self.idle_limit(limits), Due::Idle) {
-                return Poll::Ready(what);
-            }
-            if let Some((head_by, started)) = head
-                && self.started() == started
-                && let Some(what) = due(head_by, Due::HeadOverdue)
-            {
-                return Poll::Ready(what);
-            }
-            if let Some(parked_after) = park
-                && idle
-                && parked_after != Some(self.started())
-                && let Some(what) = due(idle_start + PARK_DELAY, Due::Park)
-            {
-                return Poll::Ready(what);
-            }
-            if let Some(next) = next {
-                if timer.is_elapsed() || timer.deadline() > next {
-                    timer.as_mut().reset(next);
+            // What applies now, in order of precedence.
+            let candidates = [
+                idle.then(|| (idle_start + self.idle_limit(limits), Due::Idle)),
+                head.filter(|&(_, started)| self.started() == started)
+                    .map(|(head_by, _)| (head_by, Due::HeadOverdue)),
+                park.filter(|&parked_after| idle && parked_after != Some(self.started()))
+                    .map(|_| (idle_start + PARK_DELAY, Due::Park)),
+            ];
+            let Some(next) = candidates.iter().flatten().map(|&(at, _)| at).min() else {
+                return Poll::Pending;
+            };
+            // The timer never waits past the nearest deadline, so nothing is due before it
+            // fires: the clock is read only then (a clock read per wake was measurable).
+            if timer.is_elapsed() {
+                let now = Instant::now();
+                if let Some((_, what)) = candidates.into_iter().flatten().find(|&(at, _)| now >= at)
+                {
+                    return Poll::Ready(what);
                 }
-                let _ = timer.as_mut().poll(cx);
+                timer.as_mut().reset(next);
+            } else if timer.deadline() > next {
+                timer.as_mut().reset(next);
             }
+            let _ = timer.as_mut().poll(cx);
             Poll::Pending
         })
         .await

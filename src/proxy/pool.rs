@@ -189,7 +189,12 @@ impl Pool {
             let mut sender = idle.sender;
             // The previous exchange may still be finishing inside the connection task (usually
             // a moment; longer if the upstream answered before reading the whole request body).
-            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+            if sender.is_ready()
+                || matches!(
+                    tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
                 return Some(Conn::Http1 {
                     sender,
                     pooled: true,
