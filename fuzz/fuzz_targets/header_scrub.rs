@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
-use gatehouse::auth::claims::Identity;
+use gatehouse::auth::claims::{Identity, IdentityValues};
 use gatehouse::config::{Config, IdentityHeaders};
 use gatehouse::gateway::inject_identity;
 use gatehouse::proxy::headers::{
@@ -92,10 +92,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    let (roles, scopes) = (vec!["user".to_owned()], vec!["read".to_owned()]);
     let identity = Identity {
+        values: IdentityValues::render("alice", &roles, &scopes),
         sub: "alice".into(),
-        roles: vec!["user".into()],
-        scopes: vec!["read".into()],
+        roles,
+        scopes,
         issuer: "gatehouse".into(),
         exp: 0,
         jti: None,
@@ -110,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
             peer,
             trusted_proxies: &[],
             proto: "https",
-            host: Some("gw.example"),
+            host: Some(&HeaderValue::from_static("gw.example")),
         },
     );
     let all = |name: &str| -> Vec<&[u8]> {
