@@ -943,7 +943,7 @@ impl RawAuth {
             }
         }
         if let Some(cookie) = &self.cookie
-            && (cookie.is_empty() || !cookie.bytes().all(is_tchar))
+            && (cookie.is_empty() || !cookie.bytes().all(crate::proxy::headers::is_tchar))
         {
             return Err(invalid(
                 "auth.cookie",
@@ -1110,7 +1110,7 @@ impl RawIdentityHeaders {
         }
         let mut strip_prefixes = Vec::new();
         for prefix in self.strip_prefixes {
-            if prefix.is_empty() || !prefix.bytes().all(is_tchar) {
+            if prefix.is_empty() || !prefix.bytes().all(crate::proxy::headers::is_tchar) {
                 return Err(invalid(
                     "auth.identity_headers.strip_prefixes",
                     format!("{prefix:?} is not a header-name prefix"),
@@ -1170,10 +1170,6 @@ pub fn fold_header(name: &str) -> String {
             b => b.to_ascii_lowercase() as char,
         })
         .collect()
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Role and scope names end up in comma- and space-joined header values.

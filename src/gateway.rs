@@ -371,19 +371,6 @@ fn single_host(headers: &HeaderMap) -> Result<Option<(HeaderValue, usize)>, Reje
     Ok(Some((first.clone(), host_len)))
 }
 
-/// Bytes of a registered name (RFC 3986 §3.2.2 unreserved; percent-encodings and sub-delims are
-/// refused), indexed by byte.
-const REG_NAME: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let b = byte as u8;
-        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        byte += 1;
-    }
-    table
-};
-
 /// The length of the host in `host[:port]` as RFC 9110 §7.2 allows it: a registered name of at
 /// most 253 bytes or a bracketed IPv6 literal, and a port of digits that fits in 16 bits. `None`
 /// for anything else (userinfo, `x:99999`, `[name]`, several colons, empty host).
@@ -399,7 +386,10 @@ fn host_len(authority: &[u8]) -> Option<usize> {
             .position(|&b| b == b':')
             .unwrap_or(authority.len());
         let name = &authority[..end];
-        if name.is_empty() || name.len() > 253 || !name.iter().all(|&b| REG_NAME[usize::from(b)]) {
+        // A registered name of RFC 3986 §3.2.2 unreserved bytes (percent-encodings and
+        // sub-delims are refused).
+        let reg_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if name.is_empty() || name.len() > 253 || !name.iter().all(reg_name) {
             return None;
         }
         name

@@ -607,8 +607,8 @@ fn push_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
 }
 
-/// RFC 9110 §5.6.2 `tchar`.
-fn is_tchar(byte: u8) -> bool {
+/// RFC 9110 §5.6.2 `tchar`: the bytes of a token (header names, cookie names, unquoted values).
+pub(crate) fn is_tchar(byte: u8) -> bool {
     TCHAR[usize::from(byte)]
 }
 
