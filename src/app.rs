@@ -65,6 +65,9 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
 
 /// Builds a pipeline (keys, hashing pool, upstream clients) on an open store.
 async fn build_gateway(config: Config, store: Arc<dyn Store>) -> Result<Gateway, AppError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let auth = Arc::new(AuthService::new(config.auth.clone(), store).await?);
     Ok(Gateway::new(Arc::new(config), auth)?)
 }

@@ -161,6 +161,9 @@ fn load(c: &ConfigArg) -> anyhow::Result<Config> {
 fn check_config(c: &ConfigArg) -> anyhow::Result<()> {
     let config = load(c)?;
     println!("configuration OK");
+    for warning in config.warnings() {
+        println!("warning   {warning}");
+    }
     print!("{}", summary(&config));
     Ok(())
 }
@@ -283,6 +286,24 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
         }
     };
     let _ = writeln!(out, "route      {}", route.name);
+    for other in table
+        .fitting(host.as_deref(), &method, &normalised)
+        .filter(|r| !std::sync::Arc::ptr_eq(r, route))
+    {
+        let why = if other.path_prefix.len() < route.path_prefix.len() {
+            "a shorter prefix"
+        } else {
+            "no host at the same prefix"
+        };
+        let _ = writeln!(
+            out,
+            "otherwise  {} ({}{}, {}) would match; loses by {why}",
+            other.name,
+            other.host.as_deref().unwrap_or(""),
+            other.path_prefix,
+            crate::config::policy_text(other),
+        );
+    }
     if normalised != uri.path() {
         let _ = writeln!(
             out,

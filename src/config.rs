@@ -235,6 +235,8 @@ pub struct RawRoute {
     pub require_any_role: Vec<String>,
     #[serde(default)]
     pub forward_token: bool,
+    #[serde(default)]
+    pub allow_shadowing: bool,
 }
 
 fn default_route_timeout() -> RawDuration {
@@ -635,6 +637,9 @@ pub struct Route {
     pub require_roles: Vec<String>,
     pub require_any_role: Vec<String>,
     pub forward_token: bool,
+    /// This route may take, for its host, requests that a host-less route with the same prefix
+    /// and a stronger auth policy would otherwise serve (see [`shadowings`]); logged as a warning.
+    pub allow_shadowing: bool,
 }
 
 /// An upstream base URL split into the parts the forwarder needs.
@@ -739,6 +744,14 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         Self::from_figment(figment.merge(env_provider()))
+    }
+
+    /// What a valid configuration still deserves a warning for, one line each: the shadowings
+    /// that `allow_shadowing` let through.
+    pub fn warnings(&self) -> Vec<String> {
+        shadowings(&self.routes)
+            .map(|s| format!("{s} (allowed by allow_shadowing)"))
+            .collect()
     }
 
     /// Parses TOML text (no environment): for tests and `check-config` of literal text.
@@ -1217,19 +1230,130 @@ fn validate_routes(raw: Vec<RawRoute>, auth_prefix: &str) -> Result<Vec<Route>, 
         }
         routes.push(route);
     }
+    if let Some(s) = shadowings(&routes).find(|s| !s.winner.allow_shadowing) {
+        return Err(invalid(
+            format!("routes[{}].allow_shadowing", s.winner.name),
+            format!(
+                "{s}; give both routes the same policy, or set allow_shadowing = true on route {:?} if that host is meant to be weaker",
+                s.winner.name
+            ),
+        ));
+    }
     Ok(routes)
+}
+
+/// The one precedence rule of the route table: among the routes that fit a request (host unset
+/// or equal to the request's, method allowed, path under the prefix on a segment boundary), the
+/// longest `path_prefix` wins; at equal length, a route naming the host wins over a host-less
+/// one. `Less` means `a` is tried before `b`. Routes that tie on both are never ambiguous: equal
+/// prefixes then have the same host, and [`same_requests`] refuses those whose methods overlap.
+pub fn precedence(a: &Route, b: &Route) -> std::cmp::Ordering {
+    b.path_prefix
+        .len()
+        .cmp(&a.path_prefix.len())
+        .then(b.host.is_some().cmp(&a.host.is_some()))
+}
+
+/// A route that wins, for its host, requests that another route with an equally long prefix
+/// and a stronger auth policy also matches. The only way [`precedence`] lets a route win
+/// without a longer prefix is by naming the host, so `winner` names a host and `shadowed` does
+/// not. A longer prefix winning is not shadowing: it is the documented, expected rule.
+#[derive(Debug)]
+pub struct Shadowing<'a> {
+    pub winner: &'a Route,
+    pub shadowed: &'a Route,
+}
+
+impl std::fmt::Display for Shadowing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (w, s) = (self.winner, self.shadowed);
+        write!(
+            f,
+            "route {:?} (host {}, prefix {}, {}) takes requests for its host that route {:?} (any host, prefix {}, {}) would otherwise serve with a stronger auth policy",
+            w.name,
+            w.host.as_deref().unwrap_or("*"),
+            w.path_prefix,
+            policy_text(w),
+            s.name,
+            s.path_prefix,
+            policy_text(s),
+        )
+    }
+}
+
+/// Every pair of routes where one shadows a stronger one (see [`Shadowing`]).
+pub fn shadowings(routes: &[Route]) -> impl Iterator<Item = Shadowing<'_>> {
+    routes.iter().flat_map(move |winner| {
+        routes
+            .iter()
+            .filter(move |shadowed| {
+                winner.host.is_some()
+                    && shadowed.host.is_none()
+                    && winner
+                        .path_prefix
+                        .eq_ignore_ascii_case(&shadowed.path_prefix)
+                    && methods_overlap(winner, shadowed)
+                    && !at_least_as_strict(winner, shadowed)
+            })
+            .map(move |shadowed| Shadowing { winner, shadowed })
+    })
+}
+
+fn methods_overlap(a: &Route, b: &Route) -> bool {
+    match (&a.methods, &b.methods) {
+        (Some(x), Some(y)) => x.iter().any(|m| y.contains(m)),
+        _ => true,
+    }
+}
+
+/// Whether every request `route` lets through, `other` would let through too: its auth mode
+/// is at least as strict, it requires every scope and role `other` requires, and it accepts no
+/// role outside `other`'s any-of list (or requires one in it outright).
+fn at_least_as_strict(route: &Route, other: &Route) -> bool {
+    let rank = |mode: AuthMode| match mode {
+        AuthMode::Public => 0,
+        // Optional lets a request without a token through, requirements and all.
+        AuthMode::Optional => 1,
+        AuthMode::Required => 2,
+    };
+    let all_in = |needed: &[String], have: &[String]| needed.iter().all(|n| have.contains(n));
+    let any_role_covered = other.require_any_role.is_empty()
+        || route
+            .require_roles
+            .iter()
+            .any(|r| other.require_any_role.contains(r))
+        || (!route.require_any_role.is_empty()
+            && all_in(&route.require_any_role, &other.require_any_role));
+    rank(route.auth) >= rank(other.auth)
+        && all_in(&other.require_scopes, &route.require_scopes)
+        && all_in(&other.require_roles, &route.require_roles)
+        && any_role_covered
+}
+
+/// The auth policy in a few words, for messages.
+pub fn policy_text(route: &Route) -> String {
+    let mut text = match route.auth {
+        AuthMode::Required => "auth required",
+        AuthMode::Optional => "auth optional",
+        AuthMode::Public => "public",
+    }
+    .to_owned();
+    for (what, list) in [
+        ("scopes", &route.require_scopes),
+        ("roles", &route.require_roles),
+        ("any role of", &route.require_any_role),
+    ] {
+        if !list.is_empty() {
+            text.push_str(&format!(", {what} {}", list.join(" ")));
+        }
+    }
+    text
 }
 
 /// Two routes are ambiguous when host and prefix are equal and their method sets intersect.
 fn same_requests(a: &Route, b: &Route) -> bool {
     // Prefixes match without regard to ASCII case (see proxy::path::under_prefix).
-    if a.host != b.host || !a.path_prefix.eq_ignore_ascii_case(&b.path_prefix) {
-        return false;
-    }
-    match (&a.methods, &b.methods) {
-        (Some(x), Some(y)) => x.iter().any(|m| y.contains(m)),
-        _ => true,
-    }
+    a.host == b.host && a.path_prefix.eq_ignore_ascii_case(&b.path_prefix) && methods_overlap(a, b)
 }
 
 impl RawRoute {
@@ -1316,6 +1440,7 @@ impl RawRoute {
             require_roles: self.require_roles,
             require_any_role: self.require_any_role,
             forward_token: self.forward_token,
+            allow_shadowing: self.allow_shadowing,
         })
     }
 }
@@ -1546,6 +1671,78 @@ mod tests {
     fn route_overlapping_auth_endpoints_is_rejected() {
         let e = err(&route("").replace("\"/api\"", "\"/auth/x\""));
         assert!(e.contains("gateway's own endpoints"), "{e}");
+    }
+
+    fn named(name: &str, prefix: &str, extra: &str) -> String {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:9000\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn host_route_weaker_than_a_host_less_route_at_the_same_prefix_is_refused() {
+        let admin = named("admin", "/admin", "require_roles = [\"admin\"]");
+        let www = |policy: &str| {
+            named(
+                "www",
+                "/Admin",
+                &format!("host = \"www.example.test\"\n{policy}"),
+            )
+        };
+        for weaker in [
+            "auth = \"public\"",
+            "auth = \"optional\"\nrequire_roles = [\"admin\"]",
+            "",
+            "require_any_role = [\"admin\", \"ops\"]",
+            "methods = [\"GET\"]\nrequire_roles = [\"ops\"]",
+        ] {
+            let e = err(&(admin.clone() + &www(weaker)));
+            assert!(e.contains("routes[www].allow_shadowing"), "{weaker}: {e}");
+            assert!(e.contains("\"admin\" (any host, prefix /admin"), "{e}");
+        }
+        for as_strict in [
+            "require_roles = [\"admin\"]",
+            "require_roles = [\"admin\", \"ops\"]\nrequire_scopes = [\"x\"]",
+        ] {
+            let config = Config::from_toml(&(admin.clone() + &www(as_strict))).unwrap();
+            assert!(config.warnings().is_empty(), "{as_strict}");
+        }
+        // A longer prefix winning is the rule, not shadowing; nor are disjoint methods.
+        Config::from_toml(
+            &(admin.clone() + &named("www", "/admin/pub", "host = \"w\"\nauth = \"public\"")),
+        )
+        .unwrap();
+        let get_only = named("admin", "/admin", "methods = [\"POST\"]");
+        Config::from_toml(&(get_only + &www("auth = \"public\"\nmethods = [\"GET\"]"))).unwrap();
+        // With the opt-in it loads, and says so.
+        let config =
+            Config::from_toml(&(admin + &www("auth = \"public\"\nallow_shadowing = true")))
+                .unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("allowed by allow_shadowing"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn any_role_policies_compare_by_the_roles_they_admit() {
+        let admin = named("admin", "/a", "require_any_role = [\"admin\", \"ops\"]");
+        for strict in [
+            "require_any_role = [\"ops\"]",
+            "require_roles = [\"admin\"]",
+        ] {
+            let text = admin.clone() + &named("h", "/a", &format!("host = \"h\"\n{strict}"));
+            Config::from_toml(&text).unwrap();
+        }
+        let text = admin
+            + &named(
+                "h",
+                "/a",
+                "host = \"h\"\nrequire_any_role = [\"ops\", \"dev\"]",
+            );
+        err(&text);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The route table: picks the route for a request by host, method and normalised path.
 //!
-//! Rules: routes naming the request's host are tried before host-less ones; among the routes
-//! whose method set fits, the longest `path_prefix` that covers the path on a segment boundary
-//! wins. Nothing matching means no route: the pipeline answers 404 and nothing is forwarded.
+//! The rule, one for every caller (the gateway, `routes explain`): among the routes that fit a
+//! request (host unset or equal to the request's, method allowed, path under the prefix on a
+//! segment boundary), the longest `path_prefix` wins; at equal length a route naming the host
+//! wins over a host-less one ([`crate::config::precedence`]). Nothing fitting means no route: the
+//! pipeline answers 404 and nothing is forwarded.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use http::{Method, Uri};
 use crate::config::Route;
 use crate::proxy::path::{self, under_prefix};
 
-/// Routes ordered for matching: host-specific first, then by descending prefix length.
+/// Routes in the order [`crate::config::precedence`] tries them.
 #[derive(Clone, Debug)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
@@ -22,12 +24,7 @@ impl RouteTable {
     pub fn new(routes: &[Route]) -> Self {
         let mut routes: Vec<Arc<Route>> = routes.iter().cloned().map(Arc::new).collect();
         // Stable sort keeps config order among equals; equals never overlap (config rejects it).
-        routes.sort_by(|a, b| {
-            b.host
-                .is_some()
-                .cmp(&a.host.is_some())
-                .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
-        });
+        routes.sort_by(|a, b| crate::config::precedence(a, b));
         Self { routes }
     }
 
@@ -40,12 +37,20 @@ impl RouteTable {
     /// Like [`find`](Self::find), as the route's index in [`iter`](Self::iter) order, for
     /// callers that keep per-route state beside the table.
     pub fn position(&self, host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
-        self.routes.iter().position(|r| {
-            r.host.as_deref().is_none_or(|h| {
-                host.is_some_and(|host| host.trim_end_matches('.').eq_ignore_ascii_case(h))
-            }) && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
-                && under_prefix(path, &r.path_prefix)
-        })
+        self.routes.iter().position(|r| fits(r, host, method, path))
+    }
+
+    /// Every route that fits the request, the winner first: what `routes explain` shows as the
+    /// routes that would otherwise have matched.
+    pub fn fitting<'t>(
+        &'t self,
+        host: Option<&'t str>,
+        method: &'t Method,
+        path: &'t str,
+    ) -> impl Iterator<Item = &'t Arc<Route>> {
+        self.routes
+            .iter()
+            .filter(move |r| fits(r, host, method, path))
     }
 
     /// The route at `index` in [`iter`](Self::iter) order.
@@ -64,6 +69,15 @@ impl RouteTable {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
     }
+}
+
+fn fits(route: &Route, host: Option<&str>, method: &Method, path: &str) -> bool {
+    route
+        .host
+        .as_deref()
+        .is_none_or(|h| host.is_some_and(|host| host.trim_end_matches('.').eq_ignore_ascii_case(h)))
+        && route.methods.as_ref().is_none_or(|ms| ms.contains(method))
+        && under_prefix(path, &route.path_prefix)
 }
 
 /// The upstream URI for a request on `route`: the route's scheme and authority, its base path
@@ -141,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn host_specific_routes_come_first() {
+    fn host_specific_routes_win_at_equal_prefix() {
         let t = table(&(route("any", "/", "") + &route("api", "/", "host = \"API.example.com\"")));
         assert_eq!(
             found(&t, Some("api.example.com"), Method::GET, "/x").as_deref(),
@@ -152,6 +166,30 @@ mod tests {
             Some("any")
         );
         assert_eq!(found(&t, None, Method::GET, "/x").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn a_longer_host_less_prefix_beats_a_shorter_host_specific_one() {
+        let t = table(
+            &(route("www", "/", "host = \"www.example.test\"\nauth = \"public\"")
+                + &route("admin", "/admin", "require_roles = [\"admin\"]")),
+        );
+        for host in ["www.example.test", "WWW.Example.Test", "www.example.test."] {
+            assert_eq!(
+                found(&t, Some(host), Method::GET, "/admin/users").as_deref(),
+                Some("admin"),
+                "{host}"
+            );
+            assert_eq!(
+                found(&t, Some(host), Method::GET, "/other").as_deref(),
+                Some("www")
+            );
+        }
+        let fitting: Vec<_> = t
+            .fitting(Some("www.example.test"), &Method::GET, "/admin/users")
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(fitting, ["admin", "www"]);
     }
 
     #[test]

@@ -70,3 +70,83 @@ fn environment_overrides_the_file() {
     );
     assert!(stdout.contains("127.0.0.1:18443"), "{stdout}");
 }
+
+/// The shadowing config of issue 20 item 1, at equal prefixes: a public route for one host that
+/// would take the requests a protected host-less route serves for every other host.
+fn shadowing(opt_in: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"http://127.0.0.1:9000\"\nrequire_roles = [\"admin\"]\n\n\
+         [[routes]]\nname = \"www\"\npath_prefix = \"/admin\"\nhost = \"www.example.test\"\nupstream = \"http://127.0.0.1:9001\"\nauth = \"public\"\n{opt_in}\n\n\
+         [[routes]]\nname = \"site\"\npath_prefix = \"/\"\nhost = \"www.example.test\"\nupstream = \"http://127.0.0.1:9001\"\nauth = \"public\"\n"
+    )
+}
+
+#[test]
+fn check_config_refuses_a_host_route_that_weakens_a_protected_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shadow.toml");
+    std::fs::write(&path, shadowing("")).unwrap();
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("routes[www].allow_shadowing"), "{stderr}");
+    assert!(stderr.contains("stronger auth policy"), "{stderr}");
+
+    std::fs::write(&path, shadowing("allow_shadowing = true")).unwrap();
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("warning   route \"www\"") && stdout.contains("allowed by allow_shadowing"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn routes_explain_names_the_routes_that_would_otherwise_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shadow.toml");
+    std::fs::write(&path, shadowing("allow_shadowing = true")).unwrap();
+    let explain = |host: &str, path_: &str| {
+        let out = gatehouse()
+            .args(["routes", "explain", "--config"])
+            .arg(&path)
+            .arg("GET")
+            .arg(format!("http://{host}{path_}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain("WWW.example.test:80", "/admin/users");
+    assert!(text.contains("route      www"), "{text}");
+    assert!(
+        text.contains("otherwise  admin (/admin, auth required, roles admin) would match; loses by no host at the same prefix"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "otherwise  site (www.example.test/, public) would match; loses by a shorter prefix"
+        ),
+        "{text}"
+    );
+    let text = explain("other.test", "/admin/users");
+    assert!(text.contains("route      admin"), "{text}");
+    assert!(!text.contains("otherwise"), "{text}");
+}

@@ -326,6 +326,39 @@ async fn reload_swaps_routes_and_an_invalid_file_keeps_the_running_config() {
     );
 }
 
+/// A reload must not bring in what check-config refuses: a host route weaker than the
+/// host-less route at the same prefix. The running table keeps answering 401.
+#[tokio::test]
+async fn reload_refuses_a_host_route_that_weakens_a_protected_prefix() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let admin = route("admin", "/admin", &up.url(), "require_roles = [\"admin\"]");
+    let gw = GatewayBuilder::new(&admin)
+        .start_from_file(dir, &file)
+        .await;
+    let www = route(
+        "www",
+        "/admin",
+        &up.url(),
+        "host = \"127.0.0.1\"\nauth = \"public\"",
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n{www}")).unwrap();
+    let err = gw.app.reload().await.unwrap_err().to_string();
+    assert!(err.contains("allow_shadowing"), "{err}");
+    assert_eq!(
+        client()
+            .get(gw.url("/admin/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert!(up.seen().is_empty());
+}
+
 fn cert(name: &str) -> (String, String) {
     let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), name.into()]).unwrap();
     (c.cert.pem(), c.signing_key.serialize_pem())

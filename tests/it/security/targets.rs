@@ -268,3 +268,58 @@ async fn the_upstream_receives_exactly_the_path_that_was_authorised() {
         assert_eq!(seen[before].target, *forwarded, "{sent:?}");
     }
 }
+
+/// A public route for one host must not open a longer, protected prefix that names no host:
+/// the longest prefix wins whatever the host (issue 20, item 1: this answered 200).
+#[tokio::test]
+async fn host_specific_public_route_cannot_shadow_a_longer_protected_prefix() {
+    let up = Recorder::start().await;
+    let gw = GatewayBuilder::route(
+        "www",
+        "/",
+        &up.url(),
+        "host = \"www.example.test\"\nauth = \"public\"",
+    )
+    .and(&route(
+        "admin",
+        "/admin",
+        &up.url(),
+        "require_roles = [\"admin\"]",
+    ))
+    .start()
+    .await;
+    for host in [
+        "www.example.test",
+        "WWW.Example.TEST",
+        "www.example.test:80",
+        "www.example.test.",
+        "www.example.test.:8080",
+        "other.test",
+    ] {
+        for target in [
+            "/admin/users",
+            "/admin",
+            "/ADMIN/users",
+            "/x/../admin/users",
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let status = status_of(gw.addr, head.as_bytes()).await;
+            assert_eq!(status, 401, "{host} {target}");
+        }
+    }
+    up.assert_untouched();
+
+    // A token without the role is refused by the protected route, not waved through.
+    gw.add_user("bob", "pw-bob-1234", &["user"], &[]).await;
+    let token = gw.access_token("bob", "pw-bob-1234").await;
+    let head = format!(
+        "GET /admin/users HTTP/1.1\r\nHost: www.example.test\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    assert_eq!(status_of(gw.addr, head.as_bytes()).await, 403);
+    up.assert_untouched();
+
+    // The host's own public route still serves everything else.
+    let head = b"GET /about HTTP/1.1\r\nHost: www.example.test\r\n\r\n";
+    assert_eq!(status_of(gw.addr, head).await, 200);
+    assert_eq!(up.targets(), ["/about"]);
+}
