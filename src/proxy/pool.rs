@@ -11,9 +11,11 @@
 //!
 //! Rules: a connection is handed out only when it is open, was idle for less than the idle
 //! timeout and hyper says it is ready; a body dropped before its end (or a `101` response) never
-//! returns its connection; a request is sent again on a fresh connection only when hyper returns
-//! it unsent (a pooled connection closed under it). Idle connections are closed by a sweeper task
-//! once they are older than the idle timeout, so an upstream sees no socket held longer than that.
+//! returns its connection. A request is sent again when hyper returns it unsent (a pooled
+//! connection closed under it), or, once and on a new connection, when it is a bodiless GET, HEAD
+//! or OPTIONS whose reused connection closed before any response: never a request that may have
+//! changed something upstream. Idle connections are closed by a sweeper task once they are older
+//! than the idle timeout, so an upstream sees no socket held longer than that.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Parts, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
@@ -120,8 +122,14 @@ impl Pool {
     /// in time here: the caller puts the whole exchange under its timeout.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, PoolError> {
         let origin = self.origin(req.uri())?;
+        // Set once a replayed request is under way: it goes on a new connection, and only once.
+        let mut replaying = false;
         loop {
-            let conn = match self.checkout(&origin).await {
+            let pooled = match replaying {
+                false => self.checkout(&origin).await,
+                true => None,
+            };
+            let conn = match pooled {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future (TLS, handshakes) is large enough
                 // that carrying it inline made every request's future kilobytes bigger.
@@ -137,14 +145,23 @@ impl Pool {
                 }
                 Conn::Http1 { mut sender, pooled } => {
                     prepare_http1(&mut req, &origin.host);
+                    let replay = if pooled { replay_copy(&req) } else { None };
                     match sender.try_send_request(req).await {
                         Ok(response) => return Ok(finish_http1(response, sender, &origin)),
-                        Err(mut failed) => match failed.take_message() {
+                        Err(mut failed) => match (failed.take_message(), replay) {
                             // Never written: the pooled connection closed under it. Another
                             // idle connection or a fresh one gets it.
-                            Some(unsent) if pooled => {
+                            (Some(unsent), _) if pooled => {
                                 debug!(error = %failed.error(), "pooled upstream connection closed; retrying");
                                 req = unsent;
+                            }
+                            // Written, but the reused connection closed before a response:
+                            // the upstream's keep-alive ran out as the request arrived. Safe
+                            // to send again; a request that may have changed something is not.
+                            (None, Some(copy)) if closed_before_response(failed.error()) => {
+                                debug!(error = %failed.error(), "pooled upstream connection closed before answering; sending again on a new one");
+                                req = copy;
+                                replaying = true;
                             }
                             _ => return Err(PoolError::Exchange(failed.into_error())),
                         },
@@ -333,6 +350,44 @@ async fn sweep(origin: Weak<Origin>, timeout: Duration) {
         };
         origin.drop_expired(timeout);
     }
+}
+
+/// A copy of `req` to send again should a reused connection die under it, for the requests that
+/// can be repeated without their sender noticing: safe methods (RFC 9110 §9.2.1; RFC 9112 §9.3.1
+/// lets a client retry them automatically) with no body to replay. `None` for everything else.
+///
+/// Every bodiless GET on a pooled connection pays for this copy of its head (method, URI and
+/// headers, whose values share their bytes): the price of not failing it when the upstream's
+/// keep-alive ends just as it is sent.
+fn replay_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether an exchange failed because the connection was closed or reset before a complete
+/// response head came back (hyper reports nothing else before the head as these kinds).
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let io = std::error::Error::source(error).and_then(|e| e.downcast_ref::<std::io::Error>());
+    io.is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    })
 }
 
 /// HTTP/1.1 wants origin-form and a `Host` header.
@@ -625,6 +680,57 @@ mod tests {
         let error = pool.send(post).await.unwrap_err();
         assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
         assert_eq!(counts.get().2, 2, "the POST reached the upstream twice");
+    }
+
+    /// A raw upstream answering the first request on each connection and resetting the
+    /// connection (RST, not FIN) when a second one arrives; returns connections accepted.
+    async fn resetting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let _ = stream.read(&mut byte).await;
+                    let _ = stream.set_zero_linger();
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_reused_connection_is_reset_is_sent_again_on_a_new_one() {
+        let (addr, accepted) = resetting_upstream().await;
+        let pool = pool(Duration::from_secs(30), 8);
+        for _ in 0..3 {
+            assert_eq!(
+                fetch(&pool, get(addr, "/")).await,
+                (StatusCode::OK, "ok".into())
+            );
+        }
+        // 1 + 2 retries: each reuse was reset and its request sent again on a fresh connection.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        let post = Request::post(format!("http://{addr}/"))
+            .body(crate::body::full("payload"))
+            .unwrap();
+        let error = pool.send(post).await.unwrap_err();
+        assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
     }
 
     #[tokio::test]

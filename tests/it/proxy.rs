@@ -520,6 +520,14 @@ struct RawCounts {
     requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl RawCounts {
+    /// (connections accepted, request heads read).
+    fn get(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.accepted.load(SeqCst), self.requests.load(SeqCst))
+    }
+}
+
 /// A hand-written HTTP/1.1 upstream, for failures hyper's server cannot be made to produce.
 /// `GET /stall` gets a head promising 1000 body bytes, 10 of them, and then nothing while the
 /// socket stays open; anything else gets `200 ok` with `extra_head` (header lines ending in
@@ -707,4 +715,40 @@ async fn stalled_upstream_body_is_cut_after_the_body_timeout() {
     assert_eq!(metric(SERIES) - before, 2.0);
     drop(h2);
     gw.shutdown().await;
+}
+
+/// The upstream's keep-alive in the pool tests, and the pause between requests: just past it.
+const UPSTREAM_KEEP_ALIVE: Duration = Duration::from_millis(150);
+const PAST_THE_KEEP_ALIVE: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn pooled_connection_closed_by_upstream_is_retried_once() {
+    let (upstream, counts) = raw_upstream(Some(UPSTREAM_KEEP_ALIVE), "").await;
+    let gw = GatewayBuilder::route("all", "/", &format!("http://{upstream}"), PUBLIC)
+        .start()
+        .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(c.get(gw.url("/x")).send().await.unwrap().status().as_u16());
+        tokio::time::sleep(PAST_THE_KEEP_ALIVE).await;
+    }
+    assert_eq!(statuses, [200; 10]);
+    // Each reuse met a dead connection and was sent once more, on a new one; never more.
+    assert_eq!(counts.get(), (10, 19));
+}
+
+#[tokio::test]
+async fn request_with_a_body_is_not_sent_twice_when_its_pooled_connection_dies() {
+    let (upstream, counts) = raw_upstream(Some(UPSTREAM_KEEP_ALIVE), "").await;
+    let gw = GatewayBuilder::route("all", "/", &format!("http://{upstream}"), PUBLIC)
+        .start()
+        .await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    tokio::time::sleep(PAST_THE_KEEP_ALIVE).await;
+    // The upstream read this POST before the connection died: it may have acted on it.
+    let r = c.post(gw.url("/orders")).body("buy").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(counts.get(), (1, 2), "the POST reached the upstream twice");
 }
