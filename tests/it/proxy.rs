@@ -752,3 +752,26 @@ async fn request_with_a_body_is_not_sent_twice_when_its_pooled_connection_dies()
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(counts.get(), (1, 2), "the POST reached the upstream twice");
 }
+
+#[tokio::test]
+async fn upstream_keep_alive_timeout_is_honoured() {
+    // The upstream says it keeps idle connections 1 s, and drops the next request after that.
+    let advertised = Duration::from_secs(1);
+    let (upstream, counts) = raw_upstream(Some(advertised), "Keep-Alive: timeout=1\r\n").await;
+    let gw = GatewayBuilder::route("all", "/", &format!("http://{upstream}"), PUBLIC)
+        .start()
+        .await;
+    let c = client();
+    let post = || c.post(gw.url("/orders")).body("buy").send();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    // Well within the advertised time the connection is reused.
+    assert_eq!(post().await.unwrap().status(), 200);
+    assert_eq!(counts.get(), (1, 2));
+    // Past it, the pool has retired the connection: a new one carries the request, which is
+    // never sent on a dead connection (a POST could not be sent again).
+    for round in 1..=2 {
+        tokio::time::sleep(advertised + Duration::from_millis(100)).await;
+        assert_eq!(post().await.unwrap().status(), 200, "round {round}");
+        assert_eq!(counts.get(), (1 + round, 2 + round));
+    }
+}
