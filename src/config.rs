@@ -46,6 +46,12 @@ pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 pub const DEFAULT_ROUTE_TIMEOUT: &str = "30s";
 /// Default upstream connect timeout of a route.
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+/// Default longest gap between two chunks of an upstream response body; then the client's
+/// response is cut.
+pub const DEFAULT_ROUTE_BODY_TIMEOUT: &str = "30s";
+/// Longest `body_timeout` a route accepts: long enough for quiet event streams, short enough
+/// that a stalled upstream cannot hold a client connection for ever.
+pub const MAX_ROUTE_BODY_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// Default idle time of pooled upstream connections.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: &str = "90s";
 /// Default pooled idle connections kept per upstream host.
@@ -227,6 +233,8 @@ pub struct RawRoute {
     pub timeout: RawDuration,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: RawDuration,
+    #[serde(default = "default_route_body_timeout")]
+    pub body_timeout: RawDuration,
     #[serde(default)]
     pub require_scopes: Vec<String>,
     #[serde(default)]
@@ -245,6 +253,10 @@ fn default_route_timeout() -> RawDuration {
 
 fn default_connect_timeout() -> RawDuration {
     DEFAULT_CONNECT_TIMEOUT.into()
+}
+
+fn default_route_body_timeout() -> RawDuration {
+    DEFAULT_ROUTE_BODY_TIMEOUT.into()
 }
 
 /// How a route treats access tokens.
@@ -633,6 +645,8 @@ pub struct Route {
     pub auth: AuthMode,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Longest gap between two chunks of the upstream's response body.
+    pub body_timeout: Duration,
     pub require_scopes: Vec<String>,
     pub require_roles: Vec<String>,
     pub require_any_role: Vec<String>,
@@ -1436,6 +1450,7 @@ impl RawRoute {
             auth: self.auth,
             timeout: nonzero(&format!("{key}.timeout"), &self.timeout)?,
             connect_timeout: nonzero(&format!("{key}.connect_timeout"), &self.connect_timeout)?,
+            body_timeout: route_body_timeout(&format!("{key}.body_timeout"), &self.body_timeout)?,
             require_scopes: self.require_scopes,
             require_roles: self.require_roles,
             require_any_role: self.require_any_role,
@@ -1552,6 +1567,14 @@ fn positive(key: &str, n: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn route_body_timeout(key: &str, d: &RawDuration) -> Result<Duration, ConfigError> {
+    let d = nonzero(key, d)?;
+    if d > MAX_ROUTE_BODY_TIMEOUT {
+        return Err(invalid(key, "must be at most 1d"));
+    }
+    Ok(d)
+}
+
 fn nonzero(key: &str, d: &RawDuration) -> Result<Duration, ConfigError> {
     let d = d.parse(key)?;
     if d.is_zero() {
@@ -1592,6 +1615,23 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(c.auth.access_token_lifetime, Duration::from_secs(900));
         assert_eq!(c.auth.leeway, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn route_body_timeout_defaults_to_its_constant_and_is_bounded() {
+        let default = RawDuration::from(DEFAULT_ROUTE_BODY_TIMEOUT)
+            .parse("default")
+            .unwrap();
+        let c = Config::from_toml(&route("")).unwrap();
+        assert_eq!(c.routes[0].body_timeout, default);
+        let example = Config::from_toml(include_str!("../config/gatehouse.example.toml")).unwrap();
+        assert_eq!(example.routes[0].body_timeout, default);
+        let c = Config::from_toml(&route("body_timeout = \"300ms\"")).unwrap();
+        assert_eq!(c.routes[0].body_timeout, Duration::from_millis(300));
+        for bad in ["\"0s\"", "\"2d\"", "\"soon\""] {
+            let e = err(&route(&format!("body_timeout = {bad}")));
+            assert!(e.contains("routes[api].body_timeout"), "{e}");
+        }
     }
 
     #[test]

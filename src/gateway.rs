@@ -15,8 +15,10 @@
 //! 7. **authorise**: the route's required scopes and roles.
 //! 8. **inject**: the verified identity as headers; the token removed unless the route forwards it.
 //! 9. **forward**: upstream URI from the route's base URL, forwarding headers, bounded body,
-//!    response timeout; the response streams back with its hop-by-hop headers removed.
-//! 10. **log**: one access-log line.
+//!    response timeout; the response streams back with its hop-by-hop headers removed, cut when
+//!    the upstream stalls longer than the route's `body_timeout` between body chunks.
+//! 10. **log**: one access-log line (and a warn line with the same request id if the response
+//!     body is later cut).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,6 +68,15 @@ pub struct Gateway {
 struct RouteState {
     client: UpstreamClient,
     metrics: RouteMetrics,
+    stalls: Arc<StallLog>,
+}
+
+/// How a route records an upstream response body cut for stalling. The access-log line went out
+/// with the response head, long before, so a cut gets its own warn line (same target and
+/// request id, so the two join) and a counter.
+struct StallLog {
+    route: String,
+    count: metrics::Counter,
 }
 
 /// What stage 1 learned about the request target.
@@ -107,6 +118,10 @@ impl Gateway {
             per_route.push(RouteState {
                 client: UpstreamClient::new(&settings)?,
                 metrics: RouteMetrics::new(&route.name),
+                stalls: Arc::new(StallLog {
+                    route: route.name.clone(),
+                    count: crate::metrics::upstream_body_timeouts(&route.name),
+                }),
             });
         }
         let ids = &config.auth.identity_headers;
@@ -246,7 +261,9 @@ impl Gateway {
         let uri = crate::routes::upstream_uri(route, &target.path, target.query.as_deref())
             .ok_or(Rejection::Unforwardable)?;
         let started = Instant::now();
-        let result = self.forward(req, uri, route, &state.client, upgrade).await;
+        let result = self
+            .forward(req, uri, route, state, request_id, upgrade)
+            .await;
         access.upstream = Some(started.elapsed());
         result
     }
@@ -280,7 +297,8 @@ impl Gateway {
         mut req: Request<Incoming>,
         uri: Uri,
         route: &Route,
-        client: &UpstreamClient,
+        state: &RouteState,
+        request_id: &HeaderValue,
         upgrade: Option<HeaderValue>,
     ) -> Result<Response<Body>, Rejection> {
         let on_client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -301,7 +319,7 @@ impl Gateway {
         let (body, limit) =
             forward::limit_body(body, server.max_body_bytes, server.body_idle_timeout);
         let request = Request::from_parts(parts, body);
-        let sent = client.send(request, route.timeout).await;
+        let sent = state.client.send(request, route.timeout).await;
         // The limit flag is the truth about the client's body: over HTTP/2 the body error may
         // not survive in the client's error chain.
         if let Some(limit_error) = limit.tripped() {
@@ -317,7 +335,21 @@ impl Gateway {
             return Ok(Response::from_parts(parts, crate::body::empty()));
         }
         headers::remove_hop_by_hop_response(response.headers_mut());
-        Ok(response.map(crate::body::upstream))
+        let stalls = Arc::clone(&state.stalls);
+        let request_id = request_id.clone();
+        let idle = route.body_timeout;
+        let on_stall = move |body_bytes: u64| {
+            stalls.count.increment(1);
+            tracing::warn!(
+                target: "access",
+                request_id = request_id.to_str().unwrap_or("-"),
+                route = stalls.route.as_str(),
+                body_bytes,
+                idle_ms = idle.as_millis() as u64,
+                "upstream response body stalled; response cut",
+            );
+        };
+        Ok(response.map(|body| forward::limit_response_body(body, idle, on_stall)))
     }
 }
 

@@ -98,6 +98,10 @@ fn describe() {
         "Failed upstream exchanges by kind."
     );
     describe_counter!(
+        "gatehouse_upstream_body_timeouts_total",
+        "Responses cut because the upstream's body stalled past the route's body_timeout, by route."
+    );
+    describe_counter!(
         "gatehouse_config_reloads_total",
         "Configuration reloads by outcome."
     );
@@ -192,6 +196,13 @@ pub fn verify_cache(lookup: CacheLookup) {
 
 pub fn upstream_error(kind: &'static str) {
     counter!("gatehouse_upstream_errors_total", "kind" => kind).increment(1);
+}
+
+/// The handle a proxied route counts its stalled upstream response bodies with, registered
+/// when the gateway is built so the series exists (at 0) before the first stall.
+pub fn upstream_body_timeouts(route: &str) -> Counter {
+    install();
+    counter!("gatehouse_upstream_body_timeouts_total", "route" => route.to_owned())
 }
 
 /// `outcome`: ok, invalid.

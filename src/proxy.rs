@@ -1,4 +1,5 @@
-//! Forwarding requests to upstreams: the pooled upstream client, request-body limits and WebSocket tunnels.
+//! Forwarding requests to upstreams: the pooled upstream client, request-body limits, the
+//! response-body idle limit and WebSocket tunnels.
 //!
 //! The client sends what it is given: an absolute URI and headers already cleaned by
 //! [`headers`]; its connections are kept by [`pool`]. Errors are classified by where they
@@ -317,9 +318,7 @@ pub fn limit_body(body: Incoming, max: u64, idle: Duration) -> (Body, LimitFlag)
         inner: body,
         max,
         seen: 0,
-        idle,
-        timer: None,
-        waiting: false,
+        idle: IdleTimer::new(idle),
         declared_too_large,
         failed: false,
         flag: flag.clone(),
@@ -331,11 +330,9 @@ struct LimitedBody {
     inner: Incoming,
     max: u64,
     seen: u64,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    /// Whether the last poll left us waiting on the client; the idle clock only runs then, so an
-    /// upstream that reads slowly never counts against the client.
-    waiting: bool,
+    /// Runs only while we wait on the client, so an upstream that reads slowly never counts
+    /// against the client.
+    idle: IdleTimer,
     /// `Content-Length` over `max`: the first poll fails without reading anything.
     declared_too_large: bool,
     failed: bool,
@@ -346,14 +343,6 @@ impl LimitedBody {
     fn fail(&mut self, why: u8) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
         Poll::Ready(Some(Err(Box::new(self.flag.trip(why)))))
-    }
-
-    fn arm_idle_timer(&mut self) {
-        let deadline = Instant::now() + self.idle;
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
     }
 }
 
@@ -374,13 +363,9 @@ impl http_body::Body for LimitedBody {
             return Poll::Ready(None);
         }
         loop {
-            if !this.waiting {
-                this.arm_idle_timer();
-                this.waiting = true;
-            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.waiting = false;
+                    this.idle.progressed();
                     let Ok(data) = frame.into_data() else {
                         // Trailers (and any future frame kind) stop here.
                         continue;
@@ -398,16 +383,8 @@ impl http_body::Body for LimitedBody {
                     ))))));
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    let expired = this
-                        .timer
-                        .as_mut()
-                        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-                    if expired {
-                        return this.fail(TRIPPED_IDLE);
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending if this.idle.expired(cx) => return this.fail(TRIPPED_IDLE),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -418,6 +395,127 @@ impl http_body::Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The upstream sent no response body data for `idle` while the client was waiting for it. The
+/// response head is out by then, so this never becomes a status: the client's response is cut
+/// (HTTP/1: the connection closes; HTTP/2: the stream is reset).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response body data for {idle:?}")]
+pub struct ResponseBodyStalled {
+    pub idle: Duration,
+}
+
+/// Wraps an upstream response body for the client: `idle` without a frame while the client waits
+/// for one ends the stream with [`ResponseBodyStalled`], after calling `on_stall` once with the
+/// number of body bytes passed on. Time the client spends not reading never counts. Frames pass
+/// through as they arrive; the stalled upstream connection is closed, never pooled.
+pub fn limit_response_body<F>(body: UpstreamBody, idle: Duration, on_stall: F) -> Body
+where
+    F: FnOnce(u64) + Send + Sync + Unpin + 'static,
+{
+    Body::new(StallGuard {
+        inner: body,
+        idle: IdleTimer::new(idle),
+        sent: 0,
+        on_stall: Some(on_stall),
+    })
+}
+
+struct StallGuard<F> {
+    inner: UpstreamBody,
+    idle: IdleTimer,
+    sent: u64,
+    /// Taken when the body stalls; `None` afterwards.
+    on_stall: Option<F>,
+}
+
+impl<F: FnOnce(u64) + Unpin> http_body::Body for StallGuard<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.on_stall.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                if let Some(data) = frame.data_ref() {
+                    this.sent = this.sent.saturating_add(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.idle.expired(cx) => {
+                if let Some(on_stall) = this.on_stall.take() {
+                    on_stall(this.sent);
+                }
+                Poll::Ready(Some(Err(Box::new(ResponseBodyStalled {
+                    idle: this.idle.idle,
+                }))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.on_stall.is_some() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The idle clock of a streamed body. It runs only while the body waits on its source (from the
+/// first `Pending` after a frame), never while the reader is busy elsewhere, so a slow reader
+/// never counts against the source. The timer is created the first time the source makes us
+/// wait: a body whose frames are always ready never arms one.
+struct IdleTimer {
+    idle: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl IdleTimer {
+    fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            sleep: None,
+            waiting: false,
+        }
+    }
+
+    /// The source yielded a frame: the clock stops until it makes us wait again.
+    fn progressed(&mut self) {
+        self.waiting = false;
+    }
+
+    /// Called when the source returned `Pending`: starts the clock if it was stopped, and says
+    /// whether `idle` has passed since it started. Registers `cx` for the deadline.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let now = Instant::now();
+            // A validated idle time fits; a far future stands in for one that would overflow.
+            let deadline = now
+                .checked_add(self.idle)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -785,6 +883,53 @@ mod tests {
         drop(feed);
         let rest = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(rest, "second");
+    }
+
+    #[tokio::test]
+    async fn response_body_idle_clock_runs_only_while_the_client_waits_on_the_upstream() {
+        let (feed, frames) = mpsc::channel::<Bytes>(4);
+        let frames = Arc::new(Mutex::new(Some(frames)));
+        let upstream = serve(None, move |_request: Request<Incoming>| {
+            let frames = frames.lock().unwrap().take().unwrap();
+            async move { Response::new(Body::new(ChannelBody(frames))) }
+        })
+        .await;
+        let client = UpstreamClient::new(&ClientSettings::default()).unwrap();
+        let request = Request::get(format!("http://{upstream}/"))
+            .body(crate::body::empty())
+            .unwrap();
+        let response = client.send(request, GUARD).await.unwrap();
+        let stalls = Arc::new(Mutex::new(Vec::new()));
+        let recorded = stalls.clone();
+        let mut body = limit_response_body(response.into_body(), SHORT, move |sent| {
+            recorded.lock().unwrap().push(sent);
+        });
+
+        feed.send(Bytes::from_static(b"first")).await.unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "first");
+        // A client that stops reading for longer than the idle time is not the upstream's fault.
+        feed.send(Bytes::from_static(b"second")).await.unwrap();
+        tokio::time::sleep(SHORT * 3).await;
+        let second = body.frame().await.unwrap().unwrap();
+        assert_eq!(second.into_data().unwrap(), "second");
+        assert!(stalls.lock().unwrap().is_empty());
+
+        // Then the upstream goes quiet while the client waits: cut after the idle time, once.
+        let started = Instant::now();
+        let cut = tokio::time::timeout(GUARD, body.frame())
+            .await
+            .expect("the stalled body was never cut")
+            .unwrap()
+            .unwrap_err();
+        assert!(started.elapsed() >= SHORT);
+        assert!(
+            cut.downcast_ref::<ResponseBodyStalled>().is_some(),
+            "{cut:?}"
+        );
+        assert_eq!(*stalls.lock().unwrap(), [11]);
+        assert!(body.frame().await.is_none());
+        drop(feed);
     }
 
     #[tokio::test]

@@ -10,10 +10,13 @@
 //! response body has been read to its end ([`UpstreamBody`]), with no task in between.
 //!
 //! Rules: a connection is handed out only when it is open, was idle for less than the idle
-//! timeout and hyper says it is ready; a body dropped before its end (or a `101` response) never
-//! returns its connection; a request is sent again on a fresh connection only when hyper returns
-//! it unsent (a pooled connection closed under it). Idle connections are closed by a sweeper task
-//! once they are older than the idle timeout, so an upstream sees no socket held longer than that.
+//! timeout (or than the `Keep-Alive: timeout=` its upstream sent, less a margin, when that is
+//! shorter) and hyper says it is ready; a body dropped before its end (or a `101` response) never
+//! returns its connection. A request is sent again when hyper returns it unsent (a pooled
+//! connection closed under it), or, once and on a new connection, when it is a bodiless GET, HEAD
+//! or OPTIONS whose reused connection closed before any response: never a request that may have
+//! changed something upstream. Idle connections are closed by a sweeper task once they are older
+//! than the idle timeout, so an upstream sees no socket held longer than that.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Parts, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
@@ -36,6 +39,15 @@ use crate::body::{Body, BoxError};
 /// How long a pooled HTTP/1 connection may take to become ready for its next request before
 /// another connection is tried.
 const READY_WAIT: Duration = Duration::from_millis(250);
+
+/// The most by which a connection is retired before the idle time its upstream advertised in
+/// `Keep-Alive: timeout=N`: the upstream's clock started when it finished writing the response,
+/// ours when we finished reading it, and N is in whole seconds. A quarter of N when that is less.
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// `Keep-Alive` (RFC 9112 appendix C.2.2; still sent by Apache, nginx and Node to say how long
+/// they keep an idle connection).
+static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
 
 /// What went wrong on the way to a response head.
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +97,23 @@ struct Origin {
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
     max_idle: usize,
+    /// The pool's idle timeout: the longest any connection is kept.
+    idle_timeout: Duration,
 }
 
 #[derive(Debug)]
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+    /// How long it may stay idle: the pool's idle timeout, or less when the upstream said it
+    /// closes idle connections sooner.
+    keep_for: Duration,
+}
+
+impl Idle {
+    fn is_due(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= self.keep_for || self.sender.is_closed()
+    }
 }
 
 /// A connection handed out for one request.
@@ -120,8 +143,14 @@ impl Pool {
     /// in time here: the caller puts the whole exchange under its timeout.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, PoolError> {
         let origin = self.origin(req.uri())?;
+        // Set once a replayed request is under way: it goes on a new connection, and only once.
+        let mut replaying = false;
         loop {
-            let conn = match self.checkout(&origin).await {
+            let pooled = match replaying {
+                false => self.checkout(&origin).await,
+                true => None,
+            };
+            let conn = match pooled {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future (TLS, handshakes) is large enough
                 // that carrying it inline made every request's future kilobytes bigger.
@@ -137,14 +166,23 @@ impl Pool {
                 }
                 Conn::Http1 { mut sender, pooled } => {
                     prepare_http1(&mut req, &origin.host);
+                    let replay = if pooled { replay_copy(&req) } else { None };
                     match sender.try_send_request(req).await {
                         Ok(response) => return Ok(finish_http1(response, sender, &origin)),
-                        Err(mut failed) => match failed.take_message() {
+                        Err(mut failed) => match (failed.take_message(), replay) {
                             // Never written: the pooled connection closed under it. Another
                             // idle connection or a fresh one gets it.
-                            Some(unsent) if pooled => {
+                            (Some(unsent), _) if pooled => {
                                 debug!(error = %failed.error(), "pooled upstream connection closed; retrying");
                                 req = unsent;
+                            }
+                            // Written, but the reused connection closed before a response:
+                            // the upstream's keep-alive ran out as the request arrived. Safe
+                            // to send again; a request that may have changed something is not.
+                            (None, Some(copy)) if closed_before_response(failed.error()) => {
+                                debug!(error = %failed.error(), "pooled upstream connection closed before answering; sending again on a new one");
+                                req = copy;
+                                replaying = true;
                             }
                             _ => return Err(PoolError::Exchange(failed.into_error())),
                         },
@@ -167,8 +205,13 @@ impl Pool {
         {
             return Ok(found.clone());
         }
-        let origin = Origin::new(scheme.clone(), authority.clone(), self.max_idle)
-            .ok_or_else(|| PoolError::NotAbsolute(uri.clone()))?;
+        let origin = Origin::new(
+            scheme.clone(),
+            authority.clone(),
+            self.max_idle,
+            self.idle_timeout,
+        )
+        .ok_or_else(|| PoolError::NotAbsolute(uri.clone()))?;
         let origin = Arc::new(origin);
         tokio::spawn(sweep(Arc::downgrade(&origin), self.idle_timeout));
         origins.push(origin.clone());
@@ -183,7 +226,7 @@ impl Pool {
         }
         loop {
             let idle = origin.pop_idle()?;
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+            if idle.is_due(Instant::now()) {
                 continue;
             }
             let mut sender = idle.sender;
@@ -248,7 +291,12 @@ impl Pool {
 }
 
 impl Origin {
-    fn new(scheme: Scheme, authority: Authority, max_idle: usize) -> Option<Self> {
+    fn new(
+        scheme: Scheme,
+        authority: Authority,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Option<Self> {
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
         let host_text = match authority.port_u16() {
             Some(port) if port != default_port => authority.as_str(),
@@ -268,6 +316,7 @@ impl Origin {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             max_idle,
+            idle_timeout,
         })
     }
 
@@ -291,10 +340,21 @@ impl Origin {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    /// Puts a connection whose exchange is over back on the stack (dropped, and so closed, when
-    /// the stack is full).
-    fn put_idle(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
+    /// How long a connection may stay idle after a response whose upstream advertised
+    /// `keep_alive` (`Keep-Alive: timeout=`): a margin less than that, never more than the
+    /// pool's idle timeout. Zero: not worth keeping.
+    fn keep_for(&self, keep_alive: Option<Duration>) -> Duration {
+        let Some(advertised) = keep_alive else {
+            return self.idle_timeout;
+        };
+        let margin = (advertised / 4).min(KEEP_ALIVE_MARGIN);
+        (advertised - margin).min(self.idle_timeout)
+    }
+
+    /// Puts a connection whose exchange is over back on the stack for `keep_for` (dropped, and
+    /// so closed, when the stack is full or `keep_for` is zero).
+    fn put_idle(&self, sender: http1::SendRequest<Body>, keep_for: Duration) {
+        if sender.is_closed() || keep_for.is_zero() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,21 +362,18 @@ impl Origin {
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
+                keep_for,
             });
         }
     }
 
-    /// Drops the idle connections that are closed or older than `timeout`; the oldest are at
-    /// the bottom of the stack.
-    fn drop_expired(&self, timeout: Duration) {
+    /// Drops the idle connections that are closed or due for retirement.
+    fn drop_expired(&self) {
         let now = Instant::now();
         let expired: Vec<Idle> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let keep_from = idle
-                .iter()
-                .position(|i| now.duration_since(i.since) < timeout && !i.sender.is_closed())
-                .unwrap_or(idle.len());
-            idle.drain(..keep_from).collect()
+            // Not always oldest first: an upstream's advertised keep-alive may have changed.
+            idle.extract_if(.., |i| i.is_due(now)).collect()
         };
         // Closed outside the lock.
         drop(expired);
@@ -331,8 +388,76 @@ async fn sweep(origin: Weak<Origin>, timeout: Duration) {
         let Some(origin) = origin.upgrade() else {
             return;
         };
-        origin.drop_expired(timeout);
+        origin.drop_expired();
     }
+}
+
+/// The `timeout` parameter of a response's `Keep-Alive` fields, in whole seconds: the idle time
+/// after which the upstream closes the connection. Parameters are `name=value` separated by `,`
+/// (or `;`, seen in the wild), the name in any case, the value digits, possibly quoted; anything
+/// else is ignored, and the smallest timeout wins when there are several.
+fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(&KEEP_ALIVE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b',' || b == b';'))
+        .filter_map(|param| {
+            let equals = param.iter().position(|&b| b == b'=')?;
+            let (name, value) = (&param[..equals], &param[equals + 1..]);
+            if !name.trim_ascii().eq_ignore_ascii_case(b"timeout") {
+                return None;
+            }
+            let value = value.trim_ascii();
+            let digits = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            // Ten digits is over 300 years; longer is garbage, and cannot overflow.
+            if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(digits).ok()?.parse::<u64>().ok()
+        })
+        .min()
+        .map(Duration::from_secs)
+}
+
+/// A copy of `req` to send again should a reused connection die under it, for the requests that
+/// can be repeated without their sender noticing: safe methods (RFC 9110 §9.2.1; RFC 9112 §9.3.1
+/// lets a client retry them automatically) with no body to replay. `None` for everything else.
+///
+/// Every bodiless GET on a pooled connection pays for this copy of its head (method, URI and
+/// headers, whose values share their bytes): the price of not failing it when the upstream's
+/// keep-alive ends just as it is sent.
+fn replay_copy(req: &Request<Body>) -> Option<Request<Body>> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(crate::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether an exchange failed because the connection was closed or reset before a complete
+/// response head came back (hyper reports nothing else before the head as these kinds).
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let io = std::error::Error::source(error).and_then(|e| e.downcast_ref::<std::io::Error>());
+    io.is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    })
 }
 
 /// HTTP/1.1 wants origin-form and a `Host` header.
@@ -355,8 +480,11 @@ fn finish_http1(
     origin: &Arc<Origin>,
 ) -> Response<UpstreamBody> {
     // After `101` the connection belongs to the tunnel.
-    let give_back =
-        (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| (origin.clone(), sender));
+    let give_back = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
+        origin: origin.clone(),
+        sender,
+        keep_for: origin.keep_for(keep_alive_timeout(response.headers())),
+    });
     response.map(|body| UpstreamBody::new(body, give_back))
 }
 
@@ -364,17 +492,25 @@ fn finish_http1(
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    give_back: Option<(Arc<Origin>, http1::SendRequest<Body>)>,
+    give_back: Option<GiveBack>,
+}
+
+/// Where an HTTP/1 connection goes once its response body has been read, and for how long.
+#[derive(Debug)]
+struct GiveBack {
+    origin: Arc<Origin>,
+    sender: http1::SendRequest<Body>,
+    keep_for: Duration,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, give_back: Option<(Arc<Origin>, http1::SendRequest<Body>)>) -> Self {
+    fn new(inner: Incoming, give_back: Option<GiveBack>) -> Self {
         Self { inner, give_back }
     }
 
     fn release(&mut self) {
-        if let Some((origin, sender)) = self.give_back.take() {
-            origin.put_idle(sender);
+        if let Some(back) = self.give_back.take() {
+            back.origin.put_idle(back.sender, back.keep_for);
         }
     }
 }
@@ -554,6 +690,7 @@ mod tests {
                 uri.scheme().unwrap().clone(),
                 uri.authority().unwrap().clone(),
                 1,
+                Duration::from_secs(30),
             )
             .unwrap()
             .host
@@ -563,6 +700,70 @@ mod tests {
         assert_eq!(origin("https://api.internal:443/"), "api.internal");
         assert_eq!(origin("https://api.internal:80/"), "api.internal:80");
         assert_eq!(origin("http://[::1]:9000/"), "[::1]:9000");
+    }
+
+    #[test]
+    fn keep_alive_timeout_is_read_leniently_and_garbage_is_ignored() {
+        let timeout = |values: &[&[u8]]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(&KEEP_ALIVE, HeaderValue::from_bytes(value).unwrap());
+            }
+            keep_alive_timeout(&headers).map(|d| d.as_secs())
+        };
+        assert_eq!(timeout(&[]), None);
+        for (value, seconds) in [
+            (&b"timeout=5, max=1000"[..], Some(5)),
+            (b"max=1000,timeout=5", Some(5)),
+            (b"Timeout = 7", Some(7)),
+            (b"timeout=\"3\"", Some(3)),
+            (b"timeout=5;max=100", Some(5)),
+            (b"timeout=0", Some(0)),
+            (b"timeout=9999999999", Some(9_999_999_999)),
+            (b"timeout=99999999999999999999", None),
+            (b"timeout=", None),
+            (b"timeout", None),
+            (b"timeout=-1", None),
+            (b"timeout=+1", None),
+            (b"timeout=1.5", None),
+            (b"timeout=5s", None),
+            (b"timeout=\"5", None),
+            (b"timeouts=5", None),
+            (b"max=5", None),
+            (b"\xff\xfe=1, timeout=\xff", None),
+            (b"\xfftimeout=2", None),
+            (b"garbage, timeout=4, timeout=x", Some(4)),
+        ] {
+            assert_eq!(
+                timeout(&[value]),
+                seconds,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // Several fields or parameters: the upstream closes at the soonest.
+        assert_eq!(timeout(&[b"timeout=10", b"timeout=2"]), Some(2));
+        assert_eq!(timeout(&[b"timeout=10, timeout=3"]), Some(3));
+    }
+
+    #[test]
+    fn an_advertised_keep_alive_retires_connections_early_but_never_later_than_the_pool() {
+        let origin = Origin::new(
+            Scheme::HTTP,
+            Authority::from_static("127.0.0.1:1"),
+            1,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let keep_for = |seconds: Option<u64>| origin.keep_for(seconds.map(Duration::from_secs));
+        assert_eq!(keep_for(None), Duration::from_secs(30));
+        assert_eq!(keep_for(Some(0)), Duration::ZERO);
+        assert_eq!(keep_for(Some(1)), Duration::from_millis(750));
+        assert_eq!(keep_for(Some(2)), Duration::from_millis(1500));
+        assert_eq!(keep_for(Some(5)), Duration::from_secs(4));
+        assert_eq!(keep_for(Some(20)), Duration::from_secs(19));
+        assert_eq!(keep_for(Some(75)), Duration::from_secs(30));
+        assert_eq!(keep_for(Some(9_999_999_999)), Duration::from_secs(30));
     }
 
     #[tokio::test]
@@ -625,6 +826,57 @@ mod tests {
         let error = pool.send(post).await.unwrap_err();
         assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
         assert_eq!(counts.get().2, 2, "the POST reached the upstream twice");
+    }
+
+    /// A raw upstream answering the first request on each connection and resetting the
+    /// connection (RST, not FIN) when a second one arrives; returns connections accepted.
+    async fn resetting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let _ = stream.read(&mut byte).await;
+                    let _ = stream.set_zero_linger();
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_reused_connection_is_reset_is_sent_again_on_a_new_one() {
+        let (addr, accepted) = resetting_upstream().await;
+        let pool = pool(Duration::from_secs(30), 8);
+        for _ in 0..3 {
+            assert_eq!(
+                fetch(&pool, get(addr, "/")).await,
+                (StatusCode::OK, "ok".into())
+            );
+        }
+        // 1 + 2 retries: each reuse was reset and its request sent again on a fresh connection.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        let post = Request::post(format!("http://{addr}/"))
+            .body(crate::body::full("payload"))
+            .unwrap();
+        let error = pool.send(post).await.unwrap_err();
+        assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
     }
 
     #[tokio::test]

@@ -512,3 +512,266 @@ async fn upgrade_refused_by_the_upstream_opens_no_tunnel() {
     assert_eq!(raw_status(&out), 403, "{out}");
     assert!(out.ends_with("no"), "{out}");
 }
+
+/// What a [`raw_upstream`] counted.
+#[derive(Clone, Default)]
+struct RawCounts {
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawCounts {
+    /// (connections accepted, request heads read).
+    fn get(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.accepted.load(SeqCst), self.requests.load(SeqCst))
+    }
+}
+
+/// A hand-written HTTP/1.1 upstream, for failures hyper's server cannot be made to produce.
+/// `GET /stall` gets a head promising 1000 body bytes, 10 of them, and then nothing while the
+/// socket stays open; anything else gets `200 ok` with `extra_head` (header lines ending in
+/// CRLF). With `keep_alive`, a request that arrives on a connection idle for longer than that
+/// is read and then the connection is closed unanswered: the upstream's keep-alive timer fired
+/// just as the request came in, the race a pooled connection can lose.
+async fn raw_upstream(
+    keep_alive: Option<Duration>,
+    extra_head: &'static str,
+) -> (std::net::SocketAddr, RawCounts) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = RawCounts::default();
+    let shared = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            shared.accepted.fetch_add(1, SeqCst);
+            let counts = shared.clone();
+            tokio::spawn(async move {
+                let mut answered: Option<std::time::Instant> = None;
+                while let Some(head) = read_request(&mut stream).await {
+                    counts.requests.fetch_add(1, SeqCst);
+                    if keep_alive
+                        .zip(answered)
+                        .is_some_and(|(ka, at)| at.elapsed() > ka)
+                    {
+                        return;
+                    }
+                    if head.starts_with("GET /stall ") {
+                        let stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
+                        let _ = stream.write_all(stalled).await;
+                        std::future::pending::<()>().await;
+                    }
+                    let answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{extra_head}\r\nok");
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    answered = Some(std::time::Instant::now());
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// Reads one request head and its `Content-Length` body; `None` once the peer closes.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(head)
+}
+
+/// The value of one series in the process's metrics exposition (0 when absent).
+fn metric(series: &str) -> f64 {
+    gatehouse::metrics::render()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Tries `attempt` every 20 ms until it returns `Some`, for at most 5 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /fast` on a new HTTP/1.1 connection; `Some(status)` when the gateway answered at all.
+async fn fresh_h1_get(gateway: std::net::SocketAddr) -> Option<u16> {
+    let out = raw(
+        gateway,
+        b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    (!out.is_empty()).then(|| raw_status(&out))
+}
+
+#[tokio::test]
+async fn stalled_upstream_body_is_cut_after_the_body_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SERIES: &str = "gatehouse_upstream_body_timeouts_total{route=\"stalled-body\"}";
+    const BOUND: Duration = Duration::from_secs(5);
+    let (upstream, _) = raw_upstream(None, "").await;
+    let mut gw = GatewayBuilder::route(
+        "stalled-body",
+        "/",
+        &format!("http://{upstream}"),
+        "auth = \"public\"\nbody_timeout = \"300ms\"",
+    )
+    // One connection at most: a stalled connection the gateway still counted would lock out
+    // every later client.
+    .and("[server]\nmax_connections = 1")
+    .start()
+    .await;
+    let before = metric(SERIES);
+
+    // HTTP/1.1: the head and the 10 bytes arrive, then the gateway closes the connection.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(BOUND, async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+            received.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received).into_owned();
+    assert!(ended.is_ok(), "the stalled body was never cut: {text:?}");
+    assert_eq!(raw_status(&text), 200, "{text}");
+    assert!(text.ends_with("\r\n\r\n0123456789"), "{text:?}");
+    // The connection is no longer counted: a new client is served.
+    let status = eventually("a new connection is served", || fresh_h1_get(gw.addr)).await;
+    assert_eq!(status, 200);
+
+    // HTTP/2: the stream is reset; the connection and its other streams carry on.
+    let mut h2 = eventually("an HTTP/2 connection is accepted", || async {
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.ok()?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(connection);
+        sender.ready().await.ok()?;
+        Some(sender)
+    })
+    .await;
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", gw.addr))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let response = h2.send_request(get("/stall")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(BOUND, body.frame())
+        .await
+        .expect("no first frame")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "0123456789");
+    let next = tokio::time::timeout(BOUND, body.frame())
+        .await
+        .expect("the stalled HTTP/2 stream was never reset");
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
+    let other = h2.send_request(get("/fast")).await.unwrap();
+    assert_eq!(other.status(), 200);
+    let text = other.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text, "ok");
+
+    assert_eq!(metric(SERIES) - before, 2.0);
+    drop(h2);
+    gw.shutdown().await;
+}
+
+/// The upstream's keep-alive in the pool tests, and the pause between requests: just past it.
+const UPSTREAM_KEEP_ALIVE: Duration = Duration::from_millis(150);
+const PAST_THE_KEEP_ALIVE: Duration = Duration::from_millis(200);
+
+#[tokio::test]
+async fn pooled_connection_closed_by_upstream_is_retried_once() {
+    let (upstream, counts) = raw_upstream(Some(UPSTREAM_KEEP_ALIVE), "").await;
+    let gw = GatewayBuilder::route("all", "/", &format!("http://{upstream}"), PUBLIC)
+        .start()
+        .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(c.get(gw.url("/x")).send().await.unwrap().status().as_u16());
+        tokio::time::sleep(PAST_THE_KEEP_ALIVE).await;
+    }
+    assert_eq!(statuses, [200; 10]);
+    // Each reuse met a dead connection and was sent once more, on a new one; never more.
+    assert_eq!(counts.get(), (10, 19));
+}
+
+#[tokio::test]
+async fn request_with_a_body_is_not_sent_twice_when_its_pooled_connection_dies() {
+    let (upstream, counts) = raw_upstream(Some(UPSTREAM_KEEP_ALIVE), "").await;
+    let gw = GatewayBuilder::route("all", "/", &format!("http://{upstream}"), PUBLIC)
+        .start()
+        .await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    tokio::time::sleep(PAST_THE_KEEP_ALIVE).await;
+    // The upstream read this POST before the connection died: it may have acted on it.
+    let r = c.post(gw.url("/orders")).body("buy").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(counts.get(), (1, 2), "the POST reached the upstream twice");
+}
+
+#[tokio::test]
+async fn upstream_keep_alive_timeout_is_honoured() {
+    // The upstream says it keeps idle connections 1 s, and drops the next request after that.
+    let advertised = Duration::from_secs(1);
+    let (upstream, counts) = raw_upstream(Some(advertised), "Keep-Alive: timeout=1\r\n").await;
+    let gw = GatewayBuilder::route("all", "/", &format!("http://{upstream}"), PUBLIC)
+        .start()
+        .await;
+    let c = client();
+    let post = || c.post(gw.url("/orders")).body("buy").send();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    // Well within the advertised time the connection is reused.
+    assert_eq!(post().await.unwrap().status(), 200);
+    assert_eq!(counts.get(), (1, 2));
+    // Past it, the pool has retired the connection: a new one carries the request, which is
+    // never sent on a dead connection (a POST could not be sent again).
+    for round in 1..=2 {
+        tokio::time::sleep(advertised + Duration::from_millis(100)).await;
+        assert_eq!(post().await.unwrap().status(), 200, "round {round}");
+        assert_eq!(counts.get(), (1 + round, 2 + round));
+    }
+}
