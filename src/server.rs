@@ -1,7 +1,8 @@
 //! Listeners: the accept loop, TLS handshakes, per-connection limits, idle closing and graceful shutdown.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0` and
-//! stop the server cleanly. Every wait a client can cause has a limit:
+//! stop the server cleanly; [`bind`] makes the gateway's listeners with the configured accept
+//! queue (`listen_backlog`). Every wait a client can cause has a limit:
 //!
 //! | limit | HTTP/1.1 | HTTP/2 |
 //! |---|---|---|
@@ -73,7 +74,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
@@ -299,6 +300,49 @@ fn read_certified_key(
 /// Loads a rustls server configuration from PEM files (see [`CertStore::load`]).
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     CertStore::load(cert, key)?.server_config()
+}
+
+/// Where Linux keeps the cap it silently puts on every `listen(2)` backlog.
+const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// Binds a listener whose accept queue holds `backlog` connections, lowered to the kernel's
+/// `net.core.somaxconn` when that is smaller (the kernel would lower it anyway; this way the log
+/// says so). tokio's `TcpListener::bind` always asks for 128, so a burst of new connections beyond
+/// that waits a SYN retransmit (1 s) however fast the accept loop is.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let somaxconn = read_somaxconn(Path::new(SOMAXCONN_PATH));
+    let effective = effective_backlog(backlog, somaxconn);
+    if effective < backlog {
+        warn!(
+            %addr,
+            listen_backlog = backlog,
+            somaxconn = effective,
+            "listen_backlog is above net.core.somaxconn; the kernel's cap applies"
+        );
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As tokio's `bind` does: a restarted gateway can take its port back at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(effective)?;
+    debug!(%addr, backlog = effective, "listener bound");
+    Ok(listener)
+}
+
+/// `net.core.somaxconn`, or `None` when it cannot be read (not Linux, no /proc): then the
+/// configured backlog is used as it is, and never fails the start.
+fn read_somaxconn(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn effective_backlog(configured: u32, somaxconn: Option<u32>) -> u32 {
+    // A zero cap (never seen) would make every connect wait; keep at least one slot.
+    somaxconn.map_or(configured, |cap| configured.min(cap.max(1)))
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets in-flight requests
@@ -2135,6 +2179,21 @@ mod tests {
         let other = test_pki();
         let error = tls_config(&pki.cert(), &other.key()).unwrap_err();
         assert!(matches!(error, ServerError::CertifiedKey { .. }), "{error}");
+    }
+
+    #[test]
+    fn backlog_is_lowered_to_somaxconn_and_an_unreadable_cap_changes_nothing() {
+        assert_eq!(effective_backlog(1024, Some(4096)), 1024);
+        assert_eq!(effective_backlog(1024, Some(128)), 128);
+        assert_eq!(effective_backlog(1024, None), 1024);
+        assert_eq!(effective_backlog(1024, Some(0)), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("somaxconn");
+        assert_eq!(read_somaxconn(&file), None);
+        std::fs::write(&file, "many\n").unwrap();
+        assert_eq!(read_somaxconn(&file), None);
+        std::fs::write(&file, "4096\n").unwrap();
+        assert_eq!(read_somaxconn(&file), Some(4096));
     }
 
     #[test]
