@@ -101,6 +101,10 @@ fn describe() {
         "gatehouse_config_reloads_total",
         "Configuration reloads by outcome."
     );
+    describe_counter!(
+        "gatehouse_listener_refusals_total",
+        "Requests the listener answered itself, before the pipeline, by reason."
+    );
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -192,6 +196,15 @@ pub fn verify_cache(lookup: CacheLookup) {
 
 pub fn upstream_error(kind: &'static str) {
     counter!("gatehouse_upstream_errors_total", "kind" => kind).increment(1);
+}
+
+/// A request the listener answered itself (a head the HTTP/1 parser refused, an HTTP/2 header list
+/// over the limit...): counted with the requests of the unrouted route `-`, like the pipeline's
+/// refusals before a route, and by `reason`.
+pub fn listener_refusal(status: u16, reason: &'static str) {
+    let class = STATUS_CLASSES[status_class(status)];
+    counter!("gatehouse_requests_total", "route" => "-", "status" => class).increment(1);
+    counter!("gatehouse_listener_refusals_total", "reason" => reason).increment(1);
 }
 
 /// `outcome`: ok, invalid.

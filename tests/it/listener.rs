@@ -5,11 +5,13 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::GatewayBuilder;
+use crate::support::{GatewayBuilder, TestGateway, Upstream, client};
 
 /// Connects that complete within this were queued by the kernel; one that is not queued waits
 /// for a SYN retransmit, 1 s at the earliest.
@@ -149,4 +151,186 @@ fn the_binary_listens_with_the_configured_backlog() {
     let served = serve_binary(dir.path(), "");
     let expected = somaxconn().map_or(1024, |cap| cap.min(1024));
     assert_eq!(listen_backlog_of(served.addr.port()), Some(expected));
+}
+
+/// Access-log lines written on this thread while the guard lives (the tests below run on tokio's
+/// current-thread runtime, so the gateway's tasks log here too), as JSON objects.
+#[derive(Clone, Default)]
+struct AccessLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for AccessLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AccessLog {
+    type Writer = AccessLog;
+    fn make_writer(&'a self) -> AccessLog {
+        self.clone()
+    }
+}
+
+impl AccessLog {
+    fn capture() -> (AccessLog, tracing::subscriber::DefaultGuard) {
+        let log = AccessLog::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(log.clone())
+            .finish();
+        (log.clone(), tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The `fields` of the access-log line with this request id.
+    fn line_for(&self, request_id: &str) -> Option<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|line| line["target"] == "access")
+            .map(|line| line["fields"].clone())
+            .find(|fields| fields["request_id"] == request_id)
+    }
+}
+
+async fn metrics_text(gw: &TestGateway) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = gw.app.clone();
+    let admin =
+        tokio::spawn(async move { app.serve_admin(listener, std::future::pending()).await });
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    admin.abort();
+    text
+}
+
+/// The sum of every series of `name` whose labels include `label`.
+fn counter(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes `request` on `stream` and reads one response head (and nothing after it).
+async fn response_head(stream: &mut TcpStream, request: &[u8]) -> String {
+    let _ = stream.write_all(request).await;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+    })
+    .await
+    .expect("no response head in time");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+fn request_id_of(head: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-request-id")
+            .then(|| value.trim().to_owned())
+    })
+}
+
+fn drain_body(stream: &mut TcpStream, head: &str) -> impl std::future::Future<Output = ()> {
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    async move {
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn header_floods_refused_by_the_parser_carry_a_request_id_and_are_logged_and_counted() {
+    let (log, _guard) = AccessLog::capture();
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "auth = \"public\"")
+        .and("[server]\nmax_headers = 20\nmax_header_bytes = 8192")
+        .start()
+        .await;
+    let reason = "reason=\"header_fields_too_large\"";
+    let before = metrics_text(&gw).await;
+
+    let mut many = String::from("GET /api/x HTTP/1.1\r\nHost: x\r\n");
+    for n in 0..40 {
+        many.push_str(&format!("X-Filler-{n}: x\r\n"));
+    }
+    many.push_str("\r\n");
+    let big = format!(
+        "GET /api/x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(12_000)
+    );
+    let mut ids = Vec::new();
+    for request in [&many, &big] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let head = response_head(&mut stream, request.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+        ids.push(request_id_of(&head).unwrap_or_else(|| panic!("no X-Request-Id: {head}")));
+    }
+    // On a keep-alive connection, after a request that was served.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let ok = response_head(&mut stream, b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    let served_id = request_id_of(&ok).unwrap();
+    drain_body(&mut stream, &ok).await;
+    let head = response_head(&mut stream, big.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    let id = request_id_of(&head).unwrap_or_else(|| panic!("no X-Request-Id: {head}"));
+    assert_ne!(id, served_id);
+    ids.push(id);
+
+    for id in &ids {
+        let line = log
+            .line_for(id)
+            .unwrap_or_else(|| panic!("no access-log line for {id}"));
+        assert_eq!(line["status"], 431, "{line}");
+        assert_eq!(line["route"], "-", "{line}");
+        assert_eq!(line["rejected"], "header_fields_too_large", "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+    }
+    let after = metrics_text(&gw).await;
+    let refusals = "gatehouse_listener_refusals_total";
+    assert!(
+        counter(&after, refusals, reason) >= counter(&before, refusals, reason) + 3.0,
+        "{after}"
+    );
+    let unrouted = ["route=\"-\"", "status=\"4xx\""];
+    let requests = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("gatehouse_requests_total{"))
+            .filter(|l| unrouted.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(requests(&after) >= requests(&before) + 3.0, "{after}");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the served request reaches the upstream"
+    );
 }
