@@ -13,7 +13,7 @@
 //! | `tls_handshake_timeout` | a TLS handshake that has not finished in time is dropped | same |
 //! | `idle_timeout` | a connection with no request in flight for this long is shut down gracefully | same: `GOAWAY`, streams in flight finish |
 //! | `h2_max_concurrent_streams` | — | advertised `SETTINGS_MAX_CONCURRENT_STREAMS` |
-//! | `h2_max_header_list_bytes` | — | advertised `SETTINGS_MAX_HEADER_LIST_SIZE`; a larger header block gets `431` (also bounds CONTINUATION floods) |
+//! | `h2_max_header_list_bytes` | — | a larger header list (RFC 9113 §6.5.2 size) gets `431`; `SETTINGS_MAX_HEADER_LIST_SIZE` advertises twice it (see [`H2_HEADER_LIST_HEADROOM`]), which also bounds CONTINUATION floods |
 //! | `shutdown_grace` | in-flight requests finish, then the connection closes | `GOAWAY`, in-flight streams finish |
 //!
 //! Also fixed here: HTTP/2 pending-accept and local-error reset limits (rapid-reset floods) and an
@@ -114,6 +114,12 @@ const MIN_HTTP1_BUF_BYTES: usize = 8192;
 const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// Streams the server may reset because of client protocol errors before it drops the connection.
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 100;
+/// The h2 library answers a header list over its own limit itself (`431` and a stream reset) before
+/// any service sees the request: no request id, access-log line or count, and no hook. It gets
+/// this many times `h2_max_header_list_bytes`, so that a list over the configured limit, up to
+/// this multiple, reaches the listener's own check, which answers `431` with all three. Larger
+/// lists are still the library's (and past four times its limit it ends the connection).
+const H2_HEADER_LIST_HEADROOM: u32 = 2;
 /// How often an HTTP/2 peer is pinged to prove it is still there.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long an HTTP/2 peer has to answer a ping.
@@ -512,6 +518,7 @@ struct Shared {
     http1: http1::Builder,
     /// Plaintext HTTP/1 connections parked so far.
     parks: AtomicU64,
+    h2_max_header_list_bytes: u32,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     idle_timeout: Duration,
@@ -527,6 +534,7 @@ impl Shared {
             auto,
             http1: http1_builder(limits),
             parks: AtomicU64::new(0),
+            h2_max_header_list_bytes: limits.h2_max_header_list_bytes,
             header_read_timeout: limits.header_read_timeout,
             tls_handshake_timeout: limits.tls_handshake_timeout,
             idle_timeout: limits.idle_timeout,
@@ -555,7 +563,11 @@ fn protocol_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .max_header_list_size(
+            limits
+                .h2_max_header_list_bytes
+                .saturating_mul(H2_HEADER_LIST_HEADROOM),
+        )
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
@@ -719,7 +731,7 @@ async fn serve_http<I, H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let service = request_service(&activity, &handler, info, protocol);
+    let service = request_service(&activity, &handler, info, protocol, shared);
     let idle = shared.idle_limits();
     let io = TokioIo::new(io);
     // Boxed so that the task itself stays small.
@@ -750,12 +762,14 @@ async fn serve_http<I, H, F>(
 }
 
 /// The hyper service of one connection: calls the handler and marks the request in flight until
-/// its response body is dropped.
+/// its response body is dropped. HTTP/2 over ALPN `http/1.1` and HTTP/2 header lists over the
+/// limit are answered here instead.
 fn request_service<H, F>(
     activity: &Arc<Activity>,
     handler: &Arc<H>,
     info: ConnInfo,
     protocol: Protocol,
+    shared: &Shared,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<InFlightBody>,
@@ -771,11 +785,19 @@ where
 {
     let activity = activity.clone();
     let handler = handler.clone();
+    let max_header_list = shared.h2_max_header_list_bytes as usize;
     service_fn(move |request: Request<Incoming>| {
         let in_flight = activity.begin();
-        let refused = protocol == Protocol::Http1 && request.version() == Version::HTTP_2;
-        let answer = if refused {
+        let h2 = request.version() == Version::HTTP_2;
+        let answer = if h2 && protocol == Protocol::Http1 {
             Err(version_not_negotiated(&request, info.peer.ip()))
+        } else if h2 && header_list_size(&request) > max_header_list {
+            Err(own_answer(
+                &request,
+                info.peer.ip(),
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_list_too_large",
+            ))
         } else {
             // Boxed: hyper moves the service future several times before and while storing it,
             // and the gateway's future is kilobytes large; a box is moved as one pointer.
@@ -805,6 +827,32 @@ fn version_not_negotiated(request: &Request<Incoming>, client: IpAddr) -> Respon
         StatusCode::HTTP_VERSION_NOT_SUPPORTED,
         "version_not_negotiated",
     )
+}
+
+/// An HTTP/2 request's header list size as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (RFC 9113
+/// §6.5.2): every field, pseudo-header fields included, as name and value bytes plus 32.
+fn header_list_size<B>(request: &Request<B>) -> usize {
+    const PER_FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        Some((":method".len(), request.method().as_str().len())),
+        uri.scheme_str()
+            .map(|scheme| (":scheme".len(), scheme.len())),
+        uri.authority()
+            .map(|authority| (":authority".len(), authority.as_str().len())),
+        uri.path_and_query()
+            .map(|path| (":path".len(), path.as_str().len())),
+    ];
+    let fields = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().len(), value.len()));
+    pseudo
+        .into_iter()
+        .flatten()
+        .chain(fields)
+        .map(|(name, value)| name + value + PER_FIELD)
+        .sum()
 }
 
 /// The route label of answers given before any route was chosen (the pipeline's own).
@@ -949,7 +997,7 @@ where
     // hyper starts its header timer afresh; the head awaited since the connection went idle
     // must still arrive within `header_read_timeout` of that moment.
     let head_by = activity.idle_start() + shared.header_read_timeout;
-    let service = request_service(activity, handler, info, Protocol::Http1);
+    let service = request_service(activity, handler, info, Protocol::Http1, shared);
     let mut connection = shared
         .http1
         .serve_connection(TokioIo::new(io), service)
@@ -2531,6 +2579,50 @@ mod tests {
             answer.ends_with(FROM_TUNNEL) && !text.contains("x-request-id"),
             "{text}"
         );
+        server.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn header_list_size_counts_pseudo_fields_and_32_bytes_per_field() {
+        let request = Request::builder()
+            .method("GET")
+            .uri("https://h.example/p?q")
+            .header("x-a", "bc")
+            .body(())
+            .unwrap();
+        let method = 7 + 3 + 32;
+        let scheme = 7 + 5 + 32;
+        let authority = 10 + 9 + 32;
+        let path = 5 + 4 + 32;
+        let field = 3 + 2 + 32;
+        assert_eq!(
+            header_list_size(&request),
+            method + scheme + authority + path + field
+        );
+    }
+
+    #[tokio::test]
+    async fn http2_header_list_between_the_limit_and_the_library_limit_gets_the_listener_431() {
+        let limits = Limits {
+            h2_max_header_list_bytes: 4096,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("http://{}/", server.addr))
+            .header("x-big", "a".repeat(6000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert!(response.headers().contains_key("x-request-id"));
         server.shutdown().await.unwrap();
     }
 

@@ -334,3 +334,55 @@ async fn header_floods_refused_by_the_parser_carry_a_request_id_and_are_logged_a
         "only the served request reaches the upstream"
     );
 }
+
+#[tokio::test]
+async fn http2_header_list_over_the_limit_gets_431_with_a_request_id_and_is_logged_and_counted() {
+    let (log, _guard) = AccessLog::capture();
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "auth = \"public\"")
+        .and("[server]\nmax_header_bytes = 8192")
+        .start()
+        .await;
+    let reason = "reason=\"header_list_too_large\"";
+    let refusals = "gatehouse_listener_refusals_total";
+    let before = counter(&metrics_text(&gw).await, refusals, reason);
+    let h2 = crate::support::h2_client();
+    let small = h2
+        .get(gw.url("/api/x"))
+        .header("x-small", "a".repeat(7_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    // Over the 8 KiB limit, within what the HTTP/2 library itself accepts (twice the limit).
+    let big = h2
+        .get(gw.url("/api/x"))
+        .header("x-big", "a".repeat(12_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 431);
+    let id = big
+        .headers()
+        .get("x-request-id")
+        .expect("no X-Request-Id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let line = log.line_for(&id).expect("no access-log line");
+    assert_eq!(line["status"], 431, "{line}");
+    assert_eq!(line["route"], "-", "{line}");
+    assert_eq!(line["rejected"], "header_list_too_large", "{line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["path"], "/api/x", "{line}");
+    let after = counter(&metrics_text(&gw).await, refusals, reason);
+    assert!(after >= before + 1.0, "{before} -> {after}");
+    // The connection survives the refusal.
+    let again = h2.get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(
+        up.seen().len(),
+        2,
+        "the refused request must not reach the upstream"
+    );
+}
