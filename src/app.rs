@@ -277,10 +277,9 @@ pub fn limits(config: &Config) -> Limits {
 pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError> {
     let addr = config.server.listen;
     let admin_addr = config.admin.listen;
+    let backlog = config.server.listen_backlog;
     let app = App::new(config, source).await?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })?;
+    let listener = server::bind(addr, backlog).map_err(|source| AppError::Bind { addr, source })?;
     let scheme = if app.certs.is_some() { "https" } else { "http" };
     tracing::info!(
         "gatehouse listening on {scheme}://{}",
@@ -289,9 +288,8 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = match admin_addr {
         Some(addr) => {
-            let admin_listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind { addr, source })?;
+            let admin_listener =
+                server::bind(addr, backlog).map_err(|source| AppError::Bind { addr, source })?;
             tracing::info!("admin listening on http://{addr} (/healthz, /readyz, /metrics)");
             let app = app.clone();
             Some(tokio::spawn(async move {

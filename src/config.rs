@@ -42,6 +42,12 @@ pub const DEFAULT_BODY_IDLE_TIMEOUT: &str = "30s";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 /// Default HTTP/2 concurrent streams per connection.
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default queue of connections the kernel completes before the gateway accepts them (the
+/// `listen(2)` backlog). At bind time it is lowered to `net.core.somaxconn`, which caps it anyway.
+/// A burst larger than the queue makes the excess clients wait a SYN retransmit (1 s).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+/// Largest `listen_backlog` accepted.
+pub const MAX_LISTEN_BACKLOG: u32 = 65_535;
 /// Default upstream response timeout of a route.
 pub const DEFAULT_ROUTE_TIMEOUT: &str = "30s";
 /// Default upstream connect timeout of a route.
@@ -168,6 +174,7 @@ pub struct RawServer {
     pub shutdown_grace: RawDuration,
     pub h2_max_concurrent_streams: u32,
     pub trusted_proxies: Vec<String>,
+    pub listen_backlog: u32,
 }
 
 impl Default for RawServer {
@@ -186,6 +193,7 @@ impl Default for RawServer {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             trusted_proxies: Vec::new(),
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
         }
     }
 }
@@ -615,6 +623,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub h2_max_concurrent_streams: u32,
     pub trusted_proxies: Vec<IpNet>,
+    /// The requested `listen(2)` backlog, 1..=65535 (lowered to `net.core.somaxconn` at bind).
+    pub listen_backlog: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -876,6 +886,12 @@ impl RawServer {
             }
         };
         let trusted_proxies = parse_cidrs("server.trusted_proxies", &self.trusted_proxies)?;
+        if !(1..=MAX_LISTEN_BACKLOG).contains(&self.listen_backlog) {
+            return Err(invalid(
+                "server.listen_backlog",
+                format!("must be between 1 and {MAX_LISTEN_BACKLOG}"),
+            ));
+        }
         Ok(ServerConfig {
             listen,
             tls,
@@ -893,6 +909,7 @@ impl RawServer {
             shutdown_grace: self.shutdown_grace.parse("server.shutdown_grace")?,
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             trusted_proxies,
+            listen_backlog: self.listen_backlog,
         })
     }
 }
@@ -1631,6 +1648,18 @@ mod tests {
         for bad in ["\"0s\"", "\"2d\"", "\"soon\""] {
             let e = err(&route(&format!("body_timeout = {bad}")));
             assert!(e.contains("routes[api].body_timeout"), "{e}");
+        }
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_1024_and_is_bounded() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.listen_backlog, DEFAULT_LISTEN_BACKLOG);
+        let c = Config::from_toml("[server]\nlisten_backlog = 4096\n").unwrap();
+        assert_eq!(c.server.listen_backlog, 4096);
+        for bad in [0, 65_536] {
+            let e = err(&format!("[server]\nlisten_backlog = {bad}\n"));
+            assert!(e.contains("server.listen_backlog"), "{e}");
         }
     }
 

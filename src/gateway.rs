@@ -624,11 +624,15 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
 const UNROUTED: &str = "-";
 
 /// Correlates a request across the gateway's log, the upstream and the client.
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The id a trusted proxy assigned (when well-formed), or a fresh random one. A client's own
 /// value is never trusted: it would let one client spoof another's log lines.
-fn request_id(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> HeaderValue {
+pub(crate) fn request_id(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusted: &[ipnet::IpNet],
+) -> HeaderValue {
     let from_proxy = trusted.iter().any(|net| net.contains(&peer));
     if from_proxy
         && let Some(v) = headers.get(&X_REQUEST_ID)

@@ -105,6 +105,10 @@ fn describe() {
         "gatehouse_config_reloads_total",
         "Configuration reloads by outcome."
     );
+    describe_counter!(
+        "gatehouse_listener_refusals_total",
+        "Requests the listener answered itself, before the pipeline, by reason."
+    );
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -203,6 +207,15 @@ pub fn upstream_error(kind: &'static str) {
 pub fn upstream_body_timeouts(route: &str) -> Counter {
     install();
     counter!("gatehouse_upstream_body_timeouts_total", "route" => route.to_owned())
+}
+
+/// A request the listener answered itself (a head the HTTP/1 parser refused, an HTTP/2 header list
+/// over the limit...): counted with the requests of the unrouted route `-`, like the pipeline's
+/// refusals before a route, and by `reason`.
+pub fn listener_refusal(status: u16, reason: &'static str) {
+    let class = STATUS_CLASSES[status_class(status)];
+    counter!("gatehouse_requests_total", "route" => "-", "status" => class).increment(1);
+    counter!("gatehouse_listener_refusals_total", "reason" => reason).increment(1);
 }
 
 /// `outcome`: ok, invalid.

@@ -1,7 +1,8 @@
 //! Listeners: the accept loop, TLS handshakes, per-connection limits, idle closing and graceful shutdown.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0` and
-//! stop the server cleanly. Every wait a client can cause has a limit:
+//! stop the server cleanly; [`bind`] makes the gateway's listeners with the configured accept
+//! queue (`listen_backlog`). Every wait a client can cause has a limit:
 //!
 //! | limit | HTTP/1.1 | HTTP/2 |
 //! |---|---|---|
@@ -12,7 +13,7 @@
 //! | `tls_handshake_timeout` | a TLS handshake that has not finished in time is dropped | same |
 //! | `idle_timeout` | a connection with no request in flight for this long is shut down gracefully | same: `GOAWAY`, streams in flight finish |
 //! | `h2_max_concurrent_streams` | — | advertised `SETTINGS_MAX_CONCURRENT_STREAMS` |
-//! | `h2_max_header_list_bytes` | — | advertised `SETTINGS_MAX_HEADER_LIST_SIZE`; a larger header block gets `431` (also bounds CONTINUATION floods) |
+//! | `h2_max_header_list_bytes` | — | a larger header list (RFC 9113 §6.5.2 size) gets `431`; `SETTINGS_MAX_HEADER_LIST_SIZE` advertises twice it (see [`H2_HEADER_LIST_HEADROOM`]), which also bounds CONTINUATION floods |
 //! | `shutdown_grace` | in-flight requests finish, then the connection closes | `GOAWAY`, in-flight streams finish |
 //!
 //! Also fixed here: HTTP/2 pending-accept and local-error reset limits (rapid-reset floods) and an
@@ -46,6 +47,12 @@
 //! nothing. TLS connections are not parked: the rustls session (and its buffers) must live on
 //! with the socket, so only hyper's part could be freed.
 //!
+//! Answers the listener gives itself, without calling the handler, get what the pipeline gives
+//! its own: a fresh `X-Request-Id`, an access-log line (route `-`, `rejected` naming the reason)
+//! and a count (`gatehouse_listener_refusals_total`, and the unrouted route's requests). Those are
+//! hyper's HTTP/1 answers to request heads it refuses (400, 414, 431; found on their way to the
+//! socket, see [`Stamped`]: hyper has no hook for them) and the `505` above.
+//!
 //! Graceful shutdown signals every connection through a watch channel and calls hyper's
 //! `graceful_shutdown` on it. hyper-util's `GracefulShutdown` is not used: its `watch` takes the
 //! connection by value and its trait is sealed, so the same connection could no longer be closed by
@@ -54,7 +61,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -63,7 +70,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::{Service, service_fn};
@@ -73,7 +80,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
@@ -107,6 +114,12 @@ const MIN_HTTP1_BUF_BYTES: usize = 8192;
 const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// Streams the server may reset because of client protocol errors before it drops the connection.
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 100;
+/// The h2 library answers a header list over its own limit itself (`431` and a stream reset) before
+/// any service sees the request: no request id, access-log line or count, and no hook. It gets
+/// this many times `h2_max_header_list_bytes`, so that a list over the configured limit, up to
+/// this multiple, reaches the listener's own check, which answers `431` with all three. Larger
+/// lists are still the library's (and past four times its limit it ends the connection).
+const H2_HEADER_LIST_HEADROOM: u32 = 2;
 /// How often an HTTP/2 peer is pinged to prove it is still there.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long an HTTP/2 peer has to answer a ping.
@@ -301,6 +314,49 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     CertStore::load(cert, key)?.server_config()
 }
 
+/// Where Linux keeps the cap it silently puts on every `listen(2)` backlog.
+const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// Binds a listener whose accept queue holds `backlog` connections, lowered to the kernel's
+/// `net.core.somaxconn` when that is smaller (the kernel would lower it anyway; this way the log
+/// says so). tokio's `TcpListener::bind` always asks for 128, so a burst of new connections beyond
+/// that waits a SYN retransmit (1 s) however fast the accept loop is.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let somaxconn = read_somaxconn(Path::new(SOMAXCONN_PATH));
+    let effective = effective_backlog(backlog, somaxconn);
+    if effective < backlog {
+        warn!(
+            %addr,
+            listen_backlog = backlog,
+            somaxconn = effective,
+            "listen_backlog is above net.core.somaxconn; the kernel's cap applies"
+        );
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As tokio's `bind` does: a restarted gateway can take its port back at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(effective)?;
+    debug!(%addr, backlog = effective, "listener bound");
+    Ok(listener)
+}
+
+/// `net.core.somaxconn`, or `None` when it cannot be read (not Linux, no /proc): then the
+/// configured backlog is used as it is, and never fails the start.
+fn read_somaxconn(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn effective_backlog(configured: u32, somaxconn: Option<u32>) -> u32 {
+    // A zero cap (never seen) would make every connect wait; keep at least one slot.
+    somaxconn.map_or(configured, |cap| configured.min(cap.max(1)))
+}
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and lets in-flight requests
 /// finish for up to `limits.shutdown_grace` before returning. Connections still open after the
 /// grace are dropped. WebSocket tunnels already handed to the handler's tasks are not waited for.
@@ -462,6 +518,7 @@ struct Shared {
     http1: http1::Builder,
     /// Plaintext HTTP/1 connections parked so far.
     parks: AtomicU64,
+    h2_max_header_list_bytes: u32,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     idle_timeout: Duration,
@@ -477,6 +534,7 @@ impl Shared {
             auto,
             http1: http1_builder(limits),
             parks: AtomicU64::new(0),
+            h2_max_header_list_bytes: limits.h2_max_header_list_bytes,
             header_read_timeout: limits.header_read_timeout,
             tls_handshake_timeout: limits.tls_handshake_timeout,
             idle_timeout: limits.idle_timeout,
@@ -505,7 +563,11 @@ fn protocol_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.h2_max_header_list_bytes)
+        .max_header_list_size(
+            limits
+                .h2_max_header_list_bytes
+                .saturating_mul(H2_HEADER_LIST_HEADROOM),
+        )
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
@@ -600,7 +662,7 @@ async fn serve_connection<H, F>(
         if io.replay.is_empty() {
             let limit = activity.idle_limit(shared.idle_limits());
             let close_at = activity.idle_start() + limit.min(shared.header_read_timeout);
-            if !park(&io.stream.io, close_at, &mut stop).await {
+            if !park(&io.stream.io.io, close_at, &mut stop).await {
                 return;
             }
         }
@@ -646,7 +708,12 @@ async fn serve_tls<H, F>(
         tls: true,
     };
     let activity = Arc::new(Activity::new());
-    serve_http(stream, info, protocol, &shared, handler, activity, stop).await;
+    if protocol == Protocol::Http1 {
+        let stream = Stamped::new(stream, activity.clone(), peer.ip(), protocol);
+        serve_http(stream, info, protocol, &shared, handler, activity, stop).await;
+    } else {
+        serve_http(stream, info, protocol, &shared, handler, activity, stop).await;
+    }
 }
 
 /// Serves a TLS connection, or a plaintext HTTP/2 one, with one hyper connection for its whole
@@ -664,7 +731,7 @@ async fn serve_http<I, H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let service = request_service(&activity, &handler, info, protocol);
+    let service = request_service(&activity, &handler, info, protocol, shared);
     let idle = shared.idle_limits();
     let io = TokioIo::new(io);
     // Boxed so that the task itself stays small.
@@ -695,12 +762,14 @@ async fn serve_http<I, H, F>(
 }
 
 /// The hyper service of one connection: calls the handler and marks the request in flight until
-/// its response body is dropped.
+/// its response body is dropped. HTTP/2 over ALPN `http/1.1` and HTTP/2 header lists over the
+/// limit are answered here instead.
 fn request_service<H, F>(
     activity: &Arc<Activity>,
     handler: &Arc<H>,
     info: ConnInfo,
     protocol: Protocol,
+    shared: &Shared,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<InFlightBody>,
@@ -716,17 +785,33 @@ where
 {
     let activity = activity.clone();
     let handler = handler.clone();
+    let max_header_list = shared.h2_max_header_list_bytes as usize;
     service_fn(move |request: Request<Incoming>| {
         let in_flight = activity.begin();
-        let refused = protocol == Protocol::Http1 && request.version() == Version::HTTP_2;
-        // Boxed: hyper moves the service future several times before and while storing it, and
-        // the gateway's future is kilobytes large; a box is moved as one pointer.
-        let answer = (!refused).then(|| Box::pin(handler(request, info)));
+        let h2 = request.version() == Version::HTTP_2;
+        let answer = if h2 && protocol == Protocol::Http1 {
+            Err(version_not_negotiated(&request, info.peer.ip()))
+        } else if h2 && header_list_size(&request) > max_header_list {
+            Err(own_answer(
+                &request,
+                info.peer.ip(),
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_list_too_large",
+            ))
+        } else {
+            // Boxed: hyper moves the service future several times before and while storing it,
+            // and the gateway's future is kilobytes large; a box is moved as one pointer.
+            Ok(Box::pin(handler(request, info)))
+        };
         async move {
             let response = match answer {
-                Some(answer) => answer.await,
-                None => version_not_negotiated(),
+                Ok(answer) => answer.await,
+                Err(refusal) => refusal,
             };
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Before hyper writes the 101: what follows on the socket is the tunnel's.
+                in_flight.0.upgraded.store(true, Ordering::Release);
+            }
             Ok::<_, Infallible>(response.map(|inner| InFlightBody {
                 inner,
                 _in_flight: in_flight,
@@ -735,10 +820,93 @@ where
     })
 }
 
-fn version_not_negotiated() -> Response<Body> {
+fn version_not_negotiated(request: &Request<Incoming>, client: IpAddr) -> Response<Body> {
+    own_answer(
+        request,
+        client,
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+        "version_not_negotiated",
+    )
+}
+
+/// An HTTP/2 request's header list size as `SETTINGS_MAX_HEADER_LIST_SIZE` counts it (RFC 9113
+/// §6.5.2): every field, pseudo-header fields included, as name and value bytes plus 32.
+fn header_list_size<B>(request: &Request<B>) -> usize {
+    const PER_FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        Some((":method".len(), request.method().as_str().len())),
+        uri.scheme_str()
+            .map(|scheme| (":scheme".len(), scheme.len())),
+        uri.authority()
+            .map(|authority| (":authority".len(), authority.as_str().len())),
+        uri.path_and_query()
+            .map(|path| (":path".len(), path.as_str().len())),
+    ];
+    let fields = request
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().len(), value.len()));
+    pseudo
+        .into_iter()
+        .flatten()
+        .chain(fields)
+        .map(|(name, value)| name + value + PER_FIELD)
+        .sum()
+}
+
+/// The route label of answers given before any route was chosen (the pipeline's own).
+const UNROUTED: &str = "-";
+
+/// An answer the listener gives itself instead of calling the handler, with what the pipeline
+/// gives each of its own answers: a request id, an access-log line and a count.
+fn own_answer(
+    request: &Request<Incoming>,
+    client: IpAddr,
+    status: StatusCode,
+    reason: &'static str,
+) -> Response<Body> {
+    let path = request.uri().path();
+    let id = record_own_answer(
+        client,
+        request.method().as_str(),
+        // Bounded like the pipeline's raw paths.
+        path.get(..path.len().min(256)).unwrap_or("-"),
+        status.as_u16(),
+        reason,
+    );
     let mut response = Response::new(body::empty());
-    *response.status_mut() = StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+    *response.status_mut() = status;
     response
+        .headers_mut()
+        .insert(&crate::gateway::X_REQUEST_ID, id);
+    response
+}
+
+/// Logs and counts an answer the listener gave itself (see [`own_answer`]); returns its fresh
+/// request id. A client's or proxy's id is not taken: the listener has no list of trusted
+/// proxies, and a refused request should not choose its own log key.
+fn record_own_answer(
+    client: IpAddr,
+    method: &str,
+    path: &str,
+    status: u16,
+    reason: &'static str,
+) -> HeaderValue {
+    let id = crate::gateway::request_id(&HeaderMap::new(), client, &[]);
+    info!(
+        target: "access",
+        request_id = id.to_str().unwrap_or("-"),
+        client = %client,
+        method = %method,
+        path,
+        route = UNROUTED,
+        status,
+        sub = "-",
+        rejected = reason,
+    );
+    crate::metrics::listener_refusal(status, reason);
+    id
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -806,8 +974,7 @@ async fn open_plaintext(
     };
     let io = PlainIo {
         replay,
-        stream: io,
-        activity: activity.clone(),
+        stream: Stamped::new(io, activity.clone(), info.peer.ip(), protocol),
     };
     Some((io, protocol))
 }
@@ -830,7 +997,7 @@ where
     // hyper starts its header timer afresh; the head awaited since the connection went idle
     // must still arrive within `header_read_timeout` of that moment.
     let head_by = activity.idle_start() + shared.header_read_timeout;
-    let service = request_service(activity, handler, info, Protocol::Http1);
+    let service = request_service(activity, handler, info, Protocol::Http1, shared);
     let mut connection = shared
         .http1
         .serve_connection(TokioIo::new(io), service)
@@ -1004,6 +1171,8 @@ struct Activity {
     started: AtomicU64,
     /// Set while a plaintext HTTP/1 connection is being parked: its socket must stay open.
     parking: AtomicBool,
+    /// Set once a response switched protocols: the socket now carries a tunnel.
+    upgraded: AtomicBool,
 }
 
 impl Activity {
@@ -1015,6 +1184,7 @@ impl Activity {
             served: AtomicBool::new(false),
             started: AtomicU64::new(0),
             parking: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
         }
     }
 
@@ -1026,6 +1196,10 @@ impl Activity {
 
     fn started(&self) -> u64 {
         self.started.load(Ordering::Acquire)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// When `in_flight` last dropped to zero (the connection's start if it never rose).
@@ -1188,12 +1362,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Permitted<I> {
 }
 
 /// A plaintext socket as hyper's HTTP/1 sees it: bytes already read (the opening, or what the
-/// previous hyper connection had read but not parsed) come first, and while the connection is
-/// being parked hyper's shutdown leaves the socket open.
+/// previous hyper connection had read but not parsed) come first, hyper's own answers are
+/// stamped ([`Stamped`]), and while the connection is being parked hyper's shutdown leaves the
+/// socket open.
 struct PlainIo {
     replay: Bytes,
-    stream: Permitted<TcpStream>,
-    activity: Arc<Activity>,
+    stream: Stamped<Permitted<TcpStream>>,
 }
 
 impl PlainIo {
@@ -1261,10 +1435,174 @@ impl AsyncWrite for PlainIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.activity.parking.load(Ordering::Acquire) {
+        if this.stream.activity.parking.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+/// Finds hyper's own HTTP/1 answers to request heads it refuses (`400` for a malformed head, `414`,
+/// `431` over `max_header_bytes` or `max_headers`) and gives each what the pipeline gives its own
+/// answers: an `X-Request-Id` (inserted after the status line), an access-log line and a count.
+/// hyper writes these before any service call and has no hook for them.
+///
+/// They are told apart without parsing the output. hyper's HTTP/1 server writes nothing unasked
+/// but these answers (a response, and a `100 Continue`, only follow a service call), and it
+/// flushes the IO only once its own buffer is written out. So after a flush that found no request
+/// in flight, until the next request starts, the next write is such an answer, whole. Left
+/// unstamped (and unlogged): an answer to a refused head pipelined behind a response the socket
+/// had not yet taken, which shares a write with the end of that response. Off for HTTP/2 and for
+/// tunnels; a first write that is not an HTTP/1 status line (HTTP/2 sniffed behind TLS ALPN
+/// `http/1.1`) turns it off for good.
+struct Stamped<I> {
+    io: I,
+    activity: Arc<Activity>,
+    client: IpAddr,
+    /// [`Activity::started`] at the last flush with no request in flight.
+    settled: u64,
+    /// Set for HTTP/2, and after the one answer hyper gives before it closes.
+    off: bool,
+    /// The stamped answer, still to be written.
+    pending: Bytes,
+}
+
+impl<I> Stamped<I> {
+    fn new(io: I, activity: Arc<Activity>, client: IpAddr, protocol: Protocol) -> Self {
+        Self {
+            io,
+            settled: activity.started(),
+            activity,
+            client,
+            off: protocol == Protocol::Http2,
+            pending: Bytes::new(),
+        }
+    }
+
+    /// Whether hyper's next write can only be its own answer to a refused head.
+    fn answer_due(&self) -> bool {
+        !self.off
+            && self.activity.in_flight() == 0
+            && self.activity.started() == self.settled
+            && !self.activity.upgraded.load(Ordering::Acquire)
+    }
+
+    /// When `buf` is hyper's own answer: stamps, logs and counts it, keeps it to write, and
+    /// returns how many bytes of `buf` that took (all of it).
+    fn take_answer(&mut self, buf: &[u8]) -> Option<usize> {
+        if buf.is_empty() || !self.answer_due() {
+            return None;
+        }
+        // One answer, then hyper closes; and a first write that is no answer means another
+        // protocol.
+        self.off = true;
+        self.pending = stamp_answer(buf, self.client)?;
+        Some(buf.len())
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Stamped<I> {
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let written = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// hyper's answer with a fresh `X-Request-Id` after its status line, logged and counted; `None`
+/// when `answer` does not start with an HTTP/1 status line.
+fn stamp_answer(answer: &[u8], client: IpAddr) -> Option<Bytes> {
+    let status_line = answer
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| answer.strip_prefix(b"HTTP/1.0 "))?;
+    let status = StatusCode::from_bytes(status_line.get(..3)?).ok()?;
+    let line_end = answer.windows(2).position(|pair| pair == b"\r\n")? + 2;
+    let id = record_own_answer(client, "-", "-", status.as_u16(), parser_refusal(status));
+    let name = crate::gateway::X_REQUEST_ID.as_str().as_bytes();
+    let mut stamped = BytesMut::with_capacity(answer.len() + name.len() + id.len() + 4);
+    stamped.extend_from_slice(&answer[..line_end]);
+    stamped.extend_from_slice(name);
+    stamped.extend_from_slice(b": ");
+    stamped.extend_from_slice(id.as_bytes());
+    stamped.extend_from_slice(b"\r\n");
+    stamped.extend_from_slice(&answer[line_end..]);
+    Some(stamped.freeze())
+}
+
+/// The logged and counted reason of an answer hyper's HTTP/1 parser gave.
+fn parser_refusal(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "header_fields_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::BAD_REQUEST => "malformed_head",
+        _ => "refused_by_parser",
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Stamped<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Stamped<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        // Written out by the flush hyper does next.
+        if let Some(taken) = this.take_answer(buf) {
+            return Poll::Ready(Ok(taken));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        if let Some(first) = bufs.iter().find(|buf| !buf.is_empty())
+            && let Some(taken) = this.take_answer(first)
+        {
+            return Poll::Ready(Ok(taken));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        // hyper's buffer is empty whenever it flushes the IO: with no request in flight,
+        // everything hyper will ever write for the requests so far has been written.
+        if this.activity.in_flight() == 0 {
+            this.settled = this.activity.started();
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -1805,6 +2143,7 @@ mod tests {
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+        assert!(response.headers().contains_key("x-request-id"));
         server.shutdown().await.unwrap();
     }
 
@@ -2106,6 +2445,210 @@ mod tests {
         server.shutdown().await.unwrap();
     }
 
+    /// The `X-Request-Id` of the one response in `answer`, which must be `status`.
+    fn stamped_id(answer: &[u8], status: &str) -> String {
+        let text = String::from_utf8_lossy(answer);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let id = text
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("no X-Request-Id: {text}"));
+        assert_eq!(id.len(), 32, "{text}");
+        id.to_owned()
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_heads_get_parser_answers_with_a_request_id() {
+        let limits = Limits {
+            max_headers: 10,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: gatehouse\r\n");
+        for n in 0..20 {
+            many.push_str(&format!("X-Filler-{n}: x\r\n"));
+        }
+        many.push_str("\r\n");
+        for (request, status) in [
+            (many.as_str(), "431"),
+            ("GET / HTTP/1.1\r\nHost gatehouse\r\n\r\n", "400"),
+            ("G\x01T / HTTP/1.1\r\nHost: gatehouse\r\n\r\n", "400"),
+        ] {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            let _ = stream.write_all(request.as_bytes()).await;
+            stamped_id(&until_closed(&mut stream).await, status);
+        }
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_head_pipelined_behind_a_served_request_gets_its_own_request_id() {
+        let limits = Limits {
+            max_headers: 10,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let mut pipelined = String::from(
+            "GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\nGET / HTTP/1.1\r\nHost: gatehouse\r\n",
+        );
+        for n in 0..20 {
+            pipelined.push_str(&format!("X-Filler-{n}: x\r\n"));
+        }
+        pipelined.push_str("\r\n");
+        let _ = stream.write_all(pipelined.as_bytes()).await;
+        let answer = until_closed(&mut stream).await;
+        let text = String::from_utf8_lossy(&answer);
+        // The handler's own response carries no id; the parser's answer after it does.
+        let served = text.find("HTTP/1.1 431 ").expect(&text);
+        assert!(text.starts_with("HTTP/1.1 200 ") && text[..served].ends_with("ok"));
+        stamped_id(&answer[served..], "431");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn parser_answers_over_tls_carry_a_request_id() {
+        install_provider();
+        let pki = test_pki();
+        let tls = tls_config(&pki.cert(), &pki.key()).unwrap();
+        let limits = Limits {
+            max_header_bytes: 8192,
+            ..quick_limits()
+        };
+        let server = start(limits, Some(tls), ok).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(10_000)
+        );
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(GUARD, stream.read_to_end(&mut answer)).await;
+        stamped_id(&answer, "431");
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tunnel_bytes_after_an_upgrade_are_never_stamped() {
+        // The tunnel's first bytes look exactly like a parser answer.
+        const FROM_TUNNEL: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let handler = |mut request: Request<Incoming>, _: ConnInfo| async move {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let mut tunnel = TokioIo::new(upgraded);
+                    let _ = tunnel.write_all(FROM_TUNNEL).await;
+                    let _ = tunnel.shutdown().await;
+                }
+            });
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("websocket"),
+            );
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            response
+        };
+        let server = start(quick_limits(), None, handler).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: gatehouse\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let answer = until_closed(&mut stream).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+        assert!(
+            answer.ends_with(FROM_TUNNEL) && !text.contains("x-request-id"),
+            "{text}"
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn header_list_size_counts_pseudo_fields_and_32_bytes_per_field() {
+        let request = Request::builder()
+            .method("GET")
+            .uri("https://h.example/p?q")
+            .header("x-a", "bc")
+            .body(())
+            .unwrap();
+        let method = 7 + 3 + 32;
+        let scheme = 7 + 5 + 32;
+        let authority = 10 + 9 + 32;
+        let path = 5 + 4 + 32;
+        let field = 3 + 2 + 32;
+        assert_eq!(
+            header_list_size(&request),
+            method + scheme + authority + path + field
+        );
+    }
+
+    #[tokio::test]
+    async fn http2_header_list_between_the_limit_and_the_library_limit_gets_the_listener_431() {
+        let limits = Limits {
+            h2_max_header_list_bytes: 4096,
+            ..quick_limits()
+        };
+        let server = start(limits, None, ok).await;
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("http://{}/", server.addr))
+            .header("x-big", "a".repeat(6000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert!(response.headers().contains_key("x-request-id"));
+        server.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn only_an_http1_status_line_is_stamped() {
+        let client: IpAddr = [127, 0, 0, 1].into();
+        let stamped = stamp_answer(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
+            client,
+        )
+        .unwrap();
+        let text = String::from_utf8(stamped.to_vec()).unwrap();
+        let (first, rest) = text.split_once("\r\n").unwrap();
+        assert_eq!(first, "HTTP/1.1 431 Request Header Fields Too Large");
+        assert!(rest.starts_with("x-request-id: "), "{text}");
+        assert!(rest.ends_with("\r\ncontent-length: 0\r\n\r\n"), "{text}");
+        // An HTTP/2 SETTINGS frame, a status that is no status, a cut-off line.
+        for other in [
+            &b"\x00\x00\x12\x04\x00\x00\x00\x00\x00"[..],
+            b"HTTP/1.1 +43 x\r\n\r\n",
+            b"HTTP/1.1 431 Request Header",
+        ] {
+            assert!(stamp_answer(other, client).is_none(), "{other:?}");
+        }
+    }
+
     #[test]
     fn tls_config_names_the_missing_file() {
         let pki = test_pki();
@@ -2135,6 +2678,21 @@ mod tests {
         let other = test_pki();
         let error = tls_config(&pki.cert(), &other.key()).unwrap_err();
         assert!(matches!(error, ServerError::CertifiedKey { .. }), "{error}");
+    }
+
+    #[test]
+    fn backlog_is_lowered_to_somaxconn_and_an_unreadable_cap_changes_nothing() {
+        assert_eq!(effective_backlog(1024, Some(4096)), 1024);
+        assert_eq!(effective_backlog(1024, Some(128)), 128);
+        assert_eq!(effective_backlog(1024, None), 1024);
+        assert_eq!(effective_backlog(1024, Some(0)), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("somaxconn");
+        assert_eq!(read_somaxconn(&file), None);
+        std::fs::write(&file, "many\n").unwrap();
+        assert_eq!(read_somaxconn(&file), None);
+        std::fs::write(&file, "4096\n").unwrap();
+        assert_eq!(read_somaxconn(&file), Some(4096));
     }
 
     #[test]

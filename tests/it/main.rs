@@ -6,6 +6,7 @@ mod cli;
 mod identity;
 mod issuers;
 mod limits;
+mod listener;
 mod ops;
 mod parking;
 mod proxy;
