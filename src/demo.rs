@@ -115,10 +115,10 @@ pub async fn run(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<()> {
         .await
         .context("starting the echo upstream")?;
     let config = demo_config(listen, upstream, data_dir)?;
+    let backlog = config.server.listen_backlog;
     let app = app::App::new(config, None).await?;
     seed_user(&app.current()).await?;
-    let listener = TcpListener::bind(listen)
-        .await
+    let listener = crate::server::bind(listen, backlog)
         .with_context(|| format!("binding {listen} (pass --listen ADDR to use another address)"))?;
     let base = format!("http://{}", listener.local_addr()?);
     println!("{}", instructions(&base, upstream));
