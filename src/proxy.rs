@@ -36,14 +36,6 @@ use tracing::{debug, warn};
 
 use crate::body::{Body, BoxError};
 
-/// Default time to establish a TCP connection to an upstream.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time an idle pooled upstream connection is kept. Below the usual 60 s server keep-alive,
-/// so the pool drops a connection before the upstream does and a request rarely meets a closed one.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default number of idle pooled connections kept per upstream host.
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
-
 /// TCP keep-alive probes on upstream connections, so half-dead pooled connections are noticed.
 const UPSTREAM_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
@@ -65,9 +57,9 @@ impl Default for ClientSettings {
     fn default() -> Self {
         Self {
             ca_file: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+            connect_timeout: crate::config::DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: crate::config::DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: crate::config::DEFAULT_POOL_MAX_IDLE_PER_HOST,
         }
     }
 }

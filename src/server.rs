@@ -89,25 +89,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::body::{self, Body, BoxError};
 
-/// Default cap on concurrently open client connections (keep the process's file limit above it).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-/// Default cap on the size of an HTTP/1.1 request head, in bytes.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Default cap on the number of HTTP/1.1 request header fields.
-pub const DEFAULT_MAX_HEADERS: usize = 100;
-/// Default time a client gets to send a complete HTTP/1.1 request head.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time a client gets to complete the TLS handshake.
-pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default time a connection may stay open with no request in flight.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2 recommends at least 100).
-pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// Default `SETTINGS_MAX_HEADER_LIST_SIZE`, in bytes.
-pub const DEFAULT_H2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
-/// Default time in-flight requests get to finish once shutdown starts.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 /// hyper panics on a smaller HTTP/1 buffer.
 const MIN_HTTP1_BUF_BYTES: usize = 8192;
 /// Streams a client may open and reset before the server accepted them (rapid reset, CVE-2023-44487).
@@ -165,17 +146,20 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The configuration's defaults ([`crate::config`] defines each once).
     fn default() -> Self {
+        use crate::config as c;
         Self {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            max_headers: DEFAULT_MAX_HEADERS,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
-            h2_max_header_list_bytes: DEFAULT_H2_MAX_HEADER_LIST_BYTES,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_connections: c::DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: c::DEFAULT_MAX_HEADER_BYTES,
+            max_headers: c::DEFAULT_MAX_HEADERS,
+            header_read_timeout: c::DEFAULT_HEADER_READ_TIMEOUT,
+            tls_handshake_timeout: c::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            idle_timeout: c::DEFAULT_IDLE_TIMEOUT,
+            h2_max_concurrent_streams: c::DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            // The gateway bounds HTTP/2 header lists with the same number as HTTP/1 heads.
+            h2_max_header_list_bytes: c::DEFAULT_MAX_HEADER_BYTES as u32,
+            shutdown_grace: c::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
