@@ -44,6 +44,7 @@ fn run(dir: &Path, count: usize, sub: &str, out: &Path) -> Result<(), String> {
         issuer: "gatehouse".into(),
         audience: "gatehouse".into(),
         lifetime: LIFETIME,
+        max_bytes: gatehouse::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -65,6 +65,7 @@ fn spec() -> AccessTokenSpec {
         issuer: ISSUER.into(),
         audience: AUDIENCE.into(),
         lifetime: LIFETIME,
+        max_bytes: gatehouse::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
     }
 }
 

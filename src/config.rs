@@ -18,6 +18,8 @@ use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::issuers::{IssuerSettings, JwksSource};
 use crate::auth::keys::KeyAlg;
 use crate::auth::runtime::ThreadPriority;
+// The validator's own defaults, defined once there.
+pub use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 use crate::proxy::path;
 
 /// Default public listener.
@@ -74,12 +76,8 @@ pub const DEFAULT_AUDIENCE: &str = "gatehouse";
 pub const DEFAULT_ACCESS_TOKEN_LIFETIME: &str = "15m";
 /// Default refresh-token lifetime.
 pub const DEFAULT_REFRESH_TOKEN_LIFETIME: &str = "7d";
-/// Default clock leeway for exp/nbf/iat.
-pub const DEFAULT_LEEWAY: &str = "10s";
 /// Largest leeway the validator accepts.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
-/// Default cap on a presented token's size, checked before decoding.
-pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Default signing algorithm of the gateway's keys.
 pub const DEFAULT_ALGORITHM: &str = "EdDSA";
 /// Default directory of the gateway's signing keys.

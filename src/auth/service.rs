@@ -136,6 +136,7 @@ impl AuthService {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             lifetime: config.access_token_lifetime,
+            max_bytes: config.max_token_bytes,
         };
         let limits = Limits::new(config.limits.clone(), LimitClock::default());
         let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);

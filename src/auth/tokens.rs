@@ -13,7 +13,7 @@ use jsonwebtoken::Header;
 
 use crate::auth::claims::{AccessClaims, Audience, ClaimsError, check_identity_values};
 use crate::auth::keys::{KeyRing, fill_random};
-use crate::auth::verify::{ACCESS_TOKEN_TYP, DEFAULT_MAX_TOKEN_BYTES};
+use crate::auth::verify::ACCESS_TOKEN_TYP;
 
 /// Longest refresh token a caller should hash; ours are 43 characters. Anything longer is not
 /// ours and is refused before any work.
@@ -25,6 +25,9 @@ pub struct AccessTokenSpec {
     pub issuer: String,
     pub audience: String,
     pub lifetime: Duration,
+    /// The largest token the verifier accepts (`auth.max_token_bytes`): minting a larger one
+    /// would hand out a token the gateway then refuses.
+    pub max_bytes: usize,
 }
 
 /// A signed access token and what it says.
@@ -95,10 +98,10 @@ pub fn mint_access(
     header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
     header.kid = Some(signing.kid.clone());
     let token = jsonwebtoken::encode(&header, &claims, signing.encoding_key())?;
-    if token.len() > DEFAULT_MAX_TOKEN_BYTES {
+    if token.len() > spec.max_bytes {
         return Err(TokenError::TooLarge {
             len: token.len(),
-            max: DEFAULT_MAX_TOKEN_BYTES,
+            max: spec.max_bytes,
         });
     }
     Ok(MintedAccess {
@@ -152,6 +155,7 @@ mod tests {
             issuer: "https://gw.example".into(),
             audience: "api".into(),
             lifetime: Duration::from_secs(300),
+            max_bytes: crate::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
         }
     }
 
@@ -165,6 +169,23 @@ mod tests {
     fn segment(token: &str, i: usize) -> serde_json::Map<String, serde_json::Value> {
         let part = token.split('.').nth(i).unwrap();
         parse_object(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_token_over_the_configured_cap_is_not_minted() {
+        let (_dir, ring) = ring(KeyAlg::EdDSA);
+        let roles: Vec<String> = (0..40).map(|i| format!("role-{i}")).collect();
+        let fits = mint_access(&ring, &spec(), "alice", &roles, &[], "web", NOW).unwrap();
+        let small = AccessTokenSpec {
+            max_bytes: fits.token.len() - 1,
+            ..spec()
+        };
+        match mint_access(&ring, &small, "alice", &roles, &[], "web", NOW) {
+            Err(TokenError::TooLarge { len, max }) => {
+                assert_eq!((len, max), (fits.token.len(), fits.token.len() - 1))
+            }
+            other => panic!("minted over the cap: {other:?}"),
+        }
     }
 
     #[test]

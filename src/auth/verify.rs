@@ -624,6 +624,7 @@ mod tests {
             issuer: ISS.into(),
             audience: AUD.into(),
             lifetime: Duration::from_secs(300),
+            max_bytes: crate::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
         };
         for alg in [KeyAlg::EdDSA, KeyAlg::ES256, KeyAlg::RS256, KeyAlg::HS256] {
             let ring = ring(alg);
@@ -655,6 +656,7 @@ mod tests {
             issuer: ISS.into(),
             audience: AUD.into(),
             lifetime: Duration::from_secs(3600),
+            max_bytes: crate::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
         };
         let old = KeyRing::load_or_generate_at(dir.path(), KeyAlg::EdDSA, retain, NOW).unwrap();
         let old_token = mint_access(&old, &spec, "alice", &[], &[], "web", NOW).unwrap();
@@ -1011,6 +1013,7 @@ mod tests {
             issuer: ISS.into(),
             audience: AUD.into(),
             lifetime: Duration::from_secs(60),
+            max_bytes: crate::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
         };
         // Mint until a signature contains a url-safe-only character (about 94% of them do).
         let token = (0..100)

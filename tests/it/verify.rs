@@ -902,3 +902,45 @@ async fn not_yet_valid_token_is_not_remembered_as_refused() {
         "a time-dependent refusal outlived its reason"
     );
 }
+
+/// With a small `max_token_bytes`, a user with many roles used to be handed a token the
+/// gateway then refused on every request (minting checked a fixed 8192 bytes). Now the login
+/// fails instead, and a token the gateway hands out is one it accepts.
+#[tokio::test]
+async fn the_gateway_never_mints_a_token_it_would_refuse() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[auth]\nmax_token_bytes = 900\n")
+        .start()
+        .await;
+    let many: Vec<String> = (0..60).map(|i| format!("role-{i:02}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    gw.add_user("crowded", "pw-crowded-1", &many, &[]).await;
+    gw.add_user("plain", "pw-plain-123", &["user"], &[]).await;
+
+    let response = client()
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "crowded"),
+            ("password", "pw-crowded-1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(body.get("access_token").is_none(), "{status}: {body}");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+
+    let token = gw.access_token("plain", "pw-plain-123").await;
+    assert!(token.len() <= 900);
+    let status = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+}
