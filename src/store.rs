@@ -13,8 +13,9 @@
 //! used and adds its successor to the same family. Presenting a used token again means it was
 //! copied: the whole family is revoked.
 //!
-//! Room left for later (not built): failed-login counters and lockout will arrive as a schema
-//! migration plus new trait methods; nothing here assumes their absence.
+//! Failed logins lock a name out (per canonical username, existing or not). A login attempt is
+//! admitted before any hashing starts and reserves one place in the name's failure budget, so
+//! parallel guesses cannot outrun the count ([`Store::admit_login`], [`LoginAttempt`]).
 
 pub mod sqlite;
 
@@ -175,6 +176,36 @@ pub struct LockoutPolicy {
     pub ban_time: i64,
 }
 
+/// How long an admitted login attempt holds its place in the failure budget when it is never
+/// finished (the process died mid-hash): longer than any attempt can take (the hashing wait is
+/// bounded at 10 s, each store call at its busy timeout), short enough not to lock a name out
+/// for long by accident.
+pub const LOGIN_ATTEMPT_TTL: i64 = 60;
+
+/// What [`Store::admit_login`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginAdmission {
+    /// Go ahead: the attempt holds reservation `id` until it is finished.
+    Admitted(i64),
+    /// The name is locked out until this unix time.
+    Locked(i64),
+    /// Failures in the window plus attempts in flight already reach `max_failures`: one more
+    /// could be the guess past the limit. The attempts in flight finish within seconds.
+    Exhausted,
+}
+
+/// How an admitted login attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginVerdict {
+    /// Wrong password, unknown or disabled user: one more failure.
+    Failed,
+    /// The password was right: failures are forgotten (a running lockout stays).
+    Succeeded,
+    /// No verdict (the hashing pool was busy, the store failed, the request was dropped): the
+    /// reservation is given back and nothing is counted.
+    Abandoned,
+}
+
 /// Persistent state. Implementations are shared as `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -253,24 +284,100 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 
     /// Readiness: the backend answers a trivial query.
-    /// When `name` is locked out, the unix time the lockout ends.
-    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError>;
-
-    /// Counts a failed login for `name` (whether or not such a user exists). Failures older than
-    /// `policy.find_time` start a new count; reaching `policy.max_failures` locks the name for
-    /// `policy.ban_time`, returned as the unix time the lockout ends.
-    async fn record_login_failure(
+    /// Admits one login attempt for `name` (whether or not such a user exists), atomically with
+    /// every other admission and verdict for that name, in this process and in every other
+    /// gateway sharing the store: refused while the name is locked, or while failures within
+    /// `policy.find_time` plus admitted, unfinished attempts reach `policy.max_failures`;
+    /// otherwise a reservation is stored that counts as an attempt in flight until
+    /// [`finish_login`](Store::finish_login) removes it or [`LOGIN_ATTEMPT_TTL`] passes.
+    async fn admit_login(
         &self,
         name: &Username,
         now: i64,
         policy: LockoutPolicy,
+    ) -> Result<LoginAdmission, StoreError>;
+
+    /// Ends reservation `id` of an attempt on `name` with its verdict, atomically. `Failed`
+    /// counts a failure: failures older than `policy.find_time` start a new count, and reaching
+    /// `policy.max_failures` locks the name for `policy.ban_time`, returned as the unix time the
+    /// lockout ends. `Succeeded` forgets the failures but never lifts a running lockout.
+    /// Finishing an expired or unknown reservation still records the verdict.
+    async fn finish_login(
+        &self,
+        name: &Username,
+        id: i64,
+        now: i64,
+        policy: LockoutPolicy,
+        verdict: LoginVerdict,
     ) -> Result<Option<i64>, StoreError>;
 
-    /// Forgets failures after a successful login (a running lockout is not lifted: a locked
-    /// name cannot log in to lift it).
-    async fn clear_login_failures(&self, name: &Username) -> Result<(), StoreError>;
-
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// An admitted login attempt: finish it with its verdict; dropped unfinished (an early return,
+/// a cancelled request), it gives its reservation back from a task of its own.
+pub struct LoginAttempt {
+    store: std::sync::Arc<dyn Store>,
+    name: Username,
+    id: i64,
+    policy: LockoutPolicy,
+    finished: bool,
+}
+
+impl LoginAttempt {
+    /// Admits an attempt on `name`; `Err` carries the refusal ([`LoginAdmission::Locked`] or
+    /// [`LoginAdmission::Exhausted`]).
+    pub async fn admit(
+        store: &std::sync::Arc<dyn Store>,
+        name: &Username,
+        now: i64,
+        policy: LockoutPolicy,
+    ) -> Result<Result<Self, LoginAdmission>, StoreError> {
+        Ok(match store.admit_login(name, now, policy).await? {
+            LoginAdmission::Admitted(id) => Ok(Self {
+                store: store.clone(),
+                name: name.clone(),
+                id,
+                policy,
+                finished: false,
+            }),
+            refused => Err(refused),
+        })
+    }
+
+    /// Records the verdict; for `Failed`, the end of a lockout it started.
+    pub async fn finish(
+        mut self,
+        now: i64,
+        verdict: LoginVerdict,
+    ) -> Result<Option<i64>, StoreError> {
+        self.finished = true;
+        self.store
+            .finish_login(&self.name, self.id, now, self.policy, verdict)
+            .await
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime left: the reservation expires after LOGIN_ATTEMPT_TTL.
+        };
+        let (store, name, id, policy) =
+            (self.store.clone(), self.name.clone(), self.id, self.policy);
+        runtime.spawn(async move {
+            // An abandoned attempt reads no time: it only gives its reservation back.
+            if let Err(e) = store
+                .finish_login(&name, id, 0, policy, LoginVerdict::Abandoned)
+                .await
+            {
+                tracing::warn!(error = %e, "giving back a login reservation failed; it expires");
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use crate::body::Body;
 use crate::error::{Rejection, with_json};
 use crate::limits::Refusal;
 use crate::store::{
-    LockoutPolicy, NewUser, RefreshRecord, RefreshSuccessor, RotateError, StoreError,
+    LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser, RefreshRecord,
+    RefreshSuccessor, RotateError, StoreError,
 };
 
 /// Largest token-endpoint body; larger is refused before parsing or hashing.
@@ -368,15 +369,28 @@ impl AuthService {
             .admit()
             .inspect_err(|_| crate::metrics::login("busy"))?;
         let now = self.limits.clock().unix_now();
-        if let Some(name) = &name
-            && let Some(until) = self.store.lockout(name, now).await?
-        {
-            crate::metrics::limit_refusal("lockout");
-            return Err(OAuthError::Limited(Refusal {
-                retry_after: (until - now).max(1) as u64,
-                limit: self.limits.config().max_failures.get(),
-            }));
-        }
+        // The attempt's place in the name's failure budget, taken before any hashing: parallel
+        // guesses cannot outrun the count.
+        let attempt = match &name {
+            Some(name) => {
+                match LoginAttempt::admit(&self.store, name, now, self.lockout_policy()).await? {
+                    Ok(attempt) => Some(attempt),
+                    Err(refused) => {
+                        crate::metrics::limit_refusal("lockout");
+                        let retry_after = match refused {
+                            LoginAdmission::Locked(until) => (until - now).max(1) as u64,
+                            // Attempts in flight hold the rest of the budget for seconds at most.
+                            _ => 1,
+                        };
+                        return Err(OAuthError::Limited(Refusal {
+                            retry_after,
+                            limit: self.limits.config().max_failures.get(),
+                        }));
+                    }
+                }
+            }
+            None => None,
+        };
         let user = match &name {
             Some(name) => self.store.user(name).await?.filter(|u| !u.disabled),
             None => None,
@@ -402,14 +416,22 @@ impl AuthService {
             Some(user) if outcome.ok => user,
             _ => {
                 crate::metrics::login("bad_credentials");
-                if let Some(name) = &name {
-                    self.count_failure(name, now).await?;
+                if let Some(attempt) = attempt
+                    && let Some(until) = attempt.finish(now, LoginVerdict::Failed).await?
+                {
+                    tracing::warn!(
+                        user = name.as_ref().map_or(raw_username, Username::as_str),
+                        until,
+                        "login locked after repeated failures"
+                    );
                 }
                 return Err(OAuthError::BadCredentials);
             }
         };
         crate::metrics::login("success");
-        self.store.clear_login_failures(&user.username).await?;
+        if let Some(attempt) = attempt {
+            attempt.finish(now, LoginVerdict::Succeeded).await?;
+        }
         if outcome.needs_rehash {
             self.upgrade_hash(&user.username, password).await;
         }
@@ -420,23 +442,15 @@ impl AuthService {
         Ok(issued)
     }
 
-    /// Counts a failed login; the attempt that reaches the limit is answered like any failure,
-    /// the next ones are refused by the lockout.
-    async fn count_failure(&self, name: &Username, now: i64) -> Result<(), OAuthError> {
+    /// The lockout rule in the store's terms. The attempt that reaches the limit is answered
+    /// like any failure; the next ones are refused by the lockout.
+    fn lockout_policy(&self) -> LockoutPolicy {
         let c = self.limits.config();
-        let policy = LockoutPolicy {
+        LockoutPolicy {
             max_failures: c.max_failures.get(),
             find_time: c.find_time.as_secs() as i64,
             ban_time: c.ban_time.as_secs() as i64,
-        };
-        if let Some(until) = self.store.record_login_failure(name, now, policy).await? {
-            tracing::warn!(
-                user = name.as_str(),
-                until,
-                "login locked after repeated failures"
-            );
         }
-        Ok(())
     }
 
     /// Rehashes with the configured parameters after a successful login; failure only logs.

@@ -24,8 +24,8 @@ use rusqlite::{
 };
 
 use super::{
-    LockoutPolicy, NewUser, RefreshRecord, RefreshState, RefreshSuccessor, RotateError, Store,
-    StoreError, User,
+    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginVerdict, NewUser, RefreshRecord,
+    RefreshState, RefreshSuccessor, RotateError, Store, StoreError, User,
 };
 use crate::auth::username::Username;
 
@@ -33,7 +33,7 @@ use crate::auth::username::Username;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -83,6 +83,17 @@ CREATE TABLE login_failures (
 ) STRICT;
 ";
 
+/// Version 3: login attempts admitted and not yet finished, each holding a place in its name's
+/// failure budget until it is finished or expires.
+const SCHEMA_V3: &str = "
+CREATE TABLE login_attempts (
+    id         INTEGER PRIMARY KEY,
+    username   TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX login_attempts_username ON login_attempts (username);
+";
+
 /// Failure rows untouched for this long are purged (longer than any sensible find_time).
 const FAILURE_ROW_TTL: i64 = 86_400;
 
@@ -103,6 +114,41 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// One more failure for `name` inside `tx`; the lockout's end when it reaches the limit.
+fn count_failure(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    now: i64,
+    policy: LockoutPolicy,
+) -> Result<Option<i64>, StoreError> {
+    let row: Option<(i64, i64)> = tx
+        .query_row(
+            "SELECT failures, first_failure_at FROM login_failures WHERE username = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (failures, first) = match row {
+        Some((n, first)) if first + policy.find_time > now => (n + 1, first),
+        _ => (1, now),
+    };
+    let locked_until = (failures >= i64::from(policy.max_failures)).then(|| now + policy.ban_time);
+    // A lockout starts a fresh count: the next window begins when the ban ends.
+    let (failures, first) = if locked_until.is_some() {
+        (0, now)
+    } else {
+        (failures, first)
+    };
+    tx.execute(
+        "INSERT INTO login_failures (username, failures, first_failure_at, locked_until) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (username) DO UPDATE SET \
+         failures = excluded.failures, first_failure_at = excluded.first_failure_at, \
+         locked_until = coalesce(excluded.locked_until, locked_until)",
+        params![name, failures, first, locked_until],
+    )?;
+    Ok(locked_until)
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -731,73 +777,90 @@ impl Store for SqliteStore {
                  AND first_failure_at <= ?1 - ?2",
                 params![now, FAILURE_ROW_TTL],
             )?;
+            let attempts =
+                tx.execute("DELETE FROM login_attempts WHERE expires_at <= ?1", [now])?;
             tx.commit()?;
-            Ok(u64::try_from(tokens + jtis + failures).unwrap_or(u64::MAX))
+            Ok(u64::try_from(tokens + jtis + failures + attempts).unwrap_or(u64::MAX))
         })
         .await
     }
 
-    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError> {
-        let name = name.as_str().to_owned();
-        self.call(move |conn| {
-            let until: Option<Option<i64>> = conn
-                .query_row(
-                    "SELECT locked_until FROM login_failures WHERE username = ?1",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(until.flatten().filter(|&t| t > now))
-        })
-        .await
-    }
-
-    async fn record_login_failure(
+    async fn admit_login(
         &self,
         name: &Username,
         now: i64,
         policy: LockoutPolicy,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<LoginAdmission, StoreError> {
         let name = name.as_str().to_owned();
         self.call(move |conn| {
+            // IMMEDIATE: the write lock is taken before the count is read, so two admissions
+            // can never both see the last free place.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<(i64, i64)> = tx
+            tx.execute(
+                "DELETE FROM login_attempts WHERE username = ?1 AND expires_at <= ?2",
+                params![name, now],
+            )?;
+            let row: Option<(i64, i64, Option<i64>)> = tx
                 .query_row(
-                    "SELECT failures, first_failure_at FROM login_failures WHERE username = ?1",
+                    "SELECT failures, first_failure_at, locked_until FROM login_failures \
+                     WHERE username = ?1",
                     [&name],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let (failures, first) = match row {
-                Some((n, first)) if first + policy.find_time > now => (n + 1, first),
-                _ => (1, now),
+            let failures = match row {
+                Some((_, _, Some(until))) if until > now => {
+                    return Ok(LoginAdmission::Locked(until));
+                }
+                Some((n, first, _)) if first + policy.find_time > now => n,
+                _ => 0,
             };
-            let locked_until =
-                (failures >= i64::from(policy.max_failures)).then(|| now + policy.ban_time);
-            // A lockout starts a fresh count: the next window begins when the ban ends.
-            let (failures, first) = if locked_until.is_some() {
-                (0, now)
-            } else {
-                (failures, first)
-            };
-            tx.execute(
-                "INSERT INTO login_failures (username, failures, first_failure_at, locked_until) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (username) DO UPDATE SET \
-                 failures = excluded.failures, first_failure_at = excluded.first_failure_at, \
-                 locked_until = coalesce(excluded.locked_until, locked_until)",
-                params![name, failures, first, locked_until],
+            let in_flight: i64 = tx.query_row(
+                "SELECT count(*) FROM login_attempts WHERE username = ?1",
+                [&name],
+                |r| r.get(0),
             )?;
+            if failures + in_flight >= i64::from(policy.max_failures) {
+                return Ok(LoginAdmission::Exhausted);
+            }
+            tx.execute(
+                "INSERT INTO login_attempts (username, expires_at) VALUES (?1, ?2)",
+                params![name, now.saturating_add(LOGIN_ATTEMPT_TTL)],
+            )?;
+            let id = tx.last_insert_rowid();
             tx.commit()?;
-            Ok(locked_until)
+            Ok(LoginAdmission::Admitted(id))
         })
         .await
     }
 
-    async fn clear_login_failures(&self, name: &Username) -> Result<(), StoreError> {
+    async fn finish_login(
+        &self,
+        name: &Username,
+        id: i64,
+        now: i64,
+        policy: LockoutPolicy,
+        verdict: LoginVerdict,
+    ) -> Result<Option<i64>, StoreError> {
         let name = name.as_str().to_owned();
         self.call(move |conn| {
-            conn.execute("DELETE FROM login_failures WHERE username = ?1", [&name])?;
-            Ok(())
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM login_attempts WHERE id = ?1", [id])?;
+            let locked_until = match verdict {
+                LoginVerdict::Abandoned => None,
+                LoginVerdict::Succeeded => {
+                    // A lockout another attempt started meanwhile stays.
+                    tx.execute(
+                        "DELETE FROM login_failures WHERE username = ?1 \
+                         AND coalesce(locked_until, 0) <= ?2",
+                        params![name, now],
+                    )?;
+                    None
+                }
+                LoginVerdict::Failed => count_failure(&tx, &name, now, policy)?,
+            };
+            tx.commit()?;
+            Ok(locked_until)
         })
         .await
     }
@@ -864,6 +927,144 @@ mod tests {
 
     fn open_in(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&dir.path().join("state.db")).unwrap()
+    }
+
+    const POLICY: LockoutPolicy = LockoutPolicy {
+        max_failures: 5,
+        find_time: 600,
+        ban_time: 900,
+    };
+
+    /// Two connections to one file, as two gateways sharing it would have, admitting 40
+    /// attempts from threads at once: the budget holds across connections.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_admissions_never_exceed_the_failure_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = [Arc::new(open_in(&dir)), Arc::new(open_in(&dir))];
+        let admits = (0..40).map(|i| {
+            let store = stores[i % 2].clone();
+            tokio::spawn(async move { store.admit_login(&name("alice"), NOW, POLICY).await })
+        });
+        let mut admitted = Vec::new();
+        for admit in admits {
+            match admit.await.unwrap().unwrap() {
+                LoginAdmission::Admitted(id) => admitted.push(id),
+                LoginAdmission::Exhausted => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted.len(), 5, "{admitted:?}");
+        // Failures take the places over: still nothing free, then the fifth locks.
+        let store = &stores[0];
+        for (i, id) in admitted.iter().enumerate() {
+            let until = store
+                .finish_login(&name("alice"), *id, NOW, POLICY, LoginVerdict::Failed)
+                .await
+                .unwrap();
+            assert_eq!(until, (i == 4).then_some(NOW + POLICY.ban_time));
+            if i < 4 {
+                assert_eq!(
+                    store
+                        .admit_login(&name("alice"), NOW, POLICY)
+                        .await
+                        .unwrap(),
+                    LoginAdmission::Exhausted
+                );
+            }
+        }
+        assert_eq!(
+            store
+                .admit_login(&name("alice"), NOW, POLICY)
+                .await
+                .unwrap(),
+            LoginAdmission::Locked(NOW + POLICY.ban_time)
+        );
+    }
+
+    #[tokio::test]
+    async fn abandoned_and_expired_reservations_give_their_place_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let alice = name("alice");
+        let policy = LockoutPolicy {
+            max_failures: 1,
+            ..POLICY
+        };
+        let LoginAdmission::Admitted(id) = store.admit_login(&alice, NOW, policy).await.unwrap()
+        else {
+            panic!("first attempt refused");
+        };
+        assert_eq!(
+            store.admit_login(&alice, NOW, policy).await.unwrap(),
+            LoginAdmission::Exhausted
+        );
+        store
+            .finish_login(&alice, id, NOW, policy, LoginVerdict::Abandoned)
+            .await
+            .unwrap();
+        // A reservation never finished (the process died) stops counting after its TTL.
+        assert!(matches!(
+            store.admit_login(&alice, NOW, policy).await.unwrap(),
+            LoginAdmission::Admitted(_)
+        ));
+        assert_eq!(
+            store
+                .admit_login(&alice, NOW + LOGIN_ATTEMPT_TTL - 1, policy)
+                .await
+                .unwrap(),
+            LoginAdmission::Exhausted
+        );
+        assert!(matches!(
+            store
+                .admit_login(&alice, NOW + LOGIN_ATTEMPT_TTL, policy)
+                .await
+                .unwrap(),
+            LoginAdmission::Admitted(_)
+        ));
+        // Other names are not affected.
+        assert!(matches!(
+            store.admit_login(&name("bob"), NOW, policy).await.unwrap(),
+            LoginAdmission::Admitted(_)
+        ));
+    }
+
+    /// A right password whose attempt outlived its reservation (a slow hash) finishes after
+    /// other attempts locked the name: the lockout stays.
+    #[tokio::test]
+    async fn a_late_success_does_not_lift_a_lockout_started_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(&dir);
+        let alice = name("alice");
+        let policy = LockoutPolicy {
+            max_failures: 2,
+            ..POLICY
+        };
+        let admit = |now: i64| {
+            let (store, alice) = (&store, &alice);
+            async move {
+                match store.admit_login(alice, now, policy).await.unwrap() {
+                    LoginAdmission::Admitted(id) => id,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let right = admit(NOW).await;
+        let later = NOW + LOGIN_ATTEMPT_TTL;
+        let (w1, w2) = (admit(later).await, admit(later).await);
+        for id in [w1, w2] {
+            store
+                .finish_login(&alice, id, later, policy, LoginVerdict::Failed)
+                .await
+                .unwrap();
+        }
+        store
+            .finish_login(&alice, right, later, policy, LoginVerdict::Succeeded)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.admit_login(&alice, later, policy).await.unwrap(),
+            LoginAdmission::Locked(later + policy.ban_time)
+        );
     }
 
     /// A store with user alice holding token 1 in family "f1".

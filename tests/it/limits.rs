@@ -280,3 +280,55 @@ async fn normal_priority_leaves_login_threads_at_the_process_priority() {
 fn gatehouse_tid() -> i32 {
     gatehouse::auth::runtime::current_tid()
 }
+
+/// 40 wrong passwords at once for one name (per-user rate limits raised, as for a shared service
+/// account): admission reserves a place in the failure budget before any hash starts, so at
+/// most `max_failures` guesses are checked; the rest are refused, and the name ends locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_wrong_passwords_cannot_exceed_max_failures() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[auth.password]\nqueue = 100\n")
+        .and(
+            "[auth.limits]\nper_address_burst = 1000\nper_address_per_minute = 1000\nper_user_burst = 1000\nper_user_per_minute = 1000\nmax_failures = 5\n",
+        )
+        .start()
+        .await;
+    gw.add_user("alice", "secret", &[], &["read"]).await;
+    let guesses = (0..40).map(|i| {
+        let gw = &gw;
+        async move {
+            attempt(gw, "alice", &format!("guess-{i}"), None)
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(checked <= 5, "{checked} guesses were checked: {statuses:?}");
+    assert_eq!(checked + refused, 40, "{statuses:?}");
+    assert_eq!(
+        attempt(&gw, "alice", "secret", None).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password must wait out the lockout"
+    );
+}
+
+/// `enabled = false` turns the rate limits off, never the lockout.
+#[tokio::test]
+async fn lockout_still_holds_with_the_rate_limits_disabled() {
+    let (gw, _up) =
+        gateway("enabled = false\nper_address_burst = 1\nper_user_burst = 1\nmax_failures = 3")
+            .await;
+    for _ in 0..3 {
+        assert_eq!(attempt(&gw, "alice", "wrong", None).await.status(), 400);
+    }
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
+}
