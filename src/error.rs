@@ -368,5 +368,8 @@ mod tests {
         let response = respond(&Rejection::OAuth(OAuthError::Busy));
         assert_eq!(response.status(), 503);
         assert!(response.headers().contains_key(RETRY_AFTER));
+        let response = respond(&Rejection::OAuth(OAuthError::StoreUnavailable));
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
     }
 }

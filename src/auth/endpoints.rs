@@ -39,6 +39,9 @@ const DEFAULT_CLIENT_ID: &str = "gatehouse";
 const MIN_PASSWORD_CHARS: usize = 8;
 /// Seconds a client is told to wait when the hashing pool is full.
 const BUSY_RETRY_AFTER: u64 = 1;
+/// Seconds a client is told to wait when the store did not answer (locked by a writer, busy
+/// past its timeout, gone): a passing condition, not the client's fault nor a bug.
+const STORE_RETRY_AFTER: u64 = 2;
 
 /// The one error type of the endpoints (RFC 6749 §5.2 codes where they apply).
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,8 @@ pub enum OAuthError {
     WeakPassword(&'static str),
     #[error("temporarily unavailable")]
     Busy,
+    #[error("store unavailable")]
+    StoreUnavailable,
     /// A rate limit or a lockout refused the attempt before any lookup or hashing.
     #[error("too many attempts")]
     Limited(Refusal),
@@ -89,7 +94,7 @@ impl OAuthError {
             OAuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             OAuthError::NotFound => StatusCode::NOT_FOUND,
             OAuthError::Conflict => StatusCode::CONFLICT,
-            OAuthError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::Busy | OAuthError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             OAuthError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             OAuthError::Server => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -107,7 +112,7 @@ impl OAuthError {
             OAuthError::MethodNotAllowed => "method_not_allowed",
             OAuthError::NotFound => "not_found",
             OAuthError::Conflict => "conflict",
-            OAuthError::Busy => "temporarily_unavailable",
+            OAuthError::Busy | OAuthError::StoreUnavailable => "temporarily_unavailable",
             OAuthError::Limited(_) => "too_many_attempts",
             OAuthError::Server => "server_error",
         }
@@ -129,6 +134,7 @@ impl OAuthError {
             OAuthError::NotFound => "no such endpoint",
             OAuthError::Conflict => "username is taken",
             OAuthError::Busy => "too many logins in progress, retry shortly",
+            OAuthError::StoreUnavailable => "state store unavailable, retry shortly",
             OAuthError::Limited(_) => "too many attempts, retry later",
             OAuthError::Server => "internal error",
         }
@@ -137,6 +143,7 @@ impl OAuthError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             OAuthError::Busy => Some(BUSY_RETRY_AFTER),
+            OAuthError::StoreUnavailable => Some(STORE_RETRY_AFTER),
             OAuthError::Limited(r) => Some(r.retry_after),
             _ => None,
         }
@@ -159,7 +166,10 @@ impl From<PasswordError> for OAuthError {
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failed");
-        OAuthError::Server
+        match e {
+            StoreError::Unavailable(_) => OAuthError::StoreUnavailable,
+            _ => OAuthError::Server,
+        }
     }
 }
 

@@ -614,3 +614,59 @@ async fn access_log_contains_no_secrets() {
     let signature = access.rsplit('.').next().unwrap();
     assert!(!log.contains(signature));
 }
+
+/// Another process holding the database's write lock (a backup, a migration, an admin's
+/// `sqlite3` shell) makes the store time out: refresh and login answer 503 with Retry-After, a
+/// passing condition the client retries, and work again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_locked_store_answers_503_with_retry_after() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .start()
+        .await;
+    gw.add_user("alice", "secret-pw-1", &[], &[]).await;
+    let refresh = gw.login("alice", "secret-pw-1").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let locker = rusqlite::Connection::open(gw.dir.path().join("gatehouse.db")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refreshed = client()
+        .post(gw.url("/auth/refresh"))
+        .json(&serde_json::json!({ "refresh_token": refresh }))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refreshed.headers()["retry-after"], "2");
+    let body: serde_json::Value = refreshed.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let login = client()
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "secret-pw-1"),
+        ])
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(login.headers().contains_key("retry-after"));
+
+    locker.execute_batch("ROLLBACK").unwrap();
+    let refreshed = client()
+        .post(gw.url("/auth/refresh"))
+        .json(&serde_json::json!({ "refresh_token": refresh }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refreshed.status(),
+        StatusCode::OK,
+        "the token was not spent"
+    );
+}
