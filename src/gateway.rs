@@ -35,7 +35,7 @@ use crate::body::Body;
 use crate::config::{AuthMode, Config, IdentityHeaders, Route};
 use crate::error::Rejection;
 use crate::metrics::RouteMetrics;
-use crate::proxy::headers::{self, Forwarding, IdentityScrubber};
+use crate::proxy::headers::{self, Forwarding, IdentityScrubber, X_REQUEST_ID, request_id};
 use crate::proxy::path;
 use crate::proxy::{self as forward, ClientSettings, UpstreamClient};
 use crate::routes::RouteTable;
@@ -622,59 +622,6 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
 
 /// The route label of requests refused before a route or endpoint was chosen.
 const UNROUTED: &str = "-";
-
-/// Correlates a request across the gateway's log, the upstream and the client.
-pub(crate) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// The id a trusted proxy assigned (when well-formed), or a fresh random one. A client's own
-/// value is never trusted: it would let one client spoof another's log lines.
-pub(crate) fn request_id(
-    headers: &HeaderMap,
-    peer: IpAddr,
-    trusted: &[ipnet::IpNet],
-) -> HeaderValue {
-    let from_proxy = trusted.iter().any(|net| net.contains(&peer));
-    if from_proxy
-        && let Some(v) = headers.get(&X_REQUEST_ID)
-        && (1..=128).contains(&v.len())
-        && v.as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-    {
-        return v.clone();
-    }
-    let bytes = random_id_bytes();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 32];
-    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0x0f)];
-    }
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-/// 16 bytes from the system CSPRNG for one request id. The generator is asked for a block of ids
-/// at a time per thread: per call, its fixed cost was most of the id's cost.
-fn random_id_bytes() -> [u8; 16] {
-    const IDS_PER_FILL: usize = 64;
-    thread_local! {
-        static POOL: std::cell::RefCell<([u8; 16 * IDS_PER_FILL], usize)> =
-            const { std::cell::RefCell::new(([0; 16 * IDS_PER_FILL], IDS_PER_FILL)) };
-    }
-    POOL.with_borrow_mut(|(block, next)| {
-        if *next == IDS_PER_FILL {
-            if aws_lc_rs::rand::fill(block).is_err() {
-                // The DRBG never fails in practice; a constant id beats no response.
-                *block = [0; 16 * IDS_PER_FILL];
-            }
-            *next = 0;
-        }
-        let mut id = [0; 16];
-        id.copy_from_slice(&block[*next * 16..][..16]);
-        *next += 1;
-        id
-    })
-}
 
 /// Counts a refusal under its metric; the access log has the reason too.
 fn count_rejection(rejection: &Rejection, route: Option<&str>) {

@@ -863,7 +863,7 @@ fn own_answer(
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(&crate::gateway::X_REQUEST_ID, id);
+        .insert(&crate::proxy::headers::X_REQUEST_ID, id);
     response
 }
 
@@ -877,7 +877,7 @@ fn record_own_answer(
     status: u16,
     reason: &'static str,
 ) -> HeaderValue {
-    let id = crate::gateway::request_id(&HeaderMap::new(), client, &[]);
+    let id = crate::proxy::headers::request_id(&HeaderMap::new(), client, &[]);
     info!(
         target: "access",
         request_id = id.to_str().unwrap_or("-"),
@@ -1507,7 +1507,7 @@ fn stamp_answer(answer: &[u8], client: IpAddr) -> Option<Bytes> {
     let status = StatusCode::from_bytes(status_line.get(..3)?).ok()?;
     let line_end = answer.windows(2).position(|pair| pair == b"\r\n")? + 2;
     let id = record_own_answer(client, "-", "-", status.as_u16(), parser_refusal(status));
-    let name = crate::gateway::X_REQUEST_ID.as_str().as_bytes();
+    let name = crate::proxy::headers::X_REQUEST_ID.as_str().as_bytes();
     let mut stamped = BytesMut::with_capacity(answer.len() + name.len() + id.len() + 4);
     stamped.extend_from_slice(&answer[..line_end]);
     stamped.extend_from_slice(name);

@@ -452,6 +452,55 @@ fn alias_normalise(name: &[u8]) -> Box<[u8]> {
     name.iter().copied().map(alias_byte).collect()
 }
 
+/// Correlates a request across the gateway's log, the upstream and the client.
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The id a trusted proxy assigned (when well-formed), or a fresh random one. A client's own
+/// value is never trusted: it would let one client spoof another's log lines.
+pub fn request_id(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> HeaderValue {
+    let from_proxy = trusted.iter().any(|net| net.contains(&peer));
+    if from_proxy
+        && let Some(v) = headers.get(&X_REQUEST_ID)
+        && (1..=128).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    {
+        return v.clone();
+    }
+    let bytes = random_id_bytes();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// 16 bytes from the system CSPRNG for one request id. The generator is asked for a block of ids
+/// at a time per thread: per call, its fixed cost was most of the id's cost.
+fn random_id_bytes() -> [u8; 16] {
+    const IDS_PER_FILL: usize = 64;
+    thread_local! {
+        static POOL: std::cell::RefCell<([u8; 16 * IDS_PER_FILL], usize)> =
+            const { std::cell::RefCell::new(([0; 16 * IDS_PER_FILL], IDS_PER_FILL)) };
+    }
+    POOL.with_borrow_mut(|(block, next)| {
+        if *next == IDS_PER_FILL {
+            if aws_lc_rs::rand::fill(block).is_err() {
+                // The DRBG never fails in practice; a constant id beats no response.
+                *block = [0; 16 * IDS_PER_FILL];
+            }
+            *next = 0;
+        }
+        let mut id = [0; 16];
+        id.copy_from_slice(&block[*next * 16..][..16]);
+        *next += 1;
+        id
+    })
+}
+
 #[cfg(test)]
 mod protocol_alias_tests {
     use super::*;
