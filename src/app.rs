@@ -64,11 +64,18 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
 }
 
 /// Builds a pipeline (keys, hashing pool, upstream clients) on an open store.
-async fn build_gateway(config: Config, store: Arc<dyn Store>) -> Result<Gateway, AppError> {
+/// Builds a pipeline; on a reload, `running` is the one it replaces, whose long-lived state
+/// (limiter counters) carries over.
+async fn build_gateway(
+    config: Config,
+    store: Arc<dyn Store>,
+    running: Option<&Gateway>,
+) -> Result<Gateway, AppError> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let auth = Arc::new(AuthService::new(config.auth.clone(), store).await?);
+    let limits = running.map(|g| g.auth().shared_limits());
+    let auth = Arc::new(AuthService::new(config.auth.clone(), store, limits).await?);
     Ok(Gateway::new(Arc::new(config), auth)?)
 }
 
@@ -93,7 +100,7 @@ impl App {
             Some(files) => Some(CertStore::load(&files.cert, &files.key)?),
             None => None,
         };
-        let gateway = build_gateway(config, store.clone()).await?;
+        let gateway = build_gateway(config, store.clone(), None).await?;
         Ok(Arc::new(App {
             current: ArcSwap::from_pointee(gateway),
             store,
@@ -138,7 +145,7 @@ impl App {
         if config.store.path != running.config().store.path {
             tracing::warn!("store path changed: takes effect after a restart");
         }
-        let gateway = build_gateway(config, self.store.clone()).await?;
+        let gateway = build_gateway(config, self.store.clone(), Some(&running)).await?;
         if let Some(certs) = &self.certs {
             certs.reload()?;
         }

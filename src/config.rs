@@ -707,7 +707,7 @@ pub struct AuthConfig {
     pub limits: LimitsConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitsConfig {
     pub enabled: bool,
     pub per_address_per_minute: std::num::NonZeroU32,

@@ -62,7 +62,8 @@ pub struct AuthService {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) pool: PasswordPool,
     pub(crate) spec: AccessTokenSpec,
-    pub(crate) limits: Limits,
+    /// Shared with the service a reload replaces, so counters survive reloads.
+    pub(crate) limits: Arc<Limits>,
     /// External identity providers whose tokens are accepted too.
     trusted: Arc<TrustedIssuers>,
     /// Revoked access-token `jti`s and their expiry, mirrored from the store.
@@ -113,7 +114,14 @@ pub fn now() -> i64 {
 
 impl AuthService {
     /// Loads (or on first start generates) the keys, builds the pool, loads revocations.
-    pub async fn new(config: AuthConfig, store: Arc<dyn Store>) -> Result<Self, ServiceError> {
+    /// `previous` is the limiter state of the service this one replaces on a reload: kept when
+    /// the limits did not change, so a reload (which a client may be able to trigger, or a
+    /// config-management run does) never hands an attacker a fresh budget.
+    pub async fn new(
+        config: AuthConfig,
+        store: Arc<dyn Store>,
+        previous: Option<Arc<Limits>>,
+    ) -> Result<Self, ServiceError> {
         let keys = load_keys(&config, true)?;
         let p = &config.password;
         let workers = if p.workers == 0 {
@@ -138,7 +146,13 @@ impl AuthService {
             lifetime: config.access_token_lifetime,
             max_bytes: config.max_token_bytes,
         };
-        let limits = Limits::new(config.limits.clone(), LimitClock::default());
+        let limits = match previous {
+            Some(limits) if limits.config() == &config.limits => limits,
+            // New quotas start new counters (governor's quota is fixed per limiter); the
+            // lockout lives in the store and is unaffected.
+            Some(old) => Arc::new(Limits::new(config.limits.clone(), old.clock().clone())),
+            None => Arc::new(Limits::new(config.limits.clone(), LimitClock::default())),
+        };
         let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);
         // A failed first fetch is logged inside; tokens of that issuer wait for its keys.
         trusted.refresh_all().await;
@@ -215,6 +229,11 @@ impl AuthService {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The limiter state, for the service that replaces this one on a reload.
+    pub fn shared_limits(&self) -> Arc<Limits> {
+        self.limits.clone()
     }
 
     /// Hashes a new password on the bounded pool (CLI, demo, registration).

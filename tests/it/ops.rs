@@ -670,3 +670,40 @@ async fn write_locked_store_answers_503_with_retry_after() {
         "the token was not spent"
     );
 }
+
+/// A reload (SIGHUP, or a touched config file) used to rebuild the limiters, handing whoever
+/// could trigger one a fresh brute-force budget. Counters now carry over while the limits stay
+/// the same.
+#[tokio::test]
+async fn reload_does_not_reset_the_login_rate_limits() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let gw = GatewayBuilder::new(&route("api", "/api", &up.url(), ""))
+        .and("[auth.limits]\nper_address_burst = 2\nper_address_per_minute = 1\nper_user_burst = 100\nper_user_per_minute = 100\nmax_failures = 100\n")
+        .start_from_file(dir, &file)
+        .await;
+    let guess = |user: &'static str| {
+        let url = gw.url("/auth/token");
+        async move {
+            client()
+                .post(url)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", user),
+                    ("password", "wrong"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(guess("u1").await, StatusCode::BAD_REQUEST);
+    assert_eq!(guess("u2").await, StatusCode::BAD_REQUEST);
+    assert_eq!(guess("u3").await, StatusCode::TOO_MANY_REQUESTS);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n# touched\n")).unwrap();
+    gw.app.reload().await.unwrap();
+    assert_eq!(guess("u4").await, StatusCode::TOO_MANY_REQUESTS);
+}
