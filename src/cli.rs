@@ -227,53 +227,68 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
     let uri: http::Uri = url
         .parse()
         .with_context(|| format!("{url:?} is not a URL (e.g. http://host/path)"))?;
-    let host = uri
-        .host()
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+    let (Some(authority), Some(path_and_query)) = (uri.authority(), uri.path_and_query()) else {
+        anyhow::bail!("{url:?} is not a URL with a host (e.g. http://host/path)");
+    };
     let mut out = String::new();
-    let normalised = match crate::proxy::path::normalize(uri.path()) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = writeln!(out, "rejected   400: invalid request path: {e}");
+    // The request the gateway would see, decided by the gateway's own stages 1-5.
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .uri(path_and_query.as_str())
+        .header(http::header::HOST, authority.as_str())
+        .body(())
+        .with_context(|| format!("{url:?} cannot be sent as a request"))?;
+    let router = crate::gateway::Router::new(config)?;
+    let rejected = |out: &mut String, rejection: &crate::error::Rejection| {
+        let status = crate::error::respond(rejection).status().as_u16();
+        let _ = writeln!(out, "rejected   {status}: {rejection}");
+    };
+    let target = match router.target(&req) {
+        Ok(target) => target,
+        Err(rejection) => {
+            rejected(&mut out, &rejection);
             return Ok(out);
         }
     };
-    if method == http::Method::CONNECT || method == http::Method::TRACE {
-        let _ = writeln!(out, "rejected   405: {method} is never proxied");
-        return Ok(out);
-    }
-    let auth_prefix = &config.auth.prefix;
-    if normalised == crate::auth::endpoints::JWKS_PATH
-        || crate::proxy::path::under_prefix(&normalised, auth_prefix)
-    {
-        let _ = writeln!(
-            out,
-            "endpoint   gatehouse's own ({normalised}); never proxied"
-        );
-        return Ok(out);
-    }
-    let table = crate::routes::RouteTable::new(&config.routes);
-    let Some(route) = table.find(host.as_deref(), &method, &normalised) else {
-        let _ = writeln!(
-            out,
-            "no route   404: nothing matches host {}, method {method}, path {normalised}",
-            host.as_deref().unwrap_or("(none)")
-        );
-        for r in table
-            .iter()
-            .filter(|r| crate::proxy::path::under_prefix(&normalised, &r.path_prefix))
-        {
+    let normalised = target.path.clone();
+    let host = target.host().to_ascii_lowercase();
+    let table = router.routes();
+    let route = match router.route(&mut req, &target) {
+        Ok((crate::gateway::Choice::Route(index), _)) => table
+            .get(index)
+            .context("the router chose a route outside its table")?,
+        Ok((crate::gateway::Choice::Endpoint(_), _)) => {
             let _ = writeln!(
                 out,
-                "  near     {} ({}{}) serves only host {:?} and methods {:?}",
-                r.name,
-                r.host.as_deref().unwrap_or(""),
-                r.path_prefix,
-                r.host,
-                r.methods
+                "endpoint   gatehouse's own ({normalised}); never proxied"
             );
+            return Ok(out);
         }
-        return Ok(out);
+        Err(crate::error::Rejection::NoRoute) => {
+            let _ = writeln!(
+                out,
+                "no route   404: nothing matches host {host}, method {method}, path {normalised}"
+            );
+            for r in table
+                .iter()
+                .filter(|r| crate::proxy::path::under_prefix(&normalised, &r.path_prefix))
+            {
+                let _ = writeln!(
+                    out,
+                    "  near     {} ({}{}) serves only host {:?} and methods {:?}",
+                    r.name,
+                    r.host.as_deref().unwrap_or(""),
+                    r.path_prefix,
+                    r.host,
+                    r.methods
+                );
+            }
+            return Ok(out);
+        }
+        Err(rejection) => {
+            rejected(&mut out, &rejection);
+            return Ok(out);
+        }
     };
     let upstream = crate::routes::upstream_uri(route, &normalised, uri.query())
         .map(|u| u.to_string())
@@ -287,7 +302,7 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
     };
     let _ = writeln!(out, "route      {}", route.name);
     for other in table
-        .fitting(host.as_deref(), &method, &normalised)
+        .fitting(Some(&host), &method, &normalised)
         .filter(|r| !std::sync::Arc::ptr_eq(r, route))
     {
         let why = if other.path_prefix.len() < route.path_prefix.len() {

@@ -29,7 +29,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use hyper::body::Incoming;
 
 use crate::auth::claims::Identity;
-use crate::auth::endpoints::Endpoint;
+use crate::auth::endpoints::{Endpoint, endpoint_for};
 use crate::auth::service::AuthService;
 use crate::body::Body;
 use crate::config::{AuthMode, Config, IdentityHeaders, Route};
@@ -52,14 +52,13 @@ pub enum BuildError {
 /// Everything the pipeline needs, built once from a validated [`Config`].
 pub struct Gateway {
     config: Arc<Config>,
-    routes: RouteTable,
-    /// Per-route state, in `routes` order.
+    router: Router,
+    /// Per-route state, in the router's table order.
     per_route: Vec<RouteState>,
     /// Metric handles of the gateway's own endpoints, by `Endpoint as usize`.
     endpoint_metrics: Vec<RouteMetrics>,
     /// Metric handles for requests refused before a route or endpoint was chosen.
     unrouted_metrics: RouteMetrics,
-    scrubber: IdentityScrubber,
     auth: Arc<AuthService>,
 }
 
@@ -80,19 +79,20 @@ struct StallLog {
 }
 
 /// What stage 1 learned about the request target.
-struct Target {
+pub struct Target {
     /// The host and port as sent (the Host header or the HTTP/2 authority), for
     /// `X-Forwarded-Host`; checked by [`host_len`].
     authority: HeaderValue,
     /// Bytes of `authority` before the port.
     host_len: usize,
-    path: String,
-    query: Option<String>,
+    /// Normalised once; everything later sees only this.
+    pub path: String,
+    pub query: Option<String>,
 }
 
 impl Target {
     /// The host without port or trailing dots, in the client's letter case.
-    fn host(&self) -> &str {
+    pub fn host(&self) -> &str {
         let host = self
             .authority
             .as_bytes()
@@ -106,9 +106,9 @@ impl Target {
 
 impl Gateway {
     pub fn new(config: Arc<Config>, auth: Arc<AuthService>) -> Result<Self, BuildError> {
-        let routes = RouteTable::new(&config.routes);
-        let mut per_route = Vec::with_capacity(routes.len());
-        for route in routes.iter() {
+        let router = Router::new(&config)?;
+        let mut per_route = Vec::with_capacity(router.routes.len());
+        for route in router.routes.iter() {
             let settings = ClientSettings {
                 ca_file: config.upstream.ca_file.clone(),
                 connect_timeout: route.connect_timeout,
@@ -124,18 +124,15 @@ impl Gateway {
                 }),
             });
         }
-        let ids = &config.auth.identity_headers;
-        let scrubber = IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?;
         Ok(Self {
             config,
-            routes,
+            router,
             per_route,
             endpoint_metrics: Endpoint::ALL
                 .iter()
                 .map(|e| RouteMetrics::new(e.label()))
                 .collect(),
             unrouted_metrics: RouteMetrics::new(UNROUTED),
-            scrubber,
             auth,
         })
     }
@@ -206,27 +203,21 @@ impl Gateway {
         request_id: &HeaderValue,
         access: &mut AccessLog<'g>,
     ) -> Result<Response<Body>, Rejection> {
-        check_method(req.method())?;
-        let target = check_target(&req)?;
+        let target = self.router.target(&req)?;
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
             access.path = Some(target.path.clone());
         }
-        check_framing(&req, self.config.server.max_body_bytes)?;
-        let upgrade = scrub(req.headers_mut(), &self.scrubber)
-            // RFC 6455 §4.1: the opening handshake is a GET.
-            .filter(|_| req.method() == Method::GET);
-
-        if let Some(endpoint) = self.auth.endpoint_for(&target.path) {
-            access.route = Some(endpoint.label());
-            access.metrics = self.endpoint_metrics.get(endpoint as usize);
-            return self.auth.serve_apart(endpoint, req, client).await;
-        }
-
-        let index = self
-            .routes
-            .position(Some(target.host()), req.method(), &target.path)
-            .ok_or(Rejection::NoRoute)?;
+        let (choice, upgrade) = self.router.route(&mut req, &target)?;
+        let index = match choice {
+            Choice::Endpoint(endpoint) => {
+                access.route = Some(endpoint.label());
+                access.metrics = self.endpoint_metrics.get(endpoint as usize);
+                return self.auth.serve_apart(endpoint, req, client).await;
+            }
+            Choice::Route(index) => index,
+        };
         let (route, state) = self
+            .router
             .routes
             .get(index)
             .zip(self.per_route.get(index))
@@ -353,8 +344,69 @@ impl Gateway {
     }
 }
 
+/// Stages 1-5 on a request head (target, framing, scrub, endpoints, route): decided here once,
+/// for the proxy path and for `routes explain` alike.
+pub struct Router {
+    routes: RouteTable,
+    scrubber: IdentityScrubber,
+    auth_prefix: String,
+    max_body_bytes: u64,
+}
+
+/// Where stages 4-5 send a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// One of the gateway's own endpoints.
+    Endpoint(Endpoint),
+    /// The route at this index of [`Router::routes`].
+    Route(usize),
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Result<Self, BuildError> {
+        let ids = &config.auth.identity_headers;
+        Ok(Self {
+            routes: RouteTable::new(&config.routes),
+            scrubber: IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?,
+            auth_prefix: config.auth.prefix.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+        })
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// Stage 1: methods never proxied, then the target.
+    pub fn target<B>(&self, req: &Request<B>) -> Result<Target, Rejection> {
+        check_method(req.method())?;
+        check_target(req)
+    }
+
+    /// Stages 2-5 for a request whose [`target`](Self::target) passed; also returns the
+    /// WebSocket upgrade to re-add when forwarding.
+    pub fn route<B>(
+        &self,
+        req: &mut Request<B>,
+        target: &Target,
+    ) -> Result<(Choice, Option<HeaderValue>), Rejection> {
+        check_framing(req, self.max_body_bytes)?;
+        let upgrade = scrub(req.headers_mut(), &self.scrubber)
+            // RFC 6455 §4.1: the opening handshake is a GET.
+            .filter(|_| req.method() == Method::GET);
+        if let Some(endpoint) = endpoint_for(&self.auth_prefix, &target.path) {
+            return Ok((Choice::Endpoint(endpoint), upgrade));
+        }
+        let index = self
+            .routes
+            .position(Some(target.host()), req.method(), &target.path)
+            .ok_or(Rejection::NoRoute)?;
+        Ok((Choice::Route(index), upgrade))
+    }
+}
+
 /// Stage 1.
-fn check_target(req: &Request<Incoming>) -> Result<Target, Rejection> {
+fn check_target<B>(req: &Request<B>) -> Result<Target, Rejection> {
     let uri = req.uri();
     let (authority, host_len) = match req.version() {
         Version::HTTP_2 | Version::HTTP_3 => {
@@ -446,7 +498,7 @@ fn check_method(method: &Method) -> Result<(), Rejection> {
 }
 
 /// Stage 2.
-fn check_framing(req: &Request<Incoming>, max_body: u64) -> Result<(), Rejection> {
+fn check_framing<B>(req: &Request<B>, max_body: u64) -> Result<(), Rejection> {
     let method = req.method();
     let headers = req.headers();
     let declared = match headers.get(CONTENT_LENGTH) {

@@ -221,27 +221,27 @@ impl Endpoint {
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
-impl AuthService {
-    /// Which of the gateway's endpoints the (normalised) path names, if any. Any other path
-    /// under the prefix is a 404 from the gateway itself, never proxied.
-    pub fn endpoint_for(&self, path: &str) -> Option<Endpoint> {
-        if path == JWKS_PATH {
-            return Some(Endpoint::Jwks);
-        }
-        let rest = path.strip_prefix(self.config.prefix.as_str())?;
-        Some(match rest {
-            "/token" => Endpoint::Token,
-            "/login" => Endpoint::Login,
-            "/refresh" => Endpoint::Refresh,
-            "/logout" => Endpoint::Logout,
-            "/revoke" => Endpoint::Revoke,
-            "/me" => Endpoint::Me,
-            "/register" => Endpoint::Register,
-            r if r.is_empty() || r.starts_with('/') => Endpoint::Unknown,
-            _ => return None,
-        })
+/// Which of the gateway's endpoints the (normalised) path names, if any. Any other path
+/// under the prefix is a 404 from the gateway itself, never proxied.
+pub fn endpoint_for(prefix: &str, path: &str) -> Option<Endpoint> {
+    if path == JWKS_PATH {
+        return Some(Endpoint::Jwks);
     }
+    let rest = path.strip_prefix(prefix)?;
+    Some(match rest {
+        "/token" => Endpoint::Token,
+        "/login" => Endpoint::Login,
+        "/refresh" => Endpoint::Refresh,
+        "/logout" => Endpoint::Logout,
+        "/revoke" => Endpoint::Revoke,
+        "/me" => Endpoint::Me,
+        "/register" => Endpoint::Register,
+        r if r.is_empty() || r.starts_with('/') => Endpoint::Unknown,
+        _ => return None,
+    })
+}
 
+impl AuthService {
     /// Answers one of the gateway's endpoints. Limits run first, before any parsing or lookup.
     pub async fn serve(
         &self,
