@@ -19,6 +19,8 @@
 //!    the upstream stalls longer than the route's `body_timeout` between body chunks.
 //! 10. **log**: one access-log line (and a warn line with the same request id if the response
 //!     body is later cut).
+//!
+//! Stages 1-5 live in [`Router`], the one place they are decided: `routes explain` calls it too.
 
 use std::net::IpAddr;
 use std::sync::Arc;

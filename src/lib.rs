@@ -9,7 +9,7 @@
 //! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `keys` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
-//! | `gateway` | the request pipeline, its stages listed in order |
+//! | `gateway` | the request pipeline, its stages listed in order; `Router` (stages 1-5) also serves `routes explain` |
 //! | `auth::endpoints` | `/auth/*` and JWKS handlers |
 //! | `auth::service` | keys, verifier, store and pool behind one handle; token presentation |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
