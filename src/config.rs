@@ -1288,7 +1288,7 @@ fn validate_routes(raw: Vec<RawRoute>, auth_prefix: &str) -> Result<Vec<Route>, 
 /// or equal to the request's, method allowed, path under the prefix on a segment boundary), the
 /// longest `path_prefix` wins; at equal length, a route naming the host wins over a host-less
 /// one. `Less` means `a` is tried before `b`. Routes that tie on both are never ambiguous: equal
-/// prefixes then have the same host, and [`same_requests`] refuses those whose methods overlap.
+/// prefixes then have the same host, and `same_requests` refuses those whose methods overlap.
 pub fn precedence(a: &Route, b: &Route) -> std::cmp::Ordering {
     b.path_prefix
         .len()
