@@ -23,11 +23,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// A proxied response body, streamed, boxed.
-pub fn upstream(body: crate::proxy::UpstreamBody) -> Body {
-    body.map_err(Into::into).boxed()
-}
-
 /// Compact JSON for `value`. Serialising a `serde_json::Value` cannot fail.
 pub fn json(value: &serde_json::Value) -> Body {
     full(value.to_string())

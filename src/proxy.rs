@@ -719,7 +719,7 @@ mod tests {
     }
 
     fn stream_back(response: Response<UpstreamBody>) -> Response<Body> {
-        response.map(crate::body::upstream)
+        response.map(|body| body.map_err(Into::into).boxed())
     }
 
     fn retarget<B>(request: &mut Request<B>, upstream: SocketAddr) {
