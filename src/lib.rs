@@ -29,12 +29,14 @@
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup |
+//! | `clock` | unix seconds, and the monotonic clock of the limiters that tests move |
 //! | `body` | the response body type and small constructors |
 
 pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

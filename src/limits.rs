@@ -4,66 +4,20 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use governor::clock::Clock;
+use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
+use crate::clock::Clock;
 use crate::config::LimitsConfig;
 
 /// Longest key kept in a limiter (usernames are at most 64 bytes; addresses are fixed size).
 const MAX_KEY_BYTES: usize = 64;
 
-/// A monotonic clock for the limiters and lockout that tests can move forward. In production the
-/// offset stays zero.
-#[derive(Clone, Debug)]
-pub struct LimitClock {
-    origin: Instant,
-    offset: Arc<AtomicU64>,
-    unix_origin: i64,
-}
-
-impl Default for LimitClock {
-    fn default() -> Self {
-        Self {
-            origin: Instant::now(),
-            offset: Arc::new(AtomicU64::new(0)),
-            unix_origin: crate::auth::service::now(),
-        }
-    }
-}
-
-impl LimitClock {
-    /// Moves this clock (and every clone of it) forward.
-    pub fn advance(&self, by: Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.offset.fetch_add(nanos, Ordering::SeqCst);
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.origin.elapsed() + Duration::from_nanos(self.offset.load(Ordering::SeqCst))
-    }
-
-    /// Unix seconds on this clock (for lockout state kept in the store).
-    pub fn unix_now(&self) -> i64 {
-        self.unix_origin + self.elapsed().as_secs() as i64
-    }
-}
-
-impl Clock for LimitClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.elapsed())
-    }
-}
-
-type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, LimitClock, StateInformationMiddleware>;
+type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, Clock, StateInformationMiddleware>;
 
 /// What a refused attempt tells the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +40,7 @@ pub struct Allowance {
 /// The login limiters.
 pub struct Limits {
     config: LimitsConfig,
-    clock: LimitClock,
+    clock: Clock,
     by_addr: Keyed<IpAddr>,
     by_user: Keyed<String>,
 }
@@ -96,7 +50,7 @@ fn quota(per_minute: NonZeroU32, burst: NonZeroU32) -> Quota {
 }
 
 impl Limits {
-    pub fn new(config: LimitsConfig, clock: LimitClock) -> Self {
+    pub fn new(config: LimitsConfig, clock: Clock) -> Self {
         let by_addr = RateLimiter::dashmap_with_clock(
             quota(config.per_address_per_minute, config.per_address_burst),
             clock.clone(),
@@ -115,7 +69,7 @@ impl Limits {
         }
     }
 
-    pub fn clock(&self) -> &LimitClock {
+    pub fn clock(&self) -> &Clock {
         &self.clock
     }
 
@@ -207,12 +161,14 @@ pub fn addr_key(addr: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::Config;
 
     fn limits(toml: &str) -> Limits {
         let config = Config::from_toml(&format!("[auth.limits]\n{toml}")).unwrap();
-        Limits::new(config.auth.limits, LimitClock::default())
+        Limits::new(config.auth.limits, Clock::default())
     }
 
     #[test]

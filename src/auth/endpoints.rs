@@ -18,10 +18,11 @@ use zeroize::Zeroizing;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError};
-use crate::auth::service::{AuthService, now};
+use crate::auth::service::AuthService;
 use crate::auth::tokens::{self, MAX_REFRESH_TOKEN_BYTES, mint_access};
 use crate::auth::username::Username;
 use crate::body::Body;
+use crate::clock::unix_now as now;
 use crate::error::{Rejection, with_json};
 use crate::limits::Refusal;
 use crate::store::{

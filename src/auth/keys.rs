@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{
@@ -41,6 +41,8 @@ use jsonwebtoken::EncodingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
+
+use crate::clock::unix_now;
 
 /// Name of the manifest inside the key directory.
 pub const MANIFEST_FILE: &str = "keys.json";
@@ -679,12 +681,6 @@ struct ManifestEntry {
     alg: KeyAlg,
     created: i64,
     retired: Option<i64>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn secs(d: Duration) -> i64 {

@@ -2,7 +2,7 @@
 //! per-request work of finding the presented token and verifying it (revocation and cache included).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -19,9 +19,10 @@ use crate::auth::runtime::{EndpointRuntime, RuntimeError};
 use crate::auth::tokens::AccessTokenSpec;
 use crate::auth::verify::{self, IdentityClaims, Policy, Verifier, VerifyError};
 use crate::body::Body;
+use crate::clock::{Clock, unix_now as now};
 use crate::config::AuthConfig;
 use crate::error::Rejection;
-use crate::limits::{LimitClock, Limits};
+use crate::limits::Limits;
 use crate::metrics::CacheLookup;
 use crate::store::{Store, StoreError};
 
@@ -105,13 +106,6 @@ struct Cached {
     external_generation: Option<u64>,
 }
 
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl AuthService {
     /// Loads (or on first start generates) the keys, builds the pool, loads revocations.
     /// `previous` is the limiter state of the service this one replaces on a reload: kept when
@@ -151,7 +145,7 @@ impl AuthService {
             // New quotas start new counters (governor's quota is fixed per limiter); the
             // lockout lives in the store and is unaffected.
             Some(old) => Arc::new(Limits::new(config.limits.clone(), old.clock().clone())),
-            None => Arc::new(Limits::new(config.limits.clone(), LimitClock::default())),
+            None => Arc::new(Limits::new(config.limits.clone(), Clock::default())),
         };
         let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);
         // A failed first fetch is logged inside; tokens of that issuer wait for its keys.

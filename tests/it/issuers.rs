@@ -75,7 +75,7 @@ async fn jwks_server(keys: Arc<Mutex<Vec<Value>>>) -> String {
 }
 
 fn keycloak_claims(aud: &str) -> Value {
-    let now = gatehouse::auth::service::now();
+    let now = gatehouse::clock::unix_now();
     json!({
         "iss": IDP, "sub": "kc-user-1", "aud": [aud, "account"], "exp": now + 300, "iat": now,
         "realm_access": {"roles": ["admin", "offline_access"]}, "scope": "openid profile",

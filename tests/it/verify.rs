@@ -48,7 +48,7 @@ async fn setup_with(extra: &str) -> (TestGateway, Upstream) {
 }
 
 fn now() -> i64 {
-    gatehouse::auth::service::now()
+    gatehouse::clock::unix_now()
 }
 
 /// Claims a genuine gatehouse token would carry.

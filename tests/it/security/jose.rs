@@ -215,7 +215,7 @@ fn wycheproof_hmac_sha256_vectors_verify_only_with_full_tags_and_strong_keys() {
 }
 
 fn claims() -> Value {
-    let now = gatehouse::auth::service::now();
+    let now = gatehouse::clock::unix_now();
     json!({
         "iss": "gatehouse", "sub": "alice", "aud": "gatehouse", "exp": now + 600, "iat": now,
         "jti": "wycheproof", "scope": "read", "roles": ["user"],
@@ -235,7 +235,7 @@ fn wycheproof_signatures_never_verify_a_token_they_were_not_made_for() {
         ("ed25519_test.json", "publicKeyJwk", "EdDSA"),
         ("rsa_signature_2048_sha256_test.json", "keyJwk", "RS256"),
     ];
-    let now = gatehouse::auth::service::now();
+    let now = gatehouse::clock::unix_now();
     let mut tried = 0;
     for (file, member, alg) in files {
         let v = vectors(file);
