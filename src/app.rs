@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::service::{AuthService, ServiceError};
 use crate::body::Body;
+use crate::body::with_json;
 use crate::config::{Config, ConfigError};
-use crate::error::with_json;
 use crate::gateway::{BuildError, Gateway};
 use crate::server::{self, CertStore, ConnInfo, Limits, ServerError};
 use crate::store::sqlite::SqliteStore;

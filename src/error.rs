@@ -2,13 +2,13 @@
 //!
 //! Bodies are short JSON. Nothing from the request (tokens, paths, header values) is echoed.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::auth::endpoints::OAuthError;
 use crate::auth::verify::VerifyError;
-use crate::body::{self, Body};
+use crate::body::{Body, with_json};
 use crate::proxy::ProxyError;
 use crate::proxy::path::PathError;
 
@@ -232,16 +232,6 @@ fn bearer(status: StatusCode, challenge: String, body: serde_json::Value) -> Res
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(WWW_AUTHENTICATE, v);
     }
-    response
-}
-
-/// A JSON response; the one constructor every generated response goes through.
-pub fn with_json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(body::json(&value));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -21,9 +21,9 @@ use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError};
 use crate::auth::service::AuthService;
 use crate::auth::tokens::{self, MAX_REFRESH_TOKEN_BYTES, mint_access};
 use crate::auth::username::Username;
-use crate::body::Body;
+use crate::body::{Body, with_json};
 use crate::clock::unix_now as now;
-use crate::error::{Rejection, with_json};
+use crate::error::Rejection;
 use crate::limits::Refusal;
 use crate::store::{
     LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser, RefreshRecord,
