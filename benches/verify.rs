@@ -4,7 +4,7 @@
 //! `Validation` (alg, iss, aud, exp, nbf, required claims) and the bare aws-lc-rs signature check
 //! (`UnparsedPublicKey::verify`, which parses the key each call, `ParsedPublicKey::verify_sig`,
 //! which does not, and `hmac::verify`) over the same signing input and signature. Also the
-//! verification-cache hit: `AuthService::verify_access` on a token it has already verified,
+//! verification-cache hit: `Authenticator::verify_access` on a token it has already verified,
 //! through a service built by `gatehouse::app::build`.
 
 use std::future::Future;
@@ -265,10 +265,10 @@ fn bench_cache_hit(c: &mut Criterion) {
     let ring =
         KeyRing::load_or_generate(&dir.path().join("keys"), KeyAlg::EdDSA, LIFETIME).expect("keys");
     let token = mint(&ring);
-    let first = ready(auth.verify_access(&token)).expect("first verification");
+    let first = ready(auth.authenticator().verify_access(&token)).expect("first verification");
     assert_eq!(first.sub, "alice");
     c.bench_function("verify/cache_hit/auth_service_verify_access", |b| {
-        b.iter(|| ready(auth.verify_access(black_box(&token))))
+        b.iter(|| ready(auth.authenticator().verify_access(black_box(&token))))
     });
 }
 

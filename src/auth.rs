@@ -1,7 +1,9 @@
 //! Identity: passwords, keys, tokens and their verification.
 
+pub mod authenticator;
 pub mod claims;
 pub mod endpoints;
+pub mod grants;
 pub mod import;
 pub mod issuers;
 pub mod keys;

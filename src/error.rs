@@ -6,7 +6,9 @@ use http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use crate::auth::endpoints::OAuthError;
+use crate::auth::authenticator::CredentialError;
+use crate::auth::endpoints::EndpointError;
+use crate::auth::grants::GrantError;
 use crate::auth::verify::VerifyError;
 use crate::body::{Body, with_json};
 use crate::proxy::ProxyError;
@@ -55,8 +57,29 @@ pub enum Rejection {
     Upstream(ProxyError),
     #[error("upstream switched protocols unasked")]
     UnexpectedUpgrade,
+    /// One of the gateway's own endpoints refused (credential failures become the variants
+    /// above, so they answer alike wherever they happen).
     #[error("{0}")]
-    OAuth(OAuthError),
+    Endpoint(EndpointError),
+}
+
+impl From<CredentialError> for Rejection {
+    fn from(e: CredentialError) -> Self {
+        match e {
+            CredentialError::Missing => Rejection::NoToken,
+            CredentialError::Malformed(what) => Rejection::InvalidRequest(what),
+            CredentialError::Invalid(e) => Rejection::InvalidToken(e),
+        }
+    }
+}
+
+impl From<EndpointError> for Rejection {
+    fn from(e: EndpointError) -> Self {
+        match e {
+            EndpointError::Credential(c) => c.into(),
+            other => Rejection::Endpoint(other),
+        }
+    }
 }
 
 impl Rejection {
@@ -87,7 +110,7 @@ impl Rejection {
             Rejection::Upstream(ProxyError::Connect(_)) => "upstream_connect",
             Rejection::Upstream(_) => "upstream_error",
             Rejection::UnexpectedUpgrade => "unexpected_upgrade",
-            Rejection::OAuth(e) => e.code(),
+            Rejection::Endpoint(e) => e.code(),
         }
     }
 }
@@ -165,7 +188,8 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             StatusCode::BAD_GATEWAY,
             "upstream switched protocols unasked",
         ),
-        Rejection::OAuth(e) => oauth(e),
+        Rejection::Endpoint(EndpointError::Credential(c)) => respond(&c.clone().into()),
+        Rejection::Endpoint(e) => oauth(e),
     }
 }
 
@@ -190,19 +214,67 @@ fn upstream(e: &ProxyError) -> Response<Body> {
     }
 }
 
+/// Seconds a client is told to wait when the hashing pool is full.
+const BUSY_RETRY_AFTER: u64 = 1;
+/// Seconds a client is told to wait when the store did not answer (locked by a writer, busy
+/// past its timeout, gone): a passing condition, not the client's fault nor a bug.
+const STORE_RETRY_AFTER: u64 = 2;
+
+/// The status of an endpoint's refusal.
+fn endpoint_status(e: &EndpointError) -> StatusCode {
+    match e {
+        EndpointError::Grant(e) => grant_status(e),
+        EndpointError::Credential(CredentialError::Missing | CredentialError::Invalid(_)) => {
+            StatusCode::UNAUTHORIZED
+        }
+        EndpointError::Credential(CredentialError::Malformed(_))
+        | EndpointError::InvalidRequest(_)
+        | EndpointError::UnsupportedGrantType => StatusCode::BAD_REQUEST,
+        EndpointError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        EndpointError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        EndpointError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        EndpointError::NotFound => StatusCode::NOT_FOUND,
+    }
+}
+
+/// The status of a failed grant (RFC 6749 §5.2: 400 for the client's mistakes).
+fn grant_status(e: &GrantError) -> StatusCode {
+    match e {
+        GrantError::InvalidRequest(_)
+        | GrantError::BadCredentials
+        | GrantError::InvalidGrant(_)
+        | GrantError::InvalidScope
+        | GrantError::WeakPassword(_) => StatusCode::BAD_REQUEST,
+        GrantError::Conflict => StatusCode::CONFLICT,
+        GrantError::Busy | GrantError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        GrantError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+        GrantError::Server => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Seconds to wait before retrying, for refusals that pass by themselves.
+fn retry_after(e: &EndpointError) -> Option<u64> {
+    match e {
+        EndpointError::Grant(GrantError::Busy) => Some(BUSY_RETRY_AFTER),
+        EndpointError::Grant(GrantError::StoreUnavailable) => Some(STORE_RETRY_AFTER),
+        EndpointError::Grant(GrantError::Limited(r)) => Some(r.retry_after),
+        _ => None,
+    }
+}
+
 /// RFC 6749 §5.2 error responses (and 429/503 with Retry-After for limits and a busy pool).
-fn oauth(e: &OAuthError) -> Response<Body> {
-    let status = e.status();
+fn oauth(e: &EndpointError) -> Response<Body> {
+    let status = endpoint_status(e);
     let mut response = with_json(
         status,
         json!({"error": e.code(), "error_description": e.description()}),
     );
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(secs) = e.retry_after() {
+    if let Some(secs) = retry_after(e) {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let OAuthError::Limited(refusal) = e {
+    if let EndpointError::Grant(GrantError::Limited(refusal)) = e {
         headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(refusal.limit));
         headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0"));
         headers.insert(
@@ -343,22 +415,28 @@ mod tests {
 
     #[test]
     fn oauth_errors_carry_no_store_and_limits_carry_retry_after() {
-        let response = respond(&Rejection::OAuth(OAuthError::BadCredentials));
+        let response = respond(&Rejection::Endpoint(EndpointError::Grant(
+            GrantError::BadCredentials,
+        )));
         assert_eq!(response.status(), 400);
         assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
         let refusal = Refusal {
             retry_after: 7,
             limit: 5,
         };
-        let response = respond(&Rejection::OAuth(OAuthError::Limited(refusal)));
+        let response = respond(&Rejection::Endpoint(EndpointError::Grant(
+            GrantError::Limited(refusal),
+        )));
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()[RETRY_AFTER], "7");
         assert_eq!(response.headers()["ratelimit-limit"], "5");
         assert_eq!(response.headers()["ratelimit-remaining"], "0");
-        let response = respond(&Rejection::OAuth(OAuthError::Busy));
+        let response = respond(&Rejection::Endpoint(EndpointError::Grant(GrantError::Busy)));
         assert_eq!(response.status(), 503);
         assert!(response.headers().contains_key(RETRY_AFTER));
-        let response = respond(&Rejection::OAuth(OAuthError::StoreUnavailable));
+        let response = respond(&Rejection::Endpoint(EndpointError::Grant(
+            GrantError::StoreUnavailable,
+        )));
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[RETRY_AFTER], "2");
     }

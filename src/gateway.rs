@@ -30,6 +30,7 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, COOKIE, HOST, TRANSFER_ENCODIN
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::endpoints::{Endpoint, endpoint_for};
 use crate::auth::service::AuthService;
@@ -62,6 +63,8 @@ pub struct Gateway {
     /// Metric handles for requests refused before a route or endpoint was chosen.
     unrouted_metrics: RouteMetrics,
     auth: Arc<AuthService>,
+    /// The proxy path's half of `auth`, held directly for stage 6.
+    authenticator: Arc<Authenticator>,
 }
 
 /// What each route needs beside its config: its own pooled client (each route has its own
@@ -135,6 +138,7 @@ impl Gateway {
                 .map(|e| RouteMetrics::new(e.label()))
                 .collect(),
             unrouted_metrics: RouteMetrics::new(UNROUTED),
+            authenticator: auth.authenticator().clone(),
             auth,
         })
     }
@@ -214,7 +218,7 @@ impl Gateway {
             Choice::Endpoint(endpoint) => {
                 access.route = Some(endpoint.label());
                 access.metrics = self.endpoint_metrics.get(endpoint as usize);
-                return self.auth.serve_apart(endpoint, req, client).await;
+                return Ok(self.auth.serve_apart(endpoint, req, client).await?);
             }
             Choice::Route(index) => index,
         };
@@ -271,16 +275,9 @@ impl Gateway {
         if route.auth == AuthMode::Public {
             return Ok(None);
         }
-        let token = self.auth.presented_token(req.headers(), query)?;
-        match (token, route.auth) {
-            (None, AuthMode::Required) => Err(Rejection::NoToken),
-            (None, _) => Ok(None),
-            (Some(token), _) => self
-                .auth
-                .verify_access(&token)
-                .await
-                .map(Some)
-                .map_err(Rejection::InvalidToken),
+        match self.authenticator.identify(req.headers(), query).await? {
+            None if route.auth == AuthMode::Required => Err(Rejection::NoToken),
+            identity => Ok(identity),
         }
     }
 

@@ -10,8 +10,10 @@
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
 //! | `gateway` | the request pipeline, its stages listed in order; `Router` (stages 1-5) also serves `routes explain` |
-//! | `auth::endpoints` | `/auth/*` and JWKS handlers |
-//! | `auth::service` | keys, verifier, store and pool behind one handle; token presentation |
+//! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
+//! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
+//! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
+//! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
 //! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |

@@ -1,41 +1,25 @@
-//! The authentication service: keys, verifier, store and hashing pool behind one handle, and the
-//! per-request work of finding the presented token and verifying it (revocation and cache included).
+//! The authentication service: builds the authenticator (proxy path) and the grants (endpoint
+//! path) from the auth settings, runs the endpoints apart from proxied traffic, and reloads keys.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use dashmap::DashMap;
-use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::auth::claims::Identity;
-use crate::auth::endpoints::{Endpoint, OAuthError};
+use crate::auth::authenticator::{Authenticator, KeyState};
+use crate::auth::endpoints::{self, Endpoint, EndpointError};
+use crate::auth::grants::{GrantError, Grants};
 use crate::auth::issuers::{IssuerError, TrustedIssuers};
 use crate::auth::keys::{KeyError, KeyRing};
 use crate::auth::password::{HashParams, PasswordError, PasswordPool, PoolLimits};
 use crate::auth::runtime::{EndpointRuntime, RuntimeError};
-use crate::auth::tokens::AccessTokenSpec;
-use crate::auth::verify::{self, IdentityClaims, Policy, Verifier, VerifyError};
+use crate::auth::verify::{IdentityClaims, Policy, Verifier};
 use crate::body::Body;
-use crate::clock::{Clock, unix_now as now};
+use crate::clock::{Clock, unix_now};
 use crate::config::AuthConfig;
-use crate::error::Rejection;
 use crate::limits::Limits;
-use crate::metrics::CacheLookup;
 use crate::store::{Store, StoreError};
-
-/// Most verified tokens remembered; beyond it new tokens are verified every time until the prune
-/// timer has dropped expired entries.
-const CACHE_CAPACITY: usize = 100_000;
-
-/// Most refused tokens remembered, and for how long (seconds). A client retrying one bad token
-/// (expired, forged, for another audience) then costs a lookup instead of a signature check each
-/// time. Tokens forged fresh for every request still cost one check each; they fill this up to
-/// its bound and are then simply not remembered.
-const REFUSED_CAPACITY: usize = 10_000;
-const REFUSED_FOR_SECS: i64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -51,59 +35,11 @@ pub enum ServiceError {
     Runtime(#[from] RuntimeError),
 }
 
-/// The key ring and the verifier built from it, swapped together when keys are reloaded.
-pub struct KeyState {
-    pub ring: KeyRing,
-    pub verifier: Verifier,
-}
-
 pub struct AuthService {
-    pub(crate) config: AuthConfig,
-    pub(crate) keys: ArcSwap<KeyState>,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) pool: PasswordPool,
-    pub(crate) spec: AccessTokenSpec,
-    /// Shared with the service a reload replaces, so counters survive reloads.
-    pub(crate) limits: Arc<Limits>,
-    /// External identity providers whose tokens are accepted too.
-    trusted: Arc<TrustedIssuers>,
-    /// Revoked access-token `jti`s and their expiry, mirrored from the store.
-    revoked: DashMap<String, i64>,
-    /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
-    cache: DashMap<[u8; 32], Cached>,
+    grants: Arc<Grants>,
     /// Where the endpoints run, apart from the proxy runtime (see [`crate::auth::runtime`]).
     /// Its thread ends when the service is dropped.
     endpoints: EndpointRuntime,
-    /// Tokens refused for a reason time cannot change, by SHA-256 of the token.
-    refused: DashMap<[u8; 32], Refused>,
-}
-
-/// A refusal worth remembering; like [`Cached`], bound to the external key-set generation.
-struct Refused {
-    error: VerifyError,
-    external_generation: Option<u64>,
-    until: i64,
-}
-
-/// Whether a refusal holds for this token whatever the time and however often it is retried,
-/// under the same policy and keys. Not: time-dependent ones (not yet valid, issued in the
-/// future), a key the gateway may learn later, revocation (checked on every request anyway).
-fn refusal_is_final(error: &VerifyError) -> bool {
-    !matches!(
-        error,
-        VerifyError::NotYetValid
-            | VerifyError::IssuedInFuture
-            | VerifyError::UnknownKey
-            | VerifyError::Revoked
-    )
-}
-
-/// A verified identity, and for an external issuer's token the key-set generation it was
-/// verified under: a newer generation may have dropped the key, so the entry no longer counts.
-#[derive(Clone)]
-struct Cached {
-    identity: Arc<Identity>,
-    external_generation: Option<u64>,
 }
 
 impl AuthService {
@@ -134,12 +70,6 @@ impl AuthService {
             p.priority,
         )?;
         let endpoints = EndpointRuntime::start(p.priority)?;
-        let spec = AccessTokenSpec {
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            lifetime: config.access_token_lifetime,
-            max_bytes: config.max_token_bytes,
-        };
         let limits = match previous {
             Some(limits) if limits.config() == &config.limits => limits,
             // New quotas start new counters (governor's quota is fixed per limiter); the
@@ -150,84 +80,73 @@ impl AuthService {
         let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);
         // A failed first fetch is logged inside; tokens of that issuer wait for its keys.
         trusted.refresh_all().await;
-        let revoked = DashMap::new();
-        for (jti, exp) in store.revoked_jtis(now()).await? {
-            revoked.insert(jti, exp);
-        }
-        Ok(Self {
-            config,
-            keys: ArcSwap::from_pointee(keys),
-            store,
-            pool,
-            spec,
-            limits,
-            trusted,
-            revoked,
-            cache: DashMap::new(),
-            refused: DashMap::new(),
-            endpoints,
-        })
+        let authenticator =
+            Arc::new(Authenticator::new(&config, keys, trusted, store.clone()).await?);
+        let grants = Arc::new(Grants::new(config, authenticator, store, pool, limits));
+        Ok(Self { grants, endpoints })
     }
 
     /// The kernel's ids of the threads doing login work: the endpoint runtime's driver thread,
     /// then the hashing threads. They end when the service is dropped.
     pub fn login_thread_ids(&self) -> Vec<i32> {
         let mut tids = vec![self.endpoints.thread_id()];
-        tids.extend_from_slice(self.pool.thread_ids());
+        tids.extend_from_slice(self.grants.pool().thread_ids());
         tids
     }
 
-    /// Answers one of the gateway's endpoints ([`AuthService::serve`]) on the endpoint runtime,
+    /// Answers one of the gateway's endpoints ([`endpoints::serve`]) on the endpoint runtime,
     /// so a login flood's request handling only gets the CPU proxied traffic leaves. A panic
     /// there is a 500 for this request, logged once.
     pub async fn serve_apart(
-        self: &Arc<Self>,
+        &self,
         endpoint: Endpoint,
         req: Request<Incoming>,
         client: std::net::IpAddr,
-    ) -> Result<Response<Body>, Rejection> {
-        let auth = Arc::clone(self);
+    ) -> Result<Response<Body>, EndpointError> {
+        let grants = Arc::clone(&self.grants);
         // Boxed: the endpoint's state machine is large, and inline it would sit in every proxied
         // request's future too (the pipeline's future holds either branch), copied on each move.
-        let work = Box::pin(async move { auth.serve(endpoint, req, client).await });
+        let work = Box::pin(async move { endpoints::serve(&grants, endpoint, req, client).await });
         match self.endpoints.run(work).await {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::error!(error = %e, endpoint = endpoint.label(), "endpoint failed");
-                Err(OAuthError::Server.into())
+                Err(GrantError::Server.into())
             }
         }
     }
 
     /// Re-reads the key directory (after `gatehouse keys rotate`); the old keys stay on failure.
     pub fn reload_keys(&self) -> Result<(), ServiceError> {
-        let keys = load_keys(&self.config, false)?;
-        self.keys.store(Arc::new(keys));
-        // A removed key must not keep vouching for tokens it signed.
-        self.cache.clear();
-        self.refused.clear();
+        let keys = load_keys(self.config(), false)?;
+        self.authenticator().swap_keys(keys);
         Ok(())
     }
 
+    /// The proxy path's half.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        self.grants.authenticator()
+    }
+
     pub fn trusted_issuers(&self) -> &Arc<TrustedIssuers> {
-        &self.trusted
+        self.authenticator().trusted_issuers()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        self.grants.store()
     }
 
     pub fn config(&self) -> &AuthConfig {
-        &self.config
+        self.grants.config()
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        self.grants.limits()
     }
 
     /// The limiter state, for the service that replaces this one on a reload.
     pub fn shared_limits(&self) -> Arc<Limits> {
-        self.limits.clone()
+        self.grants.limits().clone()
     }
 
     /// Hashes a new password on the bounded pool (CLI, demo, registration).
@@ -235,176 +154,14 @@ impl AuthService {
         &self,
         password: zeroize::Zeroizing<String>,
     ) -> Result<String, PasswordError> {
-        self.pool.hash(password).await
-    }
-
-    /// Finds the one token the request presents: `Authorization: Bearer` or the configured
-    /// cookie. Two presentations, or a token in the query string, are `invalid_request`.
-    pub fn presented_token(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Result<Option<String>, Rejection> {
-        if query.is_some_and(query_carries_token) {
-            return Err(Rejection::InvalidRequest(
-                "access tokens are not accepted in the query string",
-            ));
-        }
-        let mut found: Option<String> = None;
-        let mut present = |token: String| -> Result<(), Rejection> {
-            if found.replace(token).is_some() {
-                return Err(Rejection::InvalidRequest(
-                    "more than one access token presented",
-                ));
-            }
-            Ok(())
-        };
-        for value in headers.get_all(AUTHORIZATION) {
-            match bearer_token(value.as_bytes())? {
-                Some(token) => present(token)?,
-                None => continue,
-            }
-        }
-        if let Some(name) = &self.config.cookie {
-            for value in headers.get_all(COOKIE) {
-                let Ok(text) = value.to_str() else { continue };
-                for pair in text.split(';') {
-                    let mut kv = pair.trim().splitn(2, '=');
-                    if kv.next().map(str::trim) == Some(name.as_str()) {
-                        present(kv.next().unwrap_or("").trim().to_owned())?;
-                    }
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// Verifies an access token: size cap, signature and claims (cached per token until its
-    /// `exp`), then revocation, which is checked on every request. A kid the gateway's own keys
-    /// do not hold goes to the trusted issuers; no other failure does.
-    pub async fn verify_access(&self, token: &str) -> Result<Arc<Identity>, VerifyError> {
-        let now = now();
-        let max = self.config.max_token_bytes;
-        if token.len() > max {
-            return Err(VerifyError::TooLarge);
-        }
-        let digest = token_digest(token);
-        let leeway = self.config.leeway.as_secs() as i64;
-        if let Some(hit) = self.cache.get(&digest) {
-            let fresh =
-                hit.identity.exp + leeway > now && self.keys_unchanged(hit.external_generation);
-            if fresh {
-                crate::metrics::verify_cache(CacheLookup::Hit);
-                let identity = Arc::clone(&hit.identity);
-                drop(hit);
-                return self.not_revoked(identity, now);
-            }
-            drop(hit);
-            self.cache.remove(&digest);
-        }
-        if let Some(known) = self.refused.get(&digest) {
-            let fresh = known.until > now && self.keys_unchanged(known.external_generation);
-            if fresh {
-                crate::metrics::verify_cache(CacheLookup::Refused);
-                return Err(known.error.clone());
-            }
-        }
-        crate::metrics::verify_cache(CacheLookup::Miss);
-        let keys = self.keys.load();
-        // The kid decides whose policy applies: our own checks (typ first) would refuse an IdP's
-        // token before ever looking at its key.
-        let external = !self.trusted.is_empty()
-            && verify::token_kid(token, self.config.max_token_bytes)
-                .is_ok_and(|kid| keys.ring.lookup().get(&kid).is_none());
-        // Read before verifying: a swap during verification makes the entry stale, never wrongly
-        // fresh.
-        let external_generation = external.then(|| self.trusted.generation());
-        let verified = if external {
-            self.trusted.verify(token, now).await
-        } else {
-            keys.verifier.verify(token, now)
-        };
-        let identity = match verified {
-            Ok(identity) => identity,
-            Err(error) => {
-                self.remember_refusal(digest, &error, external_generation, now);
-                return Err(error);
-            }
-        };
-        let identity = Arc::new(identity);
-        self.remember(digest, &identity, external_generation);
-        self.not_revoked(identity, now)
-    }
-
-    fn not_revoked(&self, identity: Arc<Identity>, now: i64) -> Result<Arc<Identity>, VerifyError> {
-        if let Some(jti) = &identity.jti
-            && let Some(exp) = self.revoked.get(jti)
-            && *exp + 60 > now
-        {
-            return Err(VerifyError::Revoked);
-        }
-        Ok(identity)
-    }
-
-    fn remember(
-        &self,
-        digest: [u8; 32],
-        identity: &Arc<Identity>,
-        external_generation: Option<u64>,
-    ) {
-        // Full: this token goes uncached. Sweeping 100,000 entries here stalled the request
-        // that hit the limit (p99 ~100 ms in BENCHMARKS.md); the prune timer drops expired ones.
-        if self.cache.len() >= CACHE_CAPACITY {
-            return;
-        }
-        let entry = Cached {
-            identity: Arc::clone(identity),
-            external_generation,
-        };
-        self.cache.insert(digest, entry);
-    }
-
-    /// Whether a cached answer still stands for the keys it was reached with: our own keys
-    /// (`None`; a key reload clears both caches) or the external key-set generation it records.
-    fn keys_unchanged(&self, external_generation: Option<u64>) -> bool {
-        external_generation.is_none_or(|g| g == self.trusted.generation())
-    }
-
-    fn remember_refusal(
-        &self,
-        digest: [u8; 32],
-        error: &VerifyError,
-        external_generation: Option<u64>,
-        now: i64,
-    ) {
-        if !refusal_is_final(error) || self.refused.len() >= REFUSED_CAPACITY {
-            return;
-        }
-        let entry = Refused {
-            error: error.clone(),
-            external_generation,
-            until: now + REFUSED_FOR_SECS,
-        };
-        self.refused.insert(digest, entry);
-    }
-
-    /// Revokes an access token's `jti` until it expires (store first, then the local mirror).
-    pub async fn revoke_access(&self, identity: &Identity) -> Result<(), StoreError> {
-        if let Some(jti) = &identity.jti {
-            self.store.revoke_jti(jti, identity.exp).await?;
-            self.revoked.insert(jti.clone(), identity.exp);
-        }
-        Ok(())
+        self.grants.hash_password(password).await
     }
 
     /// Drops expired revocations, cache entries, limiter keys and stored rows; called on a timer.
     pub async fn prune(&self) {
-        let now = now();
-        self.revoked.retain(|_, exp| *exp + 60 > now);
-        self.cache.retain(|_, v| v.identity.exp > now);
-        self.refused.retain(|_, v| v.until > now);
-        self.limits.prune();
-        if let Err(e) = self.store.purge_expired(now).await {
+        self.authenticator().prune();
+        self.limits().prune();
+        if let Err(e) = self.store().purge_expired(unix_now()).await {
             tracing::warn!(error = %e, "purging expired store rows failed");
         }
     }
@@ -429,165 +186,4 @@ fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> 
     };
     let verifier = Verifier::new(policy, ring.lookup().clone());
     Ok(KeyState { ring, verifier })
-}
-
-/// The bytes a bearer token may hold: RFC 6750 §2.1 `b64token`, which includes JWS's `.`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        | (b == b'-')
-        | (b == b'.')
-        | (b == b'_')
-        | (b == b'~')
-        | (b == b'+')
-        | (b == b'/')
-        | (b == b'=')
-}
-
-/// How many recent tokens each thread remembers the digest of.
-const RECENT_DIGESTS: usize = 4;
-
-/// SHA-256 of `token`, the verification cache's key. A client usually presents the same token
-/// on request after request, so each thread keeps the digests of the last few tokens it saw:
-/// comparing the bytes costs a small fraction of hashing them again (SHA-256 was a tenth of the
-/// gateway's own CPU time on a cached token). Everything else about the cache is unchanged:
-/// this only skips recomputing a pure function. The remembered tokens are zeroed when replaced.
-fn token_digest(token: &str) -> [u8; 32] {
-    type Recent = [Option<(zeroize::Zeroizing<Box<[u8]>>, [u8; 32])>; RECENT_DIGESTS];
-    thread_local! {
-        static RECENT: std::cell::RefCell<(Recent, usize)> = std::cell::RefCell::default();
-    }
-    RECENT.with_borrow_mut(|(recent, next)| {
-        let bytes = token.as_bytes();
-        if let Some((_, digest)) = recent
-            .iter()
-            .flatten()
-            .find(|(seen, _)| seen.as_ref() == bytes)
-        {
-            return *digest;
-        }
-        let digest = crate::auth::tokens::refresh_digest(token);
-        recent[*next] = Some((zeroize::Zeroizing::new(bytes.into()), digest));
-        *next = (*next + 1) % RECENT_DIGESTS;
-        digest
-    })
-}
-
-/// `Bearer <token>`, scheme in any case, exactly one space, a b64token (RFC 6750 §2.1).
-/// Another scheme is not a bearer presentation (`Ok(None)`).
-fn bearer_token(value: &[u8]) -> Result<Option<String>, Rejection> {
-    let Some(space) = value.iter().position(|&b| b == b' ') else {
-        return if value.eq_ignore_ascii_case(b"bearer") {
-            Err(Rejection::InvalidRequest("malformed Authorization header"))
-        } else {
-            Ok(None)
-        };
-    };
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Ok(None);
-    }
-    let token = &rest[1..];
-    // A fold rather than `all`: no early exit, so the compiler checks many bytes per step.
-    let valid = !token.is_empty() && token.iter().fold(true, |ok, &b| ok & is_token_char(b));
-    if !valid {
-        return Err(Rejection::InvalidRequest("malformed Authorization header"));
-    }
-    Ok(std::str::from_utf8(token).ok().map(str::to_owned))
-}
-
-/// Query parameters that would carry a token (RFC 6750 §2.3 is refused on purpose).
-fn query_carries_token(query: &str) -> bool {
-    query.split('&').any(|pair| {
-        let key = pair.split('=').next().unwrap_or("");
-        key.eq_ignore_ascii_case("access_token") || key.eq_ignore_ascii_case("token")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::tokens;
-
-    #[test]
-    fn remembered_digests_are_the_digests_of_exactly_the_same_bytes() {
-        let tokens: Vec<String> = (0..10)
-            .map(|i| format!("header.payload{i}.signature"))
-            .collect();
-        // Repeats, interleavings and more distinct tokens than are remembered; a token that
-        // differs in its last byte or only in length never gets another's digest.
-        let order = [
-            0, 0, 1, 0, 2, 3, 4, 5, 0, 1, 9, 8, 9, 0, 0, 7, 6, 5, 4, 3, 2, 1, 0,
-        ];
-        for &i in &order {
-            let token = &tokens[i];
-            assert_eq!(
-                token_digest(token),
-                tokens::refresh_digest(token),
-                "{token}"
-            );
-            let longer = format!("{token}x");
-            assert_eq!(token_digest(&longer), tokens::refresh_digest(&longer));
-            let shorter = &token[..token.len() - 1];
-            assert_eq!(token_digest(shorter), tokens::refresh_digest(shorter));
-        }
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        assert_eq!(
-            bearer_token(b"bearer abc.def").unwrap().as_deref(),
-            Some("abc.def")
-        );
-        assert_eq!(bearer_token(b"BEARER abc").unwrap().as_deref(), Some("abc"));
-        assert_eq!(bearer_token(b"Basic dXNlcjpwYXNz").unwrap(), None);
-    }
-
-    #[test]
-    fn malformed_bearer_is_invalid_request() {
-        for bad in [
-            &b"Bearer"[..],
-            b"Bearer ",
-            b"Bearer  abc",
-            b"Bearer a b",
-            b"Bearer a\"b",
-        ] {
-            assert!(
-                bearer_token(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn every_byte_outside_b64token_is_refused_at_any_position() {
-        let allowed: Vec<u8> = (b'a'..=b'z')
-            .chain(b'A'..=b'Z')
-            .chain(b'0'..=b'9')
-            .chain(*b"-._~+/=")
-            .collect();
-        // Long enough that the check runs in wide steps and a tail.
-        let base = vec![b'A'; 131];
-        for byte in 0..=255u8 {
-            for position in [0, 1, 15, 16, 17, 64, 130] {
-                let mut token = base.clone();
-                token[position] = byte;
-                let mut header = b"Bearer ".to_vec();
-                header.extend_from_slice(&token);
-                let accepted = bearer_token(&header).is_ok_and(|t| t.is_some());
-                assert_eq!(
-                    accepted,
-                    allowed.contains(&byte),
-                    "byte {byte:#04x} at {position}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn token_in_query_is_detected() {
-        assert!(query_carries_token("a=1&access_token=x"));
-        assert!(query_carries_token("ACCESS_TOKEN=x"));
-        assert!(!query_carries_token("tokens=3"));
-    }
 }

@@ -1,0 +1,633 @@
+//! The endpoint path's grants: the password and refresh-token grants, logout, revocation and
+//! registration, with the brute-force limits and the lockout in front of them. Inputs are the
+//! parameters as the client sent them; answers are tokens or a [`GrantError`], never HTTP (the
+//! endpoints render them, `crate::error` decides statuses).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::auth::authenticator::Authenticator;
+use crate::auth::claims::Identity;
+use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
+use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError, PasswordPool};
+use crate::auth::tokens::{self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, mint_access};
+use crate::auth::username::Username;
+use crate::clock::unix_now as now;
+use crate::config::AuthConfig;
+use crate::limits::{Limits, Refusal};
+use crate::store::{
+    LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser, RefreshRecord,
+    RefreshSuccessor, RotateError, Store, StoreError,
+};
+
+/// `client_id` stamped on tokens when the client names none.
+const DEFAULT_CLIENT_ID: &str = "gatehouse";
+/// Shortest password accepted at registration.
+const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Why a grant failed (RFC 6749 §5.2 codes where they apply). `crate::error` decides the status.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(&'static str),
+    /// Wrong username or password, unknown or disabled user: one byte-identical answer.
+    #[error("invalid_grant: invalid username or password")]
+    BadCredentials,
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(&'static str),
+    #[error("invalid_scope")]
+    InvalidScope,
+    #[error("username is taken")]
+    Conflict,
+    #[error("invalid password: {0}")]
+    WeakPassword(&'static str),
+    #[error("temporarily unavailable")]
+    Busy,
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// A rate limit or a lockout refused the attempt before any lookup or hashing.
+    #[error("too many attempts")]
+    Limited(Refusal),
+    #[error("server error")]
+    Server,
+}
+
+impl GrantError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            GrantError::InvalidRequest(_) | GrantError::WeakPassword(_) => "invalid_request",
+            GrantError::BadCredentials | GrantError::InvalidGrant(_) => "invalid_grant",
+            GrantError::InvalidScope => "invalid_scope",
+            GrantError::Conflict => "conflict",
+            GrantError::Busy | GrantError::StoreUnavailable => "temporarily_unavailable",
+            GrantError::Limited(_) => "too_many_attempts",
+            GrantError::Server => "server_error",
+        }
+    }
+
+    pub fn description(&self) -> &'static str {
+        match self {
+            GrantError::InvalidRequest(d)
+            | GrantError::InvalidGrant(d)
+            | GrantError::WeakPassword(d) => d,
+            GrantError::BadCredentials => "invalid username or password",
+            GrantError::InvalidScope => "the requested scope exceeds what was granted",
+            GrantError::Conflict => "username is taken",
+            GrantError::Busy => "too many logins in progress, retry shortly",
+            GrantError::StoreUnavailable => "state store unavailable, retry shortly",
+            GrantError::Limited(_) => "too many attempts, retry later",
+            GrantError::Server => "internal error",
+        }
+    }
+}
+
+impl From<PasswordError> for GrantError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => GrantError::Busy,
+            PasswordError::TooLong { .. } => GrantError::InvalidRequest("password too long"),
+            other => {
+                tracing::error!(error = %other, "password hashing failed");
+                GrantError::Server
+            }
+        }
+    }
+}
+
+impl From<StoreError> for GrantError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failed");
+        match e {
+            StoreError::Unavailable(_) => GrantError::StoreUnavailable,
+            _ => GrantError::Server,
+        }
+    }
+}
+
+/// Which grant a token request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    Password,
+    Refresh,
+}
+
+/// A token request's parameters as the client sent them (each at most once).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenRequest<'a> {
+    pub client_id: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub refresh_token: Option<&'a str>,
+}
+
+/// Tokens granted: a new access token and the refresh token that continues the family.
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub scopes: Vec<String>,
+}
+
+/// The grants, with what they need: the authenticator (revocation, verifying a presented access
+/// token), the store, the hashing pool and the limiters.
+pub struct Grants {
+    config: AuthConfig,
+    authenticator: Arc<Authenticator>,
+    store: Arc<dyn Store>,
+    pool: PasswordPool,
+    spec: AccessTokenSpec,
+    /// Shared with the grants a reload replaces, so counters survive reloads.
+    limits: Arc<Limits>,
+}
+
+impl Grants {
+    pub fn new(
+        config: AuthConfig,
+        authenticator: Arc<Authenticator>,
+        store: Arc<dyn Store>,
+        pool: PasswordPool,
+        limits: Arc<Limits>,
+    ) -> Self {
+        let spec = AccessTokenSpec {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            lifetime: config.access_token_lifetime,
+            max_bytes: config.max_token_bytes,
+        };
+        Self {
+            config,
+            authenticator,
+            store,
+            pool,
+            spec,
+            limits,
+        }
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authenticator
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn pool(&self) -> &PasswordPool {
+        &self.pool
+    }
+
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    /// Hashes a new password on the bounded pool (CLI, demo, registration).
+    pub async fn hash_password(
+        &self,
+        password: Zeroizing<String>,
+    ) -> Result<String, PasswordError> {
+        self.pool.hash(password).await
+    }
+
+    /// The per-address limit of the login-type endpoints, checked before anything is parsed.
+    pub fn admit_client(&self, client: IpAddr) -> Result<(), GrantError> {
+        self.limits.check_addr(client).map(drop).map_err(|refusal| {
+            crate::metrics::limit_refusal("address");
+            GrantError::Limited(refusal)
+        })
+    }
+
+    /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path).
+    pub async fn token(&self, grant: Grant, form: TokenRequest<'_>) -> Result<Issued, GrantError> {
+        let client_id = match form.client_id {
+            None => DEFAULT_CLIENT_ID.to_owned(),
+            Some(id) if is_header_safe(id, MAX_CLIENT_ID_BYTES) => id.to_owned(),
+            Some(_) => return Err(GrantError::InvalidRequest("invalid client_id")),
+        };
+        let requested = match form.scope {
+            None => None,
+            Some(s) => Some(parse_scope(s)?),
+        };
+        match grant {
+            Grant::Password => {
+                let username = form
+                    .username
+                    .ok_or(GrantError::InvalidRequest("username is required"))?;
+                let password = form
+                    .password
+                    .ok_or(GrantError::InvalidRequest("password is required"))?;
+                self.password_grant(username, password, requested, &client_id)
+                    .await
+            }
+            Grant::Refresh => {
+                let token = form
+                    .refresh_token
+                    .ok_or(GrantError::InvalidRequest("refresh_token is required"))?;
+                self.refresh_grant(token, requested, &client_id).await
+            }
+        }
+    }
+
+    /// Checks the password. Unknown, disabled and wrong all cost one real verification and give
+    /// the same answer.
+    async fn password_grant(
+        &self,
+        raw_username: &str,
+        password: &str,
+        requested: Option<Vec<String>>,
+        client_id: &str,
+    ) -> Result<Issued, GrantError> {
+        if raw_username.len() > 64 {
+            return Err(GrantError::InvalidRequest("username too long"));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(GrantError::InvalidRequest("password too long"));
+        }
+        let name = Username::parse(raw_username).ok();
+        let limit_key = name.as_ref().map_or_else(
+            || raw_username.to_ascii_lowercase(),
+            |n| n.as_str().to_owned(),
+        );
+        self.limits.check_user(&limit_key).map_err(|r| {
+            crate::metrics::limit_refusal("user");
+            GrantError::Limited(r)
+        })?;
+        // A place in the hashing pool before any store lookup: a flood beyond the pool is
+        // refused without costing a query.
+        let admission = self
+            .pool
+            .admit()
+            .inspect_err(|_| crate::metrics::login("busy"))?;
+        let now = self.limits.clock().unix_now();
+        // The attempt's place in the name's failure budget, taken before any hashing: parallel
+        // guesses cannot outrun the count.
+        let attempt = match &name {
+            Some(name) => {
+                match LoginAttempt::admit(&self.store, name, now, self.lockout_policy()).await? {
+                    Ok(attempt) => Some(attempt),
+                    Err(refused) => {
+                        crate::metrics::limit_refusal("lockout");
+                        let retry_after = match refused {
+                            LoginAdmission::Locked(until) => (until - now).max(1) as u64,
+                            // Attempts in flight hold the rest of the budget for seconds at most.
+                            _ => 1,
+                        };
+                        return Err(GrantError::Limited(Refusal {
+                            retry_after,
+                            limit: self.limits.config().max_failures.get(),
+                        }));
+                    }
+                }
+            }
+            None => None,
+        };
+        let user = match &name {
+            Some(name) => self.store.user(name).await?.filter(|u| !u.disabled),
+            None => None,
+        };
+        crate::metrics::hash_queue_depth(self.pool.queue_depth() + 1);
+        let outcome = self
+            .pool
+            .verify_admitted(
+                admission,
+                Zeroizing::new(password.to_owned()),
+                user.as_ref().map(|u| u.password_hash.clone()),
+            )
+            .await
+            .inspect_err(|e| {
+                let busy = matches!(e, PasswordError::Busy);
+                crate::metrics::login(if busy { "busy" } else { "error" });
+            })?;
+        crate::metrics::hash_queue_depth(self.pool.queue_depth());
+        if let Some(problem) = outcome.unusable {
+            tracing::warn!(%problem, "stored password hash cannot be verified");
+        }
+        let user = match user {
+            Some(user) if outcome.ok => user,
+            _ => {
+                crate::metrics::login("bad_credentials");
+                if let Some(attempt) = attempt
+                    && let Some(until) = attempt.finish(now, LoginVerdict::Failed).await?
+                {
+                    tracing::warn!(
+                        user = name.as_ref().map_or(raw_username, Username::as_str),
+                        until,
+                        "login locked after repeated failures"
+                    );
+                }
+                return Err(GrantError::BadCredentials);
+            }
+        };
+        crate::metrics::login("success");
+        if let Some(attempt) = attempt {
+            attempt.finish(now, LoginVerdict::Succeeded).await?;
+        }
+        if outcome.needs_rehash {
+            self.upgrade_hash(&user.username, password).await;
+        }
+        let scopes = narrow_scopes(&user.scopes, requested)?;
+        let issued = self
+            .issue(&user.username, &user.roles, &scopes, client_id)
+            .await?;
+        Ok(issued)
+    }
+
+    /// The lockout rule in the store's terms. The attempt that reaches the limit is answered
+    /// like any failure; the next ones are refused by the lockout.
+    fn lockout_policy(&self) -> LockoutPolicy {
+        let c = self.limits.config();
+        LockoutPolicy {
+            max_failures: c.max_failures.get(),
+            find_time: c.find_time.as_secs() as i64,
+            ban_time: c.ban_time.as_secs() as i64,
+        }
+    }
+
+    /// Rehashes with the configured parameters after a successful login; failure only logs.
+    async fn upgrade_hash(&self, username: &Username, password: &str) {
+        match self.pool.hash(Zeroizing::new(password.to_owned())).await {
+            Ok(hash) => {
+                if let Err(e) = self.store.set_password(username, &hash).await {
+                    tracing::warn!(error = %e, user = username.as_str(), "could not store upgraded hash");
+                } else {
+                    tracing::info!(user = username.as_str(), "password hash upgraded");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not upgrade password hash"),
+        }
+    }
+
+    /// Rotates the refresh token; a reused one has revoked its family inside the store.
+    async fn refresh_grant(
+        &self,
+        presented: &str,
+        requested: Option<Vec<String>>,
+        client_id: &str,
+    ) -> Result<Issued, GrantError> {
+        if presented.is_empty() || presented.len() > MAX_REFRESH_TOKEN_BYTES {
+            return Err(GrantError::InvalidGrant("invalid refresh token"));
+        }
+        let old_digest = tokens::refresh_digest(presented);
+        let (new_token, new_digest) = tokens::new_refresh_token();
+        let now = now();
+        let successor = RefreshSuccessor {
+            digest: new_digest,
+            issued_at: now,
+            expires_at: now + self.refresh_lifetime(),
+        };
+        let old = match self.store.rotate_refresh(&old_digest, successor, now).await {
+            Ok(old) => old,
+            Err(RotateError::Reused { username, .. }) => {
+                tracing::warn!(
+                    user = username.as_str(),
+                    "refresh token reuse detected: family revoked"
+                );
+                return Err(GrantError::InvalidGrant("invalid refresh token"));
+            }
+            Err(RotateError::Unknown | RotateError::Expired | RotateError::Revoked) => {
+                return Err(GrantError::InvalidGrant("invalid refresh token"));
+            }
+            Err(RotateError::Store(e)) => return Err(e.into()),
+        };
+        let user = self
+            .store
+            .user(&old.username)
+            .await?
+            .filter(|u| !u.disabled);
+        let Some(user) = user else {
+            self.store.revoke_family(&old.family).await?;
+            return Err(GrantError::InvalidGrant("invalid refresh token"));
+        };
+        // Never more than first granted, nor more than the user holds today.
+        let granted: Vec<String> = old
+            .scopes
+            .iter()
+            .filter(|s| user.scopes.contains(s))
+            .cloned()
+            .collect();
+        let scopes = narrow_scopes(&granted, requested)?;
+        self.mint(&user.username, &user.roles, &scopes, client_id, new_token)
+    }
+
+    fn refresh_lifetime(&self) -> i64 {
+        self.config.refresh_token_lifetime.as_secs() as i64
+    }
+
+    /// Mints an access token and a new refresh-token family.
+    async fn issue(
+        &self,
+        username: &Username,
+        roles: &[String],
+        scopes: &[String],
+        client_id: &str,
+    ) -> Result<Issued, GrantError> {
+        let now = now();
+        let (refresh, digest) = tokens::new_refresh_token();
+        self.store
+            .insert_refresh(RefreshRecord {
+                digest,
+                family: tokens::new_family_id(),
+                username: username.clone(),
+                scopes: scopes.to_vec(),
+                issued_at: now,
+                expires_at: now + self.refresh_lifetime(),
+            })
+            .await?;
+        self.mint(username, roles, scopes, client_id, refresh)
+    }
+
+    fn mint(
+        &self,
+        username: &Username,
+        roles: &[String],
+        scopes: &[String],
+        client_id: &str,
+        refresh: String,
+    ) -> Result<Issued, GrantError> {
+        let keys = self.authenticator.keys();
+        let minted = mint_access(
+            &keys.ring,
+            &self.spec,
+            username.as_str(),
+            roles,
+            scopes,
+            client_id,
+            now(),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "minting an access token failed");
+            GrantError::Server
+        })?;
+        Ok(Issued {
+            access_token: minted.token,
+            expires_in: self.spec.lifetime.as_secs(),
+            refresh_token: refresh,
+            scopes: scopes.to_vec(),
+        })
+    }
+
+    /// Logout: revokes the presented access token's `jti` and the refresh token's family
+    /// (only a family of the same user when both are presented).
+    pub async fn logout(
+        &self,
+        identity: Option<&Identity>,
+        refresh: Option<&str>,
+    ) -> Result<(), GrantError> {
+        if identity.is_none() && refresh.is_none() {
+            return Err(GrantError::InvalidRequest(
+                "present a refresh_token or an access token",
+            ));
+        }
+        if let Some(identity) = identity {
+            self.authenticator.revoke_access(identity).await?;
+        }
+        if let Some(refresh) = refresh {
+            self.revoke_refresh(refresh, identity).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes the family of a refresh token; with an identity, only a family of that user.
+    async fn revoke_refresh(
+        &self,
+        token: &str,
+        owner: Option<&Identity>,
+    ) -> Result<bool, GrantError> {
+        if token.len() > MAX_REFRESH_TOKEN_BYTES {
+            return Ok(false);
+        }
+        let Some((record, _)) = self.store.refresh(&tokens::refresh_digest(token)).await? else {
+            return Ok(false);
+        };
+        if owner.is_some_and(|id| id.sub != record.username.as_str()) {
+            return Ok(false);
+        }
+        self.store.revoke_family(&record.family).await?;
+        Ok(true)
+    }
+
+    /// RFC 7009: answers 200 whether or not the token was known.
+    pub async fn revoke(&self, token: Option<&str>, hint: Option<&str>) -> Result<(), GrantError> {
+        let token = token.ok_or(GrantError::InvalidRequest("token is required"))?;
+        let as_refresh = hint != Some("access_token");
+        let mut revoked = as_refresh && self.revoke_refresh(token, None).await?;
+        if !revoked
+            && token.len() <= self.config.max_token_bytes
+            && let Ok(identity) = self.authenticator.verify_access(token).await
+        {
+            self.authenticator.revoke_access(&identity).await?;
+            revoked = true;
+        }
+        if !revoked && !as_refresh {
+            self.revoke_refresh(token, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Self-registration with the configured default roles and scopes.
+    pub async fn register(
+        &self,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Username, GrantError> {
+        let raw = username.ok_or(GrantError::InvalidRequest("username is required"))?;
+        let password = password.ok_or(GrantError::InvalidRequest("password is required"))?;
+        let username = Username::parse(raw).map_err(|_| {
+            GrantError::InvalidRequest("username must be 1-64 characters from a-z 0-9 . _ @ + -")
+        })?;
+        self.limits
+            .check_user(username.as_str())
+            .map_err(GrantError::Limited)?;
+        if password.chars().count() < MIN_PASSWORD_CHARS {
+            return Err(GrantError::WeakPassword(
+                "password must be at least 8 characters",
+            ));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(GrantError::WeakPassword(
+                "password must be at most 1024 bytes",
+            ));
+        }
+        if Username::parse(password).is_ok_and(|p| p == username) {
+            return Err(GrantError::WeakPassword(
+                "password must differ from the username",
+            ));
+        }
+        if self.store.user(&username).await?.is_some() {
+            return Err(GrantError::Conflict);
+        }
+        let hash = self.pool.hash(Zeroizing::new(password.to_owned())).await?;
+        let created = self
+            .store
+            .create_user(NewUser {
+                username: username.clone(),
+                password_hash: hash,
+                roles: self.config.default_roles.clone(),
+                scopes: self.config.default_scopes.clone(),
+            })
+            .await;
+        match created {
+            Ok(_) => Ok(username),
+            Err(StoreError::Conflict(_)) => Err(GrantError::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A space-separated scope list (RFC 6749 §3.3).
+fn parse_scope(text: &str) -> Result<Vec<String>, GrantError> {
+    let mut scopes = Vec::new();
+    for s in text.split(' ').filter(|s| !s.is_empty()) {
+        if !is_header_safe(s, MAX_ROLE_BYTES) {
+            return Err(GrantError::InvalidScope);
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_owned());
+        }
+    }
+    Ok(scopes)
+}
+
+/// The requested scopes if they are a subset of `granted`; all of `granted` if none requested.
+fn narrow_scopes(
+    granted: &[String],
+    requested: Option<Vec<String>>,
+) -> Result<Vec<String>, GrantError> {
+    match requested {
+        None => Ok(granted.to_vec()),
+        Some(req) if req.iter().all(|s| granted.contains(s)) => Ok(req),
+        Some(_) => Err(GrantError::InvalidScope),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_scope_never_widens_the_grant() {
+        let granted = vec!["read".to_owned(), "write".to_owned()];
+        assert_eq!(narrow_scopes(&granted, None).unwrap(), granted);
+        assert_eq!(
+            narrow_scopes(&granted, Some(vec!["read".into()])).unwrap(),
+            vec!["read".to_owned()]
+        );
+        assert!(narrow_scopes(&granted, Some(vec!["admin".into()])).is_err());
+    }
+
+    #[test]
+    fn scope_with_unsafe_characters_is_invalid() {
+        assert!(parse_scope("read,write").is_err());
+        assert!(parse_scope("re\"ad").is_err());
+        assert_eq!(
+            parse_scope("read  write read").unwrap(),
+            vec!["read", "write"]
+        );
+    }
+}
