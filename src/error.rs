@@ -440,4 +440,72 @@ mod tests {
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[RETRY_AFTER], "2");
     }
+
+    /// Every endpoint and grant error with the status it must answer. The match makes a new
+    /// variant a compile error here until it is given a row.
+    #[test]
+    fn every_endpoint_and_grant_error_has_its_status() {
+        fn listed(e: &EndpointError) {
+            match e {
+                EndpointError::Grant(
+                    GrantError::InvalidRequest(_)
+                    | GrantError::BadCredentials
+                    | GrantError::InvalidGrant(_)
+                    | GrantError::InvalidScope
+                    | GrantError::Conflict
+                    | GrantError::WeakPassword(_)
+                    | GrantError::Busy
+                    | GrantError::StoreUnavailable
+                    | GrantError::Limited(_)
+                    | GrantError::Server,
+                )
+                | EndpointError::Credential(
+                    CredentialError::Missing
+                    | CredentialError::Malformed(_)
+                    | CredentialError::Invalid(_),
+                )
+                | EndpointError::InvalidRequest(_)
+                | EndpointError::UnsupportedGrantType
+                | EndpointError::UnsupportedMediaType
+                | EndpointError::TooLarge
+                | EndpointError::MethodNotAllowed
+                | EndpointError::NotFound => {}
+            }
+        }
+        let refusal = Refusal {
+            retry_after: 1,
+            limit: 1,
+        };
+        let table: Vec<(EndpointError, u16)> = vec![
+            (GrantError::InvalidRequest("x").into(), 400),
+            (GrantError::BadCredentials.into(), 400),
+            (GrantError::InvalidGrant("x").into(), 400),
+            (GrantError::InvalidScope.into(), 400),
+            (GrantError::Conflict.into(), 409),
+            (GrantError::WeakPassword("x").into(), 400),
+            (GrantError::Busy.into(), 503),
+            (GrantError::StoreUnavailable.into(), 503),
+            (GrantError::Limited(refusal).into(), 429),
+            (GrantError::Server.into(), 500),
+            (CredentialError::Missing.into(), 401),
+            (CredentialError::Malformed("x").into(), 400),
+            (CredentialError::Invalid(VerifyError::Expired).into(), 401),
+            (EndpointError::InvalidRequest("x"), 400),
+            (EndpointError::UnsupportedGrantType, 400),
+            (EndpointError::UnsupportedMediaType, 415),
+            (EndpointError::TooLarge, 413),
+            (EndpointError::MethodNotAllowed, 405),
+            (EndpointError::NotFound, 404),
+        ];
+        assert_eq!(table.len(), 19, "one row per variant");
+        for (error, expected) in table {
+            listed(&error);
+            let label = error.to_string();
+            // The same status whether the table is asked directly or the rejection is rendered
+            // (credential failures render as the pipeline's own bearer challenges).
+            assert_eq!(endpoint_status(&error).as_u16(), expected, "{label}");
+            let rejection = Rejection::from(error);
+            assert_eq!(respond(&rejection).status().as_u16(), expected, "{label}");
+        }
+    }
 }
