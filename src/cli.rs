@@ -1,5 +1,6 @@
 //! Subcommands: `serve`, `check-config`, `demo`, `user ...`, `keys ...`.
 
+use std::future::Future as _;
 use std::io::{BufRead, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -243,28 +244,43 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
         let status = crate::error::respond(rejection).status().as_u16();
         let _ = writeln!(out, "rejected   {status}: {rejection}");
     };
-    let target = match router.target(&req) {
-        Ok(target) => target,
-        Err(rejection) => {
-            rejected(&mut out, &rejection);
-            return Ok(out);
+    let table = router.routes();
+    let mut trail = crate::gateway::Trail::default();
+    // Without an authenticator nothing in decide waits, so one poll finishes it.
+    let decided = {
+        let decide = std::pin::pin!(router.decide(
+            &mut req,
+            crate::gateway::Authentication::Skip,
+            &mut trail,
+        ));
+        match decide.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(decided) => decided,
+            std::task::Poll::Pending => anyhow::bail!("deciding the request waited for I/O"),
         }
     };
-    let normalised = target.path.clone();
-    let host = target.host().to_ascii_lowercase();
-    let table = router.routes();
-    let route = match router.route(&mut req, &target) {
-        Ok((crate::gateway::Choice::Route(index), _)) => table
-            .get(index)
-            .context("the router chose a route outside its table")?,
-        Ok((crate::gateway::Choice::Endpoint(_), _)) => {
-            let _ = writeln!(
-                out,
-                "endpoint   gatehouse's own ({normalised}); never proxied"
-            );
-            return Ok(out);
+    let (normalised, host, route) = match decided {
+        Ok(decision) => {
+            let normalised = decision.target.path.clone();
+            let host = decision.target.host().to_ascii_lowercase();
+            match decision.choice {
+                crate::gateway::Choice::Route(index) => {
+                    let route = table
+                        .get(index)
+                        .context("the router chose a route outside its table")?;
+                    (normalised, host, route)
+                }
+                crate::gateway::Choice::Endpoint(_) => {
+                    let _ = writeln!(
+                        out,
+                        "endpoint   gatehouse's own ({normalised}); never proxied"
+                    );
+                    return Ok(out);
+                }
+            }
         }
         Err(crate::error::Rejection::NoRoute) => {
+            let normalised = trail.path.unwrap_or_default();
+            let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
             let _ = writeln!(
                 out,
                 "no route   404: nothing matches host {host}, method {method}, path {normalised}"

@@ -9,7 +9,9 @@
 //! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `keys` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
-//! | `gateway` | the request pipeline, its stages listed in order; `Router` (stages 1-5) also serves `routes explain` |
+//! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
+//! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, sent upstream, streamed back |
+//! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |

@@ -324,7 +324,7 @@ async fn host_specific_public_route_cannot_shadow_a_longer_protected_prefix() {
     assert_eq!(up.targets(), ["/about"]);
 }
 
-/// `routes explain` and the gateway decide stages 1-5 with the same code (`gateway::Router`);
+/// `routes explain` and the gateway decide stages 1-7 with the same code (`Router::decide`);
 /// fed the same hostile targets, they must give the same answer. (They once differed: explain
 /// answered 400 for `TRACE /%2e%2e`, the gateway 405.)
 #[tokio::test]

@@ -1,0 +1,409 @@
+//! Stages 1-7 of the pipeline on a request head, decided once: target, framing, scrub,
+//! endpoints, route, authenticate, authorise. [`Router::decide`] is what the gateway and
+//! `routes explain` call (and the forward-auth endpoint will): what it decides is the same
+//! wherever it is asked.
+
+use std::sync::Arc;
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Method, Request, Version};
+
+use crate::auth::authenticator::Authenticator;
+use crate::auth::claims::Identity;
+use crate::auth::endpoints::{Endpoint, endpoint_for};
+use crate::config::{AuthMode, Config, Route};
+use crate::error::Rejection;
+use crate::proxy::headers::{self, IdentityScrubber};
+use crate::proxy::path;
+use crate::routes::RouteTable;
+
+use super::BuildError;
+
+/// What stage 1 learned about the request target.
+pub struct Target {
+    /// The host and port as sent (the Host header or the HTTP/2 authority), for
+    /// `X-Forwarded-Host`; checked by [`host_len`].
+    authority: HeaderValue,
+    /// Bytes of `authority` before the port.
+    host_len: usize,
+    /// Normalised once; everything later sees only this.
+    pub path: String,
+    pub query: Option<String>,
+}
+
+impl Target {
+    /// The host and port as sent.
+    pub fn authority(&self) -> &HeaderValue {
+        &self.authority
+    }
+
+    /// The host without port or trailing dots, in the client's letter case.
+    pub fn host(&self) -> &str {
+        let host = self
+            .authority
+            .as_bytes()
+            .get(..self.host_len)
+            .unwrap_or_default();
+        std::str::from_utf8(host)
+            .unwrap_or_default()
+            .trim_end_matches('.')
+    }
+}
+
+/// Stages 1-5 on a request head (target, framing, scrub, endpoints, route), and with
+/// [`Router::decide`] stages 6-7.
+pub struct Router {
+    routes: RouteTable,
+    scrubber: IdentityScrubber,
+    auth_prefix: String,
+    max_body_bytes: u64,
+}
+
+/// Where stages 4-5 send a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// One of the gateway's own endpoints.
+    Endpoint(Endpoint),
+    /// The route at this index of [`Router::routes`].
+    Route(usize),
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Result<Self, BuildError> {
+        let ids = &config.auth.identity_headers;
+        Ok(Self {
+            routes: RouteTable::new(&config.routes),
+            scrubber: IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?,
+            auth_prefix: config.auth.prefix.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+        })
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// Stage 1: methods never proxied, then the target.
+    pub fn target<B>(&self, req: &Request<B>) -> Result<Target, Rejection> {
+        check_method(req.method())?;
+        check_target(req)
+    }
+
+    /// Stages 2-5 for a request whose [`target`](Self::target) passed; also returns the
+    /// WebSocket upgrade to re-add when forwarding.
+    pub fn route<B>(
+        &self,
+        req: &mut Request<B>,
+        target: &Target,
+    ) -> Result<(Choice, Option<HeaderValue>), Rejection> {
+        check_framing(req, self.max_body_bytes)?;
+        let upgrade = scrub(req.headers_mut(), &self.scrubber)
+            // RFC 6455 §4.1: the opening handshake is a GET.
+            .filter(|_| req.method() == Method::GET);
+        if let Some(endpoint) = endpoint_for(&self.auth_prefix, &target.path) {
+            return Ok((Choice::Endpoint(endpoint), upgrade));
+        }
+        let index = self
+            .routes
+            .position(Some(target.host()), req.method(), &target.path)
+            .ok_or(Rejection::NoRoute)?;
+        Ok((Choice::Route(index), upgrade))
+    }
+}
+
+/// Stage 1.
+fn check_target<B>(req: &Request<B>) -> Result<Target, Rejection> {
+    let uri = req.uri();
+    let (authority, host_len) = match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => {
+            let from_uri = uri.authority().ok_or(Rejection::MissingHost)?;
+            let host_len = host_len(from_uri.as_str().as_bytes()).ok_or(Rejection::BadHost)?;
+            if let Some((host, _)) = single_host(req.headers())?
+                && !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(from_uri.as_str().as_bytes())
+            {
+                return Err(Rejection::HostMismatch);
+            }
+            let authority =
+                HeaderValue::from_str(from_uri.as_str()).map_err(|_| Rejection::BadHost)?;
+            (authority, host_len)
+        }
+        _ => {
+            if uri.scheme().is_some() || uri.authority().is_some() {
+                return Err(Rejection::TargetForm);
+            }
+            single_host(req.headers())?.ok_or(Rejection::MissingHost)?
+        }
+    };
+    let target = Target {
+        authority,
+        host_len,
+        path: path::normalize(uri.path()).map_err(Rejection::BadPath)?,
+        query: uri.query().map(str::to_owned),
+    };
+    if target.host().is_empty() {
+        return Err(Rejection::BadHost);
+    }
+    Ok(target)
+}
+
+/// The one `Host` header and the length of its host part; two or more is an error.
+fn single_host(headers: &HeaderMap) -> Result<Option<(HeaderValue, usize)>, Rejection> {
+    let mut values = headers.get_all(HOST).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Rejection::DuplicateHost);
+    }
+    let host_len = host_len(first.as_bytes()).ok_or(Rejection::BadHost)?;
+    Ok(Some((first.clone(), host_len)))
+}
+
+/// The length of the host in `host[:port]` as RFC 9110 §7.2 allows it: a registered name of at
+/// most 253 bytes or a bracketed IPv6 literal, and a port of digits that fits in 16 bits. `None`
+/// for anything else (userinfo, `x:99999`, `[name]`, several colons, empty host).
+fn host_len(authority: &[u8]) -> Option<usize> {
+    let host = if authority.first() == Some(&b'[') {
+        let close = authority.iter().position(|&b| b == b']')?;
+        let literal = std::str::from_utf8(&authority[1..close]).ok()?;
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        &authority[..=close]
+    } else {
+        let end = authority
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(authority.len());
+        let name = &authority[..end];
+        // A registered name of RFC 3986 §3.2.2 unreserved bytes (percent-encodings and
+        // sub-delims are refused).
+        let reg_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        if name.is_empty() || name.len() > 253 || !name.iter().all(reg_name) {
+            return None;
+        }
+        name
+    };
+    let port_ok = match &authority[host.len()..] {
+        [] | [b':'] => true,
+        [b':', digits @ ..] => {
+            digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits).is_ok_and(|p| p.parse::<u16>().is_ok())
+        }
+        _ => false,
+    };
+    port_ok.then_some(host.len())
+}
+
+/// Stage 1, first: methods the gateway never proxies (CONNECT tunnels, TRACE reflection).
+fn check_method(method: &Method) -> Result<(), Rejection> {
+    if method == Method::CONNECT || method == Method::TRACE {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    Ok(())
+}
+
+/// Stage 2.
+fn check_framing<B>(req: &Request<B>, max_body: u64) -> Result<(), Rejection> {
+    let method = req.method();
+    let headers = req.headers();
+    let declared = match headers.get(CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Rejection::BadFraming)?,
+        ),
+    };
+    let chunked = transfer_coding(headers)?;
+    let has_body = declared.is_some_and(|n| n > 0) || chunked;
+    if has_body && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Err(Rejection::BodyNotAllowed);
+    }
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Rejection::PayloadTooLarge);
+    }
+    Ok(())
+}
+
+/// Whether the body is chunked. Only exactly `chunked` is accepted: the gateway decodes nothing
+/// else, and a coding it passed on undecoded would be read differently by the upstream
+/// (RFC 9112 §6.1: 501 for a coding not understood).
+fn transfer_coding(headers: &HeaderMap) -> Result<bool, Rejection> {
+    let mut values = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = values.next() else {
+        return Ok(false);
+    };
+    let only_chunked = values.next().is_none()
+        && first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+    if only_chunked {
+        Ok(true)
+    } else {
+        Err(Rejection::UnsupportedTransferCoding)
+    }
+}
+
+/// Stage 3: order matters (see the module docs). Returns the WebSocket upgrade to re-add, if any.
+fn scrub(headers: &mut HeaderMap, scrubber: &IdentityScrubber) -> Option<HeaderValue> {
+    let upgrade = headers::remove_hop_by_hop(headers);
+    headers::remove_untrusted_forwarding(headers);
+    scrubber.scrub(headers);
+    upgrade
+}
+
+/// Stage 7: every required scope and role, and one of the any-roles.
+/// Stage 7.
+fn authorise(route: &Route, identity: &Identity) -> Result<(), Rejection> {
+    let missing_scopes: Vec<&str> = route
+        .require_scopes
+        .iter()
+        .filter(|s| !identity.scopes.contains(s))
+        .map(String::as_str)
+        .collect();
+    if !missing_scopes.is_empty() {
+        return Err(Rejection::InsufficientScope(missing_scopes.join(" ")));
+    }
+    let roles_ok = route
+        .require_roles
+        .iter()
+        .all(|r| identity.roles.contains(r))
+        && (route.require_any_role.is_empty()
+            || route
+                .require_any_role
+                .iter()
+                .any(|r| identity.roles.contains(r)));
+    if !roles_ok {
+        return Err(Rejection::InsufficientRole);
+    }
+    Ok(())
+}
+
+/// How stage 6 treats credentials.
+#[derive(Clone, Copy)]
+pub enum Authentication<'a> {
+    /// Verify the presented token and apply the route's auth mode and requirements.
+    Verify(&'a Authenticator),
+    /// Decide stages 1-5 only (`routes explain`, which holds no keys): no identity.
+    Skip,
+}
+
+/// What the head of a request was decided to be.
+pub struct Decision {
+    pub target: Target,
+    pub choice: Choice,
+    /// The verified identity, for a route that authenticated one.
+    pub identity: Option<Arc<Identity>>,
+    /// The WebSocket upgrade to re-add when forwarding.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// What the stages learned before one refused, for the access log and the metrics.
+#[derive(Default)]
+pub struct Trail {
+    /// The normalised path, once stage 1 passed.
+    pub path: Option<String>,
+    /// The endpoint or route, once stage 5 chose it.
+    pub choice: Option<Choice>,
+    /// The identity that stage 7 refused.
+    pub identity: Option<Arc<Identity>>,
+}
+
+impl Router {
+    /// Stages 1-7. A refusal leaves in `trail` what the stages before it learned.
+    pub async fn decide<B>(
+        &self,
+        req: &mut Request<B>,
+        auth: Authentication<'_>,
+        trail: &mut Trail,
+    ) -> Result<Decision, Rejection> {
+        let target = self.target(req)?;
+        match self.after_target(req, &target, auth, trail).await {
+            Ok((choice, identity, upgrade)) => Ok(Decision {
+                target,
+                choice,
+                identity,
+                upgrade,
+            }),
+            Err(rejection) => {
+                trail.path = Some(target.path);
+                Err(rejection)
+            }
+        }
+    }
+
+    async fn after_target<B>(
+        &self,
+        req: &mut Request<B>,
+        target: &Target,
+        auth: Authentication<'_>,
+        trail: &mut Trail,
+    ) -> Result<(Choice, Option<Arc<Identity>>, Option<HeaderValue>), Rejection> {
+        let (choice, upgrade) = self.route(req, target)?;
+        trail.choice = Some(choice);
+        let (Choice::Route(index), Authentication::Verify(authenticator)) = (choice, auth) else {
+            return Ok((choice, None, upgrade));
+        };
+        let route = self.routes.get(index).ok_or(Rejection::NoRoute)?;
+        let identity =
+            authenticate(authenticator, route, req.headers(), target.query.as_deref()).await?;
+        if let Some(identity) = &identity
+            && let Err(rejection) = authorise(route, identity)
+        {
+            trail.identity = Some(Arc::clone(identity));
+            return Err(rejection);
+        }
+        Ok((choice, identity, upgrade))
+    }
+}
+
+/// Stage 6: the route's auth mode decides what a missing or invalid token means.
+async fn authenticate(
+    authenticator: &Authenticator,
+    route: &Route,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Arc<Identity>>, Rejection> {
+    if route.auth == AuthMode::Public {
+        return Ok(None);
+    }
+    match authenticator.identify(headers, query).await? {
+        None if route.auth == AuthMode::Required => Err(Rejection::NoToken),
+        identity => Ok(identity),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_len_takes_names_ip_literals_and_16_bit_ports_only() {
+        for (authority, host) in [
+            ("api.example.com", "api.example.com"),
+            ("API.example.com:8443", "API.example.com"),
+            ("x:", "x"),
+            ("x:65535", "x"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("[::1]", "[::1]"),
+            ("[::1]:", "[::1]"),
+            ("[2001:db8::1]:443", "[2001:db8::1]"),
+        ] {
+            assert_eq!(
+                host_len(authority.as_bytes()),
+                Some(host.len()),
+                "{authority}"
+            );
+        }
+        for authority in [
+            "", ":80", "user@x", "x:65536", "x:+80", "x:8a", "x:1:2", "[::1]x", "[::1", "[x]",
+            "x y", "x/y", "x%41", "a,b",
+        ] {
+            assert_eq!(host_len(authority.as_bytes()), None, "{authority}");
+        }
+        assert_eq!(host_len("a".repeat(254).as_bytes()), None);
+    }
+}

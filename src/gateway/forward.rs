@@ -1,0 +1,182 @@
+//! Stages 8-9 of the pipeline, after [`super::decide`]: the verified identity injected and the
+//! credentials dropped, then the request sent upstream on the route's pooled client, its
+//! answer streamed back with hop-by-hop headers removed and cut when its body stalls.
+
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, COOKIE, HOST};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::auth::claims::Identity;
+use crate::body::Body;
+use crate::config::{IdentityHeaders, Route, ServerConfig};
+use crate::error::Rejection;
+use crate::proxy::headers;
+use crate::proxy::{self, UpstreamClient};
+
+/// How a route records an upstream response body cut for stalling. The access-log line went out
+/// with the response head, long before, so a cut gets its own warn line (same target and
+/// request id, so the two join) and a counter.
+pub struct StallLog {
+    pub route: String,
+    pub count: metrics::Counter,
+}
+
+/// Stage 8: drop the credentials unless forwarded on purpose, then inject the identity.
+pub fn prepare_upstream_headers(
+    headers: &mut HeaderMap,
+    route: &Route,
+    identity: Option<&Identity>,
+    names: &IdentityHeaders,
+    cookie: Option<&str>,
+) {
+    if !route.forward_token {
+        headers.remove(AUTHORIZATION);
+        if let Some(cookie) = cookie {
+            remove_cookie(headers, cookie);
+        }
+    }
+    if let Some(identity) = identity {
+        inject_identity(headers, identity, names);
+    }
+}
+
+/// Writes the identity headers. Values were checked to be header-safe by the verifier; mapped
+/// claims that cannot be carried in a header are left out rather than mangled.
+pub fn inject_identity(headers: &mut HeaderMap, identity: &Identity, names: &IdentityHeaders) {
+    let values = &identity.values;
+    for (name, value) in [
+        (&names.user, &values.user),
+        (&names.roles, &values.roles),
+        (&names.scopes, &values.scopes),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
+        }
+    }
+    for (header, claim) in &names.claims {
+        if let Some(value) = claim_value(identity, claim)
+            .as_ref()
+            .and_then(claim_header_value)
+            .and_then(|value| HeaderValue::from_str(&value).ok())
+        {
+            headers.insert(header, value);
+        }
+    }
+}
+
+/// A claim by name: the typed ones from their fields, the rest from `extra`.
+fn claim_value(identity: &Identity, claim: &str) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match claim {
+        "sub" => Some(Value::from(identity.sub.as_str())),
+        "iss" => Some(Value::from(identity.issuer.as_str())),
+        "exp" => Some(Value::from(identity.exp)),
+        "jti" => identity.jti.as_deref().map(Value::from),
+        "client_id" => identity.client_id.as_deref().map(Value::from),
+        "roles" => Some(Value::from(identity.roles.clone())),
+        "scope" => Some(Value::from(identity.scopes.clone())),
+        other => identity.extra.get(other).cloned(),
+    }
+}
+
+fn claim_header_value(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(_) | Value::Number(_) | Value::Object(_) => Some(value.to_string()),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.contains(',') => Some(s.clone()),
+                    Value::Bool(_) | Value::Number(_) => Some(v.to_string()),
+                    _ => None,
+                })
+                .collect();
+            parts.map(|p| p.join(","))
+        }
+    }
+}
+
+/// Removes one cookie by name from every `Cookie` header, keeping the others.
+fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// Stage 9: sends the request upstream on the route's client and streams the answer back.
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    client: &UpstreamClient,
+    stalls: &Arc<StallLog>,
+    server: &ServerConfig,
+    mut req: Request<Incoming>,
+    uri: Uri,
+    route: &Route,
+    request_id: &HeaderValue,
+    upgrade: Option<HeaderValue>,
+) -> Result<Response<Body>, Rejection> {
+    let on_client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers.remove(HOST);
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        parts
+            .headers
+            .insert(http::header::UPGRADE, protocol.clone());
+    }
+    let (body, limit) = proxy::limit_body(body, server.max_body_bytes, server.body_idle_timeout);
+    let request = Request::from_parts(parts, body);
+    let sent = client.send(request, route.timeout).await;
+    // The limit flag is the truth about the client's body: over HTTP/2 the body error may
+    // not survive in the client's error chain.
+    if let Some(limit_error) = limit.tripped() {
+        return Err(Rejection::Upstream(limit_error));
+    }
+    let mut response = sent.map_err(Rejection::Upstream)?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // An upstream may not switch protocols the client never asked for.
+        let on_upgrade = on_client_upgrade.ok_or(Rejection::UnexpectedUpgrade)?;
+        proxy::tunnel(on_upgrade, &mut response, server.idle_timeout)
+            .map_err(Rejection::Upstream)?;
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, crate::body::empty()));
+    }
+    headers::remove_hop_by_hop_response(response.headers_mut());
+    let stalls = Arc::clone(stalls);
+    let request_id = request_id.clone();
+    let idle = route.body_timeout;
+    let on_stall = move |body_bytes: u64| {
+        stalls.count.increment(1);
+        tracing::warn!(
+            target: "access",
+            request_id = request_id.to_str().unwrap_or("-"),
+            route = stalls.route.as_str(),
+            body_bytes,
+            idle_ms = idle.as_millis() as u64,
+            "upstream response body stalled; response cut",
+        );
+    };
+    Ok(response.map(|body| proxy::limit_response_body(body, idle, on_stall)))
+}
