@@ -63,9 +63,9 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
         })
 }
 
-/// Builds a pipeline (keys, hashing pool, upstream clients) on an open store.
-/// Builds a pipeline; on a reload, `running` is the one it replaces, whose long-lived state
-/// (limiter counters) carries over.
+/// Builds a pipeline (keys, hashing pool, upstream clients) on an open store. On a reload,
+/// `running` is the one it replaces, whose long-lived state carries over: limiter counters,
+/// revocations, verification verdicts that still hold, upstream pools of unchanged routes.
 async fn build_gateway(
     config: Config,
     store: Arc<dyn Store>,
@@ -74,9 +74,9 @@ async fn build_gateway(
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let limits = running.map(|g| g.auth().shared_limits());
-    let auth = Arc::new(AuthService::new(config.auth.clone(), store, limits).await?);
-    Ok(Gateway::new(Arc::new(config), auth)?)
+    let previous = running.map(|g| g.auth().as_ref());
+    let auth = Arc::new(AuthService::new(config.auth.clone(), store, previous).await?);
+    Ok(Gateway::new(Arc::new(config), auth, running)?)
 }
 
 /// The running gateway: the current pipeline and what a reload needs.

@@ -76,12 +76,21 @@ pub struct Gateway {
 /// connect timeout) and its metric handles.
 struct RouteState {
     client: UpstreamClient,
+    /// What `client` was built with, so a reload can tell whether it may keep it.
+    settings: ClientSettings,
     metrics: RouteMetrics,
     stalls: Arc<StallLog>,
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, auth: Arc<AuthService>) -> Result<Self, BuildError> {
+    /// Builds the pipeline. `running` is the one a reload replaces: a route of the same name
+    /// whose client settings did not change keeps its upstream client, and so its pooled
+    /// connections. A client that trusts a CA file is rebuilt, so a replaced file is re-read.
+    pub fn new(
+        config: Arc<Config>,
+        auth: Arc<AuthService>,
+        running: Option<&Gateway>,
+    ) -> Result<Self, BuildError> {
         let router = Router::new(&config)?;
         let mut per_route = Vec::with_capacity(router.routes().len());
         for route in router.routes().iter() {
@@ -91,8 +100,18 @@ impl Gateway {
                 pool_idle_timeout: config.upstream.pool_idle_timeout,
                 pool_max_idle_per_host: config.upstream.pool_max_idle_per_host,
             };
+            let kept = running
+                .filter(|_| settings.ca_file.is_none())
+                .and_then(|g| g.route_state(&route.name))
+                .filter(|state| state.settings == settings)
+                .map(|state| state.client.clone());
+            let client = match kept {
+                Some(client) => client,
+                None => UpstreamClient::new(&settings)?,
+            };
             per_route.push(RouteState {
-                client: UpstreamClient::new(&settings)?,
+                client,
+                settings,
                 metrics: RouteMetrics::new(&route.name),
                 stalls: Arc::new(StallLog {
                     route: route.name.clone(),
@@ -112,6 +131,11 @@ impl Gateway {
             authenticator: auth.authenticator().clone(),
             auth,
         })
+    }
+
+    fn route_state(&self, name: &str) -> Option<&RouteState> {
+        let index = self.router.routes().iter().position(|r| r.name == name)?;
+        self.per_route.get(index)
     }
 
     pub fn config(&self) -> &Arc<Config> {

@@ -58,12 +58,15 @@ pub struct Authenticator {
     /// External identity providers whose tokens are accepted too.
     trusted: Arc<TrustedIssuers>,
     store: Arc<dyn Store>,
-    /// Revoked access-token `jti`s and their expiry, mirrored from the store.
-    revoked: DashMap<String, i64>,
-    /// Verified tokens by SHA-256 of the token, each with the token's own `exp`.
-    cache: DashMap<[u8; 32], Cached>,
-    /// Tokens refused for a reason time cannot change, by SHA-256 of the token.
-    refused: DashMap<[u8; 32], Refused>,
+    /// Revoked access-token `jti`s and their expiry, mirrored from the store. Shared with the
+    /// authenticator a reload replaces.
+    revoked: Arc<DashMap<String, i64>>,
+    /// Verified tokens by SHA-256 of the token, each with the token's own `exp`. Shared with the
+    /// authenticator a reload replaces when the policy and keys stayed the same.
+    cache: Arc<DashMap<[u8; 32], Cached>>,
+    /// Tokens refused for a reason time cannot change, by SHA-256 of the token; shared like
+    /// `cache`.
+    refused: Arc<DashMap<[u8; 32], Refused>>,
 }
 
 /// A refusal worth remembering; like [`Cached`], bound to the external key-set generation.
@@ -95,14 +98,27 @@ struct Cached {
 }
 
 impl Authenticator {
-    /// Loads the revoked `jti`s from the store.
+    /// Loads the revoked `jti`s from the store. `previous` is the authenticator a reload
+    /// replaces: its revocations carry over, and so do its verdicts while they still hold: the
+    /// same policy and the same keys (kid, and through it the key's thumbprint, algorithm,
+    /// retirement, issuer binding). External issuers' verdicts carry their key-set generation,
+    /// unique in the process, so the new trusted issuers re-verify them.
     pub async fn new(
         config: &AuthConfig,
         keys: KeyState,
         trusted: Arc<TrustedIssuers>,
         store: Arc<dyn Store>,
+        previous: Option<&Authenticator>,
     ) -> Result<Self, StoreError> {
-        let revoked = DashMap::new();
+        let (revoked, cache, refused) = match previous {
+            Some(old) if same_verdicts(&old.keys.load(), &keys) => (
+                Arc::clone(&old.revoked),
+                Arc::clone(&old.cache),
+                Arc::clone(&old.refused),
+            ),
+            Some(old) => (Arc::clone(&old.revoked), Arc::default(), Arc::default()),
+            None => (Arc::default(), Arc::default(), Arc::default()),
+        };
         for (jti, exp) in store.revoked_jtis(now()).await? {
             revoked.insert(jti, exp);
         }
@@ -114,8 +130,8 @@ impl Authenticator {
             trusted,
             store,
             revoked,
-            cache: DashMap::new(),
-            refused: DashMap::new(),
+            cache,
+            refused,
         })
     }
 
@@ -130,6 +146,11 @@ impl Authenticator {
         self.keys.store(Arc::new(keys));
         self.cache.clear();
         self.refused.clear();
+    }
+
+    /// How many tokens' verdicts are remembered (verified and refused), for diagnostics.
+    pub fn remembered(&self) -> usize {
+        self.cache.len() + self.refused.len()
     }
 
     pub fn trusted_issuers(&self) -> &Arc<TrustedIssuers> {
@@ -318,6 +339,34 @@ impl Authenticator {
         self.cache.retain(|_, v| v.identity.exp > now);
         self.refused.retain(|_, v| v.until > now);
     }
+}
+
+/// Whether the verdicts reached under `old` hold under `new`: the same policy, and the same
+/// verification keys. An asymmetric key's kid is its thumbprint (checked when the ring loads),
+/// so equal kids mean equal key material; an HMAC key's kid is random, so a secret replaced
+/// under its kid would go unseen: with any HMAC key nothing carries over.
+fn same_verdicts(old: &KeyState, new: &KeyState) -> bool {
+    let described = |keys: &KeyState| {
+        let lookup = keys.ring.lookup();
+        let mut described: Vec<_> = lookup
+            .kids()
+            .filter_map(|kid| lookup.get(kid))
+            .map(|k| (k.kid.clone(), k.alg, k.not_after, k.issuer.clone()))
+            .collect();
+        described.sort_by(|a, b| a.0.cmp(&b.0));
+        described
+    };
+    let asymmetric = |keys: &KeyState| {
+        let lookup = keys.ring.lookup();
+        lookup
+            .kids()
+            .filter_map(|kid| lookup.get(kid))
+            .all(|k| !k.alg.is_symmetric())
+    };
+    asymmetric(old)
+        && asymmetric(new)
+        && old.verifier.policy() == new.verifier.policy()
+        && described(old) == described(new)
 }
 
 /// The bytes a bearer token may hold: RFC 6750 §2.1 `b64token`, which includes JWS's `.`.

@@ -146,9 +146,18 @@ struct Inner {
     /// The largest per-issuer cap, applied before a token is routed; the chosen verifier then
     /// applies its own.
     max_token_bytes: usize,
-    /// Bumped whenever any issuer's key set is replaced, so cached verifications of external
-    /// tokens can tell that the key that vouched for them may be gone.
+    /// Changed whenever any issuer's key set is replaced, so cached verifications of external
+    /// tokens can tell that the key that vouched for them may be gone. Drawn from
+    /// [`GENERATIONS`]: unique in the process, so a cache a reload hands to a new set of trusted
+    /// issuers never mistakes the old set's generation for the new one's.
     generation: std::sync::atomic::AtomicU64,
+}
+
+/// The next key-set generation, for every [`TrustedIssuers`] of the process.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 struct Issuer {
@@ -226,7 +235,7 @@ impl TrustedIssuers {
                 routes: HashMap::new(),
             }),
             max_token_bytes,
-            generation: std::sync::atomic::AtomicU64::new(0),
+            generation: std::sync::atomic::AtomicU64::new(next_generation()),
         };
         for (index, issuer) in inner.issuers.iter().enumerate() {
             if let JwksSource::File(path) = &issuer.settings.source {
@@ -388,7 +397,7 @@ impl Inner {
         }
         state.routes = routes;
         self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            .store(next_generation(), std::sync::atomic::Ordering::Release);
     }
 
     fn key_count(&self, index: usize) -> usize {

@@ -44,13 +44,14 @@ pub struct AuthService {
 
 impl AuthService {
     /// Loads (or on first start generates) the keys, builds the pool, loads revocations.
-    /// `previous` is the limiter state of the service this one replaces on a reload: kept when
+    /// `previous` is the service this one replaces on a reload. Its limiter state is kept when
     /// the limits did not change, so a reload (which a client may be able to trigger, or a
-    /// config-management run does) never hands an attacker a fresh budget.
+    /// config-management run does) never hands an attacker a fresh budget; its revocations and
+    /// still-valid verdicts carry over (see [`Authenticator::new`]).
     pub async fn new(
         config: AuthConfig,
         store: Arc<dyn Store>,
-        previous: Option<Arc<Limits>>,
+        previous: Option<&AuthService>,
     ) -> Result<Self, ServiceError> {
         let keys = load_keys(&config, true)?;
         let p = &config.password;
@@ -70,7 +71,7 @@ impl AuthService {
             p.priority,
         )?;
         let endpoints = EndpointRuntime::start(p.priority)?;
-        let limits = match previous {
+        let limits = match previous.map(AuthService::shared_limits) {
             Some(limits) if limits.config() == &config.limits => limits,
             // New quotas start new counters (governor's quota is fixed per limiter); the
             // lockout lives in the store and is unaffected.
@@ -80,8 +81,15 @@ impl AuthService {
         let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);
         // A failed first fetch is logged inside; tokens of that issuer wait for its keys.
         trusted.refresh_all().await;
-        let authenticator =
-            Arc::new(Authenticator::new(&config, keys, trusted, store.clone()).await?);
+        let authenticator = Authenticator::new(
+            &config,
+            keys,
+            trusted,
+            store.clone(),
+            previous.map(|p| p.authenticator().as_ref()),
+        )
+        .await?;
+        let authenticator = Arc::new(authenticator);
         let grants = Arc::new(Grants::new(config, authenticator, store, pool, limits));
         Ok(Self { grants, endpoints })
     }

@@ -707,3 +707,93 @@ async fn reload_does_not_reset_the_login_rate_limits() {
     gw.app.reload().await.unwrap();
     assert_eq!(guess("u4").await, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// An upstream that answers 200 and counts the TCP connections it accepted.
+async fn counting_upstream() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// A reload keeps what is still true: the verdicts on tokens verified under the same policy and
+/// keys, and the pooled connections of a route whose client settings did not change.
+#[tokio::test]
+async fn reload_keeps_still_valid_verdicts_and_upstream_connections() {
+    let (upstream, accepted) = counting_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let gw = GatewayBuilder::new(&route("api", "/api", &upstream, ""))
+        .start_from_file(dir, &file)
+        .await;
+    gw.add_user("alice", "correct horse battery", &[], &[])
+        .await;
+    let token = gw.access_token("alice", "correct horse battery").await;
+    let get = || client().get(gw.url("/api/x")).bearer_auth(&token).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let remembered = gw.app.current().auth().authenticator().remembered();
+    assert_eq!(remembered, 1);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}\n# touched\n")).unwrap();
+    gw.app.reload().await.unwrap();
+    let after = gw.app.current();
+    assert!(
+        !Arc::ptr_eq(&after, &gw.gateway),
+        "the reload built a new pipeline"
+    );
+    assert_eq!(after.auth().authenticator().remembered(), 1);
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the request after the reload reused the pooled upstream connection"
+    );
+}
+
+/// A verdict reached under one policy must not outlive it: after a reload that changes the
+/// audience, a token minted for the old audience is refused, however recently it was cached.
+#[tokio::test]
+async fn reload_with_a_new_audience_refuses_tokens_cached_under_the_old_one() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let gw = GatewayBuilder::new(&route("api", "/api", &up.url(), ""))
+        .start_from_file(dir, &file)
+        .await;
+    gw.add_user("alice", "correct horse battery", &[], &[])
+        .await;
+    let token = gw.access_token("alice", "correct horse battery").await;
+    let get = || client().get(gw.url("/api/x")).bearer_auth(&token).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("[auth]\n"), "{text}");
+    let changed = text.replacen("[auth]\n", "[auth]\naudience = \"another-api\"\n", 1);
+    std::fs::write(&file, changed).unwrap();
+    gw.app.reload().await.unwrap();
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the request before the reload went upstream"
+    );
+}
