@@ -1,38 +1,43 @@
 //! gatehouse: a reverse-proxy authentication gateway.
 //!
 //! # Layout
-//! Every arrow points down: no module imports one listed above it.
+//! Every arrow points down: no module imports one listed above it (a parent and its own
+//! submodules excepted). `tests/it/layout.rs` checks this table against the code.
 //!
 //! | module | owns |
 //! |---|---|
-//! | `app` | assembles store, auth service, pipeline and listener; signals |
 //! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `keys` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
-//! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
+//! | `app` | assembles store, auth service, pipeline and listener; signals |
 //! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
+//! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
 //! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, sent upstream, streamed back |
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
+//! | `auth::import` | importing users with argon2 or bcrypt hashes |
+//! | `routes` | the route table and matching |
+//! | `store::sqlite` | the embedded SQLite backend |
+//! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
-//! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
-//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
-//! | `proxy::path` | request-path normalisation |
-//! | `routes` | the route table and matching |
-//! | `auth::verify` | the access-token validation policy |
+//! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
-//! | `auth::keys` | signing and verification keys, rotation, JWKS |
-//! | `auth::claims` | typed token claims and the verified identity |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
+//! | `store` | the state interface, by kind of state |
 //! | `auth::username` | canonical usernames |
-//! | `store` | the state interface; `store::sqlite` the embedded backend |
-//! | `limits` | login rate limits and lockout |
-//! | `config` | raw TOML/env configuration validated into `Config` |
-//! | `error` | the one mapping from errors to HTTP responses |
+//! | `limits` | login rate limits per address and per user (the lockout state lives in the store) |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup |
+//! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
+//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
+//! | `proxy::path` | request-path normalisation |
+//! | `auth::issuers` | trusted external issuers: their key sets, fetched and refreshed, and their policies |
+//! | `auth::verify` | the access-token validation policy |
+//! | `auth::keys` | signing and verification keys, rotation, JWKS |
+//! | `auth::claims` | typed token claims and the verified identity |
 //! | `clock` | unix seconds, and the monotonic clock of the limiters that tests move |
 //! | `body` | the response body type and small constructors |
 
