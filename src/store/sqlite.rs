@@ -24,8 +24,9 @@ use rusqlite::{
 };
 
 use super::{
-    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginVerdict, NewUser, RefreshRecord,
-    RefreshState, RefreshSuccessor, RotateError, Store, StoreError, User,
+    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginFailures, LoginVerdict, NewUser,
+    RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations, RotateError,
+    Store, StoreError, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -519,7 +520,7 @@ fn rotate_in(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Users for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         self.call(move |conn| {
             let now = unix_now();
@@ -646,7 +647,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl RefreshFamilies for SqliteStore {
     async fn insert_refresh(&self, record: RefreshRecord) -> Result<(), StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -730,7 +734,10 @@ impl Store for SqliteStore {
         self.call(move |conn| revoke_user_in(conn, &name, unix_now()).map(drop))
             .await
     }
+}
 
+#[async_trait]
+impl Revocations for SqliteStore {
     async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
         let jti = jti.to_owned();
         self.call(move |conn| {
@@ -761,25 +768,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
-            let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
-            let failures = tx.execute(
-                "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= ?1 \
-                 AND first_failure_at <= ?1 - ?2",
-                params![now, FAILURE_ROW_TTL],
-            )?;
-            let attempts =
-                tx.execute("DELETE FROM login_attempts WHERE expires_at <= ?1", [now])?;
-            tx.commit()?;
-            Ok(u64::try_from(tokens + jtis + failures + attempts).unwrap_or(u64::MAX))
-        })
-        .await
-    }
-
+#[async_trait]
+impl LoginFailures for SqliteStore {
     async fn admit_login(
         &self,
         name: &Username,
@@ -856,6 +848,27 @@ impl Store for SqliteStore {
             };
             tx.commit()?;
             Ok(locked_until)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+            let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
+            let failures = tx.execute(
+                "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= ?1 \
+                 AND first_failure_at <= ?1 - ?2",
+                params![now, FAILURE_ROW_TTL],
+            )?;
+            let attempts =
+                tx.execute("DELETE FROM login_attempts WHERE expires_at <= ?1", [now])?;
+            tx.commit()?;
+            Ok(u64::try_from(tokens + jtis + failures + attempts).unwrap_or(u64::MAX))
         })
         .await
     }
