@@ -19,6 +19,8 @@
 //! admitted before any hashing starts and reserves one place in the name's failure budget, so
 //! parallel guesses cannot outrun the count ([`LoginFailures::admit_login`], [`LoginAttempt`]).
 
+#[cfg(test)]
+mod contract;
 pub mod sqlite;
 
 use std::fmt;
