@@ -1,8 +1,10 @@
-//! The state interface: users, refresh-token families, revoked access-token ids.
+//! The state interface: users, refresh-token families, revoked access-token ids, login failures.
 //!
-//! Backends implement [`Store`]; `sqlite` is the embedded one, PostgreSQL will implement the same
-//! trait. Everything a backend must guarantee is written on the trait methods, so a second
-//! backend can be checked against this text alone.
+//! One trait per kind of state ([`Users`], [`RefreshFamilies`], [`Revocations`],
+//! [`LoginFailures`]); [`Store`] is all four plus what spans them, and is what the gateway holds.
+//! `sqlite` is the embedded backend, PostgreSQL will implement the same traits. Everything a
+//! backend must guarantee is written on the traits and their methods, so a second backend can
+//! be checked against this text alone.
 //!
 //! Times are unix seconds. Token times (`issued_at`, `expires_at`, `now`) come from the caller so
 //! expiry follows one clock; bookkeeping times (`created_at`, `updated_at`, `used_at`,
@@ -15,8 +17,10 @@
 //!
 //! Failed logins lock a name out (per canonical username, existing or not). A login attempt is
 //! admitted before any hashing starts and reserves one place in the name's failure budget, so
-//! parallel guesses cannot outrun the count ([`Store::admit_login`], [`LoginAttempt`]).
+//! parallel guesses cannot outrun the count ([`LoginFailures::admit_login`], [`LoginAttempt`]).
 
+#[cfg(test)]
+mod contract;
 pub mod sqlite;
 
 use std::fmt;
@@ -69,7 +73,7 @@ impl fmt::Debug for User {
     }
 }
 
-/// What [`Store::create_user`] needs; the store adds the times and `disabled = false`.
+/// What [`Users::create_user`] needs; the store adds the times and `disabled = false`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewUser {
     pub username: Username,
@@ -152,7 +156,7 @@ impl RefreshState {
     }
 }
 
-/// Why [`Store::rotate_refresh`] refused; every variant but `Store` is an invalid grant.
+/// Why [`RefreshFamilies::rotate_refresh`] refused; every variant but `Store` is an invalid grant.
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
     #[error("refresh token is unknown")]
@@ -182,7 +186,7 @@ pub struct LockoutPolicy {
 /// for long by accident.
 pub const LOGIN_ATTEMPT_TTL: i64 = 60;
 
-/// What [`Store::admit_login`] decided.
+/// What [`LoginFailures::admit_login`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginAdmission {
     /// Go ahead: the attempt holds reservation `id` until it is finished.
@@ -206,9 +210,15 @@ pub enum LoginVerdict {
     Abandoned,
 }
 
-/// Persistent state. Implementations are shared as `Arc<dyn Store>`.
+/// Accounts.
+///
+/// A backend implements this together with [`RefreshFamilies`] over one transactional state:
+/// disabling a user ends its refresh families in the same transaction, removing a user removes
+/// its refresh tokens, and [`RefreshFamilies::insert_refresh`] checks the user atomically with
+/// the insert. With the two kinds apart, a session could start or survive after the account was
+/// disabled.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Users: Send + Sync + 'static {
     /// Adds a user, enabled. `Conflict` if the name is taken.
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError>;
 
@@ -218,7 +228,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
 
     /// Replaces the password hash (also used for rehash-on-login, so it does not end sessions;
-    /// call [`Store::revoke_user_refresh`] for that). `NotFound` if absent.
+    /// call [`RefreshFamilies::revoke_user_refresh`] for that). `NotFound` if absent.
     async fn set_password(&self, name: &Username, hash: &str) -> Result<(), StoreError>;
 
     /// Disabling also revokes every refresh family of the user, in the same transaction;
@@ -236,7 +246,13 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the user and, with it, every refresh token of the user (later lookups of those
     /// tokens find nothing). `NotFound` if absent.
     async fn remove_user(&self, name: &Username) -> Result<(), StoreError>;
+}
 
+/// Refresh-token families, by digest.
+///
+/// Tokens belong to users: the backend that holds [`Users`] holds these too (see there).
+#[async_trait]
+pub trait RefreshFamilies: Send + Sync + 'static {
     /// Stores the first token of a new family at login. `NotFound` if the user does not exist,
     /// `Disabled` if disabled (checked atomically with the insert), `DuplicateRefresh` if the
     /// digest is already stored.
@@ -270,7 +286,12 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every refresh family of the user ("log out everywhere"). Idempotent; a user
     /// without tokens or an unknown user is not an error.
     async fn revoke_user_refresh(&self, name: &Username) -> Result<(), StoreError>;
+}
 
+/// Revoked access-token ids (the denylist), each kept until the token's own expiry. Independent
+/// of the other kinds.
+#[async_trait]
+pub trait Revocations: Send + Sync + 'static {
     /// Denylists an access token id until `expires_at` (the token's own `exp`). Revoking one
     /// id twice keeps the later expiry.
     async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
@@ -278,18 +299,19 @@ pub trait Store: Send + Sync + 'static {
     /// Denylisted ids with `expires_at > now`, ordered by expiry; rows already expired at `now`
     /// are deleted on the way.
     async fn revoked_jtis(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+}
 
-    /// Deletes refresh tokens and denylisted ids expired at `now` (a used token past its expiry
-    /// can no longer be presented, so reuse detection loses nothing). Returns rows deleted.
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
-
-    /// Readiness: the backend answers a trivial query.
+/// Login failures and lockouts per canonical username, and the attempts in flight that hold
+/// places in a name's failure budget. Keyed by name, not by user: a name that belongs to no
+/// account locks out too, so this kind never reads [`Users`].
+#[async_trait]
+pub trait LoginFailures: Send + Sync + 'static {
     /// Admits one login attempt for `name` (whether or not such a user exists), atomically with
     /// every other admission and verdict for that name, in this process and in every other
     /// gateway sharing the store: refused while the name is locked, or while failures within
     /// `policy.find_time` plus admitted, unfinished attempts reach `policy.max_failures`;
     /// otherwise a reservation is stored that counts as an attempt in flight until
-    /// [`finish_login`](Store::finish_login) removes it or [`LOGIN_ATTEMPT_TTL`] passes.
+    /// [`finish_login`](LoginFailures::finish_login) removes it or [`LOGIN_ATTEMPT_TTL`] passes.
     async fn admit_login(
         &self,
         name: &Username,
@@ -310,7 +332,19 @@ pub trait Store: Send + Sync + 'static {
         policy: LockoutPolicy,
         verdict: LoginVerdict,
     ) -> Result<Option<i64>, StoreError>;
+}
 
+/// Persistent state: every kind, plus what spans them. Implementations are shared as
+/// `Arc<dyn Store>`; callers bring the kind's trait into scope to call its methods.
+#[async_trait]
+pub trait Store: Users + RefreshFamilies + Revocations + LoginFailures {
+    /// Deletes refresh tokens and denylisted ids expired at `now` (a used token past its expiry
+    /// can no longer be presented, so reuse detection loses nothing), and login bookkeeping that
+    /// no longer counts (reservations past their TTL, failure records long idle and unlocked).
+    /// Returns rows deleted. On `Store` because one sweep covers every kind.
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
+
+    /// Readiness: the backend answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

@@ -24,8 +24,9 @@ use rusqlite::{
 };
 
 use super::{
-    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginVerdict, NewUser, RefreshRecord,
-    RefreshState, RefreshSuccessor, RotateError, Store, StoreError, User,
+    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginFailures, LoginVerdict, NewUser,
+    RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations, RotateError,
+    Store, StoreError, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -519,7 +520,7 @@ fn rotate_in(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Users for SqliteStore {
     async fn create_user(&self, user: NewUser) -> Result<User, StoreError> {
         self.call(move |conn| {
             let now = unix_now();
@@ -646,7 +647,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl RefreshFamilies for SqliteStore {
     async fn insert_refresh(&self, record: RefreshRecord) -> Result<(), StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -730,7 +734,10 @@ impl Store for SqliteStore {
         self.call(move |conn| revoke_user_in(conn, &name, unix_now()).map(drop))
             .await
     }
+}
 
+#[async_trait]
+impl Revocations for SqliteStore {
     async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
         let jti = jti.to_owned();
         self.call(move |conn| {
@@ -761,25 +768,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
-            let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
-            let failures = tx.execute(
-                "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= ?1 \
-                 AND first_failure_at <= ?1 - ?2",
-                params![now, FAILURE_ROW_TTL],
-            )?;
-            let attempts =
-                tx.execute("DELETE FROM login_attempts WHERE expires_at <= ?1", [now])?;
-            tx.commit()?;
-            Ok(u64::try_from(tokens + jtis + failures + attempts).unwrap_or(u64::MAX))
-        })
-        .await
-    }
-
+#[async_trait]
+impl LoginFailures for SqliteStore {
     async fn admit_login(
         &self,
         name: &Username,
@@ -859,6 +851,27 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+            let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
+            let failures = tx.execute(
+                "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= ?1 \
+                 AND first_failure_at <= ?1 - ?2",
+                params![now, FAILURE_ROW_TTL],
+            )?;
+            let attempts =
+                tx.execute("DELETE FROM login_attempts WHERE expires_at <= ?1", [now])?;
+            tx.commit()?;
+            Ok(u64::try_from(tokens + jtis + failures + attempts).unwrap_or(u64::MAX))
+        })
+        .await
+    }
 
     async fn ping(&self) -> Result<(), StoreError> {
         // The open connection keeps working on an unlinked file; everything written from then on
@@ -880,196 +893,22 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const NOW: i64 = 1_000_000;
-    const TTL: i64 = 3600;
-
-    fn name(s: &str) -> Username {
-        Username::parse(s).unwrap()
-    }
-
-    fn new_user(s: &str) -> NewUser {
-        NewUser {
-            username: name(s),
-            password_hash: format!("$argon2id$hash-of-{s}"),
-            roles: vec!["admin".into(), "ops".into()],
-            scopes: vec!["read".into(), "write".into()],
-        }
-    }
-
-    fn digest(n: u8) -> [u8; 32] {
-        [n; 32]
-    }
-
-    fn token(n: u8, family: &str, user: &str) -> RefreshRecord {
-        RefreshRecord {
-            digest: digest(n),
-            family: family.into(),
-            username: name(user),
-            scopes: vec!["read".into()],
-            issued_at: NOW,
-            expires_at: NOW + TTL,
-        }
-    }
-
-    fn successor(n: u8) -> RefreshSuccessor {
-        RefreshSuccessor {
-            digest: digest(n),
-            issued_at: NOW + 10,
-            expires_at: NOW + 10 + TTL,
-        }
-    }
+    use crate::store::contract::{Fixture, NOW, contract_tests, digest, name, new_user, token};
 
     fn open_in(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&dir.path().join("state.db")).unwrap()
     }
 
-    const POLICY: LockoutPolicy = LockoutPolicy {
-        max_failures: 5,
-        find_time: 600,
-        ban_time: 900,
-    };
+    /// A fresh database file in a temporary directory, removed with it.
+    struct TempSqlite(tempfile::TempDir);
 
-    /// Two connections to one file, as two gateways sharing it would have, admitting 40
-    /// attempts from threads at once: the budget holds across connections.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_admissions_never_exceed_the_failure_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let stores = [Arc::new(open_in(&dir)), Arc::new(open_in(&dir))];
-        let admits = (0..40).map(|i| {
-            let store = stores[i % 2].clone();
-            tokio::spawn(async move { store.admit_login(&name("alice"), NOW, POLICY).await })
-        });
-        let mut admitted = Vec::new();
-        for admit in admits {
-            match admit.await.unwrap().unwrap() {
-                LoginAdmission::Admitted(id) => admitted.push(id),
-                LoginAdmission::Exhausted => {}
-                other => panic!("{other:?}"),
-            }
+    impl Fixture for TempSqlite {
+        async fn open(&self) -> Arc<dyn Store> {
+            Arc::new(open_in(&self.0))
         }
-        assert_eq!(admitted.len(), 5, "{admitted:?}");
-        // Failures take the places over: still nothing free, then the fifth locks.
-        let store = &stores[0];
-        for (i, id) in admitted.iter().enumerate() {
-            let until = store
-                .finish_login(&name("alice"), *id, NOW, POLICY, LoginVerdict::Failed)
-                .await
-                .unwrap();
-            assert_eq!(until, (i == 4).then_some(NOW + POLICY.ban_time));
-            if i < 4 {
-                assert_eq!(
-                    store
-                        .admit_login(&name("alice"), NOW, POLICY)
-                        .await
-                        .unwrap(),
-                    LoginAdmission::Exhausted
-                );
-            }
-        }
-        assert_eq!(
-            store
-                .admit_login(&name("alice"), NOW, POLICY)
-                .await
-                .unwrap(),
-            LoginAdmission::Locked(NOW + POLICY.ban_time)
-        );
     }
 
-    #[tokio::test]
-    async fn abandoned_and_expired_reservations_give_their_place_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        let alice = name("alice");
-        let policy = LockoutPolicy {
-            max_failures: 1,
-            ..POLICY
-        };
-        let LoginAdmission::Admitted(id) = store.admit_login(&alice, NOW, policy).await.unwrap()
-        else {
-            panic!("first attempt refused");
-        };
-        assert_eq!(
-            store.admit_login(&alice, NOW, policy).await.unwrap(),
-            LoginAdmission::Exhausted
-        );
-        store
-            .finish_login(&alice, id, NOW, policy, LoginVerdict::Abandoned)
-            .await
-            .unwrap();
-        // A reservation never finished (the process died) stops counting after its TTL.
-        assert!(matches!(
-            store.admit_login(&alice, NOW, policy).await.unwrap(),
-            LoginAdmission::Admitted(_)
-        ));
-        assert_eq!(
-            store
-                .admit_login(&alice, NOW + LOGIN_ATTEMPT_TTL - 1, policy)
-                .await
-                .unwrap(),
-            LoginAdmission::Exhausted
-        );
-        assert!(matches!(
-            store
-                .admit_login(&alice, NOW + LOGIN_ATTEMPT_TTL, policy)
-                .await
-                .unwrap(),
-            LoginAdmission::Admitted(_)
-        ));
-        // Other names are not affected.
-        assert!(matches!(
-            store.admit_login(&name("bob"), NOW, policy).await.unwrap(),
-            LoginAdmission::Admitted(_)
-        ));
-    }
-
-    /// A right password whose attempt outlived its reservation (a slow hash) finishes after
-    /// other attempts locked the name: the lockout stays.
-    #[tokio::test]
-    async fn a_late_success_does_not_lift_a_lockout_started_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        let alice = name("alice");
-        let policy = LockoutPolicy {
-            max_failures: 2,
-            ..POLICY
-        };
-        let admit = |now: i64| {
-            let (store, alice) = (&store, &alice);
-            async move {
-                match store.admit_login(alice, now, policy).await.unwrap() {
-                    LoginAdmission::Admitted(id) => id,
-                    other => panic!("{other:?}"),
-                }
-            }
-        };
-        let right = admit(NOW).await;
-        let later = NOW + LOGIN_ATTEMPT_TTL;
-        let (w1, w2) = (admit(later).await, admit(later).await);
-        for id in [w1, w2] {
-            store
-                .finish_login(&alice, id, later, policy, LoginVerdict::Failed)
-                .await
-                .unwrap();
-        }
-        store
-            .finish_login(&alice, right, later, policy, LoginVerdict::Succeeded)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.admit_login(&alice, later, policy).await.unwrap(),
-            LoginAdmission::Locked(later + policy.ban_time)
-        );
-    }
-
-    /// A store with user alice holding token 1 in family "f1".
-    async fn with_alice_token() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        store.create_user(new_user("alice")).await.unwrap();
-        store.insert_refresh(token(1, "f1", "alice")).await.unwrap();
-        (dir, store)
-    }
+    contract_tests!(async { TempSqlite(tempfile::tempdir().unwrap()) });
 
     fn raw(store: &SqliteStore) -> Connection {
         Connection::open(store.path()).unwrap()
@@ -1159,75 +998,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn user_crud_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        let alice = name("alice");
-
-        let created = store.create_user(new_user("alice")).await.unwrap();
-        assert!(!created.disabled);
-        assert_eq!(created.created_at, created.updated_at);
-        assert_eq!(store.user(&alice).await.unwrap(), Some(created.clone()));
-        store.create_user(new_user("bob")).await.unwrap();
-        let names: Vec<_> = store.list_users().await.unwrap();
-        let names: Vec<&str> = names.iter().map(|u| u.username.as_str()).collect();
-        assert_eq!(names, ["alice", "bob"]);
-
-        store.set_password(&alice, "$2b$04$new").await.unwrap();
-        store.set_disabled(&alice, true).await.unwrap();
-        store
-            .set_roles_scopes(&alice, vec!["viewer".into()], vec![])
-            .await
-            .unwrap();
-        let got = store.user(&alice).await.unwrap().unwrap();
-        assert_eq!(got.password_hash, "$2b$04$new");
-        assert!(got.disabled);
-        assert_eq!(got.roles, ["viewer"]);
-        assert!(got.scopes.is_empty());
-        assert_eq!(got.created_at, created.created_at);
-        store.set_disabled(&alice, false).await.unwrap();
-        assert!(!store.user(&alice).await.unwrap().unwrap().disabled);
-
-        store.remove_user(&alice).await.unwrap();
-        assert_eq!(store.user(&alice).await.unwrap(), None);
-        assert_eq!(store.list_users().await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn duplicate_user_is_a_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        store.create_user(new_user("alice")).await.unwrap();
-        let mut again = new_user("alice");
-        again.password_hash = "$argon2id$attacker".into();
-        let err = store.create_user(again).await.unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict(n) if n.as_str() == "alice"),
-            "{err}"
-        );
-        let kept = store.user(&name("alice")).await.unwrap().unwrap();
-        assert_eq!(kept.password_hash, "$argon2id$hash-of-alice");
-    }
-
-    #[tokio::test]
-    async fn changes_to_a_missing_user_are_not_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        let ghost = name("ghost");
-        let is_not_found = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NotFound(n)) if n.as_str() == "ghost");
-        assert!(is_not_found(store.set_password(&ghost, "h").await));
-        assert!(is_not_found(store.set_disabled(&ghost, true).await));
-        assert!(is_not_found(
-            store.set_roles_scopes(&ghost, vec![], vec![]).await
-        ));
-        assert!(is_not_found(store.remove_user(&ghost).await));
-        assert!(is_not_found(
-            store.insert_refresh(token(1, "f", "ghost")).await
-        ));
-        assert_eq!(store.user(&ghost).await.unwrap(), None);
-    }
-
-    #[tokio::test]
     async fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_in(&dir);
@@ -1272,306 +1042,5 @@ mod tests {
             store.list_users().await,
             Err(StoreError::Corrupt(_))
         ));
-    }
-
-    #[tokio::test]
-    async fn rotation_marks_old_used_and_stores_successor_in_family() {
-        let (_dir, store) = with_alice_token().await;
-        let old = store
-            .rotate_refresh(&digest(1), successor(2), NOW + 10)
-            .await
-            .unwrap();
-        assert_eq!(old, token(1, "f1", "alice"));
-
-        let (_, old_state) = store.refresh(&digest(1)).await.unwrap().unwrap();
-        assert_eq!(old_state.used_at, Some(NOW + 10));
-        let (new, new_state) = store.refresh(&digest(2)).await.unwrap().unwrap();
-        assert_eq!(new.family, "f1");
-        assert_eq!(new.username.as_str(), "alice");
-        assert_eq!(new.scopes, ["read"]);
-        assert_eq!((new.issued_at, new.expires_at), (NOW + 10, NOW + 10 + TTL));
-        assert!(new_state.is_live(&new, NOW + 10));
-
-        // The successor rotates in turn.
-        store
-            .rotate_refresh(&digest(2), successor(3), NOW + 20)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn stolen_refresh_token_replay_revokes_the_family() {
-        let (_dir, store) = with_alice_token().await;
-        store
-            .insert_refresh(token(9, "other", "alice"))
-            .await
-            .unwrap();
-        store
-            .rotate_refresh(&digest(1), successor(2), NOW + 10)
-            .await
-            .unwrap();
-
-        // The thief replays the old token: refused, and the family is revoked.
-        let err = store
-            .rotate_refresh(&digest(1), successor(3), NOW + 20)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, RotateError::Reused { family, username }
-                if family == "f1" && username.as_str() == "alice"),
-            "{err}"
-        );
-        assert_eq!(store.refresh(&digest(3)).await.unwrap(), None);
-
-        // The sibling the legitimate client holds is now dead too.
-        let err = store
-            .rotate_refresh(&digest(2), successor(4), NOW + 30)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Revoked), "{err}");
-        let (_, state) = store.refresh(&digest(2)).await.unwrap().unwrap();
-        assert!(state.revoked_at.is_some());
-
-        // Another family of the same user is untouched.
-        store
-            .rotate_refresh(&digest(9), successor(5), NOW + 30)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn expired_refresh_token_is_refused() {
-        let (_dir, store) = with_alice_token().await;
-        let err = store
-            .rotate_refresh(&digest(1), successor(2), NOW + TTL)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Expired), "{err}");
-        // Nothing changed: the token is not marked used and no successor exists.
-        let (_, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
-        assert_eq!(state, RefreshState::default());
-        assert_eq!(store.refresh(&digest(2)).await.unwrap(), None);
-        // One second earlier it is still valid.
-        store
-            .rotate_refresh(&digest(1), successor(2), NOW + TTL - 1)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn unknown_refresh_token_is_refused() {
-        let (_dir, store) = with_alice_token().await;
-        let err = store
-            .rotate_refresh(&digest(7), successor(2), NOW)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Unknown), "{err}");
-        assert_eq!(store.refresh(&digest(2)).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn logged_out_family_cannot_refresh() {
-        let (_dir, store) = with_alice_token().await;
-        let (record, _) = store.refresh(&digest(1)).await.unwrap().unwrap();
-        store.revoke_family(&record.family).await.unwrap();
-        store.revoke_family(&record.family).await.unwrap();
-        store.revoke_family("no-such-family").await.unwrap();
-        let err = store
-            .rotate_refresh(&digest(1), successor(2), NOW)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Revoked), "{err}");
-    }
-
-    #[tokio::test]
-    async fn failed_successor_insert_leaves_old_token_usable() {
-        let (_dir, store) = with_alice_token().await;
-        store.insert_refresh(token(2, "f2", "alice")).await.unwrap();
-        let err = store
-            .rotate_refresh(&digest(1), successor(2), NOW)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, RotateError::Store(StoreError::DuplicateRefresh)),
-            "{err}"
-        );
-        let (_, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
-        assert_eq!(
-            state.used_at, None,
-            "the rollback must undo marking it used"
-        );
-        store
-            .rotate_refresh(&digest(1), successor(3), NOW)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn duplicate_refresh_digest_is_refused() {
-        let (_dir, store) = with_alice_token().await;
-        let err = store
-            .insert_refresh(token(1, "f9", "alice"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::DuplicateRefresh), "{err}");
-        let (record, _) = store.refresh(&digest(1)).await.unwrap().unwrap();
-        assert_eq!(record.family, "f1");
-    }
-
-    #[tokio::test]
-    async fn disabled_user_sessions_end_and_cannot_start() {
-        let (_dir, store) = with_alice_token().await;
-        let alice = name("alice");
-        store.set_disabled(&alice, true).await.unwrap();
-        let err = store
-            .rotate_refresh(&digest(1), successor(2), NOW)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Revoked), "{err}");
-        let err = store
-            .insert_refresh(token(3, "f3", "alice"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Disabled(_)), "{err}");
-
-        // Re-enabling does not resurrect the old family.
-        store.set_disabled(&alice, false).await.unwrap();
-        let err = store
-            .rotate_refresh(&digest(1), successor(2), NOW)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Revoked), "{err}");
-        store.insert_refresh(token(3, "f3", "alice")).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn removed_user_tokens_are_gone_even_if_name_is_reused() {
-        let (_dir, store) = with_alice_token().await;
-        let alice = name("alice");
-        store.remove_user(&alice).await.unwrap();
-        assert_eq!(store.refresh(&digest(1)).await.unwrap(), None);
-        store.create_user(new_user("alice")).await.unwrap();
-        let err = store
-            .rotate_refresh(&digest(1), successor(2), NOW)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RotateError::Unknown), "{err}");
-    }
-
-    #[tokio::test]
-    async fn revoke_user_refresh_ends_every_family() {
-        let (_dir, store) = with_alice_token().await;
-        store.insert_refresh(token(2, "f2", "alice")).await.unwrap();
-        store.create_user(new_user("bob")).await.unwrap();
-        store.insert_refresh(token(3, "f3", "bob")).await.unwrap();
-        store.revoke_user_refresh(&name("alice")).await.unwrap();
-        for (n, live) in [(1, false), (2, false), (3, true)] {
-            let (record, state) = store.refresh(&digest(n)).await.unwrap().unwrap();
-            assert_eq!(state.is_live(&record, NOW), live, "token {n}");
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_refresh_race_has_exactly_one_winner() {
-        let (_dir, store) = with_alice_token().await;
-        let store = Arc::new(store);
-        let tasks: Vec<_> = (0..20u8)
-            .map(|i| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    store
-                        .rotate_refresh(&digest(1), successor(100 + i), NOW)
-                        .await
-                })
-            })
-            .collect();
-        let mut wins = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => wins += 1,
-                Err(RotateError::Reused { .. }) => {}
-                Err(other) => panic!("unexpected {other}"),
-            }
-        }
-        assert_eq!(wins, 1);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_refresh_race_across_processes_has_exactly_one_winner() {
-        // Two stores on one file stand in for two processes: only SQLite's locking separates
-        // them, not our mutex.
-        let (dir, first) = with_alice_token().await;
-        let stores = [Arc::new(first), Arc::new(open_in(&dir))];
-        let tasks: Vec<_> = (0..20u8)
-            .map(|i| {
-                let store = Arc::clone(&stores[usize::from(i % 2)]);
-                tokio::spawn(async move {
-                    store
-                        .rotate_refresh(&digest(1), successor(100 + i), NOW)
-                        .await
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.unwrap());
-        }
-        let wins = outcomes.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(wins, 1, "{outcomes:?}");
-        assert!(
-            outcomes
-                .iter()
-                .all(|r| matches!(r, Ok(_) | Err(RotateError::Reused { .. })))
-        );
-    }
-
-    #[tokio::test]
-    async fn revoked_jtis_are_listed_until_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(&dir);
-        store.revoke_jti("a", NOW + 100).await.unwrap();
-        store.revoke_jti("b", NOW + 200).await.unwrap();
-        // Revoking again never shortens the denylisting.
-        store.revoke_jti("b", NOW + 50).await.unwrap();
-
-        let owned = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
-            v.iter().map(|(j, e)| ((*j).to_owned(), *e)).collect()
-        };
-        assert_eq!(
-            store.revoked_jtis(NOW).await.unwrap(),
-            owned(&[("a", NOW + 100), ("b", NOW + 200)])
-        );
-        assert_eq!(
-            store.revoked_jtis(NOW + 100).await.unwrap(),
-            owned(&[("b", NOW + 200)])
-        );
-        let left: i64 = raw(&store)
-            .query_row("SELECT count(*) FROM revoked_jtis", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 1, "expired ids are purged on the way");
-        assert!(store.revoked_jtis(NOW + 200).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn purge_expired_deletes_only_expired_rows() {
-        let (_dir, store) = with_alice_token().await;
-        let mut long = token(2, "f2", "alice");
-        long.expires_at = NOW + 10 * TTL;
-        store.insert_refresh(long).await.unwrap();
-        store.revoke_jti("a", NOW + TTL).await.unwrap();
-        store.revoke_jti("b", NOW + 10 * TTL).await.unwrap();
-        assert_eq!(store.purge_expired(NOW).await.unwrap(), 0);
-        assert_eq!(store.purge_expired(NOW + TTL).await.unwrap(), 2);
-        assert_eq!(store.refresh(&digest(1)).await.unwrap(), None);
-        assert!(store.refresh(&digest(2)).await.unwrap().is_some());
-        assert_eq!(store.revoked_jtis(NOW).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn usable_as_shared_trait_object() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(open_in(&dir));
-        store.ping().await.unwrap();
-        assert!(store.list_users().await.unwrap().is_empty());
     }
 }
