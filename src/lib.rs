@@ -17,6 +17,7 @@
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `routes` | the route table and matching |
 //! | `store::sqlite` | the embedded SQLite backend |
+//! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
