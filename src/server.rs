@@ -2146,13 +2146,14 @@ mod tests {
         let server = start(limits, None, handler).await;
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         // A first complete request, so that only the header timer (not the wait for a first
-        // request) can cut the slow one.
+        // request) can cut the slow one. The timer may start as soon as the first response is
+        // written, before this side has read it, so the earliest true start is the first write.
+        let started = Instant::now();
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\n\r\n")
             .await
             .unwrap();
         assert!(read_response(&mut stream).await.ends_with("ok"));
-        let started = Instant::now();
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: gatehouse\r\nX-Slow: ")
             .await
