@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod identity;
 mod issuers;
+mod layout;
 mod limits;
 mod listener;
 mod ops;
