@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::app;
+use crate::auth::claims::check_account_values;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
 use crate::auth::username::Username;
@@ -80,6 +81,14 @@ pub enum UserAction {
         /// Read the password from the first line of stdin.
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// Replace a user's roles and scopes (the password stays); no flag clears the list.
+    Update {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
     },
     /// Set a new password.
     Passwd {
@@ -400,6 +409,7 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let username = Username::parse(&name)?;
+            check_account_values(&roles, &scopes)?;
             let password = read_password(password_stdin)?;
             let hash = pool(&config)?.hash(password).await?;
             store
@@ -411,6 +421,16 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
                 })
                 .await?;
             println!("added {}", username.as_str());
+        }
+        UserAction::Update {
+            name,
+            roles,
+            scopes,
+        } => {
+            let username = Username::parse(&name)?;
+            check_account_values(&roles, &scopes)?;
+            store.set_roles_scopes(&username, roles, scopes).await?;
+            println!("updated {}", username.as_str());
         }
         UserAction::Passwd {
             name,

@@ -989,14 +989,11 @@ impl RawAuth {
                 "must be between 256 and 65536",
             ));
         }
-        for (key, list) in [
-            ("auth.default_roles", &self.default_roles),
-            ("auth.default_scopes", &self.default_scopes),
-        ] {
-            for item in list {
-                claim_token(key, item)?;
-            }
-        }
+        // Registration stores these on every new account: a bad one would make each login 500.
+        crate::auth::claims::check_account_values(&self.default_roles, &[])
+            .map_err(|e| invalid("auth.default_roles", e.to_string()))?;
+        crate::auth::claims::check_account_values(&[], &self.default_scopes)
+            .map_err(|e| invalid("auth.default_scopes", e.to_string()))?;
         if let Some(cookie) = &self.cookie
             && (cookie.is_empty() || !cookie.bytes().all(crate::proxy::headers::is_tchar))
         {
