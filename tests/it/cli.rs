@@ -245,3 +245,61 @@ fn default_roles_no_token_can_carry_fail_config_load() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("auth.default_roles"), "{stderr}");
 }
+
+/// Lockout must have a way out that does not wait out the ban: `user list` shows it,
+/// `user unlock` ends it, and `user passwd` (the usual answer to a locked owner) ends it too.
+#[tokio::test]
+async fn locked_out_owner_is_let_back_in_by_unlock_and_by_passwd() {
+    use crate::support::{GatewayBuilder, client};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let gw = GatewayBuilder::new(
+        "[auth.limits]\nper_address_burst = 100\nper_user_burst = 100\nmax_failures = 2\nban_time = \"15m\"",
+    )
+    .start_from_file(dir, &file)
+    .await;
+    gw.add_user("alice", "secret", &[], &[]).await;
+    let attempt = |password: &'static str| {
+        let url = gw.url("/auth/token");
+        async move {
+            client()
+                .post(url)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", "alice"),
+                    ("password", password),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let lock = || async {
+        for _ in 0..2 {
+            assert_eq!(attempt("wrong").await, 400);
+        }
+        assert_eq!(attempt("secret").await, 429);
+    };
+    let cli = |args: &'static [&'static str], stdin: &'static str| {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || user_cmd(&file, args, stdin))
+    };
+
+    lock().await;
+    let list = ok(&cli(&["list"], "").await.unwrap());
+    assert!(list.contains("locked until 20"), "{list}");
+    assert!(list.trim_end().ends_with('Z'), "{list}");
+    assert!(ok(&cli(&["unlock", "alice"], "").await.unwrap()).contains("unlocked alice"));
+    assert!(!ok(&cli(&["list"], "").await.unwrap()).contains("locked"));
+    assert_eq!(attempt("secret").await, 200);
+
+    lock().await;
+    ok(
+        &cli(&["passwd", "alice", "--password-stdin"], "new secret 1\n")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(attempt("new secret 1").await, 200);
+}
