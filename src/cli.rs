@@ -414,7 +414,7 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
         } => {
             let username = Username::parse(&name)?;
             check_account_values(&roles, &scopes)?;
-            let password = read_password(password_stdin)?;
+            let password = read_password(password_stdin, config.auth.min_password_chars)?;
             let hash = pool(&config)?.hash(password).await?;
             store
                 .create_user(NewUser {
@@ -441,7 +441,7 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let username = Username::parse(&name)?;
-            let password = read_password(password_stdin)?;
+            let password = read_password(password_stdin, config.auth.min_password_chars)?;
             let hash = pool(&config)?.hash(password).await?;
             store.set_password(&username, &hash).await?;
             // A new password is the usual answer to a lockout; keeping the lock would leave
@@ -554,7 +554,7 @@ fn rfc3339_utc(unix: i64) -> String {
 }
 
 /// From the terminal (asked twice, not echoed) or the first line of stdin; never from argv.
-fn read_password(from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
+fn read_password(from_stdin: bool, min_chars: usize) -> anyhow::Result<Zeroizing<String>> {
     let password = if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
         std::io::stdin()
@@ -573,6 +573,10 @@ fn read_password(from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
     };
     if password.is_empty() {
         bail!("the password is empty");
+    }
+    // The same floor registration applies: an operator-set password is no weaker.
+    if password.chars().count() < min_chars {
+        bail!("the password is shorter than {min_chars} characters (auth.min_password_chars)");
     }
     if password.len() > crate::auth::password::MAX_PASSWORD_BYTES {
         bail!("the password is longer than 1024 bytes");

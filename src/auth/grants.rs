@@ -24,8 +24,6 @@ use crate::store::{
 
 /// `client_id` stamped on tokens when the client names none.
 const DEFAULT_CLIENT_ID: &str = "gatehouse";
-/// Shortest password accepted at registration.
-const MIN_PASSWORD_CHARS: usize = 8;
 
 /// Why a grant failed (RFC 6749 §5.2 codes where they apply). `crate::error` decides the status.
 #[derive(Debug, thiserror::Error)]
@@ -544,9 +542,9 @@ impl Grants {
         self.limits
             .check_user(username.as_str())
             .map_err(GrantError::Limited)?;
-        if password.chars().count() < MIN_PASSWORD_CHARS {
+        if password.chars().count() < self.config.min_password_chars {
             return Err(GrantError::WeakPassword(
-                "password must be at least 8 characters",
+                "password is shorter than the minimum length (auth.min_password_chars)",
             ));
         }
         if password.len() > MAX_PASSWORD_BYTES {

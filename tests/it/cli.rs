@@ -303,3 +303,37 @@ async fn locked_out_owner_is_let_back_in_by_unlock_and_by_passwd() {
     );
     assert_eq!(attempt("new secret 1").await, 200);
 }
+
+/// An operator-set password must meet the floor registration applies, and follow its setting.
+#[test]
+fn cli_passwords_shorter_than_registration_allows_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    let out = user_cmd(&config, &["add", "bob", "--password-stdin"], "1234567\n");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shorter than 8 characters"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&user_cmd(
+        &config,
+        &["add", "bob", "--password-stdin"],
+        "12345678\n",
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "min_password_chars = 12");
+    ok(&user_cmd(
+        &config,
+        &["add", "bob", "--password-stdin"],
+        "123456789012\n",
+    ));
+    let out = user_cmd(
+        &config,
+        &["passwd", "bob", "--password-stdin"],
+        "12345678901\n",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than 12 characters"));
+}

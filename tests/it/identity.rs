@@ -600,6 +600,33 @@ async fn registration_is_off_by_default_and_applies_policy_when_on() {
 }
 
 #[tokio::test]
+async fn registration_follows_the_configured_password_minimum() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and(
+            "[auth]
+registration = true
+min_password_chars = 12",
+        )
+        .start()
+        .await;
+    let r = post_form(
+        &gw,
+        "/auth/register",
+        &[("username", "carol"), ("password", "elevenchars")],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = post_form(
+        &gw,
+        "/auth/register",
+        &[("username", "carol"), ("password", "twelve chars")],
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test]
 async fn users_tokens_and_keys_survive_a_restart() {
     let (mut gw, up) = gateway_with_alice().await;
     let tokens = gw.login("alice", "secret").await;
