@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::app;
+use crate::auth::claims::check_account_values;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
 use crate::auth::username::Username;
@@ -81,11 +82,23 @@ pub enum UserAction {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Replace a user's roles and scopes (the password stays); no flag clears the list.
+    Update {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
     /// Set a new password.
     Passwd {
         name: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// End a login lockout and forget the failures that led to it.
+    Unlock {
+        name: String,
     },
     Disable {
         name: String,
@@ -400,7 +413,8 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let username = Username::parse(&name)?;
-            let password = read_password(password_stdin)?;
+            check_account_values(&roles, &scopes)?;
+            let password = read_password(password_stdin, config.auth.min_password_chars)?;
             let hash = pool(&config)?.hash(password).await?;
             store
                 .create_user(NewUser {
@@ -412,15 +426,36 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
                 .await?;
             println!("added {}", username.as_str());
         }
+        UserAction::Update {
+            name,
+            roles,
+            scopes,
+        } => {
+            let username = Username::parse(&name)?;
+            check_account_values(&roles, &scopes)?;
+            store.set_roles_scopes(&username, roles, scopes).await?;
+            println!("updated {}", username.as_str());
+        }
         UserAction::Passwd {
             name,
             password_stdin,
         } => {
             let username = Username::parse(&name)?;
-            let password = read_password(password_stdin)?;
+            let password = read_password(password_stdin, config.auth.min_password_chars)?;
             let hash = pool(&config)?.hash(password).await?;
             store.set_password(&username, &hash).await?;
+            // A new password is the usual answer to a lockout; keeping the lock would leave
+            // the owner shut out of the account just reset for them.
+            store.unlock(&username, crate::clock::unix_now()).await?;
             println!("password changed for {}", username.as_str());
+        }
+        UserAction::Unlock { name } => {
+            let username = Username::parse(&name)?;
+            if store.unlock(&username, crate::clock::unix_now()).await? {
+                println!("unlocked {}", username.as_str());
+            } else {
+                println!("{} was not locked", username.as_str());
+            }
         }
         UserAction::Disable { name } => {
             store.set_disabled(&Username::parse(&name)?, true).await?;
@@ -431,9 +466,14 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             println!("enabled {name}");
         }
         UserAction::List => {
+            let now = crate::clock::unix_now();
             for u in store.list_users().await? {
+                let lock = match store.lockout(&u.username, now).await? {
+                    Some(until) => format!("\tlocked until {}", rfc3339_utc(until)),
+                    None => String::new(),
+                };
                 println!(
-                    "{}\t{}\troles={}\tscopes={}",
+                    "{}\t{}\troles={}\tscopes={}{lock}",
                     u.username.as_str(),
                     if u.disabled { "disabled" } else { "enabled" },
                     u.roles.join(","),
@@ -491,8 +531,30 @@ fn print_keys(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Unix seconds as RFC 3339 in UTC. UTC rather than local time: no time crate is a dependency,
+/// and the zone database is not worth one for a column in `user list`.
+fn rfc3339_utc(unix: i64) -> String {
+    // Days to civil date: H. Hinnant, "chrono-Compatible Low-Level Date Algorithms".
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// From the terminal (asked twice, not echoed) or the first line of stdin; never from argv.
-fn read_password(from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
+fn read_password(from_stdin: bool, min_chars: usize) -> anyhow::Result<Zeroizing<String>> {
     let password = if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
         std::io::stdin()
@@ -512,8 +574,24 @@ fn read_password(from_stdin: bool) -> anyhow::Result<Zeroizing<String>> {
     if password.is_empty() {
         bail!("the password is empty");
     }
+    // The same floor registration applies: an operator-set password is no weaker.
+    if password.chars().count() < min_chars {
+        bail!("the password is shorter than {min_chars} characters (auth.min_password_chars)");
+    }
     if password.len() > crate::auth::password::MAX_PASSWORD_BYTES {
         bail!("the password is longer than 1024 bytes");
     }
     Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_utc;
+
+    #[test]
+    fn lock_times_print_as_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
 }

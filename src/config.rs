@@ -19,7 +19,10 @@ use crate::auth::issuers::{IssuerSettings, JwksSource};
 use crate::auth::keys::KeyAlg;
 use crate::auth::runtime::ThreadPriority;
 // The validator's own defaults, defined once there.
+use crate::auth::password::MAX_PASSWORD_BYTES;
 pub use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
+/// Shortest password, in characters, that `user add`, `user passwd` and registration accept.
+pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
 use crate::proxy::path;
 
 /// Default public listener.
@@ -292,6 +295,7 @@ pub struct RawAuth {
     pub refresh_token_lifetime: RawDuration,
     pub leeway: RawDuration,
     pub max_token_bytes: usize,
+    pub min_password_chars: usize,
     pub registration: bool,
     pub default_roles: Vec<String>,
     pub default_scopes: Vec<String>,
@@ -443,6 +447,7 @@ impl Default for RawAuth {
             refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
             leeway: DEFAULT_LEEWAY.into(),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            min_password_chars: DEFAULT_MIN_PASSWORD_CHARS,
             registration: false,
             default_roles: Vec::new(),
             default_scopes: Vec::new(),
@@ -697,6 +702,7 @@ pub struct AuthConfig {
     pub refresh_token_lifetime: Duration,
     pub leeway: Duration,
     pub max_token_bytes: usize,
+    pub min_password_chars: usize,
     pub registration: bool,
     pub default_roles: Vec<String>,
     pub default_scopes: Vec<String>,
@@ -989,14 +995,17 @@ impl RawAuth {
                 "must be between 256 and 65536",
             ));
         }
-        for (key, list) in [
-            ("auth.default_roles", &self.default_roles),
-            ("auth.default_scopes", &self.default_scopes),
-        ] {
-            for item in list {
-                claim_token(key, item)?;
-            }
+        if self.min_password_chars == 0 || self.min_password_chars > MAX_PASSWORD_BYTES {
+            return Err(invalid(
+                "auth.min_password_chars",
+                format!("must be between 1 and {MAX_PASSWORD_BYTES}"),
+            ));
         }
+        // Registration stores these on every new account: a bad one would make each login 500.
+        crate::auth::claims::check_account_values(&self.default_roles, &[])
+            .map_err(|e| invalid("auth.default_roles", e.to_string()))?;
+        crate::auth::claims::check_account_values(&[], &self.default_scopes)
+            .map_err(|e| invalid("auth.default_scopes", e.to_string()))?;
         if let Some(cookie) = &self.cookie
             && (cookie.is_empty() || !cookie.bytes().all(crate::proxy::headers::is_tchar))
         {
@@ -1049,6 +1058,7 @@ impl RawAuth {
             refresh_token_lifetime,
             leeway,
             max_token_bytes: self.max_token_bytes,
+            min_password_chars: self.min_password_chars,
             registration: self.registration,
             default_roles: self.default_roles,
             default_scopes: self.default_scopes,

@@ -245,7 +245,6 @@ fn grant_status(e: &GrantError) -> StatusCode {
         | GrantError::InvalidGrant(_)
         | GrantError::InvalidScope
         | GrantError::WeakPassword(_) => StatusCode::BAD_REQUEST,
-        GrantError::Conflict => StatusCode::CONFLICT,
         GrantError::Busy | GrantError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         GrantError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
         GrantError::Server => StatusCode::INTERNAL_SERVER_ERROR,
@@ -452,7 +451,6 @@ mod tests {
                     | GrantError::BadCredentials
                     | GrantError::InvalidGrant(_)
                     | GrantError::InvalidScope
-                    | GrantError::Conflict
                     | GrantError::WeakPassword(_)
                     | GrantError::Busy
                     | GrantError::StoreUnavailable
@@ -481,7 +479,6 @@ mod tests {
             (GrantError::BadCredentials.into(), 400),
             (GrantError::InvalidGrant("x").into(), 400),
             (GrantError::InvalidScope.into(), 400),
-            (GrantError::Conflict.into(), 409),
             (GrantError::WeakPassword("x").into(), 400),
             (GrantError::Busy.into(), 503),
             (GrantError::StoreUnavailable.into(), 503),
@@ -497,7 +494,7 @@ mod tests {
             (EndpointError::MethodNotAllowed, 405),
             (EndpointError::NotFound, 404),
         ];
-        assert_eq!(table.len(), 19, "one row per variant");
+        assert_eq!(table.len(), 18, "one row per variant");
         for (error, expected) in table {
             listed(&error);
             let label = error.to_string();

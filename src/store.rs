@@ -332,6 +332,14 @@ pub trait LoginFailures: Send + Sync + 'static {
         policy: LockoutPolicy,
         verdict: LoginVerdict,
     ) -> Result<Option<i64>, StoreError>;
+
+    /// The unix time a running lockout of `name` ends, if it is locked at `now`.
+    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError>;
+
+    /// Lifts the lockout of `name` and forgets its failures (an operator's way out). Attempts
+    /// in flight keep their reservations. Returns whether the name was locked at `now`;
+    /// unlocking a name that is not locked is not an error.
+    async fn unlock(&self, name: &Username, now: i64) -> Result<bool, StoreError>;
 }
 
 /// Persistent state: every kind, plus what spans them. Implementations are shared as

@@ -342,6 +342,43 @@ pub fn check_identity_values(
     Ok(())
 }
 
+/// Why a role or scope list can never be put in a token, named for the operator who typed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountValueError {
+    #[error(
+        "{kind} {value:?} must be 1-{MAX_ROLE_BYTES} printable ASCII characters without spaces, `,`, `\"` or `\\`"
+    )]
+    Unsafe { kind: &'static str, value: String },
+    #[error("at most {max} {kind}s fit in a token, got {got}")]
+    TooMany {
+        kind: &'static str,
+        max: usize,
+        got: usize,
+    },
+}
+
+/// The one check every edge that stores roles or scopes applies (`user add`/`update`, import,
+/// the `[auth]` defaults that registration grants): exactly what [`check_identity_values`]
+/// demands at minting, so a stored account can always log in.
+pub fn check_account_values(roles: &[String], scopes: &[String]) -> Result<(), AccountValueError> {
+    for (kind, list, max) in [("role", roles, MAX_ROLES), ("scope", scopes, MAX_SCOPES)] {
+        if list.len() > max {
+            return Err(AccountValueError::TooMany {
+                kind,
+                max,
+                got: list.len(),
+            });
+        }
+        if let Some(bad) = list.iter().find(|v| !is_header_safe(v, MAX_ROLE_BYTES)) {
+            return Err(AccountValueError::Unsafe {
+                kind,
+                value: bad.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Who a verified access token speaks for; what the pipeline turns into identity headers.
 /// `sub`, every role and every scope passed [`is_header_safe`]. `extra` holds the unregistered
 /// claims unchecked: a mapping that puts one into a header must validate it there.

@@ -230,12 +230,13 @@ pub async fn serve(
                 return Err(EndpointError::NotFound);
             }
             let form = read_form(req).await?;
-            let username = grants
+            grants
                 .register(form.get("username"), form.get("password"))
                 .await?;
+            // 202 with one body for a free and a taken name alike (see `Grants::register`).
             Ok(with_json(
-                StatusCode::CREATED,
-                json!({"username": username.as_str()}),
+                StatusCode::ACCEPTED,
+                json!({"status": "accepted"}),
             ))
         }
     }

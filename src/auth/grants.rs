@@ -24,8 +24,6 @@ use crate::store::{
 
 /// `client_id` stamped on tokens when the client names none.
 const DEFAULT_CLIENT_ID: &str = "gatehouse";
-/// Shortest password accepted at registration.
-const MIN_PASSWORD_CHARS: usize = 8;
 
 /// Why a grant failed (RFC 6749 §5.2 codes where they apply). `crate::error` decides the status.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +37,6 @@ pub enum GrantError {
     InvalidGrant(&'static str),
     #[error("invalid_scope")]
     InvalidScope,
-    #[error("username is taken")]
-    Conflict,
     #[error("invalid password: {0}")]
     WeakPassword(&'static str),
     #[error("temporarily unavailable")]
@@ -60,7 +56,6 @@ impl GrantError {
             GrantError::InvalidRequest(_) | GrantError::WeakPassword(_) => "invalid_request",
             GrantError::BadCredentials | GrantError::InvalidGrant(_) => "invalid_grant",
             GrantError::InvalidScope => "invalid_scope",
-            GrantError::Conflict => "conflict",
             GrantError::Busy | GrantError::StoreUnavailable => "temporarily_unavailable",
             GrantError::Limited(_) => "too_many_attempts",
             GrantError::Server => "server_error",
@@ -74,7 +69,6 @@ impl GrantError {
             | GrantError::WeakPassword(d) => d,
             GrantError::BadCredentials => "invalid username or password",
             GrantError::InvalidScope => "the requested scope exceeds what was granted",
-            GrantError::Conflict => "username is taken",
             GrantError::Busy => "too many logins in progress, retry shortly",
             GrantError::StoreUnavailable => "state store unavailable, retry shortly",
             GrantError::Limited(_) => "too many attempts, retry later",
@@ -531,11 +525,16 @@ impl Grants {
     }
 
     /// Self-registration with the configured default roles and scopes.
+    ///
+    /// A taken name answers exactly as a free one (`Ok`, after the same hashing work): telling
+    /// the two apart would let anyone list the accounts, which the login path takes care never
+    /// to do. The cost is that someone registering a taken name learns it only when the
+    /// password does not log in.
     pub async fn register(
         &self,
         username: Option<&str>,
         password: Option<&str>,
-    ) -> Result<Username, GrantError> {
+    ) -> Result<(), GrantError> {
         let raw = username.ok_or(GrantError::InvalidRequest("username is required"))?;
         let password = password.ok_or(GrantError::InvalidRequest("password is required"))?;
         let username = Username::parse(raw).map_err(|_| {
@@ -544,9 +543,9 @@ impl Grants {
         self.limits
             .check_user(username.as_str())
             .map_err(GrantError::Limited)?;
-        if password.chars().count() < MIN_PASSWORD_CHARS {
+        if password.chars().count() < self.config.min_password_chars {
             return Err(GrantError::WeakPassword(
-                "password must be at least 8 characters",
+                "password is shorter than the minimum length (auth.min_password_chars)",
             ));
         }
         if password.len() > MAX_PASSWORD_BYTES {
@@ -559,9 +558,7 @@ impl Grants {
                 "password must differ from the username",
             ));
         }
-        if self.store.user(&username).await?.is_some() {
-            return Err(GrantError::Conflict);
-        }
+        // Hashed whether or not the name is free, so the time taken does not tell either.
         let hash = self.pool.hash(Zeroizing::new(password.to_owned())).await?;
         let created = self
             .store
@@ -573,8 +570,14 @@ impl Grants {
             })
             .await;
         match created {
-            Ok(_) => Ok(username),
-            Err(StoreError::Conflict(_)) => Err(GrantError::Conflict),
+            Ok(_) => {
+                tracing::info!(user = username.as_str(), "registered");
+                Ok(())
+            }
+            Err(StoreError::Conflict(_)) => {
+                tracing::info!(user = username.as_str(), "registration for a taken name");
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

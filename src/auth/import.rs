@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
+use crate::auth::claims::check_account_values;
 use crate::auth::username::{Username, UsernameError};
 use crate::store::NewUser;
 
@@ -77,11 +77,7 @@ pub fn parse(text: &str) -> Result<Vec<NewUser>, ImportError> {
         let username = Username::parse(&user.username)
             .map_err(|e: UsernameError| err(format!("username {:?}: {e}", user.username)))?;
         check_hash(&user.password_hash).map_err(|r| err(r.to_owned()))?;
-        for item in user.roles.iter().chain(&user.scopes) {
-            if !is_header_safe(item, MAX_ROLE_BYTES) {
-                return Err(err(format!("role or scope {item:?} has unsafe characters")));
-            }
-        }
+        check_account_values(&user.roles, &user.scopes).map_err(|e| err(e.to_string()))?;
         users.push(NewUser {
             username,
             password_hash: user.password_hash,
@@ -120,6 +116,14 @@ mod tests {
         assert_eq!(users[0].roles, vec!["admin", "user"]);
         let jsonl = format!("{{\"username\":\"bob\",\"password_hash\":\"{BCRYPT}\"}}\n");
         assert_eq!(parse(&jsonl).unwrap()[0].username.as_str(), "bob");
+    }
+
+    #[test]
+    fn imported_roles_no_token_can_carry_are_refused() {
+        let roles: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
+        let csv = format!("bob,{BCRYPT},{}\n", roles.join(" "));
+        let e = parse(&csv).unwrap_err();
+        assert!(e.to_string().contains("at most 64 roles"), "{e}");
     }
 
     #[test]

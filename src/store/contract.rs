@@ -47,6 +47,7 @@ macro_rules! contract_tests {
             purge_expired_deletes_only_expired_rows,
             abandoned_and_expired_reservations_give_their_place_back,
             a_late_success_does_not_lift_a_lockout_started_meanwhile,
+            an_operator_unlock_ends_a_lockout_and_its_failures,
         );
         $crate::store::contract::contract_tests!(@each $fixture, [tokio::test], shared:
             usable_as_shared_trait_object,
@@ -609,6 +610,45 @@ pub(crate) async fn a_late_success_does_not_lift_a_lockout_started_meanwhile(sto
         store.admit_login(&alice, later, policy).await.unwrap(),
         LoginAdmission::Locked(later + policy.ban_time)
     );
+}
+
+/// `user unlock` is the way out of a lockout: it ends the lock and the failure count, so the
+/// next wrong password starts from zero instead of locking again.
+pub(crate) async fn an_operator_unlock_ends_a_lockout_and_its_failures(store: &dyn Store) {
+    let alice = name("alice");
+    let policy = LockoutPolicy {
+        max_failures: 2,
+        ..POLICY
+    };
+    assert_eq!(store.lockout(&alice, NOW).await.unwrap(), None);
+    assert!(!store.unlock(&alice, NOW).await.unwrap());
+    let fail = |now: i64| {
+        let (store, alice) = (&store, &alice);
+        async move {
+            let LoginAdmission::Admitted(id) = store.admit_login(alice, now, policy).await.unwrap()
+            else {
+                panic!("not admitted");
+            };
+            store
+                .finish_login(alice, id, now, policy, LoginVerdict::Failed)
+                .await
+                .unwrap()
+        }
+    };
+    fail(NOW).await;
+    let until = fail(NOW).await.unwrap();
+    assert_eq!(store.lockout(&alice, NOW).await.unwrap(), Some(until));
+    assert_eq!(store.lockout(&alice, until).await.unwrap(), None);
+    assert_eq!(store.lockout(&name("bob"), NOW).await.unwrap(), None);
+
+    assert!(store.unlock(&alice, NOW).await.unwrap());
+    assert_eq!(store.lockout(&alice, NOW).await.unwrap(), None);
+    assert!(matches!(
+        store.admit_login(&alice, NOW, policy).await.unwrap(),
+        LoginAdmission::Admitted(_)
+    ));
+    // The failures went with the lock: one more wrong password does not lock again.
+    assert_eq!(fail(NOW).await, None);
 }
 
 pub(crate) async fn usable_as_shared_trait_object(store: Arc<dyn Store>) {

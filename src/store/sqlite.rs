@@ -851,6 +851,40 @@ impl LoginFailures for SqliteStore {
         })
         .await
     }
+
+    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError> {
+        let name = name.as_str().to_owned();
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT locked_until FROM login_failures \
+                     WHERE username = ?1 AND locked_until > ?2",
+                    params![name, now],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn unlock(&self, name: &Username, now: i64) -> Result<bool, StoreError> {
+        let name = name.as_str().to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let locked = tx
+                .query_row(
+                    "SELECT 1 FROM login_failures WHERE username = ?1 AND locked_until > ?2",
+                    params![name, now],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            tx.execute("DELETE FROM login_failures WHERE username = ?1", [&name])?;
+            tx.commit()?;
+            Ok(locked)
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -150,3 +150,190 @@ fn routes_explain_names_the_routes_that_would_otherwise_match() {
     assert!(text.contains("route      admin"), "{text}");
     assert!(!text.contains("otherwise"), "{text}");
 }
+
+/// A config whose store and keys live in a tempdir, with argon2 cheap enough for tests.
+fn user_config(dir: &std::path::Path, extra_auth: &str) -> std::path::PathBuf {
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\npath = {:?}\n\n[auth]\nkeys_dir = {:?}\n{extra_auth}\n\n[auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
+            dir.join("store.db"),
+            dir.join("keys"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `gatehouse --config CONFIG user ARGS` with `stdin` as the password line.
+fn user_cmd(config: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = gatehouse()
+        .arg("--config")
+        .arg(config)
+        .arg("user")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn roles_no_token_can_carry_are_refused_before_they_break_every_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    for bad in [
+        ["--role", "ops team"],
+        ["--role", "user,ops"],
+        ["--role", ""],
+        ["--scope", "read write"],
+    ] {
+        let mut args = vec!["add", "alice", "--password-stdin"];
+        args.extend(bad);
+        let out = user_cmd(&config, &args, "correct horse\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(stderr.contains("printable ASCII"), "{bad:?}: {stderr}");
+    }
+    assert!(!ok(&user_cmd(&config, &["list"], "")).contains("alice"));
+
+    ok(&user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin", "--role", "user"],
+        "correct horse\n",
+    ));
+    let out = user_cmd(&config, &["update", "alice", "--role", "ops team"], "");
+    assert!(!out.status.success());
+    ok(&user_cmd(
+        &config,
+        &["update", "alice", "--role", "ops", "--scope", "read"],
+        "",
+    ));
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(list.contains("roles=ops\tscopes=read"), "{list}");
+}
+
+#[test]
+fn default_roles_no_token_can_carry_fail_config_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: Vec<String> = (0..65).map(|i| format!("\"r{i}\"")).collect();
+    let config = user_config(dir.path(), &format!("default_roles = [{}]", many.join(",")));
+    let out = gatehouse()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("auth.default_roles"), "{stderr}");
+}
+
+/// Lockout must have a way out that does not wait out the ban: `user list` shows it,
+/// `user unlock` ends it, and `user passwd` (the usual answer to a locked owner) ends it too.
+#[tokio::test]
+async fn locked_out_owner_is_let_back_in_by_unlock_and_by_passwd() {
+    use crate::support::{GatewayBuilder, client};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let gw = GatewayBuilder::new(
+        "[auth.limits]\nper_address_burst = 100\nper_user_burst = 100\nmax_failures = 2\nban_time = \"15m\"",
+    )
+    .start_from_file(dir, &file)
+    .await;
+    gw.add_user("alice", "secret", &[], &[]).await;
+    let attempt = |password: &'static str| {
+        let url = gw.url("/auth/token");
+        async move {
+            client()
+                .post(url)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", "alice"),
+                    ("password", password),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let lock = || async {
+        for _ in 0..2 {
+            assert_eq!(attempt("wrong").await, 400);
+        }
+        assert_eq!(attempt("secret").await, 429);
+    };
+    let cli = |args: &'static [&'static str], stdin: &'static str| {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || user_cmd(&file, args, stdin))
+    };
+
+    lock().await;
+    let list = ok(&cli(&["list"], "").await.unwrap());
+    assert!(list.contains("locked until 20"), "{list}");
+    assert!(list.trim_end().ends_with('Z'), "{list}");
+    assert!(ok(&cli(&["unlock", "alice"], "").await.unwrap()).contains("unlocked alice"));
+    assert!(!ok(&cli(&["list"], "").await.unwrap()).contains("locked"));
+    assert_eq!(attempt("secret").await, 200);
+
+    lock().await;
+    ok(
+        &cli(&["passwd", "alice", "--password-stdin"], "new secret 1\n")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(attempt("new secret 1").await, 200);
+}
+
+/// An operator-set password must meet the floor registration applies, and follow its setting.
+#[test]
+fn cli_passwords_shorter_than_registration_allows_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    let out = user_cmd(&config, &["add", "bob", "--password-stdin"], "1234567\n");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shorter than 8 characters"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&user_cmd(
+        &config,
+        &["add", "bob", "--password-stdin"],
+        "12345678\n",
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "min_password_chars = 12");
+    ok(&user_cmd(
+        &config,
+        &["add", "bob", "--password-stdin"],
+        "123456789012\n",
+    ));
+    let out = user_cmd(
+        &config,
+        &["passwd", "bob", "--password-stdin"],
+        "12345678901\n",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than 12 characters"));
+}

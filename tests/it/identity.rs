@@ -587,16 +587,82 @@ async fn registration_is_off_by_default_and_applies_policy_when_on() {
         &[("username", "carol"), ("password", "longenough")],
     )
     .await;
-    assert_eq!(r.status(), 201);
+    // 202, not 201, and a taken name no longer 409: see
+    // registration_cannot_tell_taken_names_from_free_ones.
+    assert_eq!(r.status(), 202);
+    let token = gw.access_token("carol", "longenough").await;
+    assert_eq!(claims(&token)["roles"], serde_json::json!(["member"]));
+}
+
+/// `/auth/register` must not be an oracle for which usernames exist: a taken name gets the
+/// same status and body as a free one, and the account it names is left as it was.
+#[tokio::test]
+async fn registration_cannot_tell_taken_names_from_free_ones() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and("[auth]\nregistration = true")
+        .start()
+        .await;
+    gw.add_user("alice", "alice's own secret", &["admin"], &[])
+        .await;
+    let register = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            let r = post_form(
+                gw,
+                "/auth/register",
+                &[("username", name), ("password", "attacker pass")],
+            )
+            .await;
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let free = register("carol").await;
+    let taken = register("ALICE").await;
+    assert_eq!(free.0, 202);
+    assert_eq!(free, taken);
+    assert_eq!(register("carol").await, free);
+    let token = gw.access_token("alice", "alice's own secret").await;
+    assert_eq!(claims(&token)["roles"], serde_json::json!(["admin"]));
+    let r = post_form(
+        &gw,
+        "/auth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "attacker pass"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    gw.access_token("carol", "attacker pass").await;
+}
+
+#[tokio::test]
+async fn registration_follows_the_configured_password_minimum() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and(
+            "[auth]
+registration = true
+min_password_chars = 12",
+        )
+        .start()
+        .await;
     let r = post_form(
         &gw,
         "/auth/register",
-        &[("username", "CAROL"), ("password", "longenough")],
+        &[("username", "carol"), ("password", "elevenchars")],
     )
     .await;
-    assert_eq!(r.status(), 409);
-    let token = gw.access_token("carol", "longenough").await;
-    assert_eq!(claims(&token)["roles"], serde_json::json!(["member"]));
+    assert_eq!(r.status(), 400);
+    let r = post_form(
+        &gw,
+        "/auth/register",
+        &[("username", "carol"), ("password", "twelve chars")],
+    )
+    .await;
+    assert!(r.status().is_success(), "{}", r.status());
 }
 
 #[tokio::test]
