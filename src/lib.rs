@@ -25,13 +25,13 @@
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
-//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
 //! | `store` | the state interface, by kind of state |
 //! | `auth::username` | canonical usernames |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store) |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
 //! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
 //! | `proxy::path` | request-path normalisation |
