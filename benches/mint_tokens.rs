@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse::auth::keys::KeyRing;
-use gatehouse::auth::tokens::{AccessTokenSpec, mint_access};
+use gatehouse::auth::tokens::{AccessTokenSpec, TokenSubject, mint_access};
 
 const LIFETIME: Duration = Duration::from_secs(900);
 
@@ -64,9 +64,20 @@ fn run(dir: &Path, count: usize, sub: &str, out: &Path) -> Result<(), String> {
                 scope.spawn(move || {
                     (0..n)
                         .map(|_| {
-                            mint_access(ring, spec, sub, roles, scopes, "gatehouse", now)
-                                .map(|m| m.token)
-                                .map_err(|e| e.to_string())
+                            mint_access(
+                                ring,
+                                spec,
+                                &TokenSubject {
+                                    sub,
+                                    roles,
+                                    scopes,
+                                    client_id: "gatehouse",
+                                    sid: None,
+                                },
+                                now,
+                            )
+                            .map(|m| m.token)
+                            .map_err(|e| e.to_string())
                         })
                         .collect()
                 })

@@ -76,7 +76,9 @@ fn identity() -> Identity {
         scopes,
         issuer: "gatehouse".into(),
         exp: 4_102_444_800,
+        iat: 4_102_443_900,
         jti: Some("Qm9vdHN0cmFwcGVkSnRp".into()),
+        sid: None,
         client_id: Some("gatehouse".into()),
         extra: Default::default(),
     }

@@ -25,7 +25,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::auth::keys::{KeyAlg, KeyRing};
 use gatehouse::auth::service::AuthService;
-use gatehouse::auth::tokens::{AccessTokenSpec, mint_access};
+use gatehouse::auth::tokens::{AccessTokenSpec, TokenSubject, mint_access};
 use gatehouse::auth::verify::{Policy, Verifier};
 use gatehouse::config::Config;
 use jsonwebtoken::jwk::Jwk;
@@ -73,10 +73,13 @@ fn mint(ring: &KeyRing) -> String {
     mint_access(
         ring,
         &spec(),
-        "alice",
-        &["admin".into(), "ops".into()],
-        &["read".into(), "write".into()],
-        "gatehouse",
+        &TokenSubject {
+            sub: "alice",
+            roles: &["admin".into(), "ops".into()],
+            scopes: &["read".into(), "write".into()],
+            client_id: "gatehouse",
+            sid: None,
+        },
         now(),
     )
     .expect("mint")

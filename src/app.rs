@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth::revocation::FOLLOW_EVERY;
 use crate::auth::service::{AuthService, ServiceError};
 use crate::body::Body;
 use crate::body::with_json;
@@ -318,11 +319,15 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError
     result
 }
 
-/// Pruning on a timer; reload on SIGHUP and, when enabled, on a change of the config file.
+/// Pruning on a timer; following the store's change feed; reload on SIGHUP and, when enabled,
+/// on a change of the config file.
 async fn background(app: Arc<App>) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut follow = tokio::time::interval(FOLLOW_EVERY);
+    follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut follow_failing = false;
     let admin = app.current().config().admin.clone();
     let mut watch = tokio::time::interval(admin.watch_interval);
     let watched = app.source.clone().filter(|_| admin.watch_config);
@@ -339,6 +344,7 @@ async fn background(app: Arc<App>) {
         let hup = std::future::pending::<Option<()>>();
         tokio::select! {
             _ = prune.tick() => app.current().auth().prune().await,
+            _ = follow.tick() => follow_changes(&app, &mut follow_failing).await,
             _ = hup => {
                 tracing::info!("SIGHUP: reloading");
                 let _ = app.reload().await;
@@ -350,6 +356,27 @@ async fn background(app: Arc<App>) {
                     tracing::info!("config file changed: reloading");
                     let _ = app.reload().await;
                 }
+            }
+        }
+    }
+}
+
+/// Catches up with the store's change feed (revocations and cuts made by the CLI or another
+/// gateway). A failing store is logged once until it answers again; meanwhile what was already
+/// mirrored is still enforced.
+async fn follow_changes(app: &App, failing: &mut bool) {
+    match app.current().auth().authenticator().follow().await {
+        Ok(_) => {
+            if std::mem::take(failing) {
+                tracing::info!("following the store's changes again");
+            }
+        }
+        Err(e) => {
+            if !std::mem::replace(failing, true) {
+                tracing::warn!(
+                    error = %e,
+                    "cannot read the store's changes: revocations made elsewhere wait for it"
+                );
             }
         }
     }

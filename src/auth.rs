@@ -8,6 +8,7 @@ pub mod import;
 pub mod issuers;
 pub mod keys;
 pub mod password;
+pub mod revocation;
 pub mod runtime;
 pub mod service;
 pub mod tokens;

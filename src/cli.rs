@@ -1,4 +1,5 @@
-//! Subcommands: `serve`, `check-config`, `demo`, `user ...`, `keys ...`.
+//! Subcommands: `serve`, `check-config`, `demo`, `user ...`, `sessions ...`, `routes ...`,
+//! `keys ...`.
 
 use std::future::Future as _;
 use std::io::{BufRead, IsTerminal, Read};
@@ -57,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// See and end login sessions (each login is one, until logout, expiry or a cut).
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
     /// Explain how the gateway would handle a request.
     Routes {
         #[command(subcommand)]
@@ -90,7 +96,7 @@ pub enum UserAction {
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
-    /// Set a new password.
+    /// Set a new password; ends the user's sessions and lifts a lockout.
     Passwd {
         name: String,
         #[arg(long)]
@@ -100,6 +106,7 @@ pub enum UserAction {
     Unlock {
         name: String,
     },
+    /// Refuse the user's logins and end its sessions, access tokens included.
     Disable {
         name: String,
     },
@@ -107,6 +114,7 @@ pub enum UserAction {
         name: String,
     },
     List,
+    /// Remove the user; its sessions end, access tokens included.
     Remove {
         name: String,
     },
@@ -114,6 +122,19 @@ pub enum UserAction {
     /// (`username,password_hash,roles,scopes` with roles/scopes separated by spaces).
     Import {
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsAction {
+    /// Live sessions, of USER or of everyone: id, user, started, last refreshed, expiry, client
+    /// address and user agent at login.
+    List { user: Option<String> },
+    /// End USER's session FAMILY, or every session of USER; their access tokens are refused by
+    /// every gateway on this store within a second.
+    Revoke {
+        user: String,
+        family: Option<String>,
     },
 }
 
@@ -154,6 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig => check_config(c),
         Command::Demo { listen, data_dir } => crate::demo::run(listen, &data_dir).await,
         Command::User { action } => user(load(c)?, action).await,
+        Command::Sessions { action } => sessions(load(c)?, action).await,
         Command::Keys { action } => keys(load(c)?, action),
         Command::Routes {
             action: RoutesAction::Explain { method, url },
@@ -444,10 +466,18 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             let password = read_password(password_stdin, config.auth.min_password_chars)?;
             let hash = pool(&config)?.hash(password).await?;
             store.set_password(&username, &hash).await?;
+            // After the new password is in place: a login with the old one in between is
+            // ended too.
+            let ended = store
+                .end_sessions(&username, crate::clock::unix_now())
+                .await?;
             // A new password is the usual answer to a lockout; keeping the lock would leave
             // the owner shut out of the account just reset for them.
             store.unlock(&username, crate::clock::unix_now()).await?;
-            println!("password changed for {}", username.as_str());
+            println!(
+                "password changed for {}; {ended} sessions ended",
+                username.as_str()
+            );
         }
         UserAction::Unlock { name } => {
             let username = Username::parse(&name)?;
@@ -458,11 +488,17 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             }
         }
         UserAction::Disable { name } => {
-            store.set_disabled(&Username::parse(&name)?, true).await?;
-            println!("disabled {name}");
+            let now = crate::clock::unix_now();
+            store
+                .set_disabled(&Username::parse(&name)?, true, now)
+                .await?;
+            println!("disabled {name}; its sessions ended");
         }
         UserAction::Enable { name } => {
-            store.set_disabled(&Username::parse(&name)?, false).await?;
+            let now = crate::clock::unix_now();
+            store
+                .set_disabled(&Username::parse(&name)?, false, now)
+                .await?;
             println!("enabled {name}");
         }
         UserAction::List => {
@@ -482,8 +518,9 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             }
         }
         UserAction::Remove { name } => {
-            store.remove_user(&Username::parse(&name)?).await?;
-            println!("removed {name}");
+            let now = crate::clock::unix_now();
+            store.remove_user(&Username::parse(&name)?, now).await?;
+            println!("removed {name}; its sessions ended");
         }
         UserAction::Import { file } => {
             let users = crate::auth::import::read_file(&file)?;
@@ -533,6 +570,51 @@ fn print_keys(dir: &Path) -> anyhow::Result<()> {
 
 /// Unix seconds as RFC 3339 in UTC. UTC rather than local time: no time crate is a dependency,
 /// and the zone database is not worth one for a column in `user list`.
+async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = app::open_store(&config)?;
+    let now = crate::clock::unix_now();
+    match action {
+        SessionsAction::List { user } => {
+            let user = user.as_deref().map(Username::parse).transpose()?;
+            let sessions = store.sessions(user.as_ref(), now).await?;
+            println!("session\tuser\tstarted\tlast refreshed\texpires\tclient\tuser agent");
+            for s in sessions {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    s.family,
+                    s.username.as_str(),
+                    rfc3339_utc(s.created_at),
+                    rfc3339_utc(s.last_used_at),
+                    rfc3339_utc(s.expires_at),
+                    s.origin.client_addr.as_deref().unwrap_or("-"),
+                    s.origin.user_agent.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        SessionsAction::Revoke { user, family } => {
+            let user = Username::parse(&user)?;
+            match family {
+                Some(family) => {
+                    if !store.revoke_session(&user, &family, now).await? {
+                        bail!("{} has no live session {family}", user.as_str());
+                    }
+                    let until = now + crate::auth::revocation::token_horizon(&config.auth);
+                    store.revoke_id(&family, until).await?;
+                    println!("ended session {family} of {}", user.as_str());
+                }
+                None => {
+                    let ended = store.end_sessions(&user, now).await?;
+                    println!(
+                        "ended {ended} sessions of {}; its access tokens issued until now are refused",
+                        user.as_str()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn rfc3339_utc(unix: i64) -> String {
     // Days to civil date: H. Hinnant, "chrono-Compatible Low-Level Date Algorithms".
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));

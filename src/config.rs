@@ -79,6 +79,12 @@ pub const DEFAULT_AUDIENCE: &str = "gatehouse";
 pub const DEFAULT_ACCESS_TOKEN_LIFETIME: &str = "15m";
 /// Default refresh-token lifetime.
 pub const DEFAULT_REFRESH_TOKEN_LIFETIME: &str = "7d";
+/// Default grace after a refresh token's rotation in which presenting it again continues its
+/// session instead of revoking it: none, strict rotation.
+pub const DEFAULT_REFRESH_REUSE_GRACE: &str = "0s";
+/// Longest `refresh_reuse_grace` accepted: the grace covers racing tabs and retried requests,
+/// and every second of it is a second in which a copied token is honoured.
+pub const MAX_REFRESH_REUSE_GRACE: Duration = Duration::from_secs(60);
 /// Largest leeway the validator accepts.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 /// Default signing algorithm of the gateway's keys.
@@ -293,6 +299,7 @@ pub struct RawAuth {
     pub keys_dir: PathBuf,
     pub access_token_lifetime: RawDuration,
     pub refresh_token_lifetime: RawDuration,
+    pub refresh_reuse_grace: RawDuration,
     pub leeway: RawDuration,
     pub max_token_bytes: usize,
     pub min_password_chars: usize,
@@ -445,6 +452,7 @@ impl Default for RawAuth {
             keys_dir: DEFAULT_KEYS_DIR.into(),
             access_token_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME.into(),
             refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
+            refresh_reuse_grace: DEFAULT_REFRESH_REUSE_GRACE.into(),
             leeway: DEFAULT_LEEWAY.into(),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             min_password_chars: DEFAULT_MIN_PASSWORD_CHARS,
@@ -700,6 +708,9 @@ pub struct AuthConfig {
     pub keys_dir: PathBuf,
     pub access_token_lifetime: Duration,
     pub refresh_token_lifetime: Duration,
+    /// After a rotation, how long the rotated token may be presented again for a sibling pair
+    /// in its session (racing tabs, a retried request) before a reuse revokes the session.
+    pub refresh_reuse_grace: Duration,
     pub leeway: Duration,
     pub max_token_bytes: usize,
     pub min_password_chars: usize,
@@ -985,6 +996,10 @@ impl RawAuth {
             nonzero("auth.access_token_lifetime", &self.access_token_lifetime)?;
         let refresh_token_lifetime =
             nonzero("auth.refresh_token_lifetime", &self.refresh_token_lifetime)?;
+        let refresh_reuse_grace = self.refresh_reuse_grace.parse("auth.refresh_reuse_grace")?;
+        if refresh_reuse_grace > MAX_REFRESH_REUSE_GRACE {
+            return Err(invalid("auth.refresh_reuse_grace", "must be at most 60s"));
+        }
         let leeway = self.leeway.parse("auth.leeway")?;
         if leeway > MAX_LEEWAY {
             return Err(invalid("auth.leeway", "must be at most 60s"));
@@ -1056,6 +1071,7 @@ impl RawAuth {
             keys_dir: self.keys_dir,
             access_token_lifetime,
             refresh_token_lifetime,
+            refresh_reuse_grace,
             leeway,
             max_token_bytes: self.max_token_bytes,
             min_password_chars: self.min_password_chars,

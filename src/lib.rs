@@ -6,7 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `keys` |
+//! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `sessions`, `keys` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `app` | assembles store, auth service, pipeline and listener; signals |
 //! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
@@ -22,6 +22,7 @@
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
+//! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |

@@ -15,6 +15,13 @@
 //! used and adds its successor to the same family. Presenting a used token again means it was
 //! copied: the whole family is revoked.
 //!
+//! Ending sessions: a user's sessions are *cut* (disable, remove, password change, an operator's
+//! `sessions revoke`): every refresh family is revoked and the name gets a mark, "access tokens
+//! issued before T are refused", that outlives the account. Revoked access-token ids (and
+//! revoked session ids, the `sid` an access token carries) and these marks are mirrored in each
+//! gateway's memory, which follows the store's *change feed* ([`Revocations::changes_since`]):
+//! a change made by the CLI or another gateway is seen at the next poll.
+//!
 //! Failed logins lock a name out (per canonical username, existing or not). A login attempt is
 //! admitted before any hashing starts and reserves one place in the name's failure budget, so
 //! parallel guesses cannot outrun the count ([`LoginFailures::admit_login`], [`LoginAttempt`]).
@@ -172,6 +179,47 @@ pub enum RotateError {
     Store(#[from] StoreError),
 }
 
+/// Where a session started, as the client said: shown to operators, never trusted for anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionOrigin {
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A live login session (refresh family): one with a token that can still be rotated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub family: String,
+    pub username: Username,
+    pub created_at: i64,
+    /// The last rotation (`created_at` until the first).
+    pub last_used_at: i64,
+    /// When its live token expires.
+    pub expires_at: i64,
+    pub origin: SessionOrigin,
+}
+
+/// One entry of the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// An access token's `jti`, or a session's id (its `sid`), refused until `expires_at`.
+    Revoked { id: String, expires_at: i64 },
+    /// Access tokens of `username` issued before `not_before` are refused.
+    SessionsCut { username: Username, not_before: i64 },
+}
+
+/// What [`Revocations::changes_since`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeBatch {
+    /// In sequence order.
+    pub changes: Vec<Change>,
+    /// The sequence number of the last change returned (or the one asked from, when none).
+    pub last: u64,
+    /// False when changes after the asked sequence were already purged: the caller must reload
+    /// the whole state ([`Revocations::revoked_ids`], [`Revocations::session_cuts`]).
+    pub complete: bool,
+}
+
 /// The consecutive-failure lockout rule, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockoutPolicy {
@@ -185,6 +233,10 @@ pub struct LockoutPolicy {
 /// bounded at 10 s, each store call at its busy timeout), short enough not to lock a name out
 /// for long by accident.
 pub const LOGIN_ATTEMPT_TTL: i64 = 60;
+
+/// How long the change feed keeps a change: a gateway that falls further behind (a pause, a long
+/// store outage) reloads the whole state instead.
+pub const CHANGE_RETENTION: i64 = 3600;
 
 /// What [`LoginFailures::admit_login`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,9 +264,9 @@ pub enum LoginVerdict {
 
 /// Accounts.
 ///
-/// A backend implements this together with [`RefreshFamilies`] over one transactional state:
-/// disabling a user ends its refresh families in the same transaction, removing a user removes
-/// its refresh tokens, and [`RefreshFamilies::insert_refresh`] checks the user atomically with
+/// A backend implements this together with [`RefreshFamilies`] and [`Revocations`] over one
+/// transactional state: disabling or removing a user cuts its sessions in the same transaction
+/// (see [`RefreshFamilies::end_sessions`]), and [`RefreshFamilies::insert_refresh`] checks the user atomically with
 /// the insert. With the two kinds apart, a session could start or survive after the account was
 /// disabled.
 #[async_trait]
@@ -228,12 +280,17 @@ pub trait Users: Send + Sync + 'static {
     async fn list_users(&self) -> Result<Vec<User>, StoreError>;
 
     /// Replaces the password hash (also used for rehash-on-login, so it does not end sessions;
-    /// call [`RefreshFamilies::revoke_user_refresh`] for that). `NotFound` if absent.
+    /// call [`RefreshFamilies::end_sessions`] for that). `NotFound` if absent.
     async fn set_password(&self, name: &Username, hash: &str) -> Result<(), StoreError>;
 
-    /// Disabling also revokes every refresh family of the user, in the same transaction;
-    /// enabling does not bring them back. `NotFound` if absent.
-    async fn set_disabled(&self, name: &Username, disabled: bool) -> Result<(), StoreError>;
+    /// Disabling also cuts the user's sessions at `now` as [`RefreshFamilies::end_sessions`]
+    /// does, in the same transaction; enabling does not bring them back. `NotFound` if absent.
+    async fn set_disabled(
+        &self,
+        name: &Username,
+        disabled: bool,
+        now: i64,
+    ) -> Result<(), StoreError>;
 
     /// Replaces roles and scopes. `NotFound` if absent.
     async fn set_roles_scopes(
@@ -244,8 +301,9 @@ pub trait Users: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Removes the user and, with it, every refresh token of the user (later lookups of those
-    /// tokens find nothing). `NotFound` if absent.
-    async fn remove_user(&self, name: &Username) -> Result<(), StoreError>;
+    /// tokens find nothing), and cuts its sessions at `now`: the mark stays, so a new account
+    /// under the same name is not reached by the old one's access tokens. `NotFound` if absent.
+    async fn remove_user(&self, name: &Username, now: i64) -> Result<(), StoreError>;
 }
 
 /// Refresh-token families, by digest.
@@ -253,25 +311,33 @@ pub trait Users: Send + Sync + 'static {
 /// Tokens belong to users: the backend that holds [`Users`] holds these too (see there).
 #[async_trait]
 pub trait RefreshFamilies: Send + Sync + 'static {
-    /// Stores the first token of a new family at login. `NotFound` if the user does not exist,
-    /// `Disabled` if disabled (checked atomically with the insert), `DuplicateRefresh` if the
-    /// digest is already stored.
-    async fn insert_refresh(&self, record: RefreshRecord) -> Result<(), StoreError>;
+    /// Stores the first token of a new family at login, and where the session started.
+    /// `NotFound` if the user does not exist, `Disabled` if disabled (checked atomically with
+    /// the insert), `DuplicateRefresh` if the digest is already stored.
+    async fn insert_refresh(
+        &self,
+        record: RefreshRecord,
+        origin: SessionOrigin,
+    ) -> Result<(), StoreError>;
 
     /// Atomically: the token with digest `old` must exist, be unused, unrevoked and unexpired at
     /// `now` (`now < expires_at`); it is marked used and `next` is stored in its family, for its
-    /// user, with its scopes. Returns the old record (user and scopes to mint from).
+    /// user, with its scopes, and the family's last use is `now`. Returns the old record (user
+    /// and scopes to mint from).
     ///
-    /// Checks in order: missing -> `Unknown`; already used -> its family is revoked (committed)
-    /// and `Reused`; revoked -> `Revoked`; expired -> `Expired`. Of N concurrent calls with one
-    /// `old`, across processes sharing the store, exactly one succeeds and the rest get
-    /// `Reused` (and so revoke the winner's successor too). If `next` cannot be stored
-    /// (`DuplicateRefresh`) nothing changes.
+    /// Checks in order: missing -> `Unknown`; already used -> if unrevoked, unexpired and within
+    /// `grace` seconds of its use (`now < used_at + grace`, never with `grace = 0`), `next` is
+    /// stored beside the token that replaced it (a concurrent or retried refresh, not a theft),
+    /// otherwise its family is revoked (committed) and `Reused`; revoked -> `Revoked`; expired
+    /// -> `Expired`. Of N concurrent calls with one `old`, across processes sharing the
+    /// store, exactly one marks it used; with no grace the rest get `Reused` (and so revoke the
+    /// winner's successor too). If `next` cannot be stored (`DuplicateRefresh`) nothing changes.
     async fn rotate_refresh(
         &self,
         old: &[u8; 32],
         next: RefreshSuccessor,
         now: i64,
+        grace: i64,
     ) -> Result<RefreshRecord, RotateError>;
 
     /// Looks a token up without changing it (logout, revocation, diagnostics).
@@ -283,22 +349,58 @@ pub trait RefreshFamilies: Send + Sync + 'static {
     /// Revokes every token of `family`. Idempotent; an unknown family is not an error.
     async fn revoke_family(&self, family: &str) -> Result<(), StoreError>;
 
-    /// Revokes every refresh family of the user ("log out everywhere"). Idempotent; a user
-    /// without tokens or an unknown user is not an error.
-    async fn revoke_user_refresh(&self, name: &Username) -> Result<(), StoreError>;
+    /// Revokes `family` if it belongs to `name`; returns whether it had a token not yet revoked
+    /// (an operator's or a logout's answer: something was ended). Another user's family or an
+    /// unknown one is `false` and changes nothing.
+    async fn revoke_session(
+        &self,
+        name: &Username,
+        family: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Cuts every session of `name` ("log out everywhere", also done by disable and remove):
+    /// revokes every refresh family, and records that access tokens of `name` issued before
+    /// `now + 1` are refused (the next whole second, so a token issued in the same second as
+    /// the cut, whose `iat` cannot tell before from after, is refused too), as one change in
+    /// the feed. A mark only moves forward. Returns the families that had a token not yet
+    /// revoked. An unknown user is not an error: the mark is recorded all the same.
+    async fn end_sessions(&self, name: &Username, now: i64) -> Result<u64, StoreError>;
+
+    /// Live sessions (see [`Session`]) at `now`, of `name` or of everyone, ordered by user and
+    /// start.
+    async fn sessions(&self, name: Option<&Username>, now: i64)
+    -> Result<Vec<Session>, StoreError>;
 }
 
-/// Revoked access-token ids (the denylist), each kept until the token's own expiry. Independent
-/// of the other kinds.
+/// What gateways refuse on every request: revoked ids (access tokens' `jti`s and sessions'
+/// `sid`s: both 128 random bits, they never collide), each kept until the last token it can
+/// name has expired, and per-user session cuts; and the change feed over both, which every
+/// write here appends to in the same transaction.
+///
+/// The feed's sequence numbers increase in commit order, so a reader that has seen up to `n`
+/// and asks for what follows misses nothing that committed before its query (SQLite's single
+/// writer gives that; a backend with concurrent writers must assign them at commit).
 #[async_trait]
 pub trait Revocations: Send + Sync + 'static {
-    /// Denylists an access token id until `expires_at` (the token's own `exp`). Revoking one
-    /// id twice keeps the later expiry.
-    async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// Denylists `id` until `expires_at` (a `jti` until its token's `exp`; a `sid` until the
+    /// last access token of the session has expired). Revoking one id twice keeps the later
+    /// expiry.
+    async fn revoke_id(&self, id: &str, expires_at: i64) -> Result<(), StoreError>;
 
     /// Denylisted ids with `expires_at > now`, ordered by expiry; rows already expired at `now`
     /// are deleted on the way.
-    async fn revoked_jtis(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    async fn revoked_ids(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Every user's session cut (`not_before`), ordered by name.
+    async fn session_cuts(&self) -> Result<Vec<(Username, i64)>, StoreError>;
+
+    /// The last sequence number of the change feed (0 for none yet). Read it before the full
+    /// state, then follow from it: a change in between is seen twice, never missed.
+    async fn change_seq(&self) -> Result<u64, StoreError>;
+
+    /// At most `max` changes after sequence number `seq`, in order.
+    async fn changes_since(&self, seq: u64, max: usize) -> Result<ChangeBatch, StoreError>;
 }
 
 /// Login failures and lockouts per canonical username, and the attempts in flight that hold
@@ -347,8 +449,9 @@ pub trait LoginFailures: Send + Sync + 'static {
 #[async_trait]
 pub trait Store: Users + RefreshFamilies + Revocations + LoginFailures {
     /// Deletes refresh tokens and denylisted ids expired at `now` (a used token past its expiry
-    /// can no longer be presented, so reuse detection loses nothing), and login bookkeeping that
-    /// no longer counts (reservations past their TTL, failure records long idle and unlocked).
+    /// can no longer be presented, so reuse detection loses nothing), sessions without tokens,
+    /// changes older than [`CHANGE_RETENTION`] and login bookkeeping that no longer counts
+    /// (reservations past their TTL, failure records long idle and unlocked).
     /// Returns rows deleted. On `Store` because one sweep covers every kind.
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError>;
 

@@ -1,6 +1,6 @@
 //! The proxy path's authentication: the one token a request presents, its verification (cached
-//! per token until its `exp`, refusals remembered), and the revoked `jti`s checked on every
-//! request. The endpoints use it too (`/me`, logout, revoke); it knows nothing of HTTP statuses.
+//! per token until its `exp`, refusals remembered), and the revocations and session cuts
+//! ([`crate::auth::revocation`]) checked on every request. The endpoints use it too (`/me`, logout, revoke); it knows nothing of HTTP statuses.
 
 use std::sync::Arc;
 
@@ -12,6 +12,8 @@ use http::header::{AUTHORIZATION, COOKIE};
 use crate::auth::claims::Identity;
 use crate::auth::issuers::TrustedIssuers;
 use crate::auth::keys::KeyRing;
+use crate::auth::revocation::{self, Revocation};
+use crate::auth::username::Username;
 use crate::auth::verify::{self, Verifier, VerifyError};
 use crate::clock::unix_now as now;
 use crate::config::AuthConfig;
@@ -58,9 +60,12 @@ pub struct Authenticator {
     /// External identity providers whose tokens are accepted too.
     trusted: Arc<TrustedIssuers>,
     store: Arc<dyn Store>,
-    /// Revoked access-token `jti`s and their expiry, mirrored from the store. Shared with the
-    /// authenticator a reload replaces.
-    revoked: Arc<DashMap<String, i64>>,
+    /// Revoked ids and session cuts, mirrored from the store. Shared with the authenticator a
+    /// reload replaces.
+    revocation: Arc<Revocation>,
+    /// Seconds after its cut or its revocation until no access token a session or a user held
+    /// can still be valid: the longest lifetime plus the allowed skew on both ends.
+    token_horizon: i64,
     /// Verified tokens by SHA-256 of the token, each with the token's own `exp`. Shared with the
     /// authenticator a reload replaces when the policy and keys stayed the same.
     cache: Arc<DashMap<[u8; 32], Cached>>,
@@ -98,8 +103,9 @@ struct Cached {
 }
 
 impl Authenticator {
-    /// Loads the revoked `jti`s from the store. `previous` is the authenticator a reload
-    /// replaces: its revocations carry over, and so do its verdicts while they still hold: the
+    /// Loads the revocations and cuts from the store. `previous` is the authenticator a reload
+    /// replaces: its revocations carry over (caught up), and so do its verdicts while they
+    /// still hold: the
     /// same policy and the same keys (kid, and through it the key's thumbprint, algorithm,
     /// retirement, issuer binding). External issuers' verdicts carry their key-set generation,
     /// unique in the process, so the new trusted issuers re-verify them.
@@ -110,18 +116,20 @@ impl Authenticator {
         store: Arc<dyn Store>,
         previous: Option<&Authenticator>,
     ) -> Result<Self, StoreError> {
-        let (revoked, cache, refused) = match previous {
-            Some(old) if same_verdicts(&old.keys.load(), &keys) => (
-                Arc::clone(&old.revoked),
-                Arc::clone(&old.cache),
-                Arc::clone(&old.refused),
-            ),
-            Some(old) => (Arc::clone(&old.revoked), Arc::default(), Arc::default()),
-            None => (Arc::default(), Arc::default(), Arc::default()),
+        let (cache, refused) = match previous {
+            Some(old) if same_verdicts(&old.keys.load(), &keys) => {
+                (Arc::clone(&old.cache), Arc::clone(&old.refused))
+            }
+            _ => (Arc::default(), Arc::default()),
         };
-        for (jti, exp) in store.revoked_jtis(now()).await? {
-            revoked.insert(jti, exp);
-        }
+        let revocation = match previous {
+            Some(old) => {
+                old.revocation.catch_up(&*store, now()).await?;
+                Arc::clone(&old.revocation)
+            }
+            None => Arc::new(Revocation::load(&*store, now()).await?),
+        };
+        let token_horizon = revocation::token_horizon(config);
         Ok(Self {
             cookie: config.cookie.clone(),
             max_token_bytes: config.max_token_bytes,
@@ -129,7 +137,8 @@ impl Authenticator {
             keys: ArcSwap::from_pointee(keys),
             trusted,
             store,
-            revoked,
+            revocation,
+            token_horizon,
             cache,
             refused,
         })
@@ -231,8 +240,9 @@ impl Authenticator {
             if fresh {
                 crate::metrics::verify_cache(CacheLookup::Hit);
                 let identity = Arc::clone(&hit.identity);
+                let own = hit.external_generation.is_none();
                 drop(hit);
-                return self.not_revoked(identity, now);
+                return self.not_revoked(identity, own, now);
             }
             drop(hit);
             self.cache.remove(&digest);
@@ -268,14 +278,16 @@ impl Authenticator {
         };
         let identity = Arc::new(identity);
         self.remember(digest, &identity, external_generation);
-        self.not_revoked(identity, now)
+        self.not_revoked(identity, !external, now)
     }
 
-    fn not_revoked(&self, identity: Arc<Identity>, now: i64) -> Result<Arc<Identity>, VerifyError> {
-        if let Some(jti) = &identity.jti
-            && let Some(exp) = self.revoked.get(jti)
-            && *exp + 60 > now
-        {
+    fn not_revoked(
+        &self,
+        identity: Arc<Identity>,
+        own: bool,
+        now: i64,
+    ) -> Result<Arc<Identity>, VerifyError> {
+        if self.revocation.refuses(&identity, own, now) {
             return Err(VerifyError::Revoked);
         }
         Ok(identity)
@@ -323,19 +335,41 @@ impl Authenticator {
         self.refused.insert(digest, entry);
     }
 
-    /// Revokes an access token's `jti` until it expires (store first, then the local mirror).
-    pub async fn revoke_access(&self, identity: &Identity) -> Result<(), StoreError> {
-        if let Some(jti) = &identity.jti {
-            self.store.revoke_jti(jti, identity.exp).await?;
-            self.revoked.insert(jti.clone(), identity.exp);
-        }
+    /// Revokes an access token's `jti` until it expires (store first, then the local mirror);
+    /// whether it had one to revoke.
+    pub async fn revoke_access(&self, identity: &Identity) -> Result<bool, StoreError> {
+        let Some(jti) = &identity.jti else {
+            return Ok(false);
+        };
+        self.store.revoke_id(jti, identity.exp).await?;
+        self.revocation.revoke(jti.clone(), identity.exp);
+        Ok(true)
+    }
+
+    /// Refuses every access token of session `sid` from now on, here at once and on every
+    /// gateway sharing the store at its next poll; kept until the last of them has expired.
+    pub async fn revoke_session_tokens(&self, sid: &str) -> Result<(), StoreError> {
+        let until = now() + self.token_horizon;
+        self.store.revoke_id(sid, until).await?;
+        self.revocation.revoke(sid.to_owned(), until);
         Ok(())
+    }
+
+    /// Applies the store's changes made since the last call (by the CLI, by other gateways).
+    pub async fn follow(&self) -> Result<usize, StoreError> {
+        self.revocation.catch_up(&*self.store, now()).await
+    }
+
+    /// The unix time from which `user`'s new tokens are accepted, when its sessions were cut
+    /// so recently that a token minted now could be refused.
+    pub fn sessions_cut_until(&self, user: &Username) -> Option<i64> {
+        self.revocation.not_before(user).filter(|t| *t > now())
     }
 
     /// Drops expired revocations and cache entries; called on a timer.
     pub fn prune(&self) {
         let now = now();
-        self.revoked.retain(|_, exp| *exp + 60 > now);
+        self.revocation.prune(now, now - self.token_horizon);
         self.cache.retain(|_, v| v.identity.exp > now);
         self.refused.retain(|_, v| v.until > now);
     }

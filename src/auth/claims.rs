@@ -28,7 +28,7 @@ pub const MAX_CLIENT_ID_BYTES: usize = 256;
 pub const MAX_JTI_BYTES: usize = 128;
 
 /// Claims that have a typed field; everything else lands in [`AccessClaims::extra`].
-pub const REGISTERED: [&str; 10] = [
+pub const REGISTERED: [&str; 11] = [
     "iss",
     "sub",
     "aud",
@@ -39,6 +39,7 @@ pub const REGISTERED: [&str; 10] = [
     "scope",
     "roles",
     "client_id",
+    "sid",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +183,8 @@ pub struct AccessClaims {
     pub scope: Option<String>,
     pub roles: Option<Vec<String>>,
     pub client_id: Option<String>,
+    /// The session (refresh-token family) the token belongs to; OpenID Connect's `sid`.
+    pub sid: Option<String>,
     /// Every other claim, for configurable claim-to-header mapping. Never holds a name of
     /// [`REGISTERED`] after parsing; such names are skipped when serialising.
     pub extra: Map<String, Value>,
@@ -205,6 +208,7 @@ impl AccessClaims {
             scope: take_string(&mut map, "scope")?,
             roles: take_strings(&mut map, "roles")?,
             client_id: take_string(&mut map, "client_id")?,
+            sid: take_string(&mut map, "sid")?,
             extra: map,
         })
     }
@@ -237,6 +241,7 @@ impl Serialize for AccessClaims {
             ("jti", &self.jti),
             ("scope", &self.scope),
             ("client_id", &self.client_id),
+            ("sid", &self.sid),
         ];
         if let Some(aud) = &self.aud {
             map.serialize_entry("aud", aud)?;
@@ -389,7 +394,11 @@ pub struct Identity {
     pub scopes: Vec<String>,
     pub issuer: String,
     pub exp: i64,
+    /// When the token was issued: a user's sessions cut at a later time refuse it.
+    pub iat: i64,
     pub jti: Option<String>,
+    /// The session the token belongs to (see [`AccessClaims::sid`]).
+    pub sid: Option<String>,
     pub client_id: Option<String>,
     pub extra: Map<String, Value>,
     /// `sub`, `roles` and `scopes` as header values, rendered once from the fields above.

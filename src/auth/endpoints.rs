@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, USER_AGENT};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -184,6 +184,7 @@ pub async fn serve(
             Ok(with_json(StatusCode::OK, me_json(&identity)))
         }
         Endpoint::Token => {
+            let agent = req.headers().get(USER_AGENT).cloned();
             let form = read_form(req).await?;
             let grant = match form.get("grant_type") {
                 Some("password") => Grant::Password,
@@ -191,10 +192,10 @@ pub async fn serve(
                 Some(_) => return Err(EndpointError::UnsupportedGrantType),
                 None => return Err(EndpointError::InvalidRequest("grant_type is required")),
             };
-            token(grants, grant, &form).await
+            token_from(grants, grant, &form, client, agent).await
         }
-        Endpoint::Login => token(grants, Grant::Password, &read_form(req).await?).await,
-        Endpoint::Refresh => token(grants, Grant::Refresh, &read_form(req).await?).await,
+        Endpoint::Login => token(grants, Grant::Password, req, client).await,
+        Endpoint::Refresh => token(grants, Grant::Refresh, req, client).await,
         Endpoint::Logout => {
             let identity = grants
                 .authenticator()
@@ -210,12 +211,17 @@ pub async fn serve(
             } else {
                 Form::default()
             };
-            grants
+            let ended = grants
                 .logout(identity.as_deref(), form.get("refresh_token"))
                 .await?;
+            // What was ended, so a client can tell "logged out" from "nothing to end".
             Ok(no_store(with_json(
                 StatusCode::OK,
-                json!({"revoked": true}),
+                json!({
+                    "revoked": ended.access_token || ended.session,
+                    "access_token": ended.access_token,
+                    "session": ended.session,
+                }),
             )))
         }
         Endpoint::Revoke => {
@@ -242,10 +248,24 @@ pub async fn serve(
     }
 }
 
+/// `/login` and `/refresh`, which name their grant by path.
 async fn token(
     grants: &Grants,
     grant: Grant,
+    req: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Response<Body>, EndpointError> {
+    let agent = req.headers().get(USER_AGENT).cloned();
+    let form = read_form(req).await?;
+    token_from(grants, grant, &form, client, agent).await
+}
+
+async fn token_from(
+    grants: &Grants,
+    grant: Grant,
     form: &Form,
+    client: IpAddr,
+    agent: Option<HeaderValue>,
 ) -> Result<Response<Body>, EndpointError> {
     let request = TokenRequest {
         client_id: form.get("client_id"),
@@ -253,6 +273,8 @@ async fn token(
         username: form.get("username"),
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),
+        client_addr: Some(client),
+        user_agent: agent.as_ref().map(HeaderValue::as_bytes),
     };
     let issued = grants.token(grant, request).await?;
     Ok(no_store(with_json(StatusCode::OK, tokens_json(issued))))

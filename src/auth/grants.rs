@@ -12,18 +12,23 @@ use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError, PasswordPool};
-use crate::auth::tokens::{self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, mint_access};
+use crate::auth::tokens::{
+    self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, TokenSubject, mint_access,
+};
 use crate::auth::username::Username;
 use crate::clock::unix_now as now;
 use crate::config::AuthConfig;
 use crate::limits::{Limits, Refusal};
 use crate::store::{
     LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser, RefreshRecord,
-    RefreshSuccessor, RotateError, Store, StoreError,
+    RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError,
 };
 
 /// `client_id` stamped on tokens when the client names none.
 const DEFAULT_CLIENT_ID: &str = "gatehouse";
+
+/// Most bytes of a `User-Agent` kept with a session.
+const MAX_USER_AGENT_BYTES: usize = 256;
 
 /// Why a grant failed (RFC 6749 §5.2 codes where they apply). `crate::error` decides the status.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +120,39 @@ pub struct TokenRequest<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a str>,
     pub refresh_token: Option<&'a str>,
+    /// Who asks, recorded with a new session for operators (`gatehouse sessions list`).
+    pub client_addr: Option<IpAddr>,
+    pub user_agent: Option<&'a [u8]>,
+}
+
+impl TokenRequest<'_> {
+    /// Where a session started, as operators see it: the agent as visible ASCII (anything else
+    /// becomes `?`, so a listing cannot carry terminal escapes), at most
+    /// [`MAX_USER_AGENT_BYTES`].
+    fn origin(&self) -> SessionOrigin {
+        let agent = self.user_agent.map(|raw| {
+            raw.iter()
+                .take(MAX_USER_AGENT_BYTES)
+                .map(|&b| match b {
+                    b' '..=b'~' => char::from(b),
+                    _ => '?',
+                })
+                .collect()
+        });
+        SessionOrigin {
+            client_addr: self.client_addr.map(|a| a.to_string()),
+            user_agent: agent,
+        }
+    }
+}
+
+/// What a logout ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoggedOut {
+    /// The presented access token (its `jti`) is refused from now on.
+    pub access_token: bool,
+    /// A session (refresh family) that was still live was ended, with its access tokens.
+    pub session: bool,
 }
 
 /// Tokens granted: a new access token and the refresh token that continues the family.
@@ -216,7 +254,7 @@ impl Grants {
                 let password = form
                     .password
                     .ok_or(GrantError::InvalidRequest("password is required"))?;
-                self.password_grant(username, password, requested, &client_id)
+                self.password_grant(username, password, requested, &client_id, form.origin())
                     .await
             }
             Grant::Refresh => {
@@ -236,6 +274,7 @@ impl Grants {
         password: &str,
         requested: Option<Vec<String>>,
         client_id: &str,
+        origin: SessionOrigin,
     ) -> Result<Issued, GrantError> {
         if raw_username.len() > 64 {
             return Err(GrantError::InvalidRequest("username too long"));
@@ -327,7 +366,7 @@ impl Grants {
         }
         let scopes = narrow_scopes(&user.scopes, requested)?;
         let issued = self
-            .issue(&user.username, &user.roles, &scopes, client_id)
+            .issue(&user.username, &user.roles, &scopes, client_id, origin)
             .await?;
         Ok(issued)
     }
@@ -375,13 +414,20 @@ impl Grants {
             issued_at: now,
             expires_at: now + self.refresh_lifetime(),
         };
-        let old = match self.store.rotate_refresh(&old_digest, successor, now).await {
+        let grace = self.config.refresh_reuse_grace.as_secs() as i64;
+        let rotated = self
+            .store
+            .rotate_refresh(&old_digest, successor, now, grace)
+            .await;
+        let old = match rotated {
             Ok(old) => old,
-            Err(RotateError::Reused { username, .. }) => {
+            Err(RotateError::Reused { username, family }) => {
                 tracing::warn!(
                     user = username.as_str(),
-                    "refresh token reuse detected: family revoked"
+                    "refresh token reuse detected: session revoked"
                 );
+                // The access tokens of a stolen session end with it.
+                self.authenticator.revoke_session_tokens(&family).await?;
                 return Err(GrantError::InvalidGrant("invalid refresh token"));
             }
             Err(RotateError::Unknown | RotateError::Expired | RotateError::Revoked) => {
@@ -396,6 +442,9 @@ impl Grants {
             .filter(|u| !u.disabled);
         let Some(user) = user else {
             self.store.revoke_family(&old.family).await?;
+            self.authenticator
+                .revoke_session_tokens(&old.family)
+                .await?;
             return Err(GrantError::InvalidGrant("invalid refresh token"));
         };
         // Never more than first granted, nor more than the user holds today.
@@ -406,7 +455,14 @@ impl Grants {
             .cloned()
             .collect();
         let scopes = narrow_scopes(&granted, requested)?;
-        self.mint(&user.username, &user.roles, &scopes, client_id, new_token)
+        let subject = TokenSubject {
+            sub: user.username.as_str(),
+            roles: &user.roles,
+            scopes: &scopes,
+            client_id,
+            sid: Some(&old.family),
+        };
+        self.mint(&subject, new_token).await
     }
 
     fn refresh_lifetime(&self) -> i64 {
@@ -420,41 +476,55 @@ impl Grants {
         roles: &[String],
         scopes: &[String],
         client_id: &str,
+        origin: SessionOrigin,
     ) -> Result<Issued, GrantError> {
         let now = now();
         let (refresh, digest) = tokens::new_refresh_token();
+        let family = tokens::new_family_id();
         self.store
-            .insert_refresh(RefreshRecord {
-                digest,
-                family: tokens::new_family_id(),
-                username: username.clone(),
-                scopes: scopes.to_vec(),
-                issued_at: now,
-                expires_at: now + self.refresh_lifetime(),
-            })
+            .insert_refresh(
+                RefreshRecord {
+                    digest,
+                    family: family.clone(),
+                    username: username.clone(),
+                    scopes: scopes.to_vec(),
+                    issued_at: now,
+                    expires_at: now + self.refresh_lifetime(),
+                },
+                origin,
+            )
             .await?;
-        self.mint(username, roles, scopes, client_id, refresh)
-    }
-
-    fn mint(
-        &self,
-        username: &Username,
-        roles: &[String],
-        scopes: &[String],
-        client_id: &str,
-        refresh: String,
-    ) -> Result<Issued, GrantError> {
-        let keys = self.authenticator.keys();
-        let minted = mint_access(
-            &keys.ring,
-            &self.spec,
-            username.as_str(),
+        let subject = TokenSubject {
+            sub: username.as_str(),
             roles,
             scopes,
             client_id,
-            now(),
-        )
-        .map_err(|e| {
+            sid: Some(&family),
+        };
+        self.mint(&subject, refresh).await
+    }
+
+    /// Mints the access token that goes with `refresh`. Right after the user's sessions were
+    /// cut (a password change, then a login in the same second), a token issued now would carry
+    /// an `iat` the cut refuses: the cut is caught up first and minting waits for the next
+    /// second (at most one).
+    async fn mint(
+        &self,
+        subject: &TokenSubject<'_>,
+        refresh: String,
+    ) -> Result<Issued, GrantError> {
+        self.authenticator.follow().await?;
+        let user = Username::parse(subject.sub).map_err(|_| GrantError::Server)?;
+        if let Some(from) = self.authenticator.sessions_cut_until(&user) {
+            // A cut is at most a second ahead of its own clock; a clock far ahead elsewhere
+            // must not hold the login for longer.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while now() < from && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let keys = self.authenticator.keys();
+        let minted = mint_access(&keys.ring, &self.spec, subject, now()).map_err(|e| {
             tracing::error!(error = %e, "minting an access token failed");
             GrantError::Server
         })?;
@@ -462,29 +532,38 @@ impl Grants {
             access_token: minted.token,
             expires_in: self.spec.lifetime.as_secs(),
             refresh_token: refresh,
-            scopes: scopes.to_vec(),
+            scopes: subject.scopes.to_vec(),
         })
     }
 
-    /// Logout: revokes the presented access token's `jti` and the refresh token's family
-    /// (only a family of the same user when both are presented).
+    /// Logout ends the whole login: the presented access token, and its session (named by its
+    /// `sid`, or by the refresh token) with every access token of that session. With both
+    /// presented, only a session of the access token's user is ended. Says what it ended: a
+    /// garbage refresh token ends nothing.
     pub async fn logout(
         &self,
         identity: Option<&Identity>,
         refresh: Option<&str>,
-    ) -> Result<(), GrantError> {
+    ) -> Result<LoggedOut, GrantError> {
         if identity.is_none() && refresh.is_none() {
             return Err(GrantError::InvalidRequest(
                 "present a refresh_token or an access token",
             ));
         }
+        let mut ended = LoggedOut::default();
         if let Some(identity) = identity {
-            self.authenticator.revoke_access(identity).await?;
+            ended.access_token = self.authenticator.revoke_access(identity).await?;
+            if let Some(sid) = &identity.sid
+                && let Ok(user) = Username::parse(&identity.sub)
+            {
+                ended.session = self.store.revoke_session(&user, sid, now()).await?;
+                self.authenticator.revoke_session_tokens(sid).await?;
+            }
         }
         if let Some(refresh) = refresh {
-            self.revoke_refresh(refresh, identity).await?;
+            ended.session |= self.revoke_refresh(refresh, identity).await?;
         }
-        Ok(())
+        Ok(ended)
     }
 
     /// Revokes the family of a refresh token; with an identity, only a family of that user.
@@ -502,8 +581,14 @@ impl Grants {
         if owner.is_some_and(|id| id.sub != record.username.as_str()) {
             return Ok(false);
         }
-        self.store.revoke_family(&record.family).await?;
-        Ok(true)
+        let ended = self
+            .store
+            .revoke_session(&record.username, &record.family, now())
+            .await?;
+        self.authenticator
+            .revoke_session_tokens(&record.family)
+            .await?;
+        Ok(ended)
     }
 
     /// RFC 7009: answers 200 whether or not the token was known.

@@ -11,7 +11,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Header;
 
-use crate::auth::claims::{AccessClaims, Audience, ClaimsError, check_identity_values};
+use crate::auth::claims::{
+    AccessClaims, Audience, ClaimsError, MAX_JTI_BYTES, check_identity_values, is_header_safe,
+};
 use crate::auth::keys::{KeyRing, fill_random};
 use crate::auth::verify::ACCESS_TOKEN_TYP;
 
@@ -53,18 +55,35 @@ pub enum TokenError {
     Sign(#[from] jsonwebtoken::errors::Error),
 }
 
+/// Whom an access token speaks for.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenSubject<'a> {
+    pub sub: &'a str,
+    pub roles: &'a [String],
+    pub scopes: &'a [String],
+    pub client_id: &'a str,
+    /// The refresh-token family (login session) the token belongs to, as `sid`: logging out
+    /// with the access token alone ends that session, and revoking the session refuses every
+    /// access token of it at once.
+    pub sid: Option<&'a str>,
+}
+
 /// Signs an RFC 9068 access token: header `{typ: "at+jwt", alg, kid}`; claims `iss, sub, aud,
 /// exp, iat, nbf = iat, jti` (128 random bits, base64url), `scope` (space-joined, omitted when
-/// empty), `roles`, `client_id`.
+/// empty), `roles`, `client_id`, and `sid` when the token belongs to a session.
 pub fn mint_access(
     keys: &KeyRing,
     spec: &AccessTokenSpec,
-    sub: &str,
-    roles: &[String],
-    scopes: &[String],
-    client_id: &str,
+    subject: &TokenSubject<'_>,
     now: i64,
 ) -> Result<MintedAccess, TokenError> {
+    let TokenSubject {
+        sub,
+        roles,
+        scopes,
+        client_id,
+        sid,
+    } = *subject;
     if spec.issuer.is_empty() || spec.audience.is_empty() {
         return Err(TokenError::InvalidSpec("issuer and audience must be set"));
     }
@@ -75,6 +94,9 @@ pub fn mint_access(
             "lifetime must be at least one second",
         ))?;
     check_identity_values(sub, roles, scopes, Some(client_id))?;
+    if sid.is_some_and(|s| !is_header_safe(s, MAX_JTI_BYTES)) {
+        return Err(TokenError::InvalidClaim(ClaimsError::Invalid("sid")));
+    }
     let expires_at = now
         .checked_add(lifetime)
         .ok_or(TokenError::InvalidSpec("lifetime overflows"))?;
@@ -91,6 +113,7 @@ pub fn mint_access(
         scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
         roles: Some(roles.to_vec()),
         client_id: Some(client_id.to_owned()),
+        sid: sid.map(str::to_owned),
         extra: Default::default(),
     };
     let signing = keys.signing();
@@ -175,12 +198,35 @@ mod tests {
     fn a_token_over_the_configured_cap_is_not_minted() {
         let (_dir, ring) = ring(KeyAlg::EdDSA);
         let roles: Vec<String> = (0..40).map(|i| format!("role-{i}")).collect();
-        let fits = mint_access(&ring, &spec(), "alice", &roles, &[], "web", NOW).unwrap();
+        let fits = mint_access(
+            &ring,
+            &spec(),
+            &TokenSubject {
+                sub: "alice",
+                roles: &roles,
+                scopes: &[],
+                client_id: "web",
+                sid: None,
+            },
+            NOW,
+        )
+        .unwrap();
         let small = AccessTokenSpec {
             max_bytes: fits.token.len() - 1,
             ..spec()
         };
-        match mint_access(&ring, &small, "alice", &roles, &[], "web", NOW) {
+        match mint_access(
+            &ring,
+            &small,
+            &TokenSubject {
+                sub: "alice",
+                roles: &roles,
+                scopes: &[],
+                client_id: "web",
+                sid: None,
+            },
+            NOW,
+        ) {
             Err(TokenError::TooLarge { len, max }) => {
                 assert_eq!((len, max), (fits.token.len(), fits.token.len() - 1))
             }
@@ -194,10 +240,13 @@ mod tests {
         let m = mint_access(
             &ring,
             &spec(),
-            "alice",
-            &["admin".into()],
-            &["read".into(), "write".into()],
-            "web",
+            &TokenSubject {
+                sub: "alice",
+                roles: &["admin".into()],
+                scopes: &["read".into(), "write".into()],
+                client_id: "web",
+                sid: None,
+            },
             NOW,
         )
         .unwrap();
@@ -225,8 +274,32 @@ mod tests {
     #[test]
     fn jti_is_fresh_per_token() {
         let (_dir, ring) = ring(KeyAlg::HS256);
-        let a = mint_access(&ring, &spec(), "a", &[], &[], "c", NOW).unwrap();
-        let b = mint_access(&ring, &spec(), "a", &[], &[], "c", NOW).unwrap();
+        let a = mint_access(
+            &ring,
+            &spec(),
+            &TokenSubject {
+                sub: "a",
+                roles: &[],
+                scopes: &[],
+                client_id: "c",
+                sid: None,
+            },
+            NOW,
+        )
+        .unwrap();
+        let b = mint_access(
+            &ring,
+            &spec(),
+            &TokenSubject {
+                sub: "a",
+                roles: &[],
+                scopes: &[],
+                client_id: "c",
+                sid: None,
+            },
+            NOW,
+        )
+        .unwrap();
         assert_ne!(a.jti, b.jti);
         assert!(segment(&a.token, 1).get("scope").is_none());
     }
@@ -235,17 +308,50 @@ mod tests {
     fn refusing_to_mint_values_the_verifier_would_reject() {
         let (_dir, ring) = ring(KeyAlg::HS256);
         let s = spec();
-        let bad_sub = mint_access(&ring, &s, "alice,admin", &[], &[], "c", NOW);
+        let bad_sub = mint_access(
+            &ring,
+            &s,
+            &TokenSubject {
+                sub: "alice,admin",
+                roles: &[],
+                scopes: &[],
+                client_id: "c",
+                sid: None,
+            },
+            NOW,
+        );
         assert!(matches!(
             bad_sub,
             Err(TokenError::InvalidClaim(ClaimsError::Invalid("sub")))
         ));
-        let bad_role = mint_access(&ring, &s, "a", &["x\r\nX-Admin: 1".into()], &[], "c", NOW);
+        let bad_role = mint_access(
+            &ring,
+            &s,
+            &TokenSubject {
+                sub: "a",
+                roles: &["x\r\nX-Admin: 1".into()],
+                scopes: &[],
+                client_id: "c",
+                sid: None,
+            },
+            NOW,
+        );
         assert!(matches!(
             bad_role,
             Err(TokenError::InvalidClaim(ClaimsError::Invalid("roles")))
         ));
-        let bad_scope = mint_access(&ring, &s, "a", &[], &["a b".into()], "c", NOW);
+        let bad_scope = mint_access(
+            &ring,
+            &s,
+            &TokenSubject {
+                sub: "a",
+                roles: &[],
+                scopes: &["a b".into()],
+                client_id: "c",
+                sid: None,
+            },
+            NOW,
+        );
         assert!(matches!(
             bad_scope,
             Err(TokenError::InvalidClaim(ClaimsError::Invalid("scope")))
@@ -255,7 +361,18 @@ mod tests {
             ..spec()
         };
         assert!(matches!(
-            mint_access(&ring, &zero, "a", &[], &[], "c", NOW),
+            mint_access(
+                &ring,
+                &zero,
+                &TokenSubject {
+                    sub: "a",
+                    roles: &[],
+                    scopes: &[],
+                    client_id: "c",
+                    sid: None
+                },
+                NOW
+            ),
             Err(TokenError::InvalidSpec(_))
         ));
     }

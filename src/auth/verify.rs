@@ -333,6 +333,13 @@ impl Verifier {
         {
             return Err(VerifyError::BadClaim("jti"));
         }
+        if claims
+            .sid
+            .as_deref()
+            .is_some_and(|s| !is_header_safe(s, MAX_JTI_BYTES))
+        {
+            return Err(VerifyError::BadClaim("sid"));
+        }
         Ok(Identity {
             values: IdentityValues::render(&sub, &roles, &scopes),
             sub,
@@ -340,7 +347,9 @@ impl Verifier {
             scopes,
             issuer,
             exp,
+            iat,
             jti: claims.jti,
+            sid: claims.sid,
             client_id: claims.client_id,
             extra: claims.extra,
         })
@@ -507,7 +516,7 @@ mod tests {
 
     use super::*;
     use crate::auth::keys::{KeyAlg, KeyRing, VerificationKey};
-    use crate::auth::tokens::{AccessTokenSpec, mint_access, new_refresh_token};
+    use crate::auth::tokens::{AccessTokenSpec, TokenSubject, mint_access, new_refresh_token};
 
     const NOW: i64 = 1_700_000_000;
     const ISS: &str = "https://gw.example";
@@ -630,7 +639,19 @@ mod tests {
             let ring = ring(alg);
             let roles = vec!["admin".to_owned(), "ops".to_owned()];
             let scopes = vec!["read".to_owned()];
-            let minted = mint_access(ring, &spec, "alice", &roles, &scopes, "web", NOW).unwrap();
+            let minted = mint_access(
+                ring,
+                &spec,
+                &TokenSubject {
+                    sub: "alice",
+                    roles: &roles,
+                    scopes: &scopes,
+                    client_id: "web",
+                    sid: None,
+                },
+                NOW,
+            )
+            .unwrap();
             let id = verifier(ring).verify(&minted.token, NOW + 1).unwrap();
             assert_eq!(id.sub, "alice", "{alg}");
             assert_eq!(id.roles, roles);
@@ -659,10 +680,34 @@ mod tests {
             max_bytes: crate::auth::verify::DEFAULT_MAX_TOKEN_BYTES,
         };
         let old = KeyRing::load_or_generate_at(dir.path(), KeyAlg::EdDSA, retain, NOW).unwrap();
-        let old_token = mint_access(&old, &spec, "alice", &[], &[], "web", NOW).unwrap();
+        let old_token = mint_access(
+            &old,
+            &spec,
+            &TokenSubject {
+                sub: "alice",
+                roles: &[],
+                scopes: &[],
+                client_id: "web",
+                sid: None,
+            },
+            NOW,
+        )
+        .unwrap();
         let new_kid = KeyRing::rotate_at(dir.path(), KeyAlg::ES256, retain, NOW + 10).unwrap();
         let ring = KeyRing::load_at(dir.path(), retain, NOW + 10).unwrap();
-        let new_token = mint_access(&ring, &spec, "bob", &[], &[], "web", NOW + 10).unwrap();
+        let new_token = mint_access(
+            &ring,
+            &spec,
+            &TokenSubject {
+                sub: "bob",
+                roles: &[],
+                scopes: &[],
+                client_id: "web",
+                sid: None,
+            },
+            NOW + 10,
+        )
+        .unwrap();
         assert_eq!(new_token.kid, new_kid);
 
         let v = verifier(&ring);
@@ -1018,9 +1063,20 @@ mod tests {
         // Mint until a signature contains a url-safe-only character (about 94% of them do).
         let token = (0..100)
             .map(|_| {
-                mint_access(ed(), &spec, "alice", &[], &[], "web", NOW)
-                    .unwrap()
-                    .token
+                mint_access(
+                    ed(),
+                    &spec,
+                    &TokenSubject {
+                        sub: "alice",
+                        roles: &[],
+                        scopes: &[],
+                        client_id: "web",
+                        sid: None,
+                    },
+                    NOW,
+                )
+                .unwrap()
+                .token
             })
             .find(|t| t.rsplit('.').next().unwrap().contains(['-', '_']))
             .unwrap();

@@ -13,8 +13,9 @@
 use std::sync::Arc;
 
 use super::{
-    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginVerdict, NewUser, RefreshRecord,
-    RefreshState, RefreshSuccessor, RotateError, Store, StoreError,
+    CHANGE_RETENTION, Change, LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginVerdict,
+    NewUser, RefreshRecord, RefreshState, RefreshSuccessor, RotateError, SessionOrigin, Store,
+    StoreError,
 };
 use crate::auth::username::Username;
 
@@ -42,8 +43,14 @@ macro_rules! contract_tests {
             duplicate_refresh_digest_is_refused,
             disabled_user_sessions_end_and_cannot_start,
             removed_user_tokens_are_gone_even_if_name_is_reused,
-            revoke_user_refresh_ends_every_family,
-            revoked_jtis_are_listed_until_expiry,
+            end_sessions_revokes_every_family_of_the_user_only,
+            revoked_ids_are_listed_until_expiry,
+            sessions_are_listed_with_origin_and_last_use_while_live,
+            revoke_session_ends_only_that_users_family,
+            cuts_are_recorded_by_end_sessions_disable_and_remove_and_only_move_forward,
+            reuse_within_the_grace_continues_the_family,
+            reuse_after_the_grace_revokes_the_family,
+            a_feed_purged_past_the_reader_tells_it_to_reload,
             purge_expired_deletes_only_expired_rows,
             abandoned_and_expired_reservations_give_their_place_back,
             a_late_success_does_not_lift_a_lockout_started_meanwhile,
@@ -55,11 +62,13 @@ macro_rules! contract_tests {
         $crate::store::contract::contract_tests!(@each $fixture,
             [tokio::test(flavor = "multi_thread", worker_threads = 4)], shared:
             concurrent_refresh_race_has_exactly_one_winner,
+            concurrent_refreshes_within_the_grace_all_win,
         );
         $crate::store::contract::contract_tests!(@each $fixture,
             [tokio::test(flavor = "multi_thread", worker_threads = 4)], two_handles:
             concurrent_refresh_race_across_processes_has_exactly_one_winner,
             concurrent_admissions_never_exceed_the_failure_budget,
+            every_revocation_and_cut_reaches_the_other_handle_through_the_feed,
         );
     };
     (@each $fixture:expr, [$attr:meta], $how:ident: $($case:ident),+ $(,)?) => {
@@ -146,7 +155,10 @@ fn successor(n: u8) -> RefreshSuccessor {
 /// Gives the store user alice holding token 1 in family "f1".
 async fn with_alice_token(store: &dyn Store) {
     store.create_user(new_user("alice")).await.unwrap();
-    store.insert_refresh(token(1, "f1", "alice")).await.unwrap();
+    store
+        .insert_refresh(token(1, "f1", "alice"), SessionOrigin::default())
+        .await
+        .unwrap();
 }
 
 pub(crate) async fn user_crud_round_trips(store: &dyn Store) {
@@ -162,7 +174,7 @@ pub(crate) async fn user_crud_round_trips(store: &dyn Store) {
     assert_eq!(names, ["alice", "bob"]);
 
     store.set_password(&alice, "$2b$04$new").await.unwrap();
-    store.set_disabled(&alice, true).await.unwrap();
+    store.set_disabled(&alice, true, NOW).await.unwrap();
     store
         .set_roles_scopes(&alice, vec!["viewer".into()], vec![])
         .await
@@ -173,10 +185,10 @@ pub(crate) async fn user_crud_round_trips(store: &dyn Store) {
     assert_eq!(got.roles, ["viewer"]);
     assert!(got.scopes.is_empty());
     assert_eq!(got.created_at, created.created_at);
-    store.set_disabled(&alice, false).await.unwrap();
+    store.set_disabled(&alice, false, NOW).await.unwrap();
     assert!(!store.user(&alice).await.unwrap().unwrap().disabled);
 
-    store.remove_user(&alice).await.unwrap();
+    store.remove_user(&alice, NOW).await.unwrap();
     assert_eq!(store.user(&alice).await.unwrap(), None);
     assert_eq!(store.list_users().await.unwrap().len(), 1);
 }
@@ -198,13 +210,15 @@ pub(crate) async fn changes_to_a_missing_user_are_not_found(store: &dyn Store) {
     let ghost = name("ghost");
     let is_not_found = |r: Result<(), StoreError>| matches!(r, Err(StoreError::NotFound(n)) if n.as_str() == "ghost");
     assert!(is_not_found(store.set_password(&ghost, "h").await));
-    assert!(is_not_found(store.set_disabled(&ghost, true).await));
+    assert!(is_not_found(store.set_disabled(&ghost, true, NOW).await));
     assert!(is_not_found(
         store.set_roles_scopes(&ghost, vec![], vec![]).await
     ));
-    assert!(is_not_found(store.remove_user(&ghost).await));
+    assert!(is_not_found(store.remove_user(&ghost, NOW).await));
     assert!(is_not_found(
-        store.insert_refresh(token(1, "f", "ghost")).await
+        store
+            .insert_refresh(token(1, "f", "ghost"), SessionOrigin::default())
+            .await
     ));
     assert_eq!(store.user(&ghost).await.unwrap(), None);
 }
@@ -212,7 +226,7 @@ pub(crate) async fn changes_to_a_missing_user_are_not_found(store: &dyn Store) {
 pub(crate) async fn rotation_marks_old_used_and_stores_successor_in_family(store: &dyn Store) {
     with_alice_token(store).await;
     let old = store
-        .rotate_refresh(&digest(1), successor(2), NOW + 10)
+        .rotate_refresh(&digest(1), successor(2), NOW + 10, 0)
         .await
         .unwrap();
     assert_eq!(old, token(1, "f1", "alice"));
@@ -228,7 +242,7 @@ pub(crate) async fn rotation_marks_old_used_and_stores_successor_in_family(store
 
     // The successor rotates in turn.
     store
-        .rotate_refresh(&digest(2), successor(3), NOW + 20)
+        .rotate_refresh(&digest(2), successor(3), NOW + 20, 0)
         .await
         .unwrap();
 }
@@ -236,17 +250,17 @@ pub(crate) async fn rotation_marks_old_used_and_stores_successor_in_family(store
 pub(crate) async fn stolen_refresh_token_replay_revokes_the_family(store: &dyn Store) {
     with_alice_token(store).await;
     store
-        .insert_refresh(token(9, "other", "alice"))
+        .insert_refresh(token(9, "other", "alice"), SessionOrigin::default())
         .await
         .unwrap();
     store
-        .rotate_refresh(&digest(1), successor(2), NOW + 10)
+        .rotate_refresh(&digest(1), successor(2), NOW + 10, 0)
         .await
         .unwrap();
 
     // The thief replays the old token: refused, and the family is revoked.
     let err = store
-        .rotate_refresh(&digest(1), successor(3), NOW + 20)
+        .rotate_refresh(&digest(1), successor(3), NOW + 20, 0)
         .await
         .unwrap_err();
     assert!(
@@ -258,7 +272,7 @@ pub(crate) async fn stolen_refresh_token_replay_revokes_the_family(store: &dyn S
 
     // The sibling the legitimate client holds is now dead too.
     let err = store
-        .rotate_refresh(&digest(2), successor(4), NOW + 30)
+        .rotate_refresh(&digest(2), successor(4), NOW + 30, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Revoked), "{err}");
@@ -267,7 +281,7 @@ pub(crate) async fn stolen_refresh_token_replay_revokes_the_family(store: &dyn S
 
     // Another family of the same user is untouched.
     store
-        .rotate_refresh(&digest(9), successor(5), NOW + 30)
+        .rotate_refresh(&digest(9), successor(5), NOW + 30, 0)
         .await
         .unwrap();
 }
@@ -275,7 +289,7 @@ pub(crate) async fn stolen_refresh_token_replay_revokes_the_family(store: &dyn S
 pub(crate) async fn expired_refresh_token_is_refused(store: &dyn Store) {
     with_alice_token(store).await;
     let err = store
-        .rotate_refresh(&digest(1), successor(2), NOW + TTL)
+        .rotate_refresh(&digest(1), successor(2), NOW + TTL, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Expired), "{err}");
@@ -285,7 +299,7 @@ pub(crate) async fn expired_refresh_token_is_refused(store: &dyn Store) {
     assert_eq!(store.refresh(&digest(2)).await.unwrap(), None);
     // One second earlier it is still valid.
     store
-        .rotate_refresh(&digest(1), successor(2), NOW + TTL - 1)
+        .rotate_refresh(&digest(1), successor(2), NOW + TTL - 1, 0)
         .await
         .unwrap();
 }
@@ -293,7 +307,7 @@ pub(crate) async fn expired_refresh_token_is_refused(store: &dyn Store) {
 pub(crate) async fn unknown_refresh_token_is_refused(store: &dyn Store) {
     with_alice_token(store).await;
     let err = store
-        .rotate_refresh(&digest(7), successor(2), NOW)
+        .rotate_refresh(&digest(7), successor(2), NOW, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Unknown), "{err}");
@@ -307,7 +321,7 @@ pub(crate) async fn logged_out_family_cannot_refresh(store: &dyn Store) {
     store.revoke_family(&record.family).await.unwrap();
     store.revoke_family("no-such-family").await.unwrap();
     let err = store
-        .rotate_refresh(&digest(1), successor(2), NOW)
+        .rotate_refresh(&digest(1), successor(2), NOW, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Revoked), "{err}");
@@ -315,9 +329,12 @@ pub(crate) async fn logged_out_family_cannot_refresh(store: &dyn Store) {
 
 pub(crate) async fn failed_successor_insert_leaves_old_token_usable(store: &dyn Store) {
     with_alice_token(store).await;
-    store.insert_refresh(token(2, "f2", "alice")).await.unwrap();
+    store
+        .insert_refresh(token(2, "f2", "alice"), SessionOrigin::default())
+        .await
+        .unwrap();
     let err = store
-        .rotate_refresh(&digest(1), successor(2), NOW)
+        .rotate_refresh(&digest(1), successor(2), NOW, 0)
         .await
         .unwrap_err();
     assert!(
@@ -330,7 +347,7 @@ pub(crate) async fn failed_successor_insert_leaves_old_token_usable(store: &dyn 
         "the rollback must undo marking it used"
     );
     store
-        .rotate_refresh(&digest(1), successor(3), NOW)
+        .rotate_refresh(&digest(1), successor(3), NOW, 0)
         .await
         .unwrap();
 }
@@ -338,7 +355,7 @@ pub(crate) async fn failed_successor_insert_leaves_old_token_usable(store: &dyn 
 pub(crate) async fn duplicate_refresh_digest_is_refused(store: &dyn Store) {
     with_alice_token(store).await;
     let err = store
-        .insert_refresh(token(1, "f9", "alice"))
+        .insert_refresh(token(1, "f9", "alice"), SessionOrigin::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::DuplicateRefresh), "{err}");
@@ -349,47 +366,56 @@ pub(crate) async fn duplicate_refresh_digest_is_refused(store: &dyn Store) {
 pub(crate) async fn disabled_user_sessions_end_and_cannot_start(store: &dyn Store) {
     with_alice_token(store).await;
     let alice = name("alice");
-    store.set_disabled(&alice, true).await.unwrap();
+    store.set_disabled(&alice, true, NOW).await.unwrap();
     let err = store
-        .rotate_refresh(&digest(1), successor(2), NOW)
+        .rotate_refresh(&digest(1), successor(2), NOW, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Revoked), "{err}");
     let err = store
-        .insert_refresh(token(3, "f3", "alice"))
+        .insert_refresh(token(3, "f3", "alice"), SessionOrigin::default())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Disabled(_)), "{err}");
 
     // Re-enabling does not resurrect the old family.
-    store.set_disabled(&alice, false).await.unwrap();
+    store.set_disabled(&alice, false, NOW).await.unwrap();
     let err = store
-        .rotate_refresh(&digest(1), successor(2), NOW)
+        .rotate_refresh(&digest(1), successor(2), NOW, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Revoked), "{err}");
-    store.insert_refresh(token(3, "f3", "alice")).await.unwrap();
+    store
+        .insert_refresh(token(3, "f3", "alice"), SessionOrigin::default())
+        .await
+        .unwrap();
 }
 
 pub(crate) async fn removed_user_tokens_are_gone_even_if_name_is_reused(store: &dyn Store) {
     with_alice_token(store).await;
     let alice = name("alice");
-    store.remove_user(&alice).await.unwrap();
+    store.remove_user(&alice, NOW).await.unwrap();
     assert_eq!(store.refresh(&digest(1)).await.unwrap(), None);
     store.create_user(new_user("alice")).await.unwrap();
     let err = store
-        .rotate_refresh(&digest(1), successor(2), NOW)
+        .rotate_refresh(&digest(1), successor(2), NOW, 0)
         .await
         .unwrap_err();
     assert!(matches!(err, RotateError::Unknown), "{err}");
 }
 
-pub(crate) async fn revoke_user_refresh_ends_every_family(store: &dyn Store) {
+pub(crate) async fn end_sessions_revokes_every_family_of_the_user_only(store: &dyn Store) {
     with_alice_token(store).await;
-    store.insert_refresh(token(2, "f2", "alice")).await.unwrap();
+    store
+        .insert_refresh(token(2, "f2", "alice"), SessionOrigin::default())
+        .await
+        .unwrap();
     store.create_user(new_user("bob")).await.unwrap();
-    store.insert_refresh(token(3, "f3", "bob")).await.unwrap();
-    store.revoke_user_refresh(&name("alice")).await.unwrap();
+    store
+        .insert_refresh(token(3, "f3", "bob"), SessionOrigin::default())
+        .await
+        .unwrap();
+    store.end_sessions(&name("alice"), NOW).await.unwrap();
     for (n, live) in [(1, false), (2, false), (3, true)] {
         let (record, state) = store.refresh(&digest(n)).await.unwrap().unwrap();
         assert_eq!(state.is_live(&record, NOW), live, "token {n}");
@@ -403,7 +429,7 @@ pub(crate) async fn concurrent_refresh_race_has_exactly_one_winner(store: Arc<dy
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 store
-                    .rotate_refresh(&digest(1), successor(100 + i), NOW)
+                    .rotate_refresh(&digest(1), successor(100 + i), NOW, 0)
                     .await
             })
         })
@@ -430,7 +456,7 @@ pub(crate) async fn concurrent_refresh_race_across_processes_has_exactly_one_win
             let store = Arc::clone(&stores[usize::from(i % 2)]);
             tokio::spawn(async move {
                 store
-                    .rotate_refresh(&digest(1), successor(100 + i), NOW)
+                    .rotate_refresh(&digest(1), successor(100 + i), NOW, 0)
                     .await
             })
         })
@@ -448,44 +474,343 @@ pub(crate) async fn concurrent_refresh_race_across_processes_has_exactly_one_win
     );
 }
 
-pub(crate) async fn revoked_jtis_are_listed_until_expiry(store: &dyn Store) {
-    store.revoke_jti("a", NOW + 100).await.unwrap();
-    store.revoke_jti("b", NOW + 200).await.unwrap();
+pub(crate) async fn revoked_ids_are_listed_until_expiry(store: &dyn Store) {
+    store.revoke_id("a", NOW + 100).await.unwrap();
+    store.revoke_id("b", NOW + 200).await.unwrap();
     // Revoking again never shortens the denylisting.
-    store.revoke_jti("b", NOW + 50).await.unwrap();
+    store.revoke_id("b", NOW + 50).await.unwrap();
 
     let owned = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
         v.iter().map(|(j, e)| ((*j).to_owned(), *e)).collect()
     };
     assert_eq!(
-        store.revoked_jtis(NOW).await.unwrap(),
+        store.revoked_ids(NOW).await.unwrap(),
         owned(&[("a", NOW + 100), ("b", NOW + 200)])
     );
     assert_eq!(
-        store.revoked_jtis(NOW + 100).await.unwrap(),
+        store.revoked_ids(NOW + 100).await.unwrap(),
         owned(&[("b", NOW + 200)])
     );
     // Asked about an earlier time, the store would still list "a" had it only been filtered.
     assert_eq!(
-        store.revoked_jtis(NOW).await.unwrap(),
+        store.revoked_ids(NOW).await.unwrap(),
         owned(&[("b", NOW + 200)]),
         "expired ids are purged on the way"
     );
-    assert!(store.revoked_jtis(NOW + 200).await.unwrap().is_empty());
+    assert!(store.revoked_ids(NOW + 200).await.unwrap().is_empty());
 }
 
 pub(crate) async fn purge_expired_deletes_only_expired_rows(store: &dyn Store) {
     with_alice_token(store).await;
     let mut long = token(2, "f2", "alice");
     long.expires_at = NOW + 10 * TTL;
-    store.insert_refresh(long).await.unwrap();
-    store.revoke_jti("a", NOW + TTL).await.unwrap();
-    store.revoke_jti("b", NOW + 10 * TTL).await.unwrap();
+    store
+        .insert_refresh(long, SessionOrigin::default())
+        .await
+        .unwrap();
+    store.revoke_id("a", NOW + TTL).await.unwrap();
+    store.revoke_id("b", NOW + 10 * TTL).await.unwrap();
     assert_eq!(store.purge_expired(NOW).await.unwrap(), 0);
-    assert_eq!(store.purge_expired(NOW + TTL).await.unwrap(), 2);
+    // Token 1, id "a", and token 1's session, which has no token left.
+    assert_eq!(store.purge_expired(NOW + TTL).await.unwrap(), 3);
+    let sessions = store.sessions(None, NOW).await.unwrap();
+    assert_eq!(
+        sessions
+            .iter()
+            .map(|s| s.family.as_str())
+            .collect::<Vec<_>>(),
+        ["f2"]
+    );
     assert_eq!(store.refresh(&digest(1)).await.unwrap(), None);
     assert!(store.refresh(&digest(2)).await.unwrap().is_some());
-    assert_eq!(store.revoked_jtis(NOW).await.unwrap().len(), 1);
+    assert_eq!(store.revoked_ids(NOW).await.unwrap().len(), 1);
+}
+
+fn origin(addr: &str, agent: &str) -> SessionOrigin {
+    SessionOrigin {
+        client_addr: Some(addr.into()),
+        user_agent: Some(agent.into()),
+    }
+}
+
+pub(crate) async fn sessions_are_listed_with_origin_and_last_use_while_live(store: &dyn Store) {
+    store.create_user(new_user("alice")).await.unwrap();
+    store.create_user(new_user("bob")).await.unwrap();
+    let at = origin("192.0.2.7", "curl/8");
+    store
+        .insert_refresh(token(1, "f1", "alice"), at.clone())
+        .await
+        .unwrap();
+    store
+        .insert_refresh(token(2, "f2", "bob"), SessionOrigin::default())
+        .await
+        .unwrap();
+    store
+        .rotate_refresh(&digest(1), successor(3), NOW + 10, 0)
+        .await
+        .unwrap();
+    let all = store.sessions(None, NOW + 10).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let alice = &all[0];
+    assert_eq!(
+        (alice.family.as_str(), alice.username.as_str()),
+        ("f1", "alice")
+    );
+    assert_eq!((alice.created_at, alice.last_used_at), (NOW, NOW + 10));
+    assert_eq!(alice.expires_at, NOW + 10 + TTL, "the live token's expiry");
+    assert_eq!(alice.origin, at);
+    assert_eq!(all[1].origin, SessionOrigin::default());
+    let only = store.sessions(Some(&name("bob")), NOW).await.unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].family, "f2");
+    // Ended sessions and expired ones are not listed.
+    store.revoke_family("f2").await.unwrap();
+    assert!(
+        store
+            .sessions(Some(&name("bob")), NOW)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .sessions(None, NOW + 20 + TTL)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(crate) async fn revoke_session_ends_only_that_users_family(store: &dyn Store) {
+    with_alice_token(store).await;
+    store.create_user(new_user("bob")).await.unwrap();
+    store
+        .insert_refresh(token(2, "f2", "bob"), SessionOrigin::default())
+        .await
+        .unwrap();
+    assert!(!store.revoke_session(&name("bob"), "f1", NOW).await.unwrap());
+    assert!(
+        !store
+            .revoke_session(&name("alice"), "nope", NOW)
+            .await
+            .unwrap()
+    );
+    let (record, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
+    assert!(
+        state.is_live(&record, NOW),
+        "bob cannot end alice's session"
+    );
+    assert!(
+        store
+            .revoke_session(&name("alice"), "f1", NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_session(&name("alice"), "f1", NOW)
+            .await
+            .unwrap(),
+        "nothing left to end"
+    );
+    let (record, state) = store.refresh(&digest(1)).await.unwrap().unwrap();
+    assert!(!state.is_live(&record, NOW));
+    let (record, state) = store.refresh(&digest(2)).await.unwrap().unwrap();
+    assert!(state.is_live(&record, NOW));
+}
+
+pub(crate) async fn cuts_are_recorded_by_end_sessions_disable_and_remove_and_only_move_forward(
+    store: &dyn Store,
+) {
+    with_alice_token(store).await;
+    store.create_user(new_user("bob")).await.unwrap();
+    store.create_user(new_user("carol")).await.unwrap();
+    assert!(store.session_cuts().await.unwrap().is_empty());
+    assert_eq!(store.end_sessions(&name("alice"), NOW).await.unwrap(), 1);
+    assert_eq!(store.end_sessions(&name("alice"), NOW).await.unwrap(), 0);
+    // An earlier cut never moves the mark back.
+    store.end_sessions(&name("alice"), NOW - 100).await.unwrap();
+    store
+        .set_disabled(&name("bob"), true, NOW + 5)
+        .await
+        .unwrap();
+    // Enabling records nothing.
+    store
+        .set_disabled(&name("bob"), false, NOW + 9)
+        .await
+        .unwrap();
+    store.remove_user(&name("carol"), NOW + 7).await.unwrap();
+    // A name without an account is cut all the same (a removed user, a typo is harmless).
+    store.end_sessions(&name("dave"), NOW + 8).await.unwrap();
+    assert_eq!(
+        store.session_cuts().await.unwrap(),
+        [
+            (name("alice"), NOW + 1),
+            (name("bob"), NOW + 6),
+            (name("carol"), NOW + 8),
+            (name("dave"), NOW + 9),
+        ]
+    );
+    // The cut outlives the account: a new carol does not lift it.
+    store.create_user(new_user("carol")).await.unwrap();
+    assert!(
+        store
+            .session_cuts()
+            .await
+            .unwrap()
+            .contains(&(name("carol"), NOW + 8))
+    );
+    // A failed remove cuts nothing.
+    assert!(matches!(
+        store.remove_user(&name("erin"), NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.session_cuts().await.unwrap().len(), 4);
+}
+
+pub(crate) async fn reuse_within_the_grace_continues_the_family(store: &dyn Store) {
+    with_alice_token(store).await;
+    store
+        .rotate_refresh(&digest(1), successor(2), NOW + 10, 5)
+        .await
+        .unwrap();
+    // Presented again 4 s after its use (< 5): a sibling of token 2, the family lives on.
+    let again = store
+        .rotate_refresh(&digest(1), successor(3), NOW + 14, 5)
+        .await
+        .unwrap();
+    assert_eq!(again.family, "f1");
+    for n in [2, 3] {
+        let (record, state) = store.refresh(&digest(n)).await.unwrap().unwrap();
+        assert!(state.is_live(&record, NOW + 14), "token {n}");
+        assert_eq!(record.family, "f1");
+    }
+}
+
+pub(crate) async fn reuse_after_the_grace_revokes_the_family(store: &dyn Store) {
+    with_alice_token(store).await;
+    store
+        .rotate_refresh(&digest(1), successor(2), NOW + 10, 5)
+        .await
+        .unwrap();
+    // Exactly at the end of the grace (used_at + grace): too late.
+    let err = store
+        .rotate_refresh(&digest(1), successor(3), NOW + 15, 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotateError::Reused { .. }), "{err}");
+    let (record, state) = store.refresh(&digest(2)).await.unwrap().unwrap();
+    assert!(!state.is_live(&record, NOW + 15), "the family is revoked");
+    // A revoked family gets no grace either.
+    let err = store
+        .rotate_refresh(&digest(1), successor(4), NOW + 11, 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RotateError::Reused { .. }), "{err}");
+}
+
+pub(crate) async fn concurrent_refreshes_within_the_grace_all_win(store: Arc<dyn Store>) {
+    with_alice_token(&*store).await;
+    let tasks: Vec<_> = (0..20u8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh(&digest(1), successor(100 + i), NOW, 30)
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let rotated = task.await.unwrap();
+        assert!(rotated.is_ok(), "{rotated:?}");
+    }
+    for i in 0..20u8 {
+        let (record, state) = store.refresh(&digest(100 + i)).await.unwrap().unwrap();
+        assert!(state.is_live(&record, NOW), "successor {i}");
+    }
+}
+
+pub(crate) async fn every_revocation_and_cut_reaches_the_other_handle_through_the_feed(
+    stores: [Arc<dyn Store>; 2],
+) {
+    let [writer, reader] = stores;
+    let start = reader.change_seq().await.unwrap();
+    let empty = reader.changes_since(start, 100).await.unwrap();
+    assert!(empty.changes.is_empty() && empty.complete);
+    assert_eq!(empty.last, start);
+    writer.create_user(new_user("alice")).await.unwrap();
+    writer.revoke_id("jti-1", NOW + 100).await.unwrap();
+    writer.end_sessions(&name("alice"), NOW).await.unwrap();
+    writer
+        .set_disabled(&name("alice"), true, NOW + 1)
+        .await
+        .unwrap();
+    writer.revoke_id("sid-1", NOW + 50).await.unwrap();
+    let batch = reader.changes_since(start, 100).await.unwrap();
+    assert!(batch.complete);
+    assert_eq!(
+        batch.changes,
+        [
+            Change::Revoked {
+                id: "jti-1".into(),
+                expires_at: NOW + 100
+            },
+            Change::SessionsCut {
+                username: name("alice"),
+                not_before: NOW + 1
+            },
+            Change::SessionsCut {
+                username: name("alice"),
+                not_before: NOW + 2
+            },
+            Change::Revoked {
+                id: "sid-1".into(),
+                expires_at: NOW + 50
+            },
+        ]
+    );
+    assert_eq!(batch.last, reader.change_seq().await.unwrap());
+    // In pages of `max`, continuing from `last`.
+    let first = reader.changes_since(start, 3).await.unwrap();
+    assert_eq!(first.changes, batch.changes[..3]);
+    let rest = reader.changes_since(first.last, 3).await.unwrap();
+    assert_eq!(rest.changes, batch.changes[3..]);
+    assert_eq!(rest.last, batch.last);
+    // A cut that moved nothing still says where the mark is.
+    writer.end_sessions(&name("alice"), NOW - 10).await.unwrap();
+    let after = reader.changes_since(batch.last, 100).await.unwrap();
+    assert_eq!(
+        after.changes,
+        [Change::SessionsCut {
+            username: name("alice"),
+            not_before: NOW + 2
+        }]
+    );
+}
+
+pub(crate) async fn a_feed_purged_past_the_reader_tells_it_to_reload(store: &dyn Store) {
+    let start = store.change_seq().await.unwrap();
+    store.revoke_id("a", i64::MAX).await.unwrap();
+    store.revoke_id("b", i64::MAX).await.unwrap();
+    let seen = store.changes_since(start, 1).await.unwrap();
+    assert_eq!(seen.changes.len(), 1);
+    // Bookkeeping times are the backend's clock: purge as of well after the retention.
+    let later = crate::clock::unix_now() + CHANGE_RETENTION + 10;
+    store.purge_expired(later).await.unwrap();
+    let behind = store.changes_since(seen.last, 100).await.unwrap();
+    assert!(!behind.complete, "{behind:?}");
+    // A reader that had seen everything is not told to reload.
+    let latest = store.change_seq().await.unwrap();
+    assert_eq!(latest, seen.last + 1, "the sequence survives the purge");
+    let caught_up = store.changes_since(latest, 100).await.unwrap();
+    assert!(caught_up.complete && caught_up.changes.is_empty());
+    store.revoke_id("c", i64::MAX).await.unwrap();
+    let next = store.changes_since(latest, 100).await.unwrap();
+    assert!(next.complete);
+    assert_eq!(next.changes.len(), 1);
+    // The purged state itself is still there to reload from.
+    assert_eq!(store.revoked_ids(later).await.unwrap().len(), 3);
 }
 
 /// Two handles on one state (for SQLite, two connections to one file), as two gateways sharing

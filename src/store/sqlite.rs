@@ -24,9 +24,10 @@ use rusqlite::{
 };
 
 use super::{
-    LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginFailures, LoginVerdict, NewUser,
-    RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations, RotateError,
-    Store, StoreError, User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission,
+    LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord, RefreshState,
+    RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, Store, StoreError, User,
+    Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -35,7 +36,7 @@ use crate::clock::unix_now;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -94,6 +95,37 @@ CREATE TABLE login_attempts (
     expires_at INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX login_attempts_username ON login_attempts (username);
+";
+
+/// Version 4: sessions (one row per refresh family: where it started, when last used), session
+/// cuts per name, and the change feed gateways follow (revoked ids and cuts, in commit order).
+/// Families already stored become sessions of unknown origin.
+const SCHEMA_V4: &str = "
+CREATE TABLE sessions (
+    family       TEXT PRIMARY KEY NOT NULL,
+    username     TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    created_at   INTEGER NOT NULL,
+    last_used_at INTEGER NOT NULL,
+    client_addr  TEXT,
+    user_agent   TEXT
+) STRICT;
+CREATE INDEX sessions_username ON sessions (username);
+INSERT INTO sessions (family, username, created_at, last_used_at)
+    SELECT family, min(username), min(issued_at), max(issued_at)
+    FROM refresh_tokens GROUP BY family;
+
+CREATE TABLE session_cuts (
+    username   TEXT PRIMARY KEY NOT NULL,
+    not_before INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE changes (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL CHECK (kind IN ('revoked', 'cut')),
+    subject    TEXT NOT NULL,
+    value      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
 ";
 
 /// Failure rows untouched for this long are purged (longer than any sensible find_time).
@@ -325,6 +357,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The feed's last sequence number: AUTOINCREMENT keeps it in `sqlite_sequence` even after
+/// every row was purged.
+fn latest_change(conn: &Connection) -> Result<u64, StoreError> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+}
+
 fn is_constraint(err: &rusqlite::Error, extended: i32) -> bool {
     err.sqlite_extended_error_code() == Some(extended)
 }
@@ -456,6 +501,41 @@ fn revoke_user_in(conn: &Connection, name: &Username, now: i64) -> Result<usize,
     )?)
 }
 
+/// Appends one change to the feed, inside the transaction that made it.
+fn record_change(
+    conn: &Connection,
+    kind: &str,
+    subject: &str,
+    value: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO changes (kind, subject, value, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![kind, subject, value, unix_now()],
+    )?;
+    Ok(())
+}
+
+/// Cuts every session of `name` at `now` (see [`RefreshFamilies::end_sessions`]); returns the
+/// families that had a token not yet revoked. Call inside a transaction.
+fn cut_sessions_in(conn: &Connection, name: &Username, now: i64) -> Result<u64, StoreError> {
+    let families: i64 = conn.query_row(
+        "SELECT count(DISTINCT family) FROM refresh_tokens \
+         WHERE username = ?1 AND revoked_at IS NULL",
+        [name.as_str()],
+        |r| r.get(0),
+    )?;
+    revoke_user_in(conn, name, now)?;
+    let not_before: i64 = conn.query_row(
+        "INSERT INTO session_cuts (username, not_before) VALUES (?1, ?2) \
+         ON CONFLICT (username) DO UPDATE SET not_before = max(not_before, excluded.not_before) \
+         RETURNING not_before",
+        params![name.as_str(), now.saturating_add(1)],
+        |r| r.get(0),
+    )?;
+    record_change(conn, "cut", name.as_str(), not_before)?;
+    Ok(u64::try_from(families).unwrap_or(0))
+}
+
 /// Runs one `UPDATE ... WHERE username = ?` and turns "no row" into `NotFound`.
 fn update_user(
     conn: &Connection,
@@ -476,26 +556,37 @@ fn rotate_in(
     old: &[u8; 32],
     next: &RefreshSuccessor,
     now: i64,
+    grace: i64,
 ) -> Result<Result<RefreshRecord, RotateError>, StoreError> {
     let Some((record, state)) = find_refresh(tx, old)? else {
         return Ok(Err(RotateError::Unknown));
     };
-    if state.used_at.is_some() {
-        revoke_family_in(tx, &record.family, now)?;
-        return Ok(Err(RotateError::Reused {
-            family: record.family,
-            username: record.username,
-        }));
-    }
-    if state.revoked_at.is_some() {
-        return Ok(Err(RotateError::Revoked));
-    }
-    if now >= record.expires_at {
-        return Ok(Err(RotateError::Expired));
+    if let Some(used_at) = state.used_at {
+        let retried = state.revoked_at.is_none()
+            && now < record.expires_at
+            && now < used_at.saturating_add(grace);
+        if !retried {
+            revoke_family_in(tx, &record.family, now)?;
+            return Ok(Err(RotateError::Reused {
+                family: record.family,
+                username: record.username,
+            }));
+        }
+    } else {
+        if state.revoked_at.is_some() {
+            return Ok(Err(RotateError::Revoked));
+        }
+        if now >= record.expires_at {
+            return Ok(Err(RotateError::Expired));
+        }
+        tx.execute(
+            "UPDATE refresh_tokens SET used_at = ?1 WHERE digest = ?2 AND used_at IS NULL",
+            params![now, &old[..]],
+        )?;
     }
     tx.execute(
-        "UPDATE refresh_tokens SET used_at = ?1 WHERE digest = ?2 AND used_at IS NULL",
-        params![now, &old[..]],
+        "UPDATE sessions SET last_used_at = max(last_used_at, ?1) WHERE family = ?2",
+        params![now, record.family],
     )?;
     let inserted = tx.execute(
         &format!(
@@ -593,19 +684,23 @@ impl Users for SqliteStore {
         .await
     }
 
-    async fn set_disabled(&self, name: &Username, disabled: bool) -> Result<(), StoreError> {
+    async fn set_disabled(
+        &self,
+        name: &Username,
+        disabled: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let name = name.clone();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = unix_now();
             update_user(
                 &tx,
                 &name,
                 "UPDATE users SET disabled = ?1, updated_at = ?2 WHERE username = ?3",
-                params![disabled, now, name.as_str()],
+                params![disabled, unix_now(), name.as_str()],
             )?;
             if disabled {
-                revoke_user_in(&tx, &name, now)?;
+                cut_sessions_in(&tx, &name, now)?;
             }
             tx.commit()?;
             Ok(())
@@ -636,13 +731,19 @@ impl Users for SqliteStore {
         .await
     }
 
-    async fn remove_user(&self, name: &Username) -> Result<(), StoreError> {
+    async fn remove_user(&self, name: &Username, now: i64) -> Result<(), StoreError> {
         let name = name.clone();
         self.call(move |conn| {
-            // ON DELETE CASCADE removes the user's refresh tokens in the same statement.
-            match conn.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])? {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            cut_sessions_in(&tx, &name, now)?;
+            // ON DELETE CASCADE removes the user's refresh tokens and sessions with it.
+            match tx.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])? {
+                // Dropping the transaction rolls the cut back: nothing changed.
                 0 => Err(StoreError::NotFound(name)),
-                _ => Ok(()),
+                _ => {
+                    tx.commit()?;
+                    Ok(())
+                }
             }
         })
         .await
@@ -651,7 +752,11 @@ impl Users for SqliteStore {
 
 #[async_trait]
 impl RefreshFamilies for SqliteStore {
-    async fn insert_refresh(&self, record: RefreshRecord) -> Result<(), StoreError> {
+    async fn insert_refresh(
+        &self,
+        record: RefreshRecord,
+        origin: SessionOrigin,
+    ) -> Result<(), StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let disabled: Option<bool> = tx
@@ -680,8 +785,23 @@ impl RefreshFamilies for SqliteStore {
                     record.expires_at,
                 ],
             );
-            match inserted {
+            let session = inserted.and_then(|_| {
+                tx.execute(
+                    "INSERT INTO sessions \
+                     (family, username, created_at, last_used_at, client_addr, user_agent) \
+                     VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+                    params![
+                        record.family,
+                        record.username.as_str(),
+                        record.issued_at,
+                        origin.client_addr,
+                        origin.user_agent,
+                    ],
+                )
+            });
+            match session {
                 Ok(_) => {}
+                // A digest or a family id stored twice: the caller reused random bytes.
                 Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
                     return Err(StoreError::DuplicateRefresh);
                 }
@@ -698,13 +818,14 @@ impl RefreshFamilies for SqliteStore {
         old: &[u8; 32],
         next: RefreshSuccessor,
         now: i64,
+        grace: i64,
     ) -> Result<RefreshRecord, RotateError> {
         let old = *old;
         self.call(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::from)?;
-            let answer = rotate_in(&tx, &old, &next, now)?;
+            let answer = rotate_in(&tx, &old, &next, now, grace)?;
             // Commit on success and on reuse (the family revocation must stick); other refusals
             // changed nothing, and dropping the transaction rolls back a failed successor insert.
             if matches!(answer, Ok(_) | Err(RotateError::Reused { .. })) {
@@ -729,29 +850,172 @@ impl RefreshFamilies for SqliteStore {
             .await
     }
 
-    async fn revoke_user_refresh(&self, name: &Username) -> Result<(), StoreError> {
+    async fn revoke_session(
+        &self,
+        name: &Username,
+        family: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, family) = (name.clone(), family.to_owned());
+        self.call(move |conn| {
+            let revoked = conn.execute(
+                "UPDATE refresh_tokens SET revoked_at = ?1 \
+                 WHERE family = ?2 AND username = ?3 AND revoked_at IS NULL",
+                params![now, family, name.as_str()],
+            )?;
+            Ok(revoked > 0)
+        })
+        .await
+    }
+
+    async fn end_sessions(&self, name: &Username, now: i64) -> Result<u64, StoreError> {
         let name = name.clone();
-        self.call(move |conn| revoke_user_in(conn, &name, unix_now()).map(drop))
-            .await
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let families = cut_sessions_in(&tx, &name, now)?;
+            tx.commit()?;
+            Ok(families)
+        })
+        .await
+    }
+
+    async fn sessions(
+        &self,
+        name: Option<&Username>,
+        now: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let name = name.map(|n| n.as_str().to_owned());
+        self.call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT s.family, s.username, s.created_at, s.last_used_at, max(t.expires_at), \
+                        s.client_addr, s.user_agent \
+                 FROM sessions s JOIN refresh_tokens t ON t.family = s.family \
+                 WHERE t.used_at IS NULL AND t.revoked_at IS NULL AND t.expires_at > ?1 \
+                   AND (?2 IS NULL OR s.username = ?2) \
+                 GROUP BY s.family ORDER BY s.username, s.created_at, s.family",
+            )?;
+            let rows = stmt.query_map(params![now, name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (family, username, created_at, last_used_at, expires_at, addr, agent) = row?;
+                Ok(Session {
+                    family,
+                    username: stored_username(&username)?,
+                    created_at,
+                    last_used_at,
+                    expires_at,
+                    origin: SessionOrigin {
+                        client_addr: addr,
+                        user_agent: agent,
+                    },
+                })
+            })
+            .collect()
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl Revocations for SqliteStore {
-    async fn revoke_jti(&self, jti: &str, expires_at: i64) -> Result<(), StoreError> {
-        let jti = jti.to_owned();
+    async fn revoke_id(&self, id: &str, expires_at: i64) -> Result<(), StoreError> {
+        let id = id.to_owned();
         self.call(move |conn| {
-            conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The table keeps its first name; it holds session ids as well as jtis.
+            let expires_at: i64 = tx.query_row(
                 "INSERT INTO revoked_jtis (jti, expires_at) VALUES (?1, ?2) \
-                 ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
-                params![jti, expires_at],
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at) \
+                 RETURNING expires_at",
+                params![id, expires_at],
+                |r| r.get(0),
             )?;
+            record_change(&tx, "revoked", &id, expires_at)?;
+            tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn revoked_jtis(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn session_cuts(&self) -> Result<Vec<(Username, i64)>, StoreError> {
+        self.call(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT username, not_before FROM session_cuts ORDER BY username")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+            rows.map(|row| {
+                let (name, not_before) = row?;
+                Ok((stored_username(&name)?, not_before))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn change_seq(&self) -> Result<u64, StoreError> {
+        self.call(|conn| latest_change(conn)).await
+    }
+
+    async fn changes_since(&self, seq: u64, max: usize) -> Result<ChangeBatch, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let since = i64::try_from(seq).unwrap_or(i64::MAX);
+            let oldest: Option<i64> =
+                tx.query_row("SELECT min(seq) FROM changes", [], |r| r.get(0))?;
+            let latest = latest_change(&tx)?;
+            // Purging removes the oldest rows first: changes after `seq` are all still here
+            // unless the oldest one kept is further on than the next one asked for.
+            let complete = match oldest {
+                Some(oldest) => oldest <= since.saturating_add(1),
+                None => seq >= latest,
+            };
+            let mut stmt = tx.prepare(
+                "SELECT seq, kind, subject, value FROM changes WHERE seq > ?1 \
+                 ORDER BY seq LIMIT ?2",
+            )?;
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![since, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut batch = ChangeBatch {
+                changes: Vec::new(),
+                last: seq,
+                complete,
+            };
+            for row in rows {
+                let (n, kind, subject, value) = row?;
+                batch.changes.push(match kind.as_str() {
+                    "revoked" => Change::Revoked {
+                        id: subject,
+                        expires_at: value,
+                    },
+                    "cut" => Change::SessionsCut {
+                        username: stored_username(&subject)?,
+                        not_before: value,
+                    },
+                    _ => return Err(StoreError::Corrupt(format!("change of kind {kind:?}"))),
+                });
+                batch.last = u64::try_from(n).unwrap_or(0);
+            }
+            Ok(batch)
+        })
+        .await
+    }
+
+    async fn revoked_ids(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
@@ -901,8 +1165,20 @@ impl Store for SqliteStore {
             )?;
             let attempts =
                 tx.execute("DELETE FROM login_attempts WHERE expires_at <= ?1", [now])?;
+            let sessions = tx.execute(
+                "DELETE FROM sessions WHERE NOT EXISTS \
+                 (SELECT 1 FROM refresh_tokens t WHERE t.family = sessions.family)",
+                [],
+            )?;
+            // By sequence, oldest first, so what is kept is always a suffix of the feed.
+            let changes = tx.execute(
+                "DELETE FROM changes WHERE seq <= \
+                 (SELECT max(seq) FROM changes WHERE created_at <= ?1)",
+                [now.saturating_sub(CHANGE_RETENTION)],
+            )?;
             tx.commit()?;
-            Ok(u64::try_from(tokens + jtis + failures + attempts).unwrap_or(u64::MAX))
+            let deleted = tokens + jtis + failures + attempts + sessions + changes;
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
     }
@@ -1036,8 +1312,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_in(&dir);
         store.create_user(new_user("alice")).await.unwrap();
-        store.insert_refresh(token(1, "f1", "alice")).await.unwrap();
-        store.revoke_jti("jti-1", NOW + 60).await.unwrap();
+        store
+            .insert_refresh(token(1, "f1", "alice"), SessionOrigin::default())
+            .await
+            .unwrap();
+        store.revoke_id("jti-1", NOW + 60).await.unwrap();
         drop(store);
 
         let store = open_in(&dir);
@@ -1047,7 +1326,7 @@ mod tests {
         assert_eq!(record, token(1, "f1", "alice"));
         assert!(state.is_live(&record, NOW));
         assert_eq!(
-            store.revoked_jtis(NOW).await.unwrap(),
+            store.revoked_ids(NOW).await.unwrap(),
             [("jti-1".to_owned(), NOW + 60)]
         );
     }

@@ -132,6 +132,7 @@ async fn unknown_user_wrong_password_and_disabled_user_get_byte_identical_answer
         .set_disabled(
             &gatehouse::auth::username::Username::parse("bob").unwrap(),
             true,
+            gatehouse::clock::unix_now(),
         )
         .await
         .unwrap();
@@ -380,8 +381,14 @@ async fn disabled_or_removed_user_cannot_refresh() {
         .to_owned();
     let store = gw.gateway.auth().store();
     let name = |n: &str| gatehouse::auth::username::Username::parse(n).unwrap();
-    store.set_disabled(&name("alice"), true).await.unwrap();
-    store.remove_user(&name("bob")).await.unwrap();
+    store
+        .set_disabled(&name("alice"), true, gatehouse::clock::unix_now())
+        .await
+        .unwrap();
+    store
+        .remove_user(&name("bob"), gatehouse::clock::unix_now())
+        .await
+        .unwrap();
     for refresh in [&alice, &bob] {
         let r = post_form(
             &gw,
@@ -394,7 +401,10 @@ async fn disabled_or_removed_user_cannot_refresh() {
         assert_eq!(body["error"], "invalid_grant");
     }
     // Re-enabling does not bring old sessions back.
-    store.set_disabled(&name("alice"), false).await.unwrap();
+    store
+        .set_disabled(&name("alice"), false, gatehouse::clock::unix_now())
+        .await
+        .unwrap();
     let r = post_form(
         &gw,
         "/auth/token",

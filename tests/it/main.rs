@@ -12,5 +12,6 @@ mod ops;
 mod parking;
 mod proxy;
 mod security;
+mod sessions;
 mod tls;
 mod verify;
