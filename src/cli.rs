@@ -15,7 +15,7 @@ use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
 use crate::auth::username::Username;
 use crate::config::{AuthMode, Config};
-use crate::store::{NewUser, Store};
+use crate::store::{Lockouts, NewUser, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,7 +96,8 @@ pub enum UserAction {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// End a login lockout and forget the failures that led to it.
+    /// End every login lockout of a name (from every network, and everywhere) and forget the
+    /// failures that led to them.
     Unlock {
         name: String,
     },
@@ -468,10 +469,7 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
         UserAction::List => {
             let now = crate::clock::unix_now();
             for u in store.list_users().await? {
-                let lock = match store.lockout(&u.username, now).await? {
-                    Some(until) => format!("\tlocked until {}", rfc3339_utc(until)),
-                    None => String::new(),
-                };
+                let lock = lock_summary(&store.lockouts(&u.username, now).await?);
                 println!(
                     "{}\t{}\troles={}\tscopes={}{lock}",
                     u.username.as_str(),
@@ -533,6 +531,24 @@ fn print_keys(dir: &Path) -> anyhow::Result<()> {
 
 /// Unix seconds as RFC 3339 in UTC. UTC rather than local time: no time crate is a dependency,
 /// and the zone database is not worth one for a column in `user list`.
+/// The lockouts `user list` shows: the one everywhere, and how many client networks are locked
+/// out (the last of their ends; `user unlock` lifts them all).
+fn lock_summary(lockouts: &Lockouts) -> String {
+    let mut shown = String::new();
+    if let Some(until) = lockouts.everywhere {
+        shown.push_str(&format!("\tlocked everywhere until {}", rfc3339_utc(until)));
+    }
+    if let Some(last) = lockouts.networks.iter().map(|(_, until)| *until).max() {
+        let n = lockouts.networks.len();
+        let networks = if n == 1 { "network" } else { "networks" };
+        shown.push_str(&format!(
+            "\t{n} {networks} locked until {}",
+            rfc3339_utc(last)
+        ));
+    }
+    shown
+}
+
 fn rfc3339_utc(unix: i64) -> String {
     // Days to civil date: H. Hinnant, "chrono-Compatible Low-Level Date Algorithms".
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));

@@ -1,6 +1,6 @@
 //! Brute-force limits on the login-type endpoints: keyed governor limiters per client address
-//! (IPv6 by /64) and per canonical username, and the consecutive-failure lockout whose state
-//! lives in the store. Checked before any store lookup or hashing.
+//! (IPv6 by /64) and per canonical username; and the client networks the lockout (whose state
+//! lives in the store) counts failures for. Checked before any store lookup or hashing.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -146,16 +146,69 @@ impl Limits {
 
 /// IPv4 as is; IPv6 by its /64 (one host usually owns the whole prefix); v4-mapped as IPv4.
 pub fn addr_key(addr: IpAddr) -> IpAddr {
+    match unmapped(addr) {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket reports for an IPv4
+/// peer) as the IPv4 address it is, so one client is one key whichever socket it reached.
+fn unmapped(addr: IpAddr) -> IpAddr {
     match addr {
-        IpAddr::V4(_) => addr,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::V6(octets.into())
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client network a login lockout counts failures for: an IPv4 /24 or an IPv6 /64
+/// (IPv4-mapped IPv6 counts as IPv4). Shown as `192.0.2.0/24` or `2001:db8:1:2::/64`.
+///
+/// Why these prefixes: the lockout is there to stop the owner of the network guessing, while the
+/// user on another network keeps logging in, so one key must cover everything one party can
+/// easily switch between. On IPv6 that is at least a /64: a single host picks fresh addresses
+/// from its /64 at will (SLAAC privacy addresses), so keying by address would hand an attacker
+/// 2^64 fresh failure budgets. On IPv4 a /24 is the smallest block that is routed and leased as
+/// a unit (hosting providers, cloud VMs and NAT pools hand out neighbouring addresses), so
+/// renting a few more addresses next to the first does not buy more guesses; and a user whose
+/// address moves inside the ISP's pool keeps the same count. The cost: a user who shares a /24
+/// with the attacker (one office NAT, one campus) shares that network's lock; the per-user
+/// ceiling and `user unlock` bound that case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientNetwork(IpAddr);
+
+impl ClientNetwork {
+    /// Prefix length of an IPv4 client network.
+    pub const V4_PREFIX: u8 = 24;
+    /// Prefix length of an IPv6 client network.
+    pub const V6_PREFIX: u8 = 64;
+
+    pub fn of(addr: IpAddr) -> Self {
+        Self(match unmapped(addr) {
+            IpAddr::V4(v4) => {
+                let mut octets = v4.octets();
+                octets[3] = 0;
+                IpAddr::V4(octets.into())
             }
-        },
+            v6 => addr_key(v6),
+        })
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        match self.0 {
+            IpAddr::V4(_) => Self::V4_PREFIX,
+            IpAddr::V6(_) => Self::V6_PREFIX,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.prefix_len())
     }
 }
 
@@ -180,6 +233,22 @@ mod tests {
         assert_ne!(addr_key(a), addr_key(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(addr_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn lockout_networks_are_ipv4_24s_and_ipv6_64s() {
+        let net = |s: &str| ClientNetwork::of(s.parse().unwrap());
+        assert_eq!(net("192.0.2.7"), net("192.0.2.200"));
+        assert_ne!(net("192.0.2.7"), net("192.0.3.7"));
+        assert_eq!(net("192.0.2.7").to_string(), "192.0.2.0/24");
+        assert_eq!(net("::ffff:192.0.2.9"), net("192.0.2.7"));
+        assert_eq!(net("::ffff:192.0.2.9").to_string(), "192.0.2.0/24");
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:bbbb::2"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
+        // Loopback is no exception: 127.0.0.1 and 127.0.1.1 are two networks.
+        assert_ne!(net("127.0.0.1"), net("127.0.1.1"));
+        assert_eq!(net("127.0.0.1"), net("127.0.0.2"));
     }
 
     #[test]

@@ -191,10 +191,10 @@ pub async fn serve(
                 Some(_) => return Err(EndpointError::UnsupportedGrantType),
                 None => return Err(EndpointError::InvalidRequest("grant_type is required")),
             };
-            token(grants, grant, &form).await
+            token(grants, grant, &form, client).await
         }
-        Endpoint::Login => token(grants, Grant::Password, &read_form(req).await?).await,
-        Endpoint::Refresh => token(grants, Grant::Refresh, &read_form(req).await?).await,
+        Endpoint::Login => token(grants, Grant::Password, &read_form(req).await?, client).await,
+        Endpoint::Refresh => token(grants, Grant::Refresh, &read_form(req).await?, client).await,
         Endpoint::Logout => {
             let identity = grants
                 .authenticator()
@@ -246,6 +246,7 @@ async fn token(
     grants: &Grants,
     grant: Grant,
     form: &Form,
+    client: IpAddr,
 ) -> Result<Response<Body>, EndpointError> {
     let request = TokenRequest {
         client_id: form.get("client_id"),
@@ -254,7 +255,7 @@ async fn token(
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),
     };
-    let issued = grants.token(grant, request).await?;
+    let issued = grants.token(grant, request, client).await?;
     Ok(no_store(with_json(StatusCode::OK, tokens_json(issued))))
 }
 

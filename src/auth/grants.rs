@@ -16,10 +16,10 @@ use crate::auth::tokens::{self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, mint_a
 use crate::auth::username::Username;
 use crate::clock::unix_now as now;
 use crate::config::AuthConfig;
-use crate::limits::{Limits, Refusal};
+use crate::limits::{ClientNetwork, Limits, Refusal};
 use crate::store::{
-    LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser, RefreshRecord,
-    RefreshSuccessor, RotateError, Store, StoreError,
+    LockScope, Lockout, LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser,
+    RefreshRecord, RefreshSuccessor, RotateError, Store, StoreError,
 };
 
 /// `client_id` stamped on tokens when the client names none.
@@ -197,8 +197,14 @@ impl Grants {
         })
     }
 
-    /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path).
-    pub async fn token(&self, grant: Grant, form: TokenRequest<'_>) -> Result<Issued, GrantError> {
+    /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path), for a
+    /// request from `client` (the address the limits and the lockout count).
+    pub async fn token(
+        &self,
+        grant: Grant,
+        form: TokenRequest<'_>,
+        client: IpAddr,
+    ) -> Result<Issued, GrantError> {
         let client_id = match form.client_id {
             None => DEFAULT_CLIENT_ID.to_owned(),
             Some(id) if is_header_safe(id, MAX_CLIENT_ID_BYTES) => id.to_owned(),
@@ -216,7 +222,7 @@ impl Grants {
                 let password = form
                     .password
                     .ok_or(GrantError::InvalidRequest("password is required"))?;
-                self.password_grant(username, password, requested, &client_id)
+                self.password_grant(username, password, requested, &client_id, client)
                     .await
             }
             Grant::Refresh => {
@@ -229,13 +235,15 @@ impl Grants {
     }
 
     /// Checks the password. Unknown, disabled and wrong all cost one real verification and give
-    /// the same answer.
+    /// the same answer. The lockout counts failures per (username, network of `client`) and per
+    /// username.
     async fn password_grant(
         &self,
         raw_username: &str,
         password: &str,
         requested: Option<Vec<String>>,
         client_id: &str,
+        client: IpAddr,
     ) -> Result<Issued, GrantError> {
         if raw_username.len() > 64 {
             return Err(GrantError::InvalidRequest("username too long"));
@@ -261,24 +269,25 @@ impl Grants {
         let now = self.limits.clock().unix_now();
         // The attempt's place in the name's failure budget, taken before any hashing: parallel
         // guesses cannot outrun the count.
+        let network = ClientNetwork::of(client);
+        let policy = self.lockout_policy();
         let attempt = match &name {
-            Some(name) => {
-                match LoginAttempt::admit(&self.store, name, now, self.lockout_policy()).await? {
-                    Ok(attempt) => Some(attempt),
-                    Err(refused) => {
-                        crate::metrics::limit_refusal("lockout");
-                        let retry_after = match refused {
-                            LoginAdmission::Locked(until) => (until - now).max(1) as u64,
-                            // Attempts in flight hold the rest of the budget for seconds at most.
-                            _ => 1,
-                        };
-                        return Err(GrantError::Limited(Refusal {
-                            retry_after,
-                            limit: self.limits.config().max_failures.get(),
-                        }));
-                    }
+            Some(name) => match LoginAttempt::admit(&self.store, name, network, now, policy).await?
+            {
+                Ok(attempt) => Some(attempt),
+                Err(refused) => {
+                    crate::metrics::limit_refusal("lockout");
+                    let (retry_after, limit) = match refused {
+                        LoginAdmission::Locked(lockout) => (
+                            (lockout.until - now).max(1) as u64,
+                            scope_limit(policy, lockout.scope),
+                        ),
+                        // Attempts in flight hold the rest of the budget for seconds at most.
+                        _ => (1, policy.max_failures),
+                    };
+                    return Err(GrantError::Limited(Refusal { retry_after, limit }));
                 }
-            }
+            },
             None => None,
         };
         let user = match &name {
@@ -307,11 +316,17 @@ impl Grants {
             _ => {
                 crate::metrics::login("bad_credentials");
                 if let Some(attempt) = attempt
-                    && let Some(until) = attempt.finish(now, LoginVerdict::Failed).await?
+                    && let Some(Lockout { until, scope }) =
+                        attempt.finish(now, LoginVerdict::Failed).await?
                 {
                     tracing::warn!(
                         user = name.as_ref().map_or(raw_username, Username::as_str),
                         until,
+                        network = %network,
+                        scope = match scope {
+                            LockScope::Network => "network",
+                            LockScope::Everywhere => "everywhere",
+                        },
                         "login locked after repeated failures"
                     );
                 }
@@ -338,6 +353,7 @@ impl Grants {
         let c = self.limits.config();
         LockoutPolicy {
             max_failures: c.max_failures.get(),
+            max_failures_per_user: c.max_failures_per_user.get(),
             find_time: c.find_time.as_secs() as i64,
             ban_time: c.ban_time.as_secs() as i64,
         }
@@ -584,6 +600,14 @@ impl Grants {
 }
 
 /// A space-separated scope list (RFC 6749 §3.3).
+/// The failure limit whose lockout refused: what `RateLimit-Limit` reports.
+fn scope_limit(policy: LockoutPolicy, scope: LockScope) -> u32 {
+    match scope {
+        LockScope::Network => policy.max_failures,
+        LockScope::Everywhere => policy.max_failures_per_user,
+    }
+}
+
 fn parse_scope(text: &str) -> Result<Vec<String>, GrantError> {
     let mut scopes = Vec::new();
     for s in text.split(' ').filter(|s| !s.is_empty()) {
