@@ -332,3 +332,127 @@ async fn lockout_still_holds_with_the_rate_limits_disabled() {
     }
     assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
 }
+
+/// A client whose connections leave from `local`: on Linux all of 127.0.0.0/8 is loopback, so
+/// 127.0.1.1 is another client network (another /24) than 127.0.0.1, with a real source address.
+fn client_from(local: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from(local))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn login_from(gw: &TestGateway, from: [u8; 4], user: &str, password: &str) -> StatusCode {
+    client_from(from)
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+const OWNER: [u8; 4] = [127, 0, 0, 1];
+
+fn name(s: &str) -> gatehouse::auth::username::Username {
+    gatehouse::auth::username::Username::parse(s).unwrap()
+}
+
+/// The lockout as a denial of service: wrong passwords from the attacker's network lock the name
+/// for that network (its neighbours included), while the owner, on another network, still logs
+/// in with the right password.
+#[tokio::test]
+async fn attacker_failures_from_another_network_do_not_lock_the_user_out() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 100\nmax_failures = 3\nmax_failures_per_user = 100",
+    )
+    .await;
+    let attacker = [127, 0, 1, 1];
+    for _ in 0..3 {
+        assert_eq!(login_from(&gw, attacker, "alice", "guess").await, 400);
+    }
+    assert_eq!(
+        login_from(&gw, attacker, "alice", "secret").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker's network is locked out, even with the right password"
+    );
+    assert_eq!(
+        login_from(&gw, [127, 0, 1, 77], "alice", "secret").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a neighbour in the attacker's /24 is the same network"
+    );
+    assert_eq!(
+        login_from(&gw, OWNER, "alice", "secret").await,
+        StatusCode::OK,
+        "the owner's own network must not be locked by the attacker"
+    );
+    let now = gw.gateway.auth().limits().clock().unix_now();
+    let lockouts = gw
+        .gateway
+        .auth()
+        .store()
+        .lockouts(&name("alice"), now)
+        .await
+        .unwrap();
+    assert_eq!(lockouts.everywhere, None);
+    let networks: Vec<&str> = lockouts.networks.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(networks, ["127.0.1.0/24"]);
+}
+
+/// Guessing spread over many networks, each below its own limit: the name's failures from all of
+/// them meet `max_failures_per_user`, which locks it for everyone, the owner included, until the
+/// ban ends or an operator unlocks it.
+#[tokio::test]
+async fn distributed_guessing_meets_the_per_user_ceiling() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 100\nmax_failures = 3\nmax_failures_per_user = 7\nban_time = \"15m\"",
+    )
+    .await;
+    let guessers = [
+        [127, 0, 1, 1],
+        [127, 0, 2, 1],
+        [127, 0, 3, 1],
+        [127, 0, 4, 1],
+    ];
+    let mut answers = Vec::new();
+    for from in guessers {
+        for _ in 0..2 {
+            answers.push(login_from(&gw, from, "alice", "guess").await.as_u16());
+        }
+    }
+    // Seven guesses are checked; the eighth meets the lock everywhere.
+    assert_eq!(answers, [400, 400, 400, 400, 400, 400, 400, 429]);
+    let r = client_from(OWNER)
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "secret"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["ratelimit-limit"], "7");
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 800 && retry <= 900, "{retry}");
+    // Other names are not affected.
+    gw.add_user("bob", "pw", &[], &[]).await;
+    assert_eq!(login_from(&gw, [127, 0, 1, 1], "bob", "pw").await, 200);
+    // `user unlock` lifts it (the store call the CLI makes).
+    let now = gw.gateway.auth().limits().clock().unix_now();
+    let store = gw.gateway.auth().store();
+    assert!(store.unlock(&name("alice"), now).await.unwrap());
+    assert_eq!(login_from(&gw, OWNER, "alice", "secret").await, 200);
+    assert_eq!(login_from(&gw, [127, 0, 1, 1], "alice", "guess").await, 400);
+}
