@@ -315,6 +315,8 @@ pub struct RawLimits {
     pub per_address_burst: u32,
     pub per_user_per_minute: u32,
     pub per_user_burst: u32,
+    pub refresh_per_address_per_minute: u32,
+    pub refresh_per_address_burst: u32,
     pub max_failures: u32,
     pub max_failures_per_user: u32,
     pub find_time: RawDuration,
@@ -329,6 +331,11 @@ pub const DEFAULT_PER_ADDRESS_BURST: u32 = 10;
 pub const DEFAULT_PER_USER_PER_MINUTE: u32 = 10;
 /// Default burst of attempts for one username.
 pub const DEFAULT_PER_USER_BURST: u32 = 5;
+/// Default sustained refresh-token grants per minute from one client address (IPv6: one /64):
+/// a budget of its own, so clients that refresh often never spend the login budget.
+pub const DEFAULT_REFRESH_PER_ADDRESS_PER_MINUTE: u32 = 120;
+/// Default burst of refresh-token grants from one client address.
+pub const DEFAULT_REFRESH_PER_ADDRESS_BURST: u32 = 30;
 /// Default failed logins for one username from one client network (IPv4 /24, IPv6 /64) within
 /// `find_time` that lock the username for that network.
 pub const DEFAULT_MAX_FAILURES: u32 = 5;
@@ -348,6 +355,8 @@ impl Default for RawLimits {
             per_address_burst: DEFAULT_PER_ADDRESS_BURST,
             per_user_per_minute: DEFAULT_PER_USER_PER_MINUTE,
             per_user_burst: DEFAULT_PER_USER_BURST,
+            refresh_per_address_per_minute: DEFAULT_REFRESH_PER_ADDRESS_PER_MINUTE,
+            refresh_per_address_burst: DEFAULT_REFRESH_PER_ADDRESS_BURST,
             max_failures: DEFAULT_MAX_FAILURES,
             max_failures_per_user: DEFAULT_MAX_FAILURES_PER_USER,
             find_time: DEFAULT_FIND_TIME.into(),
@@ -379,6 +388,14 @@ impl RawLimits {
             per_address_burst: nz("per_address_burst", self.per_address_burst)?,
             per_user_per_minute: nz("per_user_per_minute", self.per_user_per_minute)?,
             per_user_burst: nz("per_user_burst", self.per_user_burst)?,
+            refresh_per_address_per_minute: nz(
+                "refresh_per_address_per_minute",
+                self.refresh_per_address_per_minute,
+            )?,
+            refresh_per_address_burst: nz(
+                "refresh_per_address_burst",
+                self.refresh_per_address_burst,
+            )?,
             max_failures: nz("max_failures", self.max_failures)?,
             max_failures_per_user: nz("max_failures_per_user", self.max_failures_per_user)?,
             find_time: nonzero("auth.limits.find_time", &self.find_time)?,
@@ -738,6 +755,8 @@ pub struct LimitsConfig {
     pub per_address_burst: std::num::NonZeroU32,
     pub per_user_per_minute: std::num::NonZeroU32,
     pub per_user_burst: std::num::NonZeroU32,
+    pub refresh_per_address_per_minute: std::num::NonZeroU32,
+    pub refresh_per_address_burst: std::num::NonZeroU32,
     /// Per (username, client network).
     pub max_failures: std::num::NonZeroU32,
     /// Per username, from every network.
@@ -1783,6 +1802,13 @@ mod tests {
         let c = Config::from_toml("[auth.limits]\nmax_failures = 10\nmax_failures_per_user = 10\n")
             .unwrap();
         assert_eq!(c.auth.limits.max_failures_per_user.get(), 10);
+        for key in [
+            "refresh_per_address_burst",
+            "refresh_per_address_per_minute",
+        ] {
+            let e = err(&format!("[auth.limits]\n{key} = 0\n"));
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -189,12 +189,26 @@ impl Grants {
         self.pool.hash(password).await
     }
 
-    /// The per-address limit of the login-type endpoints, checked before anything is parsed.
+    /// The per-address limit of logins, registrations and every token request that is not a
+    /// refresh, checked before any lookup or hashing.
     pub fn admit_client(&self, client: IpAddr) -> Result<(), GrantError> {
         self.limits.check_addr(client).map(drop).map_err(|refusal| {
             crate::metrics::limit_refusal("address");
             GrantError::Limited(refusal)
         })
+    }
+
+    /// The per-address limit of refresh-token grants: a budget apart from the login one, so a
+    /// client refreshing every few minutes never runs its logins out, and a login flood never
+    /// stops refreshes.
+    pub fn admit_refresh_client(&self, client: IpAddr) -> Result<(), GrantError> {
+        self.limits
+            .check_refresh_addr(client)
+            .map(drop)
+            .map_err(|refusal| {
+                crate::metrics::limit_refusal("refresh_address");
+                GrantError::Limited(refusal)
+            })
     }
 
     /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path), for a
@@ -235,8 +249,9 @@ impl Grants {
     }
 
     /// Checks the password. Unknown, disabled and wrong all cost one real verification and give
-    /// the same answer. The lockout counts failures per (username, network of `client`) and per
-    /// username.
+    /// the same answer. The per-username budget is charged before hashing and given back on
+    /// success (see [`Limits::give_back_user`]); the lockout counts failures per (username,
+    /// network of `client`) and per username.
     async fn password_grant(
         &self,
         raw_username: &str,
@@ -334,6 +349,7 @@ impl Grants {
             }
         };
         crate::metrics::login("success");
+        self.limits.give_back_user(&limit_key);
         if let Some(attempt) = attempt {
             attempt.finish(now, LoginVerdict::Succeeded).await?;
         }
