@@ -602,12 +602,35 @@ fn read_password(from_stdin: bool, min_chars: usize) -> anyhow::Result<Zeroizing
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339_utc;
+    use super::{lock_summary, rfc3339_utc};
+    use crate::store::Lockouts;
 
     #[test]
     fn lock_times_print_as_rfc3339_utc() {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn user_list_shows_the_lock_everywhere_and_how_many_networks_are_locked() {
+        assert_eq!(lock_summary(&Lockouts::default()), "");
+        let one = Lockouts {
+            everywhere: None,
+            networks: vec![("192.0.2.0/24".into(), 0)],
+        };
+        assert_eq!(
+            lock_summary(&one),
+            "\t1 network locked until 1970-01-01T00:00:00Z"
+        );
+        let both = Lockouts {
+            everywhere: Some(86_400),
+            networks: vec![("192.0.2.0/24".into(), 60), ("2001:db8::/64".into(), 0)],
+        };
+        assert_eq!(
+            lock_summary(&both),
+            "\tlocked everywhere until 1970-01-02T00:00:00Z\
+             \t2 networks locked until 1970-01-01T00:01:00Z"
+        );
     }
 }
