@@ -16,7 +16,7 @@ use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
 use crate::auth::username::Username;
 use crate::config::{AuthMode, Config};
-use crate::store::{NewUser, Store};
+use crate::store::{Lockouts, NewUser, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -102,7 +102,8 @@ pub enum UserAction {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// End a login lockout and forget the failures that led to it.
+    /// End every login lockout of a name (from every network, and everywhere) and forget the
+    /// failures that led to them.
     Unlock {
         name: String,
     },
@@ -504,10 +505,7 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
         UserAction::List => {
             let now = crate::clock::unix_now();
             for u in store.list_users().await? {
-                let lock = match store.lockout(&u.username, now).await? {
-                    Some(until) => format!("\tlocked until {}", rfc3339_utc(until)),
-                    None => String::new(),
-                };
+                let lock = lock_summary(&store.lockouts(&u.username, now).await?);
                 println!(
                     "{}\t{}\troles={}\tscopes={}{lock}",
                     u.username.as_str(),
@@ -615,6 +613,24 @@ async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The lockouts `user list` shows: the one everywhere, and how many client networks are locked
+/// out (the last of their ends; `user unlock` lifts them all).
+fn lock_summary(lockouts: &Lockouts) -> String {
+    let mut shown = String::new();
+    if let Some(until) = lockouts.everywhere {
+        shown.push_str(&format!("\tlocked everywhere until {}", rfc3339_utc(until)));
+    }
+    if let Some(last) = lockouts.networks.iter().map(|(_, until)| *until).max() {
+        let n = lockouts.networks.len();
+        let networks = if n == 1 { "network" } else { "networks" };
+        shown.push_str(&format!(
+            "\t{n} {networks} locked until {}",
+            rfc3339_utc(last)
+        ));
+    }
+    shown
+}
+
 fn rfc3339_utc(unix: i64) -> String {
     // Days to civil date: H. Hinnant, "chrono-Compatible Low-Level Date Algorithms".
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
@@ -668,12 +684,35 @@ fn read_password(from_stdin: bool, min_chars: usize) -> anyhow::Result<Zeroizing
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339_utc;
+    use super::{lock_summary, rfc3339_utc};
+    use crate::store::Lockouts;
 
     #[test]
     fn lock_times_print_as_rfc3339_utc() {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_utc(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn user_list_shows_the_lock_everywhere_and_how_many_networks_are_locked() {
+        assert_eq!(lock_summary(&Lockouts::default()), "");
+        let one = Lockouts {
+            everywhere: None,
+            networks: vec![("192.0.2.0/24".into(), 0)],
+        };
+        assert_eq!(
+            lock_summary(&one),
+            "\t1 network locked until 1970-01-01T00:00:00Z"
+        );
+        let both = Lockouts {
+            everywhere: Some(86_400),
+            networks: vec![("192.0.2.0/24".into(), 60), ("2001:db8::/64".into(), 0)],
+        };
+        assert_eq!(
+            lock_summary(&both),
+            "\tlocked everywhere until 1970-01-02T00:00:00Z\
+             \t2 networks locked until 1970-01-01T00:01:00Z"
+        );
     }
 }

@@ -1,14 +1,20 @@
 //! Brute-force limits on the login-type endpoints: keyed governor limiters per client address
-//! (IPv6 by /64) and per canonical username, and the consecutive-failure lockout whose state
-//! lives in the store. Checked before any store lookup or hashing.
+//! (IPv6 by /64) for logins and, apart, for refreshes, and per canonical username; and the
+//! client networks the lockout (whose state lives in the store) counts failures for. Checked
+//! before any store lookup or hashing.
 
+use std::hash::Hash;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use dashmap::DashMap;
 use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::DashMapStateStore;
+use governor::state::StateStore;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 
 use crate::clock::Clock;
@@ -18,6 +24,79 @@ use crate::config::LimitsConfig;
 const MAX_KEY_BYTES: usize = 64;
 
 type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, Clock, StateInformationMiddleware>;
+
+/// A keyed limiter whose cells can be given back ([`Refundable`]).
+type KeyedRefundable<K> = RateLimiter<K, Refundable<K>, Clock, StateInformationMiddleware>;
+
+/// Keyed GCRA state like governor's `DashMapStateStore` (per key, the theoretical arrival time in
+/// nanoseconds from the limiter's start, 0 for a fresh key), plus what governor has no API for:
+/// giving one cell back. The limiter and [`Limits`] share it, so a refund reaches the state the
+/// limiter reads.
+#[derive(Clone, Debug, Default)]
+struct Refundable<K: Hash + Eq>(Arc<DashMap<K, AtomicU64>>);
+
+impl<K: Hash + Eq + Clone> Refundable<K> {
+    /// Moves the key's arrival time back by one cell's interval: the state is as if the last
+    /// conforming check had not happened (GCRA treats every arrival time before now alike, so
+    /// going below now loses nothing). A key never charged, or already pruned, has nothing to
+    /// give back.
+    fn give_back(&self, key: &K, interval: Nanos) {
+        if let Some(state) = self.0.get(key) {
+            let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.saturating_sub(interval.as_u64()))
+            });
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> StateStore for Refundable<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let replace = |state: &AtomicU64| {
+            let mut prev = state.load(Ordering::Acquire);
+            loop {
+                let (outcome, next) = f(NonZeroU64::new(prev).map(|n| Nanos::new(n.get())))?;
+                match state.compare_exchange_weak(
+                    prev,
+                    next.as_u64(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Ok(outcome),
+                    Err(actual) => prev = actual,
+                }
+            }
+        };
+        if let Some(state) = self.0.get(key) {
+            return replace(&state);
+        }
+        let state = self.0.entry(key.clone()).or_default();
+        replace(&state)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Refundable<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0
+            .retain(|_, tat| tat.load(Ordering::Relaxed) > drop_below.as_u64());
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// What a refused attempt tells the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +120,13 @@ pub struct Allowance {
 pub struct Limits {
     config: LimitsConfig,
     clock: Clock,
+    /// Logins, registrations and token requests that are not refreshes.
     by_addr: Keyed<IpAddr>,
-    by_user: Keyed<String>,
+    /// Refresh-token grants: a budget apart, so refreshing never spends the login budget.
+    refresh_by_addr: Keyed<IpAddr>,
+    by_user: KeyedRefundable<String>,
+    /// The state `by_user` reads, for giving cells back.
+    by_user_state: Refundable<String>,
 }
 
 fn quota(per_minute: NonZeroU32, burst: NonZeroU32) -> Quota {
@@ -56,16 +140,27 @@ impl Limits {
             clock.clone(),
         )
         .with_middleware::<StateInformationMiddleware>();
-        let by_user = RateLimiter::dashmap_with_clock(
-            quota(config.per_user_per_minute, config.per_user_burst),
+        let refresh_by_addr = RateLimiter::dashmap_with_clock(
+            quota(
+                config.refresh_per_address_per_minute,
+                config.refresh_per_address_burst,
+            ),
             clock.clone(),
         )
         .with_middleware::<StateInformationMiddleware>();
+        let by_user_state = Refundable::default();
+        let by_user = KeyedRefundable::new(
+            quota(config.per_user_per_minute, config.per_user_burst),
+            by_user_state.clone(),
+            clock.clone(),
+        );
         Self {
             config,
             clock,
             by_addr,
+            refresh_by_addr,
             by_user,
+            by_user_state,
         }
     }
 
@@ -77,13 +172,21 @@ impl Limits {
         &self.config
     }
 
-    /// One attempt from `addr`; IPv6 addresses count per /64.
+    /// One login-type attempt from `addr`; IPv6 addresses count per /64.
     pub fn check_addr(&self, addr: IpAddr) -> Result<Allowance, Refusal> {
+        self.check_addr_in(&self.by_addr, addr)
+    }
+
+    /// One refresh-token grant from `addr`, against the refresh budget; IPv6 per /64.
+    pub fn check_refresh_addr(&self, addr: IpAddr) -> Result<Allowance, Refusal> {
+        self.check_addr_in(&self.refresh_by_addr, addr)
+    }
+
+    fn check_addr_in(&self, limiter: &Keyed<IpAddr>, addr: IpAddr) -> Result<Allowance, Refusal> {
         if !self.config.enabled {
             return Ok(self.unlimited());
         }
-        let key = addr_key(addr);
-        match self.by_addr.check_key(&key) {
+        match limiter.check_key(&addr_key(addr)) {
             Ok(snapshot) => {
                 Ok(self.allowance(snapshot.quota(), snapshot.remaining_burst_capacity()))
             }
@@ -91,18 +194,41 @@ impl Limits {
         }
     }
 
-    /// One attempt for the canonical (or, when it does not parse, the truncated raw) username.
+    /// Charges one attempt for the canonical (or, when it does not parse, the truncated raw)
+    /// username. A login charges before hashing, so a flood past the budget costs no hashing
+    /// work, and gives the charge back with [`give_back_user`](Self::give_back_user) once the
+    /// password proved right.
     pub fn check_user(&self, username: &str) -> Result<Allowance, Refusal> {
         if !self.config.enabled {
             return Ok(self.unlimited());
         }
-        let key: String = username.chars().take(MAX_KEY_BYTES).collect();
-        match self.by_user.check_key(&key) {
+        match self.by_user.check_key(&user_key(username)) {
             Ok(snapshot) => {
                 Ok(self.allowance(snapshot.quota(), snapshot.remaining_burst_capacity()))
             }
             Err(not_until) => Err(self.refusal(not_until)),
         }
+    }
+
+    /// Gives back the charge of one [`check_user`](Self::check_user) that let through a login
+    /// whose password was right, so only failures spend a username's budget and its owner can
+    /// log in as often as the other limits allow.
+    ///
+    /// Why charge then give back, rather than charge only failures: charging only after the
+    /// verdict needs a check before hashing that takes nothing, and then a burst of parallel
+    /// guesses all pass that check before the first of them is charged, each costing a hash.
+    /// Charged up front, at most the budget is in flight at once; a refund cannot be abused,
+    /// since earning one takes the right password.
+    pub fn give_back_user(&self, username: &str) {
+        if !self.config.enabled {
+            return;
+        }
+        let interval = Nanos::from(self.by_user_quota().replenish_interval());
+        self.by_user_state.give_back(&user_key(username), interval);
+    }
+
+    fn by_user_quota(&self) -> Quota {
+        quota(self.config.per_user_per_minute, self.config.per_user_burst)
     }
 
     fn unlimited(&self) -> Allowance {
@@ -134,28 +260,88 @@ impl Limits {
     pub fn prune(&self) {
         self.by_addr.retain_recent();
         self.by_addr.shrink_to_fit();
+        self.refresh_by_addr.retain_recent();
+        self.refresh_by_addr.shrink_to_fit();
         self.by_user.retain_recent();
         self.by_user.shrink_to_fit();
     }
 
     /// Keys currently held (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
-        self.by_addr.len() + self.by_user.len()
+        self.by_addr.len() + self.refresh_by_addr.len() + self.by_user.len()
     }
+}
+
+/// A username's limiter key: bounded, so a huge name cannot grow the state.
+fn user_key(username: &str) -> String {
+    username.chars().take(MAX_KEY_BYTES).collect()
 }
 
 /// IPv4 as is; IPv6 by its /64 (one host usually owns the whole prefix); v4-mapped as IPv4.
 pub fn addr_key(addr: IpAddr) -> IpAddr {
+    match unmapped(addr) {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket reports for an IPv4
+/// peer) as the IPv4 address it is, so one client is one key whichever socket it reached.
+fn unmapped(addr: IpAddr) -> IpAddr {
     match addr {
-        IpAddr::V4(_) => addr,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::V6(octets.into())
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client network a login lockout counts failures for: an IPv4 /24 or an IPv6 /64
+/// (IPv4-mapped IPv6 counts as IPv4). Shown as `192.0.2.0/24` or `2001:db8:1:2::/64`.
+///
+/// Why these prefixes: the lockout is there to stop the owner of the network guessing, while the
+/// user on another network keeps logging in, so one key must cover everything one party can
+/// easily switch between. On IPv6 that is at least a /64: a single host picks fresh addresses
+/// from its /64 at will (SLAAC privacy addresses), so keying by address would hand an attacker
+/// 2^64 fresh failure budgets. On IPv4 a /24 is the smallest block that is routed and leased as
+/// a unit (hosting providers, cloud VMs and NAT pools hand out neighbouring addresses), so
+/// renting a few more addresses next to the first does not buy more guesses; and a user whose
+/// address moves inside the ISP's pool keeps the same count. The cost: a user who shares a /24
+/// with the attacker (one office NAT, one campus) shares that network's lock; the per-user
+/// ceiling and `user unlock` bound that case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientNetwork(IpAddr);
+
+impl ClientNetwork {
+    /// Prefix length of an IPv4 client network.
+    pub const V4_PREFIX: u8 = 24;
+    /// Prefix length of an IPv6 client network.
+    pub const V6_PREFIX: u8 = 64;
+
+    pub fn of(addr: IpAddr) -> Self {
+        Self(match unmapped(addr) {
+            IpAddr::V4(v4) => {
+                let mut octets = v4.octets();
+                octets[3] = 0;
+                IpAddr::V4(octets.into())
             }
-        },
+            v6 => addr_key(v6),
+        })
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        match self.0 {
+            IpAddr::V4(_) => Self::V4_PREFIX,
+            IpAddr::V6(_) => Self::V6_PREFIX,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.prefix_len())
     }
 }
 
@@ -180,6 +366,22 @@ mod tests {
         assert_ne!(addr_key(a), addr_key(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(addr_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn lockout_networks_are_ipv4_24s_and_ipv6_64s() {
+        let net = |s: &str| ClientNetwork::of(s.parse().unwrap());
+        assert_eq!(net("192.0.2.7"), net("192.0.2.200"));
+        assert_ne!(net("192.0.2.7"), net("192.0.3.7"));
+        assert_eq!(net("192.0.2.7").to_string(), "192.0.2.0/24");
+        assert_eq!(net("::ffff:192.0.2.9"), net("192.0.2.7"));
+        assert_eq!(net("::ffff:192.0.2.9").to_string(), "192.0.2.0/24");
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:bbbb::2"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
+        // Loopback is no exception: 127.0.0.1 and 127.0.1.1 are two networks.
+        assert_ne!(net("127.0.0.1"), net("127.0.1.1"));
+        assert_eq!(net("127.0.0.1"), net("127.0.0.2"));
     }
 
     #[test]
@@ -214,6 +416,46 @@ mod tests {
         l.check_user(&long).unwrap();
         // Same first 64 characters: the same key.
         assert!(l.check_user(&format!("{long}b")).is_err());
+    }
+
+    #[test]
+    fn refreshes_and_logins_have_separate_address_budgets() {
+        let l = limits(
+            "per_address_burst = 1\nper_address_per_minute = 1\n\
+             refresh_per_address_burst = 3\nrefresh_per_address_per_minute = 1",
+        );
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            l.check_refresh_addr(ip).unwrap();
+        }
+        let refusal = l.check_refresh_addr(ip).unwrap_err();
+        assert_eq!(refusal.limit, 3);
+        l.check_addr(ip).unwrap();
+        assert_eq!(l.check_addr(ip).unwrap_err().limit, 1);
+    }
+
+    #[test]
+    fn a_charge_given_back_leaves_the_user_budget_as_it_was() {
+        let l = limits("per_user_burst = 2\nper_user_per_minute = 1");
+        for _ in 0..10 {
+            l.check_user("alice").unwrap();
+            l.give_back_user("alice");
+        }
+        // Giving back more than was charged never grows the bucket past its burst.
+        l.give_back_user("alice");
+        l.give_back_user("bob");
+        for name in ["alice", "bob"] {
+            assert_eq!(l.check_user(name).unwrap().remaining, 1, "{name}");
+            l.check_user(name).unwrap();
+            assert!(l.check_user(name).is_err(), "{name}");
+        }
+        // A refund gives back exactly one cell.
+        l.give_back_user("alice");
+        l.check_user("alice").unwrap();
+        assert!(l.check_user("alice").is_err());
+        l.clock().advance(Duration::from_secs(61));
+        l.prune();
+        l.check_user("alice").unwrap();
     }
 
     #[test]

@@ -22,9 +22,12 @@
 //! gateway's memory, which follows the store's *change feed* ([`Revocations::changes_since`]):
 //! a change made by the CLI or another gateway is seen at the next poll.
 //!
-//! Failed logins lock a name out (per canonical username, existing or not). A login attempt is
-//! admitted before any hashing starts and reserves one place in the name's failure budget, so
-//! parallel guesses cannot outrun the count ([`LoginFailures::admit_login`], [`LoginAttempt`]).
+//! Failed logins lock a name out (per canonical username, existing or not) in two scopes: per
+//! (name, client network), so an attacker's failures shut out only the attacker's network, and
+//! for the name as a whole at a much higher ceiling, so guessing from many networks still ends.
+//! A login attempt is admitted before any hashing starts and reserves one place in both of its
+//! failure budgets, so parallel guesses cannot outrun either count
+//! ([`LoginFailures::admit_login`], [`LoginAttempt`]).
 
 #[cfg(test)]
 mod contract;
@@ -35,6 +38,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::auth::username::Username;
+use crate::limits::ClientNetwork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -220,12 +224,47 @@ pub struct ChangeBatch {
     pub complete: bool,
 }
 
-/// The consecutive-failure lockout rule, in seconds.
+/// The lockout rule, in seconds: `max_failures` failures of one name from one client network
+/// within `find_time` lock that (name, network) pair for `ban_time`; `max_failures_per_user`
+/// failures of the name from anywhere within `find_time` lock the name for every network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockoutPolicy {
     pub max_failures: u32,
+    pub max_failures_per_user: u32,
     pub find_time: i64,
     pub ban_time: i64,
+}
+
+/// What a lockout shuts out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockScope {
+    /// The name, from the one client network whose failures reached `max_failures`.
+    Network,
+    /// The name, from every network: its failures reached `max_failures_per_user`.
+    Everywhere,
+}
+
+/// A running lockout: until when (unix seconds), and of what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lockout {
+    pub until: i64,
+    pub scope: LockScope,
+}
+
+/// The running lockouts of one name (for operators: `user list`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lockouts {
+    /// The end of a lockout of the name from every network.
+    pub everywhere: Option<i64>,
+    /// Client networks (as [`ClientNetwork`] shows them) locked out for the name, with the end of
+    /// each lockout, ordered by network.
+    pub networks: Vec<(String, i64)>,
+}
+
+impl Lockouts {
+    pub fn is_locked(&self) -> bool {
+        self.everywhere.is_some() || !self.networks.is_empty()
+    }
 }
 
 /// How long an admitted login attempt holds its place in the failure budget when it is never
@@ -243,19 +282,22 @@ pub const CHANGE_RETENTION: i64 = 3600;
 pub enum LoginAdmission {
     /// Go ahead: the attempt holds reservation `id` until it is finished.
     Admitted(i64),
-    /// The name is locked out until this unix time.
-    Locked(i64),
-    /// Failures in the window plus attempts in flight already reach `max_failures`: one more
-    /// could be the guess past the limit. The attempts in flight finish within seconds.
+    /// The name is locked out, from this network or from everywhere.
+    Locked(Lockout),
+    /// Failures in the window plus attempts in flight already reach `max_failures` for this
+    /// network or `max_failures_per_user` for the name: one more could be the guess past the
+    /// limit. The attempts in flight finish within seconds.
     Exhausted,
 }
 
 /// How an admitted login attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginVerdict {
-    /// Wrong password, unknown or disabled user: one more failure.
+    /// Wrong password, unknown or disabled user: one more failure, in both scopes.
     Failed,
-    /// The password was right: failures are forgotten (a running lockout stays).
+    /// The password was right: the failures from this network are forgotten (a running lockout
+    /// stays). The name's count across networks is not: it ends only with `find_time`, or a
+    /// guesser spread over many networks would get a fresh ceiling at every login of the owner.
     Succeeded,
     /// No verdict (the hashing pool was busy, the store failed, the request was dropped): the
     /// reservation is given back and nothing is counted.
@@ -403,44 +445,54 @@ pub trait Revocations: Send + Sync + 'static {
     async fn changes_since(&self, seq: u64, max: usize) -> Result<ChangeBatch, StoreError>;
 }
 
-/// Login failures and lockouts per canonical username, and the attempts in flight that hold
-/// places in a name's failure budget. Keyed by name, not by user: a name that belongs to no
-/// account locks out too, so this kind never reads [`Users`].
+/// Login failures and lockouts per canonical username, in two scopes (per client network, and
+/// for the name from everywhere), and the attempts in flight that hold places in a name's
+/// failure budgets. Keyed by name, not by user: a name that belongs to no account locks out
+/// too, so this kind never reads [`Users`].
 #[async_trait]
 pub trait LoginFailures: Send + Sync + 'static {
-    /// Admits one login attempt for `name` (whether or not such a user exists), atomically with
-    /// every other admission and verdict for that name, in this process and in every other
-    /// gateway sharing the store: refused while the name is locked, or while failures within
-    /// `policy.find_time` plus admitted, unfinished attempts reach `policy.max_failures`;
-    /// otherwise a reservation is stored that counts as an attempt in flight until
-    /// [`finish_login`](LoginFailures::finish_login) removes it or [`LOGIN_ATTEMPT_TTL`] passes.
+    /// Admits one login attempt for `name` (whether or not such a user exists) from `network`,
+    /// atomically with every other admission and verdict for that name, in this process and in
+    /// every other gateway sharing the store. Refused while the name is locked everywhere or
+    /// for `network` (`Locked`, the lock everywhere reported first), or while failures within
+    /// `policy.find_time` plus admitted, unfinished attempts reach `policy.max_failures` for
+    /// (`name`, `network`) or `policy.max_failures_per_user` for `name` from all networks
+    /// (`Exhausted`). Otherwise a reservation is stored that counts as an attempt in flight in
+    /// both scopes until [`finish_login`](LoginFailures::finish_login) removes it or
+    /// [`LOGIN_ATTEMPT_TTL`] passes.
     async fn admit_login(
         &self,
         name: &Username,
+        network: ClientNetwork,
         now: i64,
         policy: LockoutPolicy,
     ) -> Result<LoginAdmission, StoreError>;
 
-    /// Ends reservation `id` of an attempt on `name` with its verdict, atomically. `Failed`
-    /// counts a failure: failures older than `policy.find_time` start a new count, and reaching
-    /// `policy.max_failures` locks the name for `policy.ban_time`, returned as the unix time the
-    /// lockout ends. `Succeeded` forgets the failures but never lifts a running lockout.
-    /// Finishing an expired or unknown reservation still records the verdict.
+    /// Ends reservation `id` of an attempt on `name` from `network` with its verdict,
+    /// atomically. `Failed` counts one failure in each scope: failures older than
+    /// `policy.find_time` start a new count; reaching `policy.max_failures` locks (`name`,
+    /// `network`) and reaching `policy.max_failures_per_user` locks `name` everywhere, each for
+    /// `policy.ban_time`. The lockout it started is returned (the one everywhere when both
+    /// started). `Succeeded` forgets the failures of (`name`, `network`) but never lifts a
+    /// running lockout nor the name's count across networks. Finishing an expired or unknown
+    /// reservation still records the verdict.
     async fn finish_login(
         &self,
         name: &Username,
+        network: ClientNetwork,
         id: i64,
         now: i64,
         policy: LockoutPolicy,
         verdict: LoginVerdict,
-    ) -> Result<Option<i64>, StoreError>;
+    ) -> Result<Option<Lockout>, StoreError>;
 
-    /// The unix time a running lockout of `name` ends, if it is locked at `now`.
-    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError>;
+    /// The lockouts of `name` running at `now`, everywhere and per network.
+    async fn lockouts(&self, name: &Username, now: i64) -> Result<Lockouts, StoreError>;
 
-    /// Lifts the lockout of `name` and forgets its failures (an operator's way out). Attempts
-    /// in flight keep their reservations. Returns whether the name was locked at `now`;
-    /// unlocking a name that is not locked is not an error.
+    /// Lifts every lockout of `name` (everywhere and for every network) and forgets its failures
+    /// in every scope (an operator's way out). Attempts in flight keep their reservations.
+    /// Returns whether the name was locked in any scope at `now`; unlocking a name that is not
+    /// locked is not an error.
     async fn unlock(&self, name: &Username, now: i64) -> Result<bool, StoreError>;
 }
 
@@ -464,24 +516,27 @@ pub trait Store: Users + RefreshFamilies + Revocations + LoginFailures {
 pub struct LoginAttempt {
     store: std::sync::Arc<dyn Store>,
     name: Username,
+    network: ClientNetwork,
     id: i64,
     policy: LockoutPolicy,
     finished: bool,
 }
 
 impl LoginAttempt {
-    /// Admits an attempt on `name`; `Err` carries the refusal ([`LoginAdmission::Locked`] or
-    /// [`LoginAdmission::Exhausted`]).
+    /// Admits an attempt on `name` from `network`; `Err` carries the refusal
+    /// ([`LoginAdmission::Locked`] or [`LoginAdmission::Exhausted`]).
     pub async fn admit(
         store: &std::sync::Arc<dyn Store>,
         name: &Username,
+        network: ClientNetwork,
         now: i64,
         policy: LockoutPolicy,
     ) -> Result<Result<Self, LoginAdmission>, StoreError> {
-        Ok(match store.admit_login(name, now, policy).await? {
+        Ok(match store.admit_login(name, network, now, policy).await? {
             LoginAdmission::Admitted(id) => Ok(Self {
                 store: store.clone(),
                 name: name.clone(),
+                network,
                 id,
                 policy,
                 finished: false,
@@ -490,15 +545,15 @@ impl LoginAttempt {
         })
     }
 
-    /// Records the verdict; for `Failed`, the end of a lockout it started.
+    /// Records the verdict; for `Failed`, the lockout it started.
     pub async fn finish(
         mut self,
         now: i64,
         verdict: LoginVerdict,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<Lockout>, StoreError> {
         self.finished = true;
         self.store
-            .finish_login(&self.name, self.id, now, self.policy, verdict)
+            .finish_login(&self.name, self.network, self.id, now, self.policy, verdict)
             .await
     }
 }
@@ -511,12 +566,17 @@ impl Drop for LoginAttempt {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // No runtime left: the reservation expires after LOGIN_ATTEMPT_TTL.
         };
-        let (store, name, id, policy) =
-            (self.store.clone(), self.name.clone(), self.id, self.policy);
+        let (store, name, network, id, policy) = (
+            self.store.clone(),
+            self.name.clone(),
+            self.network,
+            self.id,
+            self.policy,
+        );
         runtime.spawn(async move {
             // An abandoned attempt reads no time: it only gives its reservation back.
             if let Err(e) = store
-                .finish_login(&name, id, 0, policy, LoginVerdict::Abandoned)
+                .finish_login(&name, network, id, 0, policy, LoginVerdict::Abandoned)
                 .await
             {
                 tracing::warn!(error = %e, "giving back a login reservation failed; it expires");

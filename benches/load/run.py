@@ -636,7 +636,7 @@ def login_flood(runner, alg, upstream, rows):
     # Limits raised so that every wrong password is really hashed (no 429, no lockout).
     open_limits = {"per_address_per_minute": 1_000_000, "per_address_burst": 1_000_000,
                    "per_user_per_minute": 1_000_000, "per_user_burst": 1_000_000,
-                   "max_failures": 1_000_000}
+                   "max_failures": 1_000_000, "max_failures_per_user": 1_000_000}
     for mode, limits in (("hashing", open_limits), ("default limits", None)):
         gh = runner.gatehouse_instance(alg, upstream, limits=limits,
                                        name=f"{alg}-flood-{mode.split()[0]}")

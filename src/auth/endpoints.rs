@@ -5,6 +5,12 @@
 //!
 //! One implementation sits behind `/token`, `/login` and `/refresh`. Every failure is an
 //! [`EndpointError`], rendered in `crate::error`. Token responses carry `Cache-Control: no-store`.
+//!
+//! Limits run before any lookup or hashing, and before parsing wherever the path says what is
+//! asked: `/login` and `/register` spend the per-address login budget, `/refresh` the refresh
+//! budget. `/token` names its grant in the body, so its body (bounded, read under a deadline) is
+//! read first: a `refresh_token` grant spends the refresh budget, anything else (a password
+//! grant, an unknown grant, an unreadable body) the login budget.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -150,7 +156,8 @@ pub fn endpoint_for(prefix: &str, path: &str) -> Option<Endpoint> {
     })
 }
 
-/// Answers one of the gateway's endpoints. Limits run first, before any parsing or lookup.
+/// Answers one of the gateway's endpoints. Limits run first, before any lookup (see the module
+/// text for `/token`).
 pub async fn serve(
     grants: &Grants,
     endpoint: Endpoint,
@@ -165,12 +172,10 @@ pub async fn serve(
     if !allowed.contains(req.method()) {
         return Err(EndpointError::MethodNotAllowed);
     }
-    let limited = matches!(
-        endpoint,
-        Endpoint::Token | Endpoint::Login | Endpoint::Refresh | Endpoint::Register
-    );
-    if limited {
-        grants.admit_client(client)?;
+    match endpoint {
+        Endpoint::Login | Endpoint::Register => grants.admit_client(client)?,
+        Endpoint::Refresh => grants.admit_refresh_client(client)?,
+        _ => {}
     }
     match endpoint {
         Endpoint::Unknown => Err(EndpointError::NotFound),
@@ -185,7 +190,14 @@ pub async fn serve(
         }
         Endpoint::Token => {
             let agent = req.headers().get(USER_AGENT).cloned();
-            let form = read_form(req).await?;
+            let form = read_form(req).await;
+            match &form {
+                Ok(form) if form.get("grant_type") == Some("refresh_token") => {
+                    grants.admit_refresh_client(client)?;
+                }
+                _ => grants.admit_client(client)?,
+            }
+            let form = form?;
             let grant = match form.get("grant_type") {
                 Some("password") => Grant::Password,
                 Some("refresh_token") => Grant::Refresh,
@@ -273,10 +285,9 @@ async fn token_from(
         username: form.get("username"),
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),
-        client_addr: Some(client),
         user_agent: agent.as_ref().map(HeaderValue::as_bytes),
     };
-    let issued = grants.token(grant, request).await?;
+    let issued = grants.token(grant, request, client).await?;
     Ok(no_store(with_json(StatusCode::OK, tokens_json(issued))))
 }
 

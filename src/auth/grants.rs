@@ -18,10 +18,10 @@ use crate::auth::tokens::{
 use crate::auth::username::Username;
 use crate::clock::unix_now as now;
 use crate::config::AuthConfig;
-use crate::limits::{Limits, Refusal};
+use crate::limits::{ClientNetwork, Limits, Refusal};
 use crate::store::{
-    LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser, RefreshRecord,
-    RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError,
+    LockScope, Lockout, LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser,
+    RefreshRecord, RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError,
 };
 
 /// `client_id` stamped on tokens when the client names none.
@@ -120,8 +120,7 @@ pub struct TokenRequest<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a str>,
     pub refresh_token: Option<&'a str>,
-    /// Who asks, recorded with a new session for operators (`gatehouse sessions list`).
-    pub client_addr: Option<IpAddr>,
+    /// Recorded with a new session for operators (`gatehouse sessions list`).
     pub user_agent: Option<&'a [u8]>,
 }
 
@@ -129,7 +128,7 @@ impl TokenRequest<'_> {
     /// Where a session started, as operators see it: the agent as visible ASCII (anything else
     /// becomes `?`, so a listing cannot carry terminal escapes), at most
     /// [`MAX_USER_AGENT_BYTES`].
-    fn origin(&self) -> SessionOrigin {
+    fn origin(&self, client: IpAddr) -> SessionOrigin {
         let agent = self.user_agent.map(|raw| {
             raw.iter()
                 .take(MAX_USER_AGENT_BYTES)
@@ -140,7 +139,7 @@ impl TokenRequest<'_> {
                 .collect()
         });
         SessionOrigin {
-            client_addr: self.client_addr.map(|a| a.to_string()),
+            client_addr: Some(client.to_string()),
             user_agent: agent,
         }
     }
@@ -227,7 +226,8 @@ impl Grants {
         self.pool.hash(password).await
     }
 
-    /// The per-address limit of the login-type endpoints, checked before anything is parsed.
+    /// The per-address limit of logins, registrations and every token request that is not a
+    /// refresh, checked before any lookup or hashing.
     pub fn admit_client(&self, client: IpAddr) -> Result<(), GrantError> {
         self.limits.check_addr(client).map(drop).map_err(|refusal| {
             crate::metrics::limit_refusal("address");
@@ -235,8 +235,27 @@ impl Grants {
         })
     }
 
-    /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path).
-    pub async fn token(&self, grant: Grant, form: TokenRequest<'_>) -> Result<Issued, GrantError> {
+    /// The per-address limit of refresh-token grants: a budget apart from the login one, so a
+    /// client refreshing every few minutes never runs its logins out, and a login flood never
+    /// stops refreshes.
+    pub fn admit_refresh_client(&self, client: IpAddr) -> Result<(), GrantError> {
+        self.limits
+            .check_refresh_addr(client)
+            .map(drop)
+            .map_err(|refusal| {
+                crate::metrics::limit_refusal("refresh_address");
+                GrantError::Limited(refusal)
+            })
+    }
+
+    /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path), for a
+    /// request from `client` (the address the limits and the lockout count).
+    pub async fn token(
+        &self,
+        grant: Grant,
+        form: TokenRequest<'_>,
+        client: IpAddr,
+    ) -> Result<Issued, GrantError> {
         let client_id = match form.client_id {
             None => DEFAULT_CLIENT_ID.to_owned(),
             Some(id) if is_header_safe(id, MAX_CLIENT_ID_BYTES) => id.to_owned(),
@@ -254,7 +273,8 @@ impl Grants {
                 let password = form
                     .password
                     .ok_or(GrantError::InvalidRequest("password is required"))?;
-                self.password_grant(username, password, requested, &client_id, form.origin())
+                let origin = form.origin(client);
+                self.password_grant(username, password, requested, &client_id, client, origin)
                     .await
             }
             Grant::Refresh => {
@@ -267,13 +287,16 @@ impl Grants {
     }
 
     /// Checks the password. Unknown, disabled and wrong all cost one real verification and give
-    /// the same answer.
+    /// the same answer. The per-username budget is charged before hashing and given back on
+    /// success (see [`Limits::give_back_user`]); the lockout counts failures per (username,
+    /// network of `client`) and per username.
     async fn password_grant(
         &self,
         raw_username: &str,
         password: &str,
         requested: Option<Vec<String>>,
         client_id: &str,
+        client: IpAddr,
         origin: SessionOrigin,
     ) -> Result<Issued, GrantError> {
         if raw_username.len() > 64 {
@@ -300,24 +323,25 @@ impl Grants {
         let now = self.limits.clock().unix_now();
         // The attempt's place in the name's failure budget, taken before any hashing: parallel
         // guesses cannot outrun the count.
+        let network = ClientNetwork::of(client);
+        let policy = self.lockout_policy();
         let attempt = match &name {
-            Some(name) => {
-                match LoginAttempt::admit(&self.store, name, now, self.lockout_policy()).await? {
-                    Ok(attempt) => Some(attempt),
-                    Err(refused) => {
-                        crate::metrics::limit_refusal("lockout");
-                        let retry_after = match refused {
-                            LoginAdmission::Locked(until) => (until - now).max(1) as u64,
-                            // Attempts in flight hold the rest of the budget for seconds at most.
-                            _ => 1,
-                        };
-                        return Err(GrantError::Limited(Refusal {
-                            retry_after,
-                            limit: self.limits.config().max_failures.get(),
-                        }));
-                    }
+            Some(name) => match LoginAttempt::admit(&self.store, name, network, now, policy).await?
+            {
+                Ok(attempt) => Some(attempt),
+                Err(refused) => {
+                    crate::metrics::limit_refusal("lockout");
+                    let (retry_after, limit) = match refused {
+                        LoginAdmission::Locked(lockout) => (
+                            (lockout.until - now).max(1) as u64,
+                            scope_limit(policy, lockout.scope),
+                        ),
+                        // Attempts in flight hold the rest of the budget for seconds at most.
+                        _ => (1, policy.max_failures),
+                    };
+                    return Err(GrantError::Limited(Refusal { retry_after, limit }));
                 }
-            }
+            },
             None => None,
         };
         let user = match &name {
@@ -346,11 +370,17 @@ impl Grants {
             _ => {
                 crate::metrics::login("bad_credentials");
                 if let Some(attempt) = attempt
-                    && let Some(until) = attempt.finish(now, LoginVerdict::Failed).await?
+                    && let Some(Lockout { until, scope }) =
+                        attempt.finish(now, LoginVerdict::Failed).await?
                 {
                     tracing::warn!(
                         user = name.as_ref().map_or(raw_username, Username::as_str),
                         until,
+                        network = %network,
+                        scope = match scope {
+                            LockScope::Network => "network",
+                            LockScope::Everywhere => "everywhere",
+                        },
                         "login locked after repeated failures"
                     );
                 }
@@ -358,6 +388,7 @@ impl Grants {
             }
         };
         crate::metrics::login("success");
+        self.limits.give_back_user(&limit_key);
         if let Some(attempt) = attempt {
             attempt.finish(now, LoginVerdict::Succeeded).await?;
         }
@@ -377,6 +408,7 @@ impl Grants {
         let c = self.limits.config();
         LockoutPolicy {
             max_failures: c.max_failures.get(),
+            max_failures_per_user: c.max_failures_per_user.get(),
             find_time: c.find_time.as_secs() as i64,
             ban_time: c.ban_time.as_secs() as i64,
         }
@@ -669,6 +701,14 @@ impl Grants {
 }
 
 /// A space-separated scope list (RFC 6749 §3.3).
+/// The failure limit whose lockout refused: what `RateLimit-Limit` reports.
+fn scope_limit(policy: LockoutPolicy, scope: LockScope) -> u32 {
+    match scope {
+        LockScope::Network => policy.max_failures,
+        LockScope::Everywhere => policy.max_failures_per_user,
+    }
+}
+
 fn parse_scope(text: &str) -> Result<Vec<String>, GrantError> {
     let mut scopes = Vec::new();
     for s in text.split(' ').filter(|s| !s.is_empty()) {

@@ -13,11 +13,12 @@
 use std::sync::Arc;
 
 use super::{
-    CHANGE_RETENTION, Change, LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission, LoginVerdict,
-    NewUser, RefreshRecord, RefreshState, RefreshSuccessor, RotateError, SessionOrigin, Store,
-    StoreError,
+    CHANGE_RETENTION, Change, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts,
+    LoginAdmission, LoginVerdict, NewUser, RefreshRecord, RefreshState, RefreshSuccessor,
+    RotateError, SessionOrigin, Store, StoreError,
 };
 use crate::auth::username::Username;
+use crate::limits::ClientNetwork;
 
 /// One fresh, empty state of a backend, alive as long as the value (dropping it may delete it).
 pub(crate) trait Fixture {
@@ -55,6 +56,10 @@ macro_rules! contract_tests {
             abandoned_and_expired_reservations_give_their_place_back,
             a_late_success_does_not_lift_a_lockout_started_meanwhile,
             an_operator_unlock_ends_a_lockout_and_its_failures,
+            attacker_failures_lock_only_the_attackers_network,
+            failures_from_many_networks_meet_the_per_user_ceiling,
+            a_success_forgets_its_networks_failures_but_not_the_ceiling_count,
+            unlock_lifts_the_lock_of_every_network_and_everywhere,
         );
         $crate::store::contract::contract_tests!(@each $fixture, [tokio::test], shared:
             usable_as_shared_trait_object,
@@ -69,6 +74,7 @@ macro_rules! contract_tests {
             concurrent_refresh_race_across_processes_has_exactly_one_winner,
             concurrent_admissions_never_exceed_the_failure_budget,
             every_revocation_and_cut_reaches_the_other_handle_through_the_feed,
+            concurrent_admissions_are_counted_per_network_and_per_name,
         );
     };
     (@each $fixture:expr, [$attr:meta], $how:ident: $($case:ident),+ $(,)?) => {
@@ -112,9 +118,24 @@ const TTL: i64 = 3600;
 
 const POLICY: LockoutPolicy = LockoutPolicy {
     max_failures: 5,
+    max_failures_per_user: 12,
     find_time: 600,
     ban_time: 900,
 };
+
+/// Client network `i` (10.0.i.0/24); every `i` is another network.
+fn net(i: u8) -> ClientNetwork {
+    ClientNetwork::of(std::net::IpAddr::from([10, 0, i, 1]))
+}
+
+/// The network most cases' attempts come from.
+fn home() -> ClientNetwork {
+    net(0)
+}
+
+fn locked(until: i64, scope: LockScope) -> LoginAdmission {
+    LoginAdmission::Locked(Lockout { until, scope })
+}
 
 pub(crate) fn name(s: &str) -> Username {
     Username::parse(s).unwrap()
@@ -820,7 +841,7 @@ pub(crate) async fn concurrent_admissions_never_exceed_the_failure_budget(
 ) {
     let admits = (0..40).map(|i| {
         let store = stores[i % 2].clone();
-        tokio::spawn(async move { store.admit_login(&name("alice"), NOW, POLICY).await })
+        tokio::spawn(async move { store.admit_login(&name("alice"), home(), NOW, POLICY).await })
     });
     let mut admitted = Vec::new();
     for admit in admits {
@@ -835,14 +856,25 @@ pub(crate) async fn concurrent_admissions_never_exceed_the_failure_budget(
     let store = &stores[0];
     for (i, id) in admitted.iter().enumerate() {
         let until = store
-            .finish_login(&name("alice"), *id, NOW, POLICY, LoginVerdict::Failed)
+            .finish_login(
+                &name("alice"),
+                home(),
+                *id,
+                NOW,
+                POLICY,
+                LoginVerdict::Failed,
+            )
             .await
             .unwrap();
-        assert_eq!(until, (i == 4).then_some(NOW + POLICY.ban_time));
+        let until = until.map(|l| (l.until, l.scope));
+        assert_eq!(
+            until,
+            (i == 4).then_some((NOW + POLICY.ban_time, LockScope::Network))
+        );
         if i < 4 {
             assert_eq!(
                 store
-                    .admit_login(&name("alice"), NOW, POLICY)
+                    .admit_login(&name("alice"), home(), NOW, POLICY)
                     .await
                     .unwrap(),
                 LoginAdmission::Exhausted
@@ -851,10 +883,10 @@ pub(crate) async fn concurrent_admissions_never_exceed_the_failure_budget(
     }
     assert_eq!(
         store
-            .admit_login(&name("alice"), NOW, POLICY)
+            .admit_login(&name("alice"), home(), NOW, POLICY)
             .await
             .unwrap(),
-        LoginAdmission::Locked(NOW + POLICY.ban_time)
+        locked(NOW + POLICY.ban_time, LockScope::Network)
     );
 }
 
@@ -864,39 +896,52 @@ pub(crate) async fn abandoned_and_expired_reservations_give_their_place_back(sto
         max_failures: 1,
         ..POLICY
     };
-    let LoginAdmission::Admitted(id) = store.admit_login(&alice, NOW, policy).await.unwrap() else {
+    let LoginAdmission::Admitted(id) = store
+        .admit_login(&alice, home(), NOW, policy)
+        .await
+        .unwrap()
+    else {
         panic!("first attempt refused");
     };
     assert_eq!(
-        store.admit_login(&alice, NOW, policy).await.unwrap(),
+        store
+            .admit_login(&alice, home(), NOW, policy)
+            .await
+            .unwrap(),
         LoginAdmission::Exhausted
     );
     store
-        .finish_login(&alice, id, NOW, policy, LoginVerdict::Abandoned)
+        .finish_login(&alice, home(), id, NOW, policy, LoginVerdict::Abandoned)
         .await
         .unwrap();
     // A reservation never finished (the process died) stops counting after its TTL.
     assert!(matches!(
-        store.admit_login(&alice, NOW, policy).await.unwrap(),
+        store
+            .admit_login(&alice, home(), NOW, policy)
+            .await
+            .unwrap(),
         LoginAdmission::Admitted(_)
     ));
     assert_eq!(
         store
-            .admit_login(&alice, NOW + LOGIN_ATTEMPT_TTL - 1, policy)
+            .admit_login(&alice, home(), NOW + LOGIN_ATTEMPT_TTL - 1, policy)
             .await
             .unwrap(),
         LoginAdmission::Exhausted
     );
     assert!(matches!(
         store
-            .admit_login(&alice, NOW + LOGIN_ATTEMPT_TTL, policy)
+            .admit_login(&alice, home(), NOW + LOGIN_ATTEMPT_TTL, policy)
             .await
             .unwrap(),
         LoginAdmission::Admitted(_)
     ));
     // Other names are not affected.
     assert!(matches!(
-        store.admit_login(&name("bob"), NOW, policy).await.unwrap(),
+        store
+            .admit_login(&name("bob"), home(), NOW, policy)
+            .await
+            .unwrap(),
         LoginAdmission::Admitted(_)
     ));
 }
@@ -912,7 +957,7 @@ pub(crate) async fn a_late_success_does_not_lift_a_lockout_started_meanwhile(sto
     let admit = |now: i64| {
         let (store, alice) = (&store, &alice);
         async move {
-            match store.admit_login(alice, now, policy).await.unwrap() {
+            match store.admit_login(alice, home(), now, policy).await.unwrap() {
                 LoginAdmission::Admitted(id) => id,
                 other => panic!("{other:?}"),
             }
@@ -923,17 +968,27 @@ pub(crate) async fn a_late_success_does_not_lift_a_lockout_started_meanwhile(sto
     let (w1, w2) = (admit(later).await, admit(later).await);
     for id in [w1, w2] {
         store
-            .finish_login(&alice, id, later, policy, LoginVerdict::Failed)
+            .finish_login(&alice, home(), id, later, policy, LoginVerdict::Failed)
             .await
             .unwrap();
     }
     store
-        .finish_login(&alice, right, later, policy, LoginVerdict::Succeeded)
+        .finish_login(
+            &alice,
+            home(),
+            right,
+            later,
+            policy,
+            LoginVerdict::Succeeded,
+        )
         .await
         .unwrap();
     assert_eq!(
-        store.admit_login(&alice, later, policy).await.unwrap(),
-        LoginAdmission::Locked(later + policy.ban_time)
+        store
+            .admit_login(&alice, home(), later, policy)
+            .await
+            .unwrap(),
+        locked(later + policy.ban_time, LockScope::Network)
     );
 }
 
@@ -945,35 +1000,328 @@ pub(crate) async fn an_operator_unlock_ends_a_lockout_and_its_failures(store: &d
         max_failures: 2,
         ..POLICY
     };
-    assert_eq!(store.lockout(&alice, NOW).await.unwrap(), None);
+    let unlocked = Lockouts::default();
+    assert_eq!(store.lockouts(&alice, NOW).await.unwrap(), unlocked);
     assert!(!store.unlock(&alice, NOW).await.unwrap());
     let fail = |now: i64| {
         let (store, alice) = (&store, &alice);
         async move {
-            let LoginAdmission::Admitted(id) = store.admit_login(alice, now, policy).await.unwrap()
+            let LoginAdmission::Admitted(id) =
+                store.admit_login(alice, home(), now, policy).await.unwrap()
             else {
                 panic!("not admitted");
             };
             store
-                .finish_login(alice, id, now, policy, LoginVerdict::Failed)
+                .finish_login(alice, home(), id, now, policy, LoginVerdict::Failed)
                 .await
                 .unwrap()
         }
     };
     fail(NOW).await;
-    let until = fail(NOW).await.unwrap();
-    assert_eq!(store.lockout(&alice, NOW).await.unwrap(), Some(until));
-    assert_eq!(store.lockout(&alice, until).await.unwrap(), None);
-    assert_eq!(store.lockout(&name("bob"), NOW).await.unwrap(), None);
+    let until = fail(NOW).await.unwrap().until;
+    assert_eq!(
+        store.lockouts(&alice, NOW).await.unwrap().networks,
+        [(home().to_string(), until)]
+    );
+    assert_eq!(store.lockouts(&alice, until).await.unwrap(), unlocked);
+    assert_eq!(store.lockouts(&name("bob"), NOW).await.unwrap(), unlocked);
 
     assert!(store.unlock(&alice, NOW).await.unwrap());
-    assert_eq!(store.lockout(&alice, NOW).await.unwrap(), None);
+    assert_eq!(store.lockouts(&alice, NOW).await.unwrap(), unlocked);
     assert!(matches!(
-        store.admit_login(&alice, NOW, policy).await.unwrap(),
+        store
+            .admit_login(&alice, home(), NOW, policy)
+            .await
+            .unwrap(),
         LoginAdmission::Admitted(_)
     ));
     // The failures went with the lock: one more wrong password does not lock again.
     assert_eq!(fail(NOW).await, None);
+}
+
+/// Admits and fails one attempt on `name` from `network`; the lockout it started.
+async fn fail_from(
+    store: &dyn Store,
+    name: &Username,
+    network: ClientNetwork,
+    now: i64,
+    policy: LockoutPolicy,
+) -> Option<Lockout> {
+    let LoginAdmission::Admitted(id) = store.admit_login(name, network, now, policy).await.unwrap()
+    else {
+        panic!("attempt from {network} not admitted");
+    };
+    store
+        .finish_login(name, network, id, now, policy, LoginVerdict::Failed)
+        .await
+        .unwrap()
+}
+
+fn admitted(admission: LoginAdmission) -> bool {
+    matches!(admission, LoginAdmission::Admitted(_))
+}
+
+/// The denial of service the old lockout allowed: an attacker's wrong passwords lock the name
+/// for the attacker's network only; the owner, elsewhere, still gets in.
+pub(crate) async fn attacker_failures_lock_only_the_attackers_network(store: &dyn Store) {
+    let alice = name("alice");
+    let policy = LockoutPolicy {
+        max_failures: 2,
+        ..POLICY
+    };
+    let attacker = net(66);
+    assert_eq!(fail_from(store, &alice, attacker, NOW, policy).await, None);
+    let lock = fail_from(store, &alice, attacker, NOW, policy).await;
+    let until = NOW + policy.ban_time;
+    assert_eq!(
+        lock,
+        Some(Lockout {
+            until,
+            scope: LockScope::Network
+        })
+    );
+    assert_eq!(
+        store
+            .admit_login(&alice, attacker, NOW, policy)
+            .await
+            .unwrap(),
+        locked(until, LockScope::Network)
+    );
+    // Another address of the same /24 is the same network.
+    let neighbour = ClientNetwork::of(std::net::IpAddr::from([10, 0, 66, 200]));
+    assert_eq!(neighbour, attacker);
+    // The owner's network, IPv4 or IPv6, is admitted, and so is the name elsewhere.
+    let v6 = ClientNetwork::of("2001:db8:1:2::1".parse().unwrap());
+    for owner in [home(), v6] {
+        let LoginAdmission::Admitted(id) =
+            store.admit_login(&alice, owner, NOW, policy).await.unwrap()
+        else {
+            panic!("owner refused from {owner}");
+        };
+        store
+            .finish_login(&alice, owner, id, NOW, policy, LoginVerdict::Succeeded)
+            .await
+            .unwrap();
+    }
+    // The owner's success lifts nothing of the attacker's lock.
+    assert_eq!(
+        store
+            .admit_login(&alice, attacker, NOW, policy)
+            .await
+            .unwrap(),
+        locked(until, LockScope::Network)
+    );
+    let shown = store.lockouts(&alice, NOW).await.unwrap();
+    assert_eq!(shown.everywhere, None);
+    assert_eq!(shown.networks, [("10.0.66.0/24".to_owned(), until)]);
+    assert!(shown.is_locked());
+    // Other names are not locked from the attacker's network.
+    assert!(admitted(
+        store
+            .admit_login(&name("bob"), attacker, NOW, policy)
+            .await
+            .unwrap()
+    ));
+}
+
+/// Guessing spread over many networks, each below its own limit, still ends: the name's failures
+/// from everywhere reach `max_failures_per_user` and lock it for every network.
+pub(crate) async fn failures_from_many_networks_meet_the_per_user_ceiling(store: &dyn Store) {
+    let alice = name("alice");
+    let policy = LockoutPolicy {
+        max_failures: 3,
+        max_failures_per_user: 7,
+        ..POLICY
+    };
+    let mut locks = Vec::new();
+    for i in 1..=7 {
+        locks.push(fail_from(store, &alice, net(i), NOW, policy).await);
+    }
+    let until = NOW + policy.ban_time;
+    let everywhere = Lockout {
+        until,
+        scope: LockScope::Everywhere,
+    };
+    assert_eq!(locks[..6], [None; 6]);
+    assert_eq!(locks[6], Some(everywhere));
+    for network in [home(), net(1), net(200)] {
+        assert_eq!(
+            store
+                .admit_login(&alice, network, NOW, policy)
+                .await
+                .unwrap(),
+            locked(until, LockScope::Everywhere),
+            "{network}"
+        );
+    }
+    assert_eq!(
+        store.lockouts(&alice, NOW).await.unwrap().everywhere,
+        Some(until)
+    );
+    // Past the ban the name is admitted again, from anywhere.
+    assert!(admitted(
+        store
+            .admit_login(&alice, home(), until, policy)
+            .await
+            .unwrap()
+    ));
+    // The failure that reaches both limits at once reports the lock everywhere.
+    let bob = name("bob");
+    let both = LockoutPolicy {
+        max_failures: 2,
+        max_failures_per_user: 2,
+        ..POLICY
+    };
+    fail_from(store, &bob, home(), NOW, both).await;
+    assert_eq!(
+        fail_from(store, &bob, home(), NOW, both).await,
+        Some(everywhere)
+    );
+    let shown = store.lockouts(&bob, NOW).await.unwrap();
+    assert_eq!(shown.everywhere, Some(until));
+    assert_eq!(shown.networks, [(home().to_string(), until)]);
+}
+
+/// A right password forgets the failures of its own network; the count across networks only
+/// expires, or every login of the owner would give a distributed guesser a fresh ceiling.
+pub(crate) async fn a_success_forgets_its_networks_failures_but_not_the_ceiling_count(
+    store: &dyn Store,
+) {
+    let alice = name("alice");
+    let policy = LockoutPolicy {
+        max_failures: 2,
+        max_failures_per_user: 4,
+        ..POLICY
+    };
+    fail_from(store, &alice, home(), NOW, policy).await;
+    fail_from(store, &alice, net(1), NOW, policy).await;
+    fail_from(store, &alice, net(2), NOW, policy).await;
+    let LoginAdmission::Admitted(id) = store
+        .admit_login(&alice, home(), NOW, policy)
+        .await
+        .unwrap()
+    else {
+        panic!("owner refused");
+    };
+    store
+        .finish_login(&alice, home(), id, NOW, policy, LoginVerdict::Succeeded)
+        .await
+        .unwrap();
+    // Home's earlier failure is forgotten: one more there does not lock home... but it is the
+    // fourth failure of the name, which reaches the ceiling.
+    assert_eq!(
+        fail_from(store, &alice, home(), NOW, policy).await,
+        Some(Lockout {
+            until: NOW + policy.ban_time,
+            scope: LockScope::Everywhere
+        })
+    );
+    assert!(
+        store
+            .lockouts(&alice, NOW)
+            .await
+            .unwrap()
+            .networks
+            .is_empty(),
+        "home must not be locked by its own forgotten failure"
+    );
+    // Failures older than find_time no longer count towards the ceiling.
+    let carol = name("carol");
+    for i in 1..=3 {
+        fail_from(store, &carol, net(i), NOW, policy).await;
+    }
+    let later = NOW + policy.find_time;
+    assert_eq!(fail_from(store, &carol, net(4), later, policy).await, None);
+}
+
+/// `user unlock` lifts every lock of the name: every network's and the one everywhere, with the
+/// failures behind them.
+pub(crate) async fn unlock_lifts_the_lock_of_every_network_and_everywhere(store: &dyn Store) {
+    let alice = name("alice");
+    let policy = LockoutPolicy {
+        max_failures: 2,
+        max_failures_per_user: 5,
+        ..POLICY
+    };
+    for network in [net(1), net(1), net(2), net(2), net(3)] {
+        fail_from(store, &alice, network, NOW, policy).await;
+    }
+    let shown = store.lockouts(&alice, NOW).await.unwrap();
+    assert_eq!(shown.everywhere, Some(NOW + policy.ban_time));
+    assert_eq!(shown.networks.len(), 2, "{shown:?}");
+    // Bob's lock is his own.
+    fail_from(store, &name("bob"), net(1), NOW, policy).await;
+    fail_from(store, &name("bob"), net(1), NOW, policy).await;
+
+    assert!(store.unlock(&alice, NOW).await.unwrap());
+    assert_eq!(
+        store.lockouts(&alice, NOW).await.unwrap(),
+        Lockouts::default()
+    );
+    for network in [net(1), net(2), net(3)] {
+        // Admitted, and the failures went too: one more does not lock the network again.
+        assert_eq!(fail_from(store, &alice, network, NOW, policy).await, None);
+    }
+    assert_eq!(
+        store
+            .lockouts(&name("bob"), NOW)
+            .await
+            .unwrap()
+            .networks
+            .len(),
+        1
+    );
+}
+
+/// Reservations hold places in both budgets: 20 parallel attempts from one network take exactly
+/// its `max_failures` places; then 20 from as many other networks take exactly what is left of
+/// the name's ceiling, with the first ones still in flight. Two handles, as two gateways.
+pub(crate) async fn concurrent_admissions_are_counted_per_network_and_per_name(
+    stores: [Arc<dyn Store>; 2],
+) {
+    let policy = LockoutPolicy {
+        max_failures: 3,
+        max_failures_per_user: 5,
+        ..POLICY
+    };
+    let admit_all = |networks: Vec<ClientNetwork>| {
+        let stores = stores.clone();
+        async move {
+            let admits = networks.into_iter().enumerate().map(|(i, network)| {
+                let store = stores[i % 2].clone();
+                tokio::spawn(async move {
+                    store
+                        .admit_login(&name("alice"), network, NOW, policy)
+                        .await
+                })
+            });
+            let mut admitted = 0;
+            for admit in admits {
+                match admit.await.unwrap().unwrap() {
+                    LoginAdmission::Admitted(_) => admitted += 1,
+                    LoginAdmission::Exhausted => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            admitted
+        }
+    };
+    assert_eq!(admit_all(vec![home(); 20]).await, 3);
+    assert_eq!(admit_all((1..=20).map(net).collect()).await, 2);
+    assert_eq!(
+        stores[0]
+            .admit_login(&name("alice"), net(99), NOW, policy)
+            .await
+            .unwrap(),
+        LoginAdmission::Exhausted
+    );
+    // Reservations are per name.
+    assert!(admitted(
+        stores[1]
+            .admit_login(&name("bob"), home(), NOW, policy)
+            .await
+            .unwrap()
+    ));
 }
 
 pub(crate) async fn usable_as_shared_trait_object(store: Arc<dyn Store>) {

@@ -24,19 +24,20 @@ use rusqlite::{
 };
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockoutPolicy, LoginAdmission,
-    LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord, RefreshState,
-    RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, Store, StoreError, User,
-    Users,
+    CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
+    Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord,
+    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, Store,
+    StoreError, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
+use crate::limits::ClientNetwork;
 
 /// How long a statement waits for another connection's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -97,10 +98,35 @@ CREATE TABLE login_attempts (
 CREATE INDEX login_attempts_username ON login_attempts (username);
 ";
 
-/// Version 4: sessions (one row per refresh family: where it started, when last used), session
+/// Version 4: failures and lockouts per (username, scope), where the scope is a client network
+/// (`192.0.2.0/24`, `2001:db8::/64`) or [`EVERYWHERE`] for the name's count across networks;
+/// reservations record their network. A name's failures and lockout from before (one count per
+/// name, from anywhere) carry over to its scope everywhere, so a running lockout stays; a
+/// reservation from before counts only there and expires within seconds.
+const SCHEMA_V4: &str = "
+CREATE TABLE login_failures_v4 (
+    username         TEXT NOT NULL,
+    scope            TEXT NOT NULL,
+    failures         INTEGER NOT NULL,
+    first_failure_at INTEGER NOT NULL,
+    locked_until     INTEGER,
+    PRIMARY KEY (username, scope)
+) STRICT;
+INSERT INTO login_failures_v4 (username, scope, failures, first_failure_at, locked_until)
+    SELECT username, '*', failures, first_failure_at, locked_until FROM login_failures;
+DROP TABLE login_failures;
+ALTER TABLE login_failures_v4 RENAME TO login_failures;
+ALTER TABLE login_attempts ADD COLUMN network TEXT NOT NULL DEFAULT '*';
+CREATE INDEX login_attempts_username_network ON login_attempts (username, network);
+";
+
+/// The scope of a name's failures and lockout across every network (never a network's text).
+const EVERYWHERE: &str = "*";
+
+/// Version 5: sessions (one row per refresh family: where it started, when last used), session
 /// cuts per name, and the change feed gateways follow (revoked ids and cuts, in commit order).
 /// Families already stored become sessions of unknown origin.
-const SCHEMA_V4: &str = "
+const SCHEMA_V5: &str = "
 CREATE TABLE sessions (
     family       TEXT PRIMARY KEY NOT NULL,
     username     TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
@@ -150,17 +176,20 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// One more failure for `name` inside `tx`; the lockout's end when it reaches the limit.
+/// One more failure for `name` in `scope` inside `tx`; the lockout's end when it reaches `max`.
 fn count_failure(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
+    scope: &str,
+    max: u32,
     now: i64,
     policy: LockoutPolicy,
 ) -> Result<Option<i64>, StoreError> {
     let row: Option<(i64, i64)> = tx
         .query_row(
-            "SELECT failures, first_failure_at FROM login_failures WHERE username = ?1",
-            [name],
+            "SELECT failures, first_failure_at FROM login_failures \
+             WHERE username = ?1 AND scope = ?2",
+            [name, scope],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -168,7 +197,7 @@ fn count_failure(
         Some((n, first)) if first + policy.find_time > now => (n + 1, first),
         _ => (1, now),
     };
-    let locked_until = (failures >= i64::from(policy.max_failures)).then(|| now + policy.ban_time);
+    let locked_until = (failures >= i64::from(max)).then(|| now + policy.ban_time);
     // A lockout starts a fresh count: the next window begins when the ban ends.
     let (failures, first) = if locked_until.is_some() {
         (0, now)
@@ -176,13 +205,36 @@ fn count_failure(
         (failures, first)
     };
     tx.execute(
-        "INSERT INTO login_failures (username, failures, first_failure_at, locked_until) \
-         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (username) DO UPDATE SET \
+        "INSERT INTO login_failures (username, scope, failures, first_failure_at, locked_until) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (username, scope) DO UPDATE SET \
          failures = excluded.failures, first_failure_at = excluded.first_failure_at, \
          locked_until = coalesce(excluded.locked_until, locked_until)",
-        params![name, failures, first, locked_until],
+        params![name, scope, failures, first, locked_until],
     )?;
     Ok(locked_until)
+}
+
+/// Failures of `name` in `scope` within the window at `now`, or the end of its running lockout.
+fn scope_failures(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    scope: &str,
+    now: i64,
+    policy: LockoutPolicy,
+) -> Result<Result<i64, i64>, StoreError> {
+    let row: Option<(i64, i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT failures, first_failure_at, locked_until FROM login_failures \
+             WHERE username = ?1 AND scope = ?2",
+            [name, scope],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((_, _, Some(until))) if until > now => Err(until),
+        Some((n, first, _)) if first + policy.find_time > now => Ok(n),
+        _ => Ok(0),
+    })
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -1039,44 +1091,43 @@ impl LoginFailures for SqliteStore {
     async fn admit_login(
         &self,
         name: &Username,
+        network: ClientNetwork,
         now: i64,
         policy: LockoutPolicy,
     ) -> Result<LoginAdmission, StoreError> {
         let name = name.as_str().to_owned();
+        let network = network.to_string();
         self.call(move |conn| {
-            // IMMEDIATE: the write lock is taken before the count is read, so two admissions
-            // can never both see the last free place.
+            // IMMEDIATE: the write lock is taken before the counts are read, so two admissions
+            // can never both see the last free place of either budget.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "DELETE FROM login_attempts WHERE username = ?1 AND expires_at <= ?2",
                 params![name, now],
             )?;
-            let row: Option<(i64, i64, Option<i64>)> = tx
-                .query_row(
-                    "SELECT failures, first_failure_at, locked_until FROM login_failures \
-                     WHERE username = ?1",
-                    [&name],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let failures = match row {
-                Some((_, _, Some(until))) if until > now => {
-                    return Ok(LoginAdmission::Locked(until));
-                }
-                Some((n, first, _)) if first + policy.find_time > now => n,
-                _ => 0,
+            let locked = |until, scope| Ok(LoginAdmission::Locked(Lockout { until, scope }));
+            let everywhere = match scope_failures(&tx, &name, EVERYWHERE, now, policy)? {
+                Ok(n) => n,
+                Err(until) => return locked(until, LockScope::Everywhere),
             };
-            let in_flight: i64 = tx.query_row(
-                "SELECT count(*) FROM login_attempts WHERE username = ?1",
-                [&name],
-                |r| r.get(0),
+            let here = match scope_failures(&tx, &name, &network, now, policy)? {
+                Ok(n) => n,
+                Err(until) => return locked(until, LockScope::Network),
+            };
+            let (in_flight, in_flight_here): (i64, i64) = tx.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE network = ?2) FROM login_attempts \
+                 WHERE username = ?1",
+                [&name, &network],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            if failures + in_flight >= i64::from(policy.max_failures) {
+            if here + in_flight_here >= i64::from(policy.max_failures)
+                || everywhere + in_flight >= i64::from(policy.max_failures_per_user)
+            {
                 return Ok(LoginAdmission::Exhausted);
             }
             tx.execute(
-                "INSERT INTO login_attempts (username, expires_at) VALUES (?1, ?2)",
-                params![name, now.saturating_add(LOGIN_ATTEMPT_TTL)],
+                "INSERT INTO login_attempts (username, network, expires_at) VALUES (?1, ?2, ?3)",
+                params![name, network, now.saturating_add(LOGIN_ATTEMPT_TTL)],
             )?;
             let id = tx.last_insert_rowid();
             tx.commit()?;
@@ -1088,45 +1139,64 @@ impl LoginFailures for SqliteStore {
     async fn finish_login(
         &self,
         name: &Username,
+        network: ClientNetwork,
         id: i64,
         now: i64,
         policy: LockoutPolicy,
         verdict: LoginVerdict,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<Lockout>, StoreError> {
         let name = name.as_str().to_owned();
+        let network = network.to_string();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM login_attempts WHERE id = ?1", [id])?;
-            let locked_until = match verdict {
+            let lockout = match verdict {
                 LoginVerdict::Abandoned => None,
                 LoginVerdict::Succeeded => {
-                    // A lockout another attempt started meanwhile stays.
+                    // A lockout another attempt started meanwhile stays; so does the count
+                    // across networks (see `LoginVerdict::Succeeded`).
                     tx.execute(
-                        "DELETE FROM login_failures WHERE username = ?1 \
-                         AND coalesce(locked_until, 0) <= ?2",
-                        params![name, now],
+                        "DELETE FROM login_failures WHERE username = ?1 AND scope = ?2 \
+                         AND coalesce(locked_until, 0) <= ?3",
+                        params![name, network, now],
                     )?;
                     None
                 }
-                LoginVerdict::Failed => count_failure(&tx, &name, now, policy)?,
+                LoginVerdict::Failed => {
+                    let here =
+                        count_failure(&tx, &name, &network, policy.max_failures, now, policy)?;
+                    let max = policy.max_failures_per_user;
+                    let everywhere = count_failure(&tx, &name, EVERYWHERE, max, now, policy)?;
+                    let lockout = |scope| move |until| Lockout { until, scope };
+                    everywhere
+                        .map(lockout(LockScope::Everywhere))
+                        .or(here.map(lockout(LockScope::Network)))
+                }
             };
             tx.commit()?;
-            Ok(locked_until)
+            Ok(lockout)
         })
         .await
     }
 
-    async fn lockout(&self, name: &Username, now: i64) -> Result<Option<i64>, StoreError> {
+    async fn lockouts(&self, name: &Username, now: i64) -> Result<Lockouts, StoreError> {
         let name = name.as_str().to_owned();
         self.call(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT locked_until FROM login_failures \
-                     WHERE username = ?1 AND locked_until > ?2",
-                    params![name, now],
-                    |r| r.get(0),
-                )
-                .optional()?)
+            let mut stmt = conn.prepare(
+                "SELECT scope, locked_until FROM login_failures \
+                 WHERE username = ?1 AND locked_until > ?2 ORDER BY scope",
+            )?;
+            let rows = stmt.query_map(params![name, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut lockouts = Lockouts::default();
+            for row in rows {
+                let (scope, until): (String, i64) = row?;
+                if scope == EVERYWHERE {
+                    lockouts.everywhere = Some(until);
+                } else {
+                    lockouts.networks.push((scope, until));
+                }
+            }
+            Ok(lockouts)
         })
         .await
     }
@@ -1137,7 +1207,8 @@ impl LoginFailures for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let locked = tx
                 .query_row(
-                    "SELECT 1 FROM login_failures WHERE username = ?1 AND locked_until > ?2",
+                    "SELECT 1 FROM login_failures WHERE username = ?1 AND locked_until > ?2 \
+                     LIMIT 1",
                     params![name, now],
                     |_| Ok(()),
                 )
@@ -1284,6 +1355,59 @@ mod tests {
             assert_eq!(version, i64::from(SCHEMA_VERSION));
             assert_eq!(store.list_users().await.unwrap().len(), 1);
         }
+    }
+
+    /// A name locked before failures were counted per network stays locked, everywhere, and
+    /// its failures still count towards the ceiling.
+    #[tokio::test]
+    async fn a_lockout_from_schema_v3_carries_over_as_a_lockout_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..3] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.execute(
+                "INSERT INTO login_failures VALUES ('alice', 0, ?1, ?2), ('bob', 4, ?1, NULL)",
+                params![NOW, NOW + 900],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO login_attempts (username, expires_at) VALUES ('bob', ?1)",
+                [NOW + 60],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let alice = store.lockouts(&name("alice"), NOW).await.unwrap();
+        assert_eq!(alice.everywhere, Some(NOW + 900));
+        assert!(alice.networks.is_empty());
+        let policy = LockoutPolicy {
+            max_failures: 5,
+            max_failures_per_user: 6,
+            find_time: 600,
+            ban_time: 900,
+        };
+        let network = ClientNetwork::of(std::net::IpAddr::from([192, 0, 2, 1]));
+        // Bob's four old failures and his old reservation count towards the ceiling of six.
+        let LoginAdmission::Admitted(_) = store
+            .admit_login(&name("bob"), network, NOW, policy)
+            .await
+            .unwrap()
+        else {
+            panic!("bob refused");
+        };
+        assert_eq!(
+            store
+                .admit_login(&name("bob"), network, NOW, policy)
+                .await
+                .unwrap(),
+            LoginAdmission::Exhausted
+        );
     }
 
     #[test]

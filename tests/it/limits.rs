@@ -332,3 +332,220 @@ async fn lockout_still_holds_with_the_rate_limits_disabled() {
     }
     assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
 }
+
+/// A client whose connections leave from `local`: on Linux all of 127.0.0.0/8 is loopback, so
+/// 127.0.1.1 is another client network (another /24) than 127.0.0.1, with a real source address.
+fn client_from(local: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from(local))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn login_from(gw: &TestGateway, from: [u8; 4], user: &str, password: &str) -> StatusCode {
+    client_from(from)
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+const OWNER: [u8; 4] = [127, 0, 0, 1];
+
+fn name(s: &str) -> gatehouse::auth::username::Username {
+    gatehouse::auth::username::Username::parse(s).unwrap()
+}
+
+/// The lockout as a denial of service: wrong passwords from the attacker's network lock the name
+/// for that network (its neighbours included), while the owner, on another network, still logs
+/// in with the right password.
+#[tokio::test]
+async fn attacker_failures_from_another_network_do_not_lock_the_user_out() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 100\nmax_failures = 3\nmax_failures_per_user = 100",
+    )
+    .await;
+    let attacker = [127, 0, 1, 1];
+    for _ in 0..3 {
+        assert_eq!(login_from(&gw, attacker, "alice", "guess").await, 400);
+    }
+    assert_eq!(
+        login_from(&gw, attacker, "alice", "secret").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker's network is locked out, even with the right password"
+    );
+    assert_eq!(
+        login_from(&gw, [127, 0, 1, 77], "alice", "secret").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a neighbour in the attacker's /24 is the same network"
+    );
+    assert_eq!(
+        login_from(&gw, OWNER, "alice", "secret").await,
+        StatusCode::OK,
+        "the owner's own network must not be locked by the attacker"
+    );
+    let now = gw.gateway.auth().limits().clock().unix_now();
+    let lockouts = gw
+        .gateway
+        .auth()
+        .store()
+        .lockouts(&name("alice"), now)
+        .await
+        .unwrap();
+    assert_eq!(lockouts.everywhere, None);
+    let networks: Vec<&str> = lockouts.networks.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(networks, ["127.0.1.0/24"]);
+}
+
+/// Guessing spread over many networks, each below its own limit: the name's failures from all of
+/// them meet `max_failures_per_user`, which locks it for everyone, the owner included, until the
+/// ban ends or an operator unlocks it.
+#[tokio::test]
+async fn distributed_guessing_meets_the_per_user_ceiling() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 100\nmax_failures = 3\nmax_failures_per_user = 7\nban_time = \"15m\"",
+    )
+    .await;
+    let guessers = [
+        [127, 0, 1, 1],
+        [127, 0, 2, 1],
+        [127, 0, 3, 1],
+        [127, 0, 4, 1],
+    ];
+    let mut answers = Vec::new();
+    for from in guessers {
+        for _ in 0..2 {
+            answers.push(login_from(&gw, from, "alice", "guess").await.as_u16());
+        }
+    }
+    // Seven guesses are checked; the eighth meets the lock everywhere.
+    assert_eq!(answers, [400, 400, 400, 400, 400, 400, 400, 429]);
+    let r = client_from(OWNER)
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "secret"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["ratelimit-limit"], "7");
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 800 && retry <= 900, "{retry}");
+    // Other names are not affected.
+    gw.add_user("bob", "pw", &[], &[]).await;
+    assert_eq!(login_from(&gw, [127, 0, 1, 1], "bob", "pw").await, 200);
+    // `user unlock` lifts it (the store call the CLI makes).
+    let now = gw.gateway.auth().limits().clock().unix_now();
+    let store = gw.gateway.auth().store();
+    assert!(store.unlock(&name("alice"), now).await.unwrap());
+    assert_eq!(login_from(&gw, OWNER, "alice", "secret").await, 200);
+    assert_eq!(login_from(&gw, [127, 0, 1, 1], "alice", "guess").await, 400);
+}
+
+/// Rotates `refresh` once, by `/auth/refresh` or by the token endpoint's `refresh_token` grant.
+async fn refresh(gw: &TestGateway, refresh: &str, by_token_endpoint: bool) -> reqwest::Response {
+    let request = if by_token_endpoint {
+        client()
+            .post(gw.url("/auth/token"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+    } else {
+        client()
+            .post(gw.url("/auth/refresh"))
+            .form(&[("refresh_token", refresh)])
+    };
+    request.send().await.unwrap()
+}
+
+/// A client that refreshes often (a page polling, many tabs) must not run out of logins: one
+/// login and twenty refreshes from one address all succeed, by either endpoint, and the login
+/// budget is left exactly as one login left it.
+#[tokio::test]
+async fn refreshes_do_not_spend_the_login_budget() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 3\nper_address_per_minute = 1\nper_user_burst = 100\nper_user_per_minute = 100\nmax_failures = 100",
+    )
+    .await;
+    let mut token = gw.login("alice", "secret").await["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..20 {
+        let r = refresh(&gw, &token, i % 2 == 0).await;
+        assert_eq!(r.status(), StatusCode::OK, "refresh {i}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        token = body["refresh_token"].as_str().unwrap().to_owned();
+    }
+    // Two of the three logins are left, then the login budget refuses as before.
+    for _ in 0..2 {
+        assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 200);
+    }
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
+    // And a login flood leaves refreshing alone.
+    assert_eq!(refresh(&gw, &token, true).await.status(), 200);
+}
+
+/// The refresh budget is a limit of its own: a flood of refresh requests from one address, by
+/// either endpoint, meets 429 with Retry-After, before any store lookup; logins are untouched.
+#[tokio::test]
+async fn refresh_floods_are_refused_with_429_and_retry_after() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 100\nrefresh_per_address_burst = 4\nrefresh_per_address_per_minute = 1",
+    )
+    .await;
+    for i in 0..4 {
+        let r = refresh(&gw, &format!("forged-{i}"), i % 2 == 0).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "refresh {i}");
+    }
+    for by_token_endpoint in [false, true] {
+        let r = refresh(&gw, "forged", by_token_endpoint).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_eq!(r.headers()["ratelimit-limit"], "4");
+    }
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 200);
+    advance(&gw, Duration::from_secs(61));
+    assert_eq!(refresh(&gw, "forged", true).await.status(), 400);
+}
+
+/// The per-username budget is for guesses: the owner logging in again and again (more often
+/// than the burst) is never refused, while wrong passwords still spend it and meet 429, the
+/// right password included once it is spent (the check runs before hashing).
+#[tokio::test]
+async fn successful_logins_do_not_count_as_failures() {
+    let (gw, _up) = gateway(
+        "per_address_burst = 100\nper_user_burst = 3\nper_user_per_minute = 1\nmax_failures = 100",
+    )
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            attempt(&gw, "alice", "secret", None).await.status(),
+            200,
+            "login {i}"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(attempt(&gw, "alice", "guess", None).await.status(), 400);
+    }
+    assert_eq!(attempt(&gw, "alice", "guess", None).await.status(), 429);
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
+}

@@ -300,7 +300,7 @@ impl GatewayBuilder {
         // tests set their own.
         if !text.contains("[auth.limits]") {
             text.push_str(
-                "\n[auth.limits]\nper_address_burst = 100000\nper_address_per_minute = 100000\nper_user_burst = 100000\nper_user_per_minute = 100000\nmax_failures = 100000\n",
+                "\n[auth.limits]\nper_address_burst = 100000\nper_address_per_minute = 100000\nper_user_burst = 100000\nper_user_per_minute = 100000\nrefresh_per_address_burst = 100000\nrefresh_per_address_per_minute = 100000\nmax_failures = 100000\nmax_failures_per_user = 100000\n",
             );
         }
         if !text.contains("keys_dir") {
