@@ -144,7 +144,9 @@ impl Revocation {
             .or_insert(expires_at);
     }
 
-    fn cut(&self, user: &Username, not_before: i64) {
+    /// Refuses `user`'s tokens issued before `not_before` here at once (the store is written by the
+    /// caller); a mark only moves forward.
+    pub fn cut(&self, user: &Username, not_before: i64) {
         if self
             .not_before(user)
             .is_some_and(|known| known >= not_before)
