@@ -288,7 +288,15 @@ fn bench_revocation_check(c: &mut Criterion) {
     let ring =
         KeyRing::load_or_generate(&dir.path().join("keys"), KeyAlg::EdDSA, LIFETIME).expect("keys");
     let identity = ready(auth.authenticator().verify_access(&mint(&ring))).expect("verifies");
-    let load = || ready(Revocation::load(&**auth.store(), now())).expect("loads");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let load = || {
+        runtime
+            .block_on(Revocation::load(&**auth.store(), now()))
+            .expect("loads")
+    };
     let empty = load();
     let full = load();
     for i in 0..10_000 {

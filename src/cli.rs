@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::app;
+use crate::auth::audit::{Event, Outcome, Source};
 use crate::auth::claims::check_account_values;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
@@ -475,6 +476,12 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             // A new password is the usual answer to a lockout; keeping the lock would leave
             // the owner shut out of the account just reset for them.
             store.unlock(&username, crate::clock::unix_now()).await?;
+            audit_cli(
+                Event::SessionsRevoked,
+                &username,
+                Outcome::Success,
+                "password changed",
+            );
             println!(
                 "password changed for {}; {ended} sessions ended",
                 username.as_str()
@@ -482,7 +489,18 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
         }
         UserAction::Unlock { name } => {
             let username = Username::parse(&name)?;
-            if store.unlock(&username, crate::clock::unix_now()).await? {
+            let unlocked = store.unlock(&username, crate::clock::unix_now()).await?;
+            audit_cli(
+                Event::Unlock,
+                &username,
+                if unlocked {
+                    Outcome::Success
+                } else {
+                    Outcome::Nothing
+                },
+                "operator",
+            );
+            if unlocked {
                 println!("unlocked {}", username.as_str());
             } else {
                 println!("{} was not locked", username.as_str());
@@ -493,6 +511,12 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             store
                 .set_disabled(&Username::parse(&name)?, true, now)
                 .await?;
+            audit_cli(
+                Event::SessionsRevoked,
+                &Username::parse(&name)?,
+                Outcome::Success,
+                "user disabled",
+            );
             println!("disabled {name}; its sessions ended");
         }
         UserAction::Enable { name } => {
@@ -518,6 +542,12 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
         UserAction::Remove { name } => {
             let now = crate::clock::unix_now();
             store.remove_user(&Username::parse(&name)?, now).await?;
+            audit_cli(
+                Event::SessionsRevoked,
+                &Username::parse(&name)?,
+                Outcome::Success,
+                "user removed",
+            );
             println!("removed {name}; its sessions ended");
         }
         UserAction::Import { file } => {
@@ -568,6 +598,18 @@ fn print_keys(dir: &Path) -> anyhow::Result<()> {
 
 /// Unix seconds as RFC 3339 in UTC. UTC rather than local time: no time crate is a dependency,
 /// and the zone database is not worth one for a column in `user list`.
+/// An operator's action in the audit trail (client `cli`).
+fn audit_cli(event: Event, user: &Username, outcome: Outcome, reason: &str) {
+    crate::auth::audit::record(
+        event,
+        Some(user.as_str()),
+        Source::Cli,
+        outcome,
+        reason,
+        None,
+    );
+}
+
 async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = app::open_store(&config)?;
     let now = crate::clock::unix_now();
@@ -598,10 +640,24 @@ async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> 
                     }
                     let until = now + crate::auth::revocation::token_horizon(&config.auth);
                     store.revoke_id(&family, until).await?;
+                    crate::auth::audit::record(
+                        Event::SessionsRevoked,
+                        Some(user.as_str()),
+                        Source::Cli,
+                        Outcome::Success,
+                        "operator: one session",
+                        Some(&family),
+                    );
                     println!("ended session {family} of {}", user.as_str());
                 }
                 None => {
                     let ended = store.end_sessions(&user, now).await?;
+                    audit_cli(
+                        Event::SessionsRevoked,
+                        &user,
+                        Outcome::Success,
+                        "operator: every session",
+                    );
                     println!(
                         "ended {ended} sessions of {}; its access tokens issued until now are refused",
                         user.as_str()

@@ -242,7 +242,7 @@ fn grant_status(e: &GrantError) -> StatusCode {
     match e {
         GrantError::InvalidRequest(_)
         | GrantError::BadCredentials
-        | GrantError::InvalidGrant(_)
+        | GrantError::InvalidRefresh(_)
         | GrantError::InvalidScope
         | GrantError::WeakPassword(_) => StatusCode::BAD_REQUEST,
         GrantError::Busy | GrantError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -449,7 +449,7 @@ mod tests {
                 EndpointError::Grant(
                     GrantError::InvalidRequest(_)
                     | GrantError::BadCredentials
-                    | GrantError::InvalidGrant(_)
+                    | GrantError::InvalidRefresh(_)
                     | GrantError::InvalidScope
                     | GrantError::WeakPassword(_)
                     | GrantError::Busy
@@ -477,7 +477,10 @@ mod tests {
         let table: Vec<(EndpointError, u16)> = vec![
             (GrantError::InvalidRequest("x").into(), 400),
             (GrantError::BadCredentials.into(), 400),
-            (GrantError::InvalidGrant("x").into(), 400),
+            (
+                GrantError::InvalidRefresh(crate::auth::grants::RefreshRefusal::Reused).into(),
+                400,
+            ),
             (GrantError::InvalidScope.into(), 400),
             (GrantError::WeakPassword("x").into(), 400),
             (GrantError::Busy.into(), 503),

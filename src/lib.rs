@@ -26,6 +26,7 @@
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
+//! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
 //! | `store` | the state interface, by kind of state |
 //! | `auth::username` | canonical usernames |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store) |

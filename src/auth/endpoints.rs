@@ -224,7 +224,7 @@ pub async fn serve(
                 Form::default()
             };
             let ended = grants
-                .logout(identity.as_deref(), form.get("refresh_token"))
+                .logout(identity.as_deref(), form.get("refresh_token"), client)
                 .await?;
             // What was ended, so a client can tell "logged out" from "nothing to end".
             Ok(no_store(with_json(
@@ -239,7 +239,7 @@ pub async fn serve(
         Endpoint::Revoke => {
             let form = read_form(req).await?;
             grants
-                .revoke(form.get("token"), form.get("token_type_hint"))
+                .revoke(form.get("token"), form.get("token_type_hint"), client)
                 .await?;
             Ok(no_store(with_json(StatusCode::OK, json!({}))))
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use crate::auth::audit::{self, Event, Outcome, Source};
 use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
@@ -38,8 +39,10 @@ pub enum GrantError {
     /// Wrong username or password, unknown or disabled user: one byte-identical answer.
     #[error("invalid_grant: invalid username or password")]
     BadCredentials,
-    #[error("invalid_grant: {0}")]
-    InvalidGrant(&'static str),
+    /// A refresh token that cannot be rotated. The client is told only "invalid refresh token"
+    /// whatever the reason (a thief learns nothing about the token); the audit log gets it.
+    #[error("invalid_grant: invalid refresh token ({})", .0.reason())]
+    InvalidRefresh(RefreshRefusal),
     #[error("invalid_scope")]
     InvalidScope,
     #[error("invalid password: {0}")]
@@ -59,7 +62,7 @@ impl GrantError {
     pub fn code(&self) -> &'static str {
         match self {
             GrantError::InvalidRequest(_) | GrantError::WeakPassword(_) => "invalid_request",
-            GrantError::BadCredentials | GrantError::InvalidGrant(_) => "invalid_grant",
+            GrantError::BadCredentials | GrantError::InvalidRefresh(_) => "invalid_grant",
             GrantError::InvalidScope => "invalid_scope",
             GrantError::Busy | GrantError::StoreUnavailable => "temporarily_unavailable",
             GrantError::Limited(_) => "too_many_attempts",
@@ -69,15 +72,60 @@ impl GrantError {
 
     pub fn description(&self) -> &'static str {
         match self {
-            GrantError::InvalidRequest(d)
-            | GrantError::InvalidGrant(d)
-            | GrantError::WeakPassword(d) => d,
+            GrantError::InvalidRequest(d) | GrantError::WeakPassword(d) => d,
+            GrantError::InvalidRefresh(_) => "invalid refresh token",
             GrantError::BadCredentials => "invalid username or password",
             GrantError::InvalidScope => "the requested scope exceeds what was granted",
             GrantError::Busy => "too many logins in progress, retry shortly",
             GrantError::StoreUnavailable => "state store unavailable, retry shortly",
             GrantError::Limited(_) => "too many attempts, retry later",
             GrantError::Server => "internal error",
+        }
+    }
+}
+
+/// Why a refresh token could not be rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshRefusal {
+    /// Empty or longer than any token the gateway issues.
+    Malformed,
+    Unknown,
+    Expired,
+    /// Its session was ended (logout, a cut, an earlier reuse).
+    Revoked,
+    /// Already used and presented again outside the grace: the session is now revoked.
+    Reused,
+    /// Its user was disabled or removed since.
+    UserGone,
+}
+
+impl RefreshRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            RefreshRefusal::Malformed => "malformed",
+            RefreshRefusal::Unknown => "unknown",
+            RefreshRefusal::Expired => "expired",
+            RefreshRefusal::Revoked => "revoked",
+            RefreshRefusal::Reused => "reused",
+            RefreshRefusal::UserGone => "user_disabled_or_removed",
+        }
+    }
+}
+
+impl GrantError {
+    /// How the audit log records this refusal.
+    fn audited(&self) -> (Outcome, &'static str) {
+        match self {
+            GrantError::BadCredentials => (Outcome::Failure, "bad_credentials"),
+            GrantError::InvalidRefresh(r) => (Outcome::Failure, r.reason()),
+            GrantError::InvalidRequest(_) | GrantError::WeakPassword(_) => {
+                (Outcome::Failure, "invalid_request")
+            }
+            GrantError::InvalidScope => (Outcome::Failure, "invalid_scope"),
+            GrantError::Limited(_) => (Outcome::Refused, "limited"),
+            GrantError::Busy => (Outcome::Refused, "busy"),
+            GrantError::StoreUnavailable => (Outcome::Refused, "store_unavailable"),
+            GrantError::Server => (Outcome::Failure, "server_error"),
         }
     }
 }
@@ -145,6 +193,14 @@ impl TokenRequest<'_> {
     }
 }
 
+/// A refresh token's session, found (and ended) by a logout or a revocation.
+struct FoundSession {
+    user: Username,
+    session: String,
+    /// Whether it was still live.
+    ended: bool,
+}
+
 /// What a logout ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoggedOut {
@@ -156,6 +212,9 @@ pub struct LoggedOut {
 
 /// Tokens granted: a new access token and the refresh token that continues the family.
 pub struct Issued {
+    pub user: Username,
+    /// The session (refresh family) the tokens belong to.
+    pub session: String,
     pub access_token: String,
     pub expires_in: u64,
     pub refresh_token: String,
@@ -250,7 +309,40 @@ impl Grants {
 
     /// The token endpoint's grants (and `/login`, `/refresh`, which name theirs by path), for a
     /// request from `client` (the address the limits and the lockout count).
+    /// Every outcome is one audit event (see [`crate::auth::audit`]).
     pub async fn token(
+        &self,
+        grant: Grant,
+        form: TokenRequest<'_>,
+        client: IpAddr,
+    ) -> Result<Issued, GrantError> {
+        let result = self.grant(grant, form, client).await;
+        let event = match grant {
+            Grant::Password => Event::Login,
+            Grant::Refresh => Event::Refresh,
+        };
+        let typed = form.username.map(audit::shown_user);
+        let source = Source::Client(client);
+        match &result {
+            Ok(issued) => audit::record(
+                event,
+                Some(issued.user.as_str()),
+                source,
+                Outcome::Success,
+                "-",
+                Some(&issued.session),
+            ),
+            // Logged where it was found, with its user and session.
+            Err(GrantError::InvalidRefresh(RefreshRefusal::Reused)) => {}
+            Err(e) => {
+                let (outcome, reason) = e.audited();
+                audit::record(event, typed.as_deref(), source, outcome, reason, None);
+            }
+        }
+        result
+    }
+
+    async fn grant(
         &self,
         grant: Grant,
         form: TokenRequest<'_>,
@@ -281,7 +373,8 @@ impl Grants {
                 let token = form
                     .refresh_token
                     .ok_or(GrantError::InvalidRequest("refresh_token is required"))?;
-                self.refresh_grant(token, requested, &client_id).await
+                self.refresh_grant(token, requested, &client_id, client)
+                    .await
             }
         }
     }
@@ -373,15 +466,19 @@ impl Grants {
                     && let Some(Lockout { until, scope }) =
                         attempt.finish(now, LoginVerdict::Failed).await?
                 {
-                    tracing::warn!(
-                        user = name.as_ref().map_or(raw_username, Username::as_str),
-                        until,
-                        network = %network,
-                        scope = match scope {
-                            LockScope::Network => "network",
-                            LockScope::Everywhere => "everywhere",
-                        },
-                        "login locked after repeated failures"
+                    let scope = match scope {
+                        LockScope::Network => "network",
+                        LockScope::Everywhere => "everywhere",
+                    };
+                    let reason =
+                        format!("repeated failures: locked for {scope} {network} until {until}");
+                    audit::record(
+                        Event::Lockout,
+                        Some(&audit::shown_user(raw_username)),
+                        Source::Client(client),
+                        Outcome::Success,
+                        &reason,
+                        None,
                     );
                 }
                 return Err(GrantError::BadCredentials);
@@ -434,9 +531,10 @@ impl Grants {
         presented: &str,
         requested: Option<Vec<String>>,
         client_id: &str,
+        client: IpAddr,
     ) -> Result<Issued, GrantError> {
         if presented.is_empty() || presented.len() > MAX_REFRESH_TOKEN_BYTES {
-            return Err(GrantError::InvalidGrant("invalid refresh token"));
+            return Err(GrantError::InvalidRefresh(RefreshRefusal::Malformed));
         }
         let old_digest = tokens::refresh_digest(presented);
         let (new_token, new_digest) = tokens::new_refresh_token();
@@ -460,10 +558,24 @@ impl Grants {
                 );
                 // The access tokens of a stolen session end with it.
                 self.authenticator.revoke_session_tokens(&family).await?;
-                return Err(GrantError::InvalidGrant("invalid refresh token"));
+                audit::record(
+                    Event::Refresh,
+                    Some(username.as_str()),
+                    Source::Client(client),
+                    Outcome::Failure,
+                    RefreshRefusal::Reused.reason(),
+                    Some(&family),
+                );
+                return Err(GrantError::InvalidRefresh(RefreshRefusal::Reused));
             }
-            Err(RotateError::Unknown | RotateError::Expired | RotateError::Revoked) => {
-                return Err(GrantError::InvalidGrant("invalid refresh token"));
+            Err(RotateError::Unknown) => {
+                return Err(GrantError::InvalidRefresh(RefreshRefusal::Unknown));
+            }
+            Err(RotateError::Expired) => {
+                return Err(GrantError::InvalidRefresh(RefreshRefusal::Expired));
+            }
+            Err(RotateError::Revoked) => {
+                return Err(GrantError::InvalidRefresh(RefreshRefusal::Revoked));
             }
             Err(RotateError::Store(e)) => return Err(e.into()),
         };
@@ -477,7 +589,7 @@ impl Grants {
             self.authenticator
                 .revoke_session_tokens(&old.family)
                 .await?;
-            return Err(GrantError::InvalidGrant("invalid refresh token"));
+            return Err(GrantError::InvalidRefresh(RefreshRefusal::UserGone));
         };
         // Never more than first granted, nor more than the user holds today.
         let granted: Vec<String> = old
@@ -561,6 +673,8 @@ impl Grants {
             GrantError::Server
         })?;
         Ok(Issued {
+            user,
+            session: subject.sid.unwrap_or_default().to_owned(),
             access_token: minted.token,
             expires_in: self.spec.lifetime.as_secs(),
             refresh_token: refresh,
@@ -576,6 +690,7 @@ impl Grants {
         &self,
         identity: Option<&Identity>,
         refresh: Option<&str>,
+        client: IpAddr,
     ) -> Result<LoggedOut, GrantError> {
         if identity.is_none() && refresh.is_none() {
             return Err(GrantError::InvalidRequest(
@@ -583,35 +698,61 @@ impl Grants {
             ));
         }
         let mut ended = LoggedOut::default();
+        let mut user = identity.map(|id| id.sub.clone());
+        let mut session = identity.and_then(|id| id.sid.clone());
         if let Some(identity) = identity {
             ended.access_token = self.authenticator.revoke_access(identity).await?;
             if let Some(sid) = &identity.sid
-                && let Ok(user) = Username::parse(&identity.sub)
+                && let Ok(owner) = Username::parse(&identity.sub)
             {
-                ended.session = self.store.revoke_session(&user, sid, now()).await?;
+                ended.session = self.store.revoke_session(&owner, sid, now()).await?;
                 self.authenticator.revoke_session_tokens(sid).await?;
             }
         }
-        if let Some(refresh) = refresh {
-            ended.session |= self.revoke_refresh(refresh, identity).await?;
+        if let Some(refresh) = refresh
+            && let Some(found) = self.revoke_refresh(refresh, identity).await?
+        {
+            ended.session |= found.ended;
+            user.get_or_insert_with(|| found.user.as_str().to_owned());
+            session.get_or_insert(found.session);
         }
+        let outcome = if ended.access_token || ended.session {
+            Outcome::Success
+        } else {
+            Outcome::Nothing
+        };
+        let reason = match (ended.access_token, ended.session) {
+            (true, true) => "access token and session ended",
+            (true, false) => "access token ended",
+            (false, true) => "session ended",
+            (false, false) => "nothing to end",
+        };
+        audit::record(
+            Event::Logout,
+            user.as_deref(),
+            Source::Client(client),
+            outcome,
+            reason,
+            session.as_deref(),
+        );
         Ok(ended)
     }
 
     /// Revokes the family of a refresh token; with an identity, only a family of that user.
+    /// `None` when the token is unknown (or another user's).
     async fn revoke_refresh(
         &self,
         token: &str,
         owner: Option<&Identity>,
-    ) -> Result<bool, GrantError> {
+    ) -> Result<Option<FoundSession>, GrantError> {
         if token.len() > MAX_REFRESH_TOKEN_BYTES {
-            return Ok(false);
+            return Ok(None);
         }
         let Some((record, _)) = self.store.refresh(&tokens::refresh_digest(token)).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         if owner.is_some_and(|id| id.sub != record.username.as_str()) {
-            return Ok(false);
+            return Ok(None);
         }
         let ended = self
             .store
@@ -620,23 +761,67 @@ impl Grants {
         self.authenticator
             .revoke_session_tokens(&record.family)
             .await?;
-        Ok(ended)
+        Ok(Some(FoundSession {
+            user: record.username,
+            session: record.family,
+            ended,
+        }))
     }
 
     /// RFC 7009: answers 200 whether or not the token was known.
-    pub async fn revoke(&self, token: Option<&str>, hint: Option<&str>) -> Result<(), GrantError> {
+    pub async fn revoke(
+        &self,
+        token: Option<&str>,
+        hint: Option<&str>,
+        client: IpAddr,
+    ) -> Result<(), GrantError> {
         let token = token.ok_or(GrantError::InvalidRequest("token is required"))?;
         let as_refresh = hint != Some("access_token");
-        let mut revoked = as_refresh && self.revoke_refresh(token, None).await?;
-        if !revoked
+        let mut found = match as_refresh {
+            true => self.revoke_refresh(token, None).await?,
+            false => None,
+        };
+        let mut access = None;
+        if found.is_none()
             && token.len() <= self.config.max_token_bytes
             && let Ok(identity) = self.authenticator.verify_access(token).await
         {
             self.authenticator.revoke_access(&identity).await?;
-            revoked = true;
+            access = Some(identity);
         }
-        if !revoked && !as_refresh {
-            self.revoke_refresh(token, None).await?;
+        if found.is_none() && access.is_none() && !as_refresh {
+            found = self.revoke_refresh(token, None).await?;
+        }
+        let source = Source::Client(client);
+        match (&found, &access) {
+            (Some(f), _) => audit::record(
+                Event::Revoke,
+                Some(f.user.as_str()),
+                source,
+                if f.ended {
+                    Outcome::Success
+                } else {
+                    Outcome::Nothing
+                },
+                "refresh token: session ended",
+                Some(&f.session),
+            ),
+            (None, Some(id)) => audit::record(
+                Event::Revoke,
+                Some(&id.sub),
+                source,
+                Outcome::Success,
+                "access token",
+                id.sid.as_deref(),
+            ),
+            (None, None) => audit::record(
+                Event::Revoke,
+                None,
+                source,
+                Outcome::Nothing,
+                "unknown token",
+                None,
+            ),
         }
         Ok(())
     }

@@ -418,3 +418,189 @@ async fn reuse_after_the_grace_still_ends_the_session() {
     );
     assert_eq!(status_with(&s.gw, field(&next, "access_token")).await, 401);
 }
+
+/// `gatehouse serve` as a process of its own with JSON logs, its stderr lines collected.
+struct Logged {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Logged {
+    fn audit(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "gatehouse::audit")
+            .map(|v| v["fields"].clone())
+            .collect()
+    }
+}
+
+fn serve_logged(config: &Path) -> Logged {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .env_remove("GATEHOUSE_CONFIG")
+        .env_remove("GATEHOUSE_LOG")
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            kept.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    // Owned (killed and waited for on drop) before anything can panic.
+    let mut logged = Logged {
+        child,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        lines,
+    };
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway did not start");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            logged.addr = rest
+                .split(['"', ' ', '\\'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            return logged;
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_login_refresh_logout_and_lockout_leaves_an_audit_event_naming_user_and_client() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[log]\nformat = \"json\"\n\
+             [auth]\nkeys_dir = \"{data}/keys\"\n[auth.limits]\nmax_failures = 2\n\
+             [store]\npath = \"{data}/gatehouse.db\"\n{}",
+            crate::support::route("api", "/api", &up.url(), "")
+        ),
+    )
+    .unwrap();
+    for name in ["alice", "bob"] {
+        cli(
+            &config,
+            &["user", "add", name, "--password-stdin"],
+            Some("right-password\n"),
+        )
+        .await;
+    }
+    let gw = serve_logged(&config);
+    let url = |path: &str| format!("http://{}{path}", gw.addr);
+    let login = |user: &'static str, password: &'static str| {
+        let url = url("/auth/token");
+        async move {
+            client()
+                .post(url)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", user),
+                    ("password", password),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(login("bob", "wrong-password").await.status(), 400);
+    assert_eq!(login("bob", "wrong-password").await.status(), 400);
+    assert_eq!(login("bob", "right-password").await.status(), 429);
+    let tokens: Value = login("alice", "right-password").await.json().await.unwrap();
+    let refresh_token = field(&tokens, "refresh_token").to_owned();
+    let rotated: Value = client()
+        .post(url("/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = client()
+        .post(url("/auth/logout"))
+        .bearer_auth(field(&rotated, "access_token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cli(&config, &["user", "unlock", "bob"], None).await;
+    // The log writer is asynchronous: give it a moment.
+    let wanted = 7;
+    let start = Instant::now();
+    while gw.audit().len() < wanted && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = gw.audit();
+    let summary: Vec<(String, String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            (s("event"), s("user"), s("outcome"), s("reason"))
+        })
+        .collect();
+    let has = |event: &str, user: &str, outcome: &str, reason: &str| {
+        summary.iter().any(|(e, u, o, r)| {
+            e == event && u == user && o == outcome && (reason.is_empty() || r.contains(reason))
+        })
+    };
+    assert!(
+        has("login", "bob", "failure", "bad_credentials"),
+        "{summary:#?}"
+    );
+    assert!(
+        has("lockout", "bob", "success", "locked for network"),
+        "{summary:#?}"
+    );
+    assert!(has("login", "bob", "refused", "limited"), "{summary:#?}");
+    assert!(has("login", "alice", "success", ""), "{summary:#?}");
+    assert!(has("refresh", "alice", "success", ""), "{summary:#?}");
+    assert!(
+        has("logout", "alice", "success", "session ended"),
+        "{summary:#?}"
+    );
+    for e in &events {
+        if e["event"] != "unlock" {
+            assert_eq!(e["client"], "127.0.0.1", "{e}");
+        }
+    }
+    // The unlock was the CLI's, in its own process: it logs there, not in the gateway's log.
+    let log = gw.lines.lock().unwrap().join("\n");
+    for secret in ["right-password", "wrong-password", refresh_token.as_str()] {
+        assert!(!log.contains(secret), "the log holds a secret: {secret}");
+    }
+    assert!(!log.contains(field(&tokens, "access_token")));
+}
