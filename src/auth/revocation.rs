@@ -8,10 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use crate::auth::claims::Identity;
 use crate::auth::username::Username;
@@ -36,12 +38,20 @@ const PAGE: usize = 1000;
 /// the verifier allows (at most this much) must not let a revoked token back in at its edge.
 const EXPIRY_MARGIN: i64 = 60;
 
+/// The maps' hasher: these lookups run on every request, and SipHash (the default) was most of
+/// their cost (`verify/revocation_check`). Seeded per process; the keys are ids and names that
+/// only reach a lookup from a token whose signature was verified.
+type Hasher = RandomState;
+
 pub struct Revocation {
     /// Revoked `jti`s and `sid`s with the expiry they are refused until.
-    ids: DashMap<String, i64>,
+    ids: DashMap<String, i64, Hasher>,
+    /// Whether `ids` may hold anything: most of the time nothing is revoked, and then a request
+    /// pays one load instead of two lookups. Set on insert, recomputed by `prune`.
+    any_ids: AtomicBool,
     /// Per user, the `not_before` of the last cut: the gateway's own tokens with an earlier
     /// `iat` are refused. Read on every request, written on a change: copied on write.
-    cuts: ArcSwap<HashMap<String, i64>>,
+    cuts: ArcSwap<HashMap<String, i64, Hasher>>,
     /// The last change applied; held across a catch-up so two never interleave.
     seq: tokio::sync::Mutex<u64>,
 }
@@ -51,7 +61,8 @@ impl Revocation {
     /// is read is applied again by the next catch-up, never missed.
     pub async fn load(store: &dyn Store, now: i64) -> Result<Self, StoreError> {
         let this = Self {
-            ids: DashMap::new(),
+            ids: DashMap::default(),
+            any_ids: AtomicBool::new(false),
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
         };
@@ -68,7 +79,7 @@ impl Revocation {
         let cuts = store.session_cuts().await?;
         self.ids.retain(|_, _| false);
         for (id, expires_at) in ids {
-            self.ids.insert(id, expires_at);
+            self.revoke(id, expires_at);
         }
         let cuts = cuts
             .into_iter()
@@ -120,7 +131,9 @@ impl Revocation {
                 .and_then(|id| self.ids.get(id))
                 .is_some_and(|until| *until + EXPIRY_MARGIN > now)
         };
-        if revoked(&identity.jti) || revoked(&identity.sid) {
+        if self.any_ids.load(Ordering::Acquire)
+            && (revoked(&identity.jti) || revoked(&identity.sid))
+        {
             return true;
         }
         own && self.cut_before(&identity.sub, identity.iat)
@@ -142,6 +155,9 @@ impl Revocation {
             .entry(id)
             .and_modify(|until| *until = (*until).max(expires_at))
             .or_insert(expires_at);
+        // After the insert, so a `prune` that found the map empty and cleared the flag before
+        // the insert cannot leave it cleared (see there).
+        self.any_ids.store(true, Ordering::Release);
     }
 
     /// Refuses `user`'s tokens issued before `not_before` here at once (the store is written by the
@@ -165,6 +181,14 @@ impl Revocation {
     /// a cut that old has expired). Called on a timer.
     pub fn prune(&self, now: i64, horizon: i64) {
         self.ids.retain(|_, until| *until + EXPIRY_MARGIN > now);
+        if self.ids.is_empty() {
+            // A concurrent `revoke` inserts, then sets the flag: if its insert came before the
+            // second look, the look restores the flag; if after, its own store comes after ours.
+            self.any_ids.store(false, Ordering::Release);
+            if !self.ids.is_empty() {
+                self.any_ids.store(true, Ordering::Release);
+            }
+        }
         let cuts = self.cuts.load();
         if cuts.values().any(|not_before| *not_before < horizon) {
             self.cuts.rcu(|cuts| {
@@ -178,5 +202,74 @@ impl Revocation {
     /// Ids and cuts held, for diagnostics.
     pub fn held(&self) -> usize {
         self.ids.len() + self.cuts.load().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::claims::IdentityValues;
+
+    fn empty() -> Revocation {
+        Revocation {
+            ids: DashMap::default(),
+            any_ids: AtomicBool::new(false),
+            cuts: ArcSwap::default(),
+            seq: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    fn alice(iat: i64, jti: &str, sid: &str) -> Identity {
+        Identity {
+            values: IdentityValues::render("alice", &[], &[]),
+            sub: "alice".into(),
+            roles: vec![],
+            scopes: vec![],
+            issuer: "gatehouse".into(),
+            exp: iat + 900,
+            iat,
+            jti: Some(jti.into()),
+            sid: Some(sid.into()),
+            client_id: None,
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_revoked_jti_or_session_is_refused_until_it_expires_and_pruning_keeps_it() {
+        let r = empty();
+        let token = alice(1000, "jti-1", "sid-1");
+        assert!(!r.refuses(&token, true, 1000));
+        r.revoke("sid-1".into(), 2000);
+        assert!(r.refuses(&token, true, 1000), "its session was revoked");
+        assert!(r.refuses(&alice(1000, "jti-2", "sid-1"), false, 1000));
+        assert!(!r.refuses(&alice(1000, "jti-2", "sid-2"), true, 1000));
+        // Pruning before the expiry keeps it; after, the flag goes down and comes back up.
+        r.prune(1500, 0);
+        assert!(r.refuses(&token, true, 1500));
+        r.prune(2000 + EXPIRY_MARGIN, 0);
+        assert!(!r.any_ids.load(Ordering::Acquire));
+        r.revoke("jti-1".into(), 3000);
+        assert!(
+            r.refuses(&token, true, 2100),
+            "a revoke after a prune counts"
+        );
+    }
+
+    #[test]
+    fn a_cut_refuses_the_users_earlier_tokens_of_this_issuer_only() {
+        let r = empty();
+        let alice_name = Username::parse("alice").unwrap();
+        r.cut(&alice_name, 1001);
+        assert!(r.refuses(&alice(1000, "a", "s"), true, 1000));
+        assert!(!r.refuses(&alice(1001, "b", "s"), true, 1001));
+        // Another issuer's alice is another account.
+        assert!(!r.refuses(&alice(1000, "c", "s"), false, 1000));
+        // A mark never moves back.
+        r.cut(&alice_name, 500);
+        assert_eq!(r.not_before(&alice_name), Some(1001));
+        // Pruned once every token it could refuse has expired.
+        r.prune(5000, 2000);
+        assert_eq!(r.not_before(&alice_name), None);
     }
 }
