@@ -100,7 +100,9 @@ fuzz_target!(|data: &[u8]| {
         scopes,
         issuer: "gatehouse".into(),
         exp: 0,
+        iat: 0,
         jti: None,
+        sid: None,
         client_id: None,
         extra: serde_json::Map::new(),
     };
