@@ -2,16 +2,15 @@
 //! on its own for request heads it refuses, which must carry `X-Request-Id`, be logged and be
 //! counted like every other response.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{GatewayBuilder, TestGateway, Upstream, client};
+use crate::support::{GatewayBuilder, ServedBinary, TestGateway, Upstream, client, serve_binary};
 
 /// Connects that complete within this were queued by the kernel; one that is not queued waits
 /// for a SYN retransmit, 1 s at the earliest.
@@ -63,21 +62,8 @@ async fn connect_burst_beyond_128_is_queued_up_to_the_configured_backlog() {
     drop(listener);
 }
 
-/// The real binary, stopped by its PID when dropped.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `gatehouse serve` on 127.0.0.1:0 with `server_keys` added to `[server]`.
-fn serve_binary(dir: &std::path::Path, server_keys: &str) -> Served {
+fn serve_with(dir: &std::path::Path, server_keys: &str) -> ServedBinary {
     let data = dir.display().to_string();
     let file = dir.join("gatehouse.toml");
     std::fs::write(
@@ -87,36 +73,7 @@ fn serve_binary(dir: &std::path::Path, server_keys: &str) -> Served {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .env_remove("GATEHOUSE_CONFIG")
-        .args(["serve", "--config"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut served = Served {
-        child,
-        addr: "127.0.0.1:0".parse().unwrap(),
-    };
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway did not start");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split(['"', ' ', '\\']).next().unwrap();
-            served.addr = addr.parse().unwrap();
-            return served;
-        }
-    }
+    serve_binary(&file)
 }
 
 /// The backlog of the listening socket on `port` as `ss` reports it (Send-Q of a LISTEN socket);
@@ -143,12 +100,12 @@ fn the_binary_listens_with_the_configured_backlog() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let served = serve_binary(dir.path(), "listen_backlog = 700");
+    let served = serve_with(dir.path(), "listen_backlog = 700");
     let expected = somaxconn().map_or(700, |cap| cap.min(700));
     assert_eq!(listen_backlog_of(served.addr.port()), Some(expected));
 
     let dir = tempfile::tempdir().unwrap();
-    let served = serve_binary(dir.path(), "");
+    let served = serve_with(dir.path(), "");
     let expected = somaxconn().map_or(1024, |cap| cap.min(1024));
     assert_eq!(listen_backlog_of(served.addr.port()), Some(expected));
 }

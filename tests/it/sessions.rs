@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{GatewayBuilder, TestGateway, Upstream, client};
+use crate::support::{GatewayBuilder, ServedBinary, TestGateway, Upstream, client, serve_binary};
 
 /// How fast a change made elsewhere must be enforced.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -419,77 +419,17 @@ async fn reuse_after_the_grace_still_ends_the_session() {
     assert_eq!(status_with(&s.gw, field(&next, "access_token")).await, 401);
 }
 
-/// `gatehouse serve` as a process of its own with JSON logs, its stderr lines collected.
-struct Logged {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Logged {
-    fn audit(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "gatehouse::audit")
-            .map(|v| v["fields"].clone())
-            .collect()
-    }
-}
-
-fn serve_logged(config: &Path) -> Logged {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .env_remove("GATEHOUSE_CONFIG")
-        .env_remove("GATEHOUSE_LOG")
-        .args(["serve", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let kept = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            kept.lock().unwrap().push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    // Owned (killed and waited for on drop) before anything can panic.
-    let mut logged = Logged {
-        child,
-        addr: "127.0.0.1:0".parse().unwrap(),
-        lines,
-    };
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway did not start");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            logged.addr = rest
-                .split(['"', ' ', '\\'])
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            return logged;
-        }
-    }
+/// The audit events a gateway process logged (its `[log] format = "json"`).
+fn audit_events(served: &ServedBinary) -> Vec<Value> {
+    served
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "gatehouse::audit")
+        .map(|v| v["fields"].clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -516,7 +456,7 @@ async fn every_login_refresh_logout_and_lockout_leaves_an_audit_event_naming_use
         )
         .await;
     }
-    let gw = serve_logged(&config);
+    let gw = serve_binary(&config);
     let url = |path: &str| format!("http://{}{path}", gw.addr);
     let login = |user: &'static str, password: &'static str| {
         let url = url("/auth/token");
@@ -561,10 +501,10 @@ async fn every_login_refresh_logout_and_lockout_leaves_an_audit_event_naming_use
     // The log writer is asynchronous: give it a moment.
     let wanted = 7;
     let start = Instant::now();
-    while gw.audit().len() < wanted && start.elapsed() < Duration::from_secs(5) {
+    while audit_events(&gw).len() < wanted && start.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let events = gw.audit();
+    let events = audit_events(&gw);
     let summary: Vec<(String, String, String, String)> = events
         .iter()
         .map(|e| {

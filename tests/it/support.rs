@@ -424,3 +424,66 @@ pub fn raw_status(out: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP response in {out:?}"))
 }
+
+/// `gatehouse serve --config FILE` as a process of its own, its stderr lines collected; killed and
+/// waited for (by its PID) when dropped.
+pub struct ServedBinary {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    pub lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on `config` (which should listen on 127.0.0.1:0) and returns once it logs
+/// the address it listens on.
+pub fn serve_binary(config: &std::path::Path) -> ServedBinary {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .env_remove("GATEHOUSE_CONFIG")
+        .env_remove("GATEHOUSE_LOG")
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            kept.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    // Owned (killed and waited for on drop) before anything can panic.
+    let mut served = ServedBinary {
+        child,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        lines,
+    };
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("gateway did not start");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            served.addr = rest
+                .split(['"', ' ', '\\'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            return served;
+        }
+    }
+}
