@@ -507,13 +507,12 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             }
         }
         UserAction::Disable { name } => {
+            let username = Username::parse(&name)?;
             let now = crate::clock::unix_now();
-            store
-                .set_disabled(&Username::parse(&name)?, true, now)
-                .await?;
+            store.set_disabled(&username, true, now).await?;
             audit_cli(
                 Event::SessionsRevoked,
-                &Username::parse(&name)?,
+                &username,
                 Outcome::Success,
                 "user disabled",
             );
@@ -540,11 +539,12 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             }
         }
         UserAction::Remove { name } => {
+            let username = Username::parse(&name)?;
             let now = crate::clock::unix_now();
-            store.remove_user(&Username::parse(&name)?, now).await?;
+            store.remove_user(&username, now).await?;
             audit_cli(
                 Event::SessionsRevoked,
-                &Username::parse(&name)?,
+                &username,
                 Outcome::Success,
                 "user removed",
             );

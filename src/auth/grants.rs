@@ -606,7 +606,7 @@ impl Grants {
             client_id,
             sid: Some(&old.family),
         };
-        self.mint(&subject, new_token).await
+        self.mint(&user.username, &subject, new_token).await
     }
 
     fn refresh_lifetime(&self) -> i64 {
@@ -645,7 +645,7 @@ impl Grants {
             client_id,
             sid: Some(&family),
         };
-        self.mint(&subject, refresh).await
+        self.mint(username, &subject, refresh).await
     }
 
     /// Mints the access token that goes with `refresh`. Right after the user's sessions were
@@ -654,12 +654,12 @@ impl Grants {
     /// second (at most one).
     async fn mint(
         &self,
+        user: &Username,
         subject: &TokenSubject<'_>,
         refresh: String,
     ) -> Result<Issued, GrantError> {
         self.authenticator.follow().await?;
-        let user = Username::parse(subject.sub).map_err(|_| GrantError::Server)?;
-        if let Some(from) = self.authenticator.sessions_cut_until(&user) {
+        if let Some(from) = self.authenticator.sessions_cut_until(user) {
             // A cut is at most a second ahead of its own clock; a clock far ahead elsewhere
             // must not hold the login for longer.
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -673,7 +673,7 @@ impl Grants {
             GrantError::Server
         })?;
         Ok(Issued {
-            user,
+            user: user.clone(),
             session: subject.sid.unwrap_or_default().to_owned(),
             access_token: minted.token,
             expires_in: self.spec.lifetime.as_secs(),
