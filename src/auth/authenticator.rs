@@ -175,7 +175,7 @@ impl Authenticator {
         match self.presented_token(headers, query)? {
             None => Ok(None),
             Some(token) => self
-                .verify_access(&token)
+                .verify_access(token)
                 .await
                 .map(Some)
                 .map_err(CredentialError::Invalid),
@@ -184,18 +184,18 @@ impl Authenticator {
 
     /// Finds the one token the request presents: `Authorization: Bearer` or the configured
     /// cookie. Two presentations, or a token in the query string, are `invalid_request`.
-    pub fn presented_token(
+    pub fn presented_token<'h>(
         &self,
-        headers: &HeaderMap,
+        headers: &'h HeaderMap,
         query: Option<&str>,
-    ) -> Result<Option<String>, CredentialError> {
+    ) -> Result<Option<&'h str>, CredentialError> {
         if query.is_some_and(query_carries_token) {
             return Err(CredentialError::Malformed(
                 "access tokens are not accepted in the query string",
             ));
         }
-        let mut found: Option<String> = None;
-        let mut present = |token: String| -> Result<(), CredentialError> {
+        let mut found: Option<&'h str> = None;
+        let mut present = |token: &'h str| -> Result<(), CredentialError> {
             if found.replace(token).is_some() {
                 return Err(CredentialError::Malformed(
                     "more than one access token presented",
@@ -215,7 +215,7 @@ impl Authenticator {
                 for pair in text.split(';') {
                     let mut kv = pair.trim().splitn(2, '=');
                     if kv.next().map(str::trim) == Some(name.as_str()) {
-                        present(kv.next().unwrap_or("").trim().to_owned())?;
+                        present(kv.next().unwrap_or("").trim())?;
                     }
                 }
             }
@@ -446,7 +446,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 
 /// `Bearer <token>`, scheme in any case, exactly one space, a b64token (RFC 6750 §2.1).
 /// Another scheme is not a bearer presentation (`Ok(None)`).
-fn bearer_token(value: &[u8]) -> Result<Option<String>, CredentialError> {
+fn bearer_token(value: &[u8]) -> Result<Option<&str>, CredentialError> {
     let Some(space) = value.iter().position(|&b| b == b' ') else {
         return if value.eq_ignore_ascii_case(b"bearer") {
             Err(CredentialError::Malformed("malformed Authorization header"))
@@ -464,7 +464,7 @@ fn bearer_token(value: &[u8]) -> Result<Option<String>, CredentialError> {
     if !valid {
         return Err(CredentialError::Malformed("malformed Authorization header"));
     }
-    Ok(std::str::from_utf8(token).ok().map(str::to_owned))
+    Ok(std::str::from_utf8(token).ok())
 }
 
 /// Query parameters that would carry a token (RFC 6750 §2.3 is refused on purpose).
