@@ -443,6 +443,15 @@ pub trait Revocations: Send + Sync + 'static {
 
     /// At most `max` changes after sequence number `seq`, in order.
     async fn changes_since(&self, seq: u64, max: usize) -> Result<ChangeBatch, StoreError>;
+
+    /// A wake-up for followers of the feed, where the backend hears of commits made by other
+    /// processes (PostgreSQL's `LISTEN`): the receiver is marked changed each time the feed may
+    /// have grown, so a follower can ask [`changes_since`](Revocations::changes_since) at once
+    /// instead of at its next poll. A signal can be late or lost (a dropped connection), and
+    /// many changes make one signal, so followers still poll. `None` (the default): poll only.
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
 }
 
 /// Login failures and lockouts per canonical username, in two scopes (per client network, and
