@@ -357,6 +357,38 @@ mod tests {
         assert!(started.elapsed() >= 2 * period);
     }
 
+    /// Another gateway's revocation wakes this gateway's follower at its commit, long before a
+    /// poll: the schedule here polls once an hour, so only the store's signal can end the wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_gateways_revocation_wakes_the_follower_before_any_poll() {
+        use crate::store::postgres::{PgHost, PgStore, testing};
+        let Some(server) = testing::server() else {
+            return;
+        };
+        let db = server.create_database().await;
+        let config = crate::store::postgres::PgConfig {
+            port: server.port,
+            password: Some(server.password.clone()),
+            ..crate::store::postgres::PgConfig::new(
+                PgHost::Tcp("127.0.0.1".into()),
+                testing::SUPERUSER,
+                db,
+            )
+        };
+        let other = PgStore::open(&config).await.unwrap();
+        let ours = PgStore::open(&config).await.unwrap();
+        let mirror = Revocation::load(&ours, 1000).await.unwrap();
+        let mut schedule = FollowSchedule::every(&ours, Duration::from_secs(3600));
+        let token = alice(1000, "jti-elsewhere", "sid-x");
+        assert!(!mirror.refuses(&token, true, 1000));
+
+        other.revoke_id("jti-elsewhere", 5000).await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), schedule.next()).await;
+        assert_eq!(woken, Ok(FollowCause::Signal));
+        assert_eq!(mirror.catch_up(&ours, 1000).await.unwrap(), 1);
+        assert!(mirror.refuses(&token, true, 1000));
+    }
+
     #[test]
     fn a_cut_refuses_the_users_earlier_tokens_of_this_issuer_only() {
         let r = empty();
