@@ -119,7 +119,12 @@ impl Runner {
         let program = self.bin.join(program);
         match self.as_postgres {
             Some(_) => {
-                let mut command = Command::new("runuser");
+                // Where util-linux puts it; root's PATH may lack the sbin directories.
+                let runuser = ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"]
+                    .into_iter()
+                    .find(|p| Path::new(p).is_file())
+                    .unwrap_or("runuser");
+                let mut command = Command::new(runuser);
                 command.args(["-u", "postgres", "--"]).arg(program);
                 command
             }
@@ -140,7 +145,7 @@ impl Runner {
         let out = command
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|e| format!("{what} ({}): {e}", command.get_program().display()))?;
         if out.status.success() {
             return Ok(());
         }
