@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::auth::revocation::FOLLOW_EVERY;
+use crate::auth::revocation::FollowSchedule;
 use crate::auth::service::{AuthService, ServiceError};
 use crate::body::Body;
 use crate::body::with_json;
@@ -319,14 +319,14 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError
     result
 }
 
-/// Pruning on a timer; following the store's change feed; reload on SIGHUP and, when enabled,
+/// Pruning on a timer; following the store's change feed (on a timer, and at once when the
+/// store announces a change); reload on SIGHUP and, when enabled,
 /// on a change of the config file.
 async fn background(app: Arc<App>) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut prune = tokio::time::interval(PRUNE_EVERY);
-    let mut follow = tokio::time::interval(FOLLOW_EVERY);
-    follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut follow = FollowSchedule::new(&*app.store);
     let mut follow_failing = false;
     let admin = app.current().config().admin.clone();
     let mut watch = tokio::time::interval(admin.watch_interval);
@@ -344,7 +344,7 @@ async fn background(app: Arc<App>) {
         let hup = std::future::pending::<Option<()>>();
         tokio::select! {
             _ = prune.tick() => app.current().auth().prune().await,
-            _ = follow.tick() => follow_changes(&app, &mut follow_failing).await,
+            _ = follow.next() => follow_changes(&app, &mut follow_failing).await,
             _ = hup => {
                 tracing::info!("SIGHUP: reloading");
                 let _ = app.reload().await;

@@ -17,6 +17,8 @@
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `routes` | the route table and matching |
 //! | `store::sqlite` | the embedded SQLite backend |
+//! | `store::postgres` | the shared PostgreSQL backend: pool, migrations, locks, change notifications |
+//! | `store::postgres::testing` | a private PostgreSQL server per test process (tests only) |
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |

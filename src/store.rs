@@ -2,9 +2,9 @@
 //!
 //! One trait per kind of state ([`Users`], [`RefreshFamilies`], [`Revocations`],
 //! [`LoginFailures`]); [`Store`] is all four plus what spans them, and is what the gateway holds.
-//! `sqlite` is the embedded backend, PostgreSQL will implement the same traits. Everything a
-//! backend must guarantee is written on the traits and their methods, so a second backend can
-//! be checked against this text alone.
+//! `sqlite` is the embedded backend, `postgres` the shared one that several gateways use at
+//! once. Everything a backend must guarantee is written on the traits and their methods, so a
+//! second backend can be checked against this text alone (and `contract` checks it).
 //!
 //! Times are unix seconds. Token times (`issued_at`, `expires_at`, `now`) come from the caller so
 //! expiry follows one clock; bookkeeping times (`created_at`, `updated_at`, `used_at`,
@@ -31,6 +31,7 @@
 
 #[cfg(test)]
 mod contract;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -423,6 +424,16 @@ pub trait RefreshFamilies: Send + Sync + 'static {
 /// The feed's sequence numbers increase in commit order, so a reader that has seen up to `n`
 /// and asks for what follows misses nothing that committed before its query (SQLite's single
 /// writer gives that; a backend with concurrent writers must assign them at commit).
+///
+/// PostgreSQL backend: writers run concurrently there, so the guarantees SQLite's single writer
+/// gives for free are taken with locks held to commit. Sequence numbers come from a one-row
+/// counter incremented as the last statement of each feed write: its row lock makes the next
+/// writer wait until this one's commit is visible, so numbers are assigned in commit order (a
+/// sequence's `nextval` is not: 11 could commit before 10, and a reader past 11 would never see
+/// 10). A user's token and session writes lock the user's row first, and a name's login
+/// admissions and verdicts take an advisory lock on the name, so races that SQLite serializes
+/// are serialized there too; each feed write `NOTIFY`s, and [`Revocations::change_signal`]
+/// wakes followers on every gateway at its commit.
 #[async_trait]
 pub trait Revocations: Send + Sync + 'static {
     /// Denylists `id` until `expires_at` (a `jti` until its token's `exp`; a `sid` until the
@@ -443,6 +454,15 @@ pub trait Revocations: Send + Sync + 'static {
 
     /// At most `max` changes after sequence number `seq`, in order.
     async fn changes_since(&self, seq: u64, max: usize) -> Result<ChangeBatch, StoreError>;
+
+    /// A wake-up for followers of the feed, where the backend hears of commits made by other
+    /// processes (PostgreSQL's `LISTEN`): the receiver is marked changed each time the feed may
+    /// have grown, so a follower can ask [`changes_since`](Revocations::changes_since) at once
+    /// instead of at its next poll. A signal can be late or lost (a dropped connection), and
+    /// many changes make one signal, so followers still poll. `None` (the default): poll only.
+    fn change_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
 }
 
 /// Login failures and lockouts per canonical username, in two scopes (per client network, and

@@ -1,7 +1,8 @@
 //! What every request is checked against once its token is verified: revoked token and session
 //! ids and per-user session cuts, mirrored in memory from the store and kept current by
 //! following the store's change feed, so a logout, a disable or a password change made by the
-//! CLI or another gateway on the same store is enforced here within [`FOLLOW_EVERY`].
+//! CLI or another gateway on the same store is enforced here within [`FOLLOW_EVERY`], and at
+//! once where the store announces its changes ([`FollowSchedule`]).
 //!
 //! The check never touches the store: one map lookup per id the token carries (`jti`, `sid`),
 //! and for the gateway's own tokens one lookup of the user's cut, skipped while no user has one.
@@ -13,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
+use tokio::sync::watch;
 
 use crate::auth::claims::Identity;
 use crate::auth::username::Username;
@@ -22,6 +24,67 @@ use crate::store::{Change, Store, StoreError};
 /// How often a gateway polls the change feed: a change is enforced everywhere within this
 /// (plus one store query), well inside the 1 s the session model promises.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// When to follow the store's feed next: every poll period, and at once when the store
+/// announces a change ([`crate::store::Revocations::change_signal`]). A wake-up restarts the
+/// period, so the poll after it comes one period later.
+pub struct FollowSchedule {
+    poll: tokio::time::Interval,
+    /// `None` when the store announces nothing (or stopped announcing).
+    signal: Option<watch::Receiver<()>>,
+}
+
+/// Why [`FollowSchedule::next`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowCause {
+    /// The poll period passed.
+    Poll,
+    /// The store announced a change.
+    Signal,
+}
+
+impl FollowSchedule {
+    /// Every [`FOLLOW_EVERY`], and on `store`'s signal.
+    pub fn new(store: &dyn Store) -> Self {
+        Self::every(store, FOLLOW_EVERY)
+    }
+
+    /// Every `period` (the first poll one period from now), and on `store`'s signal.
+    pub fn every(store: &dyn Store, period: Duration) -> Self {
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signal = store.change_signal();
+        if let Some(signal) = &mut signal {
+            // What happened before this point the caller has just read, or reads next.
+            signal.mark_unchanged();
+        }
+        Self { poll, signal }
+    }
+
+    /// Waits for the next time to follow the feed.
+    pub async fn next(&mut self) -> FollowCause {
+        loop {
+            let signalled = async {
+                match &mut self.signal {
+                    Some(signal) => signal.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                live = signalled => {
+                    if live {
+                        self.poll.reset();
+                        return FollowCause::Signal;
+                    }
+                    // The store dropped its sender: polling alone from now on.
+                    self.signal = None;
+                }
+                _ = self.poll.tick() => return FollowCause::Poll,
+            }
+        }
+    }
+}
 
 /// Seconds after a cut or a session's revocation until no access token it reaches can still be
 /// valid: the longest lifetime plus the skew allowed on both ends, plus a margin.
@@ -275,6 +338,55 @@ mod tests {
         r.reload(&store, 1000).await.unwrap();
         assert!(r.refuses(&alice(1000, "in-store", "x"), true, 1000));
         assert!(r.refuses(&alice(1000, "y", "sid-1"), true, 1000));
+    }
+
+    /// A store that announces nothing (SQLite) is followed by polling alone.
+    #[tokio::test]
+    async fn a_store_without_a_signal_is_polled_every_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let period = Duration::from_millis(40);
+        let started = tokio::time::Instant::now();
+        let mut schedule = FollowSchedule::every(&store, period);
+        assert_eq!(schedule.next().await, FollowCause::Poll);
+        assert!(
+            started.elapsed() >= period,
+            "the first poll one period after loading"
+        );
+        assert_eq!(schedule.next().await, FollowCause::Poll);
+        assert!(started.elapsed() >= 2 * period);
+    }
+
+    /// Another gateway's revocation wakes this gateway's follower at its commit, long before a
+    /// poll: the schedule here polls once an hour, so only the store's signal can end the wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_gateways_revocation_wakes_the_follower_before_any_poll() {
+        use crate::store::postgres::{PgHost, PgStore, testing};
+        let Some(server) = testing::server() else {
+            return;
+        };
+        let db = server.create_database().await;
+        let config = crate::store::postgres::PgConfig {
+            port: server.port,
+            password: Some(server.password.clone()),
+            ..crate::store::postgres::PgConfig::new(
+                PgHost::Tcp("127.0.0.1".into()),
+                testing::SUPERUSER,
+                db,
+            )
+        };
+        let other = PgStore::open(&config).await.unwrap();
+        let ours = PgStore::open(&config).await.unwrap();
+        let mirror = Revocation::load(&ours, 1000).await.unwrap();
+        let mut schedule = FollowSchedule::every(&ours, Duration::from_secs(3600));
+        let token = alice(1000, "jti-elsewhere", "sid-x");
+        assert!(!mirror.refuses(&token, true, 1000));
+
+        other.revoke_id("jti-elsewhere", 5000).await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), schedule.next()).await;
+        assert_eq!(woken, Ok(FollowCause::Signal));
+        assert_eq!(mirror.catch_up(&ours, 1000).await.unwrap(), 1);
+        assert!(mirror.refuses(&token, true, 1000));
     }
 
     #[test]

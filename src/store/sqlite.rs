@@ -1295,7 +1295,7 @@ mod tests {
         }
     }
 
-    contract_tests!(async { TempSqlite(tempfile::tempdir().unwrap()) });
+    contract_tests!(async { Some(TempSqlite(tempfile::tempdir().unwrap())) });
 
     fn raw(store: &SqliteStore) -> Connection {
         Connection::open(store.path()).unwrap()
