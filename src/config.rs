@@ -3,6 +3,8 @@
 //!
 //! Every default is a named constant below and is echoed in `config/gatehouse.example.toml`.
 
+pub mod value;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use crate::auth::password::MAX_PASSWORD_BYTES;
 pub use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 /// Shortest password, in characters, that `user add`, `user passwd` and registration accept.
 pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
+use crate::config::value::{ConfigError, RawDuration, invalid, nonzero, parse_cidrs, positive};
 use crate::proxy::path;
 
 /// Default public listener.
@@ -110,21 +113,6 @@ pub const DEFAULT_SCOPES_HEADER: &str = "x-user-scopes";
 pub const ENV_PREFIX: &str = "GATEHOUSE_";
 /// Variables with the prefix that belong to the command line, not to the configuration.
 const ENV_NOT_CONFIG: &[&str] = &["CONFIG", "LOG"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0}")]
-    Load(Box<figment::Error>),
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Raw: what the file and environment say, before validation.
@@ -584,62 +572,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// A duration as written in the config: `"500ms"`, `"10s"`, `"15m"`, `"2h"`, `"7d"`, or a bare
-/// number of seconds (environment overrides arrive as numbers).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum RawDuration {
-    Seconds(u64),
-    Text(String),
-}
-
-impl From<&str> for RawDuration {
-    fn from(s: &str) -> Self {
-        RawDuration::Text(s.to_owned())
-    }
-}
-
-/// A default, written the way a file would say it.
-impl From<Duration> for RawDuration {
-    fn from(d: Duration) -> Self {
-        if d.subsec_nanos() == 0 {
-            RawDuration::Seconds(d.as_secs())
-        } else {
-            RawDuration::Text(format!("{}ms", d.as_millis()))
-        }
-    }
-}
-
-impl RawDuration {
-    fn parse(&self, key: &str) -> Result<Duration, ConfigError> {
-        match self {
-            RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
-            RawDuration::Text(t) => parse_duration(t).ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("{t:?} is not a duration (use e.g. \"500ms\", \"10s\", \"15m\", \"2h\", \"7d\")"),
-                )
-            }),
-        }
-    }
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let unit_secs = match unit.trim() {
-        "ms" => return Some(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(unit_secs).map(Duration::from_secs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1643,24 +1575,6 @@ fn parse_upstream(key: &str, text: &str) -> Result<Upstream, ConfigError> {
     })
 }
 
-fn parse_cidrs(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
-    list.iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc())
-                .map_err(|_| invalid(key, format!("{s:?} is not an address or CIDR block")))
-        })
-        .collect()
-}
-
-fn positive(key: &str, n: u64) -> Result<(), ConfigError> {
-    if n == 0 {
-        return Err(invalid(key, "must be greater than 0"));
-    }
-    Ok(())
-}
-
 fn route_body_timeout(key: &str, d: &RawDuration) -> Result<Duration, ConfigError> {
     let d = nonzero(key, d)?;
     if d > MAX_ROUTE_BODY_TIMEOUT {
@@ -1669,12 +1583,13 @@ fn route_body_timeout(key: &str, d: &RawDuration) -> Result<Duration, ConfigErro
     Ok(d)
 }
 
-fn nonzero(key: &str, d: &RawDuration) -> Result<Duration, ConfigError> {
-    let d = d.parse(key)?;
-    if d.is_zero() {
-        return Err(invalid(key, "must be longer than 0"));
+/// What loading `text` is refused with, for the tests of every section.
+#[cfg(test)]
+pub(crate) fn refusal(text: &str) -> String {
+    match Config::from_toml(text) {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(e) => e.to_string(),
     }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -1687,12 +1602,7 @@ mod tests {
         )
     }
 
-    fn err(text: &str) -> String {
-        match Config::from_toml(text) {
-            Ok(_) => panic!("accepted: {text}"),
-            Err(e) => e.to_string(),
-        }
-    }
+    use super::refusal as err;
 
     #[test]
     fn example_config_parses() {
@@ -1825,20 +1735,6 @@ mod tests {
             let e = err(&format!("[auth.limits]\n{key} = 0\n"));
             assert!(e.contains(key), "{e}");
         }
-    }
-
-    #[test]
-    fn durations_parse_in_every_form() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("99999999999999999999d"), None);
-        let e = err("[server]\nidle_timeout = \"soon\"\n");
-        assert!(e.contains("server.idle_timeout"), "{e}");
-        let c = Config::from_toml("[server]\nidle_timeout = 5\n").unwrap();
-        assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
     }
 
     #[test]

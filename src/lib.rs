@@ -43,6 +43,7 @@
 //! | `auth::claims` | typed token claims and the verified identity |
 //! | `clock` | unix seconds, and the monotonic clock of the limiters that tests move |
 //! | `body` | the response body type and small constructors |
+//! | `config::value` | what every settings section is built from: `ConfigError`, durations, shared validators |
 
 pub mod app;
 pub mod auth;
