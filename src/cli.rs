@@ -165,7 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.config;
     let _log = match cli.command {
         Command::Serve => None,
-        _ => Some(crate::logging::init(crate::config::LogFormat::Text)),
+        _ => Some(crate::logging::init(crate::logging::LogFormat::Text)),
     };
     match cli.command {
         Command::Serve => {

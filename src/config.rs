@@ -26,6 +26,7 @@ pub use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 /// Shortest password, in characters, that `user add`, `user passwd` and registration accept.
 pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero, parse_cidrs, positive};
+use crate::logging::{LogConfig, RawLog};
 use crate::proxy::path;
 
 /// Default public listener.
@@ -560,20 +561,6 @@ impl Default for RawStore {
     }
 }
 
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLog {
-    pub format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validated.
 // ---------------------------------------------------------------------------------------------
@@ -745,11 +732,6 @@ pub struct StoreConfig {
     pub path: PathBuf,
 }
 
-#[derive(Clone, Debug)]
-pub struct LogConfig {
-    pub format: LogFormat,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Loading.
 // ---------------------------------------------------------------------------------------------
@@ -842,9 +824,7 @@ impl RawConfig {
             store: StoreConfig {
                 path: self.store.path,
             },
-            log: LogConfig {
-                format: self.log.format,
-            },
+            log: self.log.validate()?,
             admin,
         })
     }

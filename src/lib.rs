@@ -31,8 +31,8 @@
 //! | `auth::username` | canonical usernames |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store) |
 //! | `metrics` | Prometheus recorder and the events it counts |
-//! | `logging` | tracing subscriber setup |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
 //! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
