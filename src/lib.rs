@@ -29,9 +29,9 @@
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
 //! | `store` | the state interface, by kind of state |
 //! | `auth::username` | canonical usernames |
-//! | `limits` | login rate limits per address and per user (the lockout state lives in the store) |
-//! | `metrics` | Prometheus recorder and the events it counts |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
+//! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
