@@ -29,6 +29,7 @@ use crate::config::value::{ConfigError, RawDuration, invalid, nonzero, parse_cid
 use crate::limits::{LimitsConfig, RawLimits};
 use crate::logging::{LogConfig, RawLog};
 use crate::proxy::path;
+use crate::store::{RawStore, StoreConfig};
 
 /// Default public listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -96,8 +97,6 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 pub const DEFAULT_ALGORITHM: &str = "EdDSA";
 /// Default directory of the gateway's signing keys.
 pub const DEFAULT_KEYS_DIR: &str = "data/keys";
-/// Default path of the embedded SQLite store.
-pub const DEFAULT_STORE_PATH: &str = "data/gatehouse.db";
 /// Default argon2id memory cost in KiB (OWASP).
 pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
 /// Default argon2id iterations (OWASP).
@@ -450,20 +449,6 @@ impl Default for RawIdentityHeaders {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawStore {
-    pub path: PathBuf,
-}
-
-impl Default for RawStore {
-    fn default() -> Self {
-        Self {
-            path: DEFAULT_STORE_PATH.into(),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validated.
 // ---------------------------------------------------------------------------------------------
@@ -613,11 +598,6 @@ impl IdentityHeaders {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Loading.
 // ---------------------------------------------------------------------------------------------
@@ -677,9 +657,7 @@ impl RawConfig {
         let upstream = self.upstream.validate()?;
         let auth = self.auth.validate()?;
         let routes = validate_routes(self.routes, &auth.prefix)?;
-        if self.store.path.as_os_str().is_empty() {
-            return Err(invalid("store.path", "must not be empty"));
-        }
+        let store = self.store.validate()?;
         let admin_listen = if self.admin.enabled {
             let addr: SocketAddr = self.admin.listen.parse().map_err(|_| {
                 invalid(
@@ -707,9 +685,7 @@ impl RawConfig {
             upstream,
             routes,
             auth,
-            store: StoreConfig {
-                path: self.store.path,
-            },
+            store,
             log: self.log.validate()?,
             admin,
         })

@@ -27,9 +27,9 @@
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
-//! | `store` | the state interface, by kind of state |
-//! | `auth::username` | canonical usernames |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `store` | the state interface, by kind of state; the `[store]` settings |
+//! | `auth::username` | canonical usernames |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
