@@ -19,9 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::issuers::{IssuerSettings, JwksSource};
 use crate::auth::keys::KeyAlg;
-use crate::auth::runtime::ThreadPriority;
 // The validator's own defaults, defined once there.
-use crate::auth::password::MAX_PASSWORD_BYTES;
+use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
 pub use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 /// Shortest password, in characters, that `user add`, `user passwd` and registration accept.
 pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
@@ -97,12 +96,6 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 pub const DEFAULT_ALGORITHM: &str = "EdDSA";
 /// Default directory of the gateway's signing keys.
 pub const DEFAULT_KEYS_DIR: &str = "data/keys";
-/// Default argon2id memory cost in KiB (OWASP).
-pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
-/// Default argon2id iterations (OWASP).
-pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
-/// Default argon2id lanes (OWASP).
-pub const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
 /// Default `X-User` header fed from `sub`.
 pub const DEFAULT_USER_HEADER: &str = "x-user";
 /// Default header fed from `roles`.
@@ -396,37 +389,6 @@ impl Default for RawAuth {
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawPassword {
-    pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
-    /// 0 means one worker per core.
-    pub workers: usize,
-    /// 0 means four waiting jobs per worker.
-    pub queue: usize,
-    /// "low" or "normal"; see [`DEFAULT_LOGIN_PRIORITY`].
-    pub priority: String,
-}
-
-/// Default priority of the login work (hashing threads and the `/auth/*` endpoint thread):
-/// "low", nice 19, so a login flood only gets the CPU proxied traffic leaves.
-pub const DEFAULT_LOGIN_PRIORITY: &str = "low";
-
-impl Default for RawPassword {
-    fn default() -> Self {
-        Self {
-            memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
-            iterations: DEFAULT_ARGON2_ITERATIONS,
-            parallelism: DEFAULT_ARGON2_PARALLELISM,
-            workers: 0,
-            queue: 0,
-            priority: DEFAULT_LOGIN_PRIORITY.to_owned(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct RawIdentityHeaders {
     pub user: String,
     pub roles: String,
@@ -564,17 +526,6 @@ pub struct AuthConfig {
     pub identity_headers: IdentityHeaders,
     pub trusted_issuers: Vec<IssuerSettings>,
     pub limits: LimitsConfig,
-}
-
-#[derive(Clone, Debug)]
-pub struct PasswordConfig {
-    pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
-    pub workers: usize,
-    pub queue: usize,
-    /// Of the hashing threads and of the thread answering the `/auth/*` endpoints.
-    pub priority: ThreadPriority,
 }
 
 /// Which headers carry the verified identity upstream.
@@ -843,27 +794,7 @@ impl RawAuth {
                 "must be a cookie name (token characters)",
             ));
         }
-        let p = &self.password;
-        if p.memory_kib < 8 * p.parallelism.max(1) || p.iterations == 0 || p.parallelism == 0 {
-            return Err(invalid(
-                "auth.password",
-                "argon2 needs iterations >= 1, parallelism >= 1 and memory_kib >= 8 x parallelism",
-            ));
-        }
-        let priority = ThreadPriority::parse(&p.priority).ok_or_else(|| {
-            invalid(
-                "auth.password.priority",
-                format!("{:?} is not one of \"low\", \"normal\"", p.priority),
-            )
-        })?;
-        let password = PasswordConfig {
-            memory_kib: p.memory_kib,
-            iterations: p.iterations,
-            parallelism: p.parallelism,
-            workers: p.workers,
-            queue: p.queue,
-            priority,
-        };
+        let password = self.password.validate()?;
         let identity_headers = self.identity_headers.validate()?;
         let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
         for (i, raw) in self.trusted_issuers.into_iter().enumerate() {
@@ -1547,18 +1478,6 @@ mod tests {
         assert!(e.contains("listen_port"), "{e}");
         let e = err(&route("bogus = 1"));
         assert!(e.contains("bogus"), "{e}");
-    }
-
-    #[test]
-    fn login_priority_defaults_to_low_and_unknown_values_are_refused() {
-        let c = Config::from_toml("").unwrap();
-        assert_eq!(c.auth.password.priority, ThreadPriority::Low);
-        let c = Config::from_toml("[auth.password]\npriority = \"normal\"\n").unwrap();
-        assert_eq!(c.auth.password.priority, ThreadPriority::Normal);
-        for bad in ["idle", "LOW", "", "19"] {
-            let e = err(&format!("[auth.password]\npriority = {bad:?}\n"));
-            assert!(e.contains("auth.password.priority"), "{e}");
-        }
     }
 
     #[test]

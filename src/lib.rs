@@ -33,7 +33,7 @@
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
-//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
+//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
 //! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
 //! | `proxy::path` | request-path normalisation |
