@@ -37,7 +37,7 @@
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
 //! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
 //! | `proxy::path` | request-path normalisation |
-//! | `auth::issuers` | trusted external issuers: their key sets, fetched and refreshed, and their policies |
+//! | `auth::issuers` | trusted external issuers: their key sets, fetched and refreshed, and their policies; the `[[auth.trusted_issuers]]` settings |
 //! | `auth::verify` | the access-token validation policy |
 //! | `auth::keys` | signing and verification keys, rotation, JWKS |
 //! | `auth::claims` | typed token claims and the verified identity |
