@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use http::{HeaderName, Method, Uri};
+use http::{Method, Uri};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,7 @@ pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero, parse_cidrs, positive};
 use crate::limits::{LimitsConfig, RawLimits};
 use crate::logging::{LogConfig, RawLog};
+use crate::proxy::headers::{IdentityHeaders, RawIdentityHeaders};
 use crate::proxy::path;
 use crate::store::{RawStore, StoreConfig};
 
@@ -96,12 +97,6 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 pub const DEFAULT_ALGORITHM: &str = "EdDSA";
 /// Default directory of the gateway's signing keys.
 pub const DEFAULT_KEYS_DIR: &str = "data/keys";
-/// Default `X-User` header fed from `sub`.
-pub const DEFAULT_USER_HEADER: &str = "x-user";
-/// Default header fed from `roles`.
-pub const DEFAULT_ROLES_HEADER: &str = "x-user-roles";
-/// Default header fed from `scope`.
-pub const DEFAULT_SCOPES_HEADER: &str = "x-user-scopes";
 
 /// Environment variables with this prefix override file values; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "GATEHOUSE_";
@@ -321,30 +316,6 @@ impl Default for RawAuth {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawIdentityHeaders {
-    pub user: String,
-    pub roles: String,
-    pub scopes: String,
-    /// Extra header name -> claim name.
-    pub claims: std::collections::BTreeMap<String, String>,
-    /// Client headers starting with one of these prefixes are removed too.
-    pub strip_prefixes: Vec<String>,
-}
-
-impl Default for RawIdentityHeaders {
-    fn default() -> Self {
-        Self {
-            user: DEFAULT_USER_HEADER.into(),
-            roles: DEFAULT_ROLES_HEADER.into(),
-            scopes: DEFAULT_SCOPES_HEADER.into(),
-            claims: Default::default(),
-            strip_prefixes: Vec::new(),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validated.
 // ---------------------------------------------------------------------------------------------
@@ -460,27 +431,6 @@ pub struct AuthConfig {
     pub identity_headers: IdentityHeaders,
     pub trusted_issuers: Vec<IssuerSettings>,
     pub limits: LimitsConfig,
-}
-
-/// Which headers carry the verified identity upstream.
-#[derive(Clone, Debug)]
-pub struct IdentityHeaders {
-    pub user: HeaderName,
-    pub roles: HeaderName,
-    pub scopes: HeaderName,
-    /// Extra header -> claim name, in a stable order.
-    pub claims: Vec<(HeaderName, String)>,
-    /// Lowercase prefixes with `_`/`.` folded to `-`.
-    pub strip_prefixes: Vec<String>,
-}
-
-impl IdentityHeaders {
-    /// Every header the gateway may inject.
-    pub fn all_names(&self) -> Vec<HeaderName> {
-        let mut names = vec![self.user.clone(), self.roles.clone(), self.scopes.clone()];
-        names.extend(self.claims.iter().map(|(h, _)| h.clone()));
-        names
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,99 +714,6 @@ impl RawAuth {
             limits: self.limits.validate()?,
         })
     }
-}
-
-/// Longest claim name a header may be mapped from.
-const MAPPABLE_CLAIM_MAX: usize = 64;
-
-impl RawIdentityHeaders {
-    fn validate(self) -> Result<IdentityHeaders, ConfigError> {
-        let user = injectable_header("auth.identity_headers.user", &self.user)?;
-        let roles = injectable_header("auth.identity_headers.roles", &self.roles)?;
-        let scopes = injectable_header("auth.identity_headers.scopes", &self.scopes)?;
-        let mut claims = Vec::new();
-        for (header, claim) in self.claims {
-            let key = format!("auth.identity_headers.claims.{header}");
-            let name = injectable_header(&key, &header)?;
-            if claim.is_empty() || claim.len() > MAPPABLE_CLAIM_MAX {
-                return Err(invalid(key, "claim name must be 1-64 characters"));
-            }
-            claims.push((name, claim));
-        }
-        let mut seen = HashSet::new();
-        for name in [&user, &roles, &scopes]
-            .into_iter()
-            .chain(claims.iter().map(|(h, _)| h))
-        {
-            if !seen.insert(fold_header(name.as_str())) {
-                return Err(invalid(
-                    "auth.identity_headers",
-                    format!("header {name} is mapped twice (names compare with _ and . as -)"),
-                ));
-            }
-        }
-        let mut strip_prefixes = Vec::new();
-        for prefix in self.strip_prefixes {
-            if prefix.is_empty() || !prefix.bytes().all(crate::proxy::headers::is_tchar) {
-                return Err(invalid(
-                    "auth.identity_headers.strip_prefixes",
-                    format!("{prefix:?} is not a header-name prefix"),
-                ));
-            }
-            strip_prefixes.push(fold_header(&prefix));
-        }
-        Ok(IdentityHeaders {
-            user,
-            roles,
-            scopes,
-            claims,
-            strip_prefixes,
-        })
-    }
-}
-
-/// Header names the gateway must never be told to inject: they carry protocol meaning.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "authorization",
-    "cookie",
-    "set-cookie",
-    "connection",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "keep-alive",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
-];
-
-fn injectable_header(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
-    let parsed = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
-    let folded = fold_header(parsed.as_str());
-    if RESERVED_HEADERS.contains(&folded.as_str()) || folded.starts_with("proxy-") {
-        return Err(invalid(
-            key,
-            format!("{name} is reserved and cannot carry identity"),
-        ));
-    }
-    Ok(parsed)
-}
-
-/// Lowercase with `_` and `.` as `-`: how header aliases are compared.
-pub fn fold_header(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'_' | b'.' => '-',
-            b => b.to_ascii_lowercase() as char,
-        })
-        .collect()
 }
 
 /// Role and scope names end up in comma- and space-joined header values.
@@ -1456,14 +1313,6 @@ mod tests {
                 "host = \"h\"\nrequire_any_role = [\"ops\", \"dev\"]",
             );
         err(&text);
-    }
-
-    #[test]
-    fn reserved_identity_header_is_rejected() {
-        let e = err("[auth.identity_headers]\nuser = \"Authorization\"\n");
-        assert!(e.contains("reserved"), "{e}");
-        let e = err("[auth.identity_headers]\nuser = \"x_user_roles\"\n");
-        assert!(e.contains("mapped twice"), "{e}");
     }
 
     #[test]

@@ -35,7 +35,7 @@
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
-//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
+//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers; the `[auth.identity_headers]` settings |
 //! | `proxy::path` | request-path normalisation |
 //! | `auth::issuers` | trusted external issuers: their key sets, fetched and refreshed, and their policies; the `[[auth.trusted_issuers]]` settings |
 //! | `auth::verify` | the access-token validation policy |

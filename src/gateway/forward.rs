@@ -10,9 +10,9 @@ use hyper::body::Incoming;
 
 use crate::auth::claims::Identity;
 use crate::body::Body;
-use crate::config::{IdentityHeaders, Route, ServerConfig};
+use crate::config::{Route, ServerConfig};
 use crate::error::Rejection;
-use crate::proxy::headers;
+use crate::proxy::headers::{self, IdentityHeaders};
 use crate::proxy::{self, UpstreamClient};
 
 /// How a route records an upstream response body cut for stalling. The access-log line went out
