@@ -29,6 +29,7 @@ use crate::limits::{LimitsConfig, RawLimits};
 use crate::logging::{LogConfig, RawLog};
 use crate::proxy::headers::{IdentityHeaders, RawIdentityHeaders};
 use crate::proxy::path;
+use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, RawUpstream, UpstreamConfig};
 use crate::store::{RawStore, StoreConfig};
 
 /// Default public listener.
@@ -61,20 +62,12 @@ pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 pub const MAX_LISTEN_BACKLOG: u32 = 65_535;
 /// Default upstream response timeout of a route.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default upstream connect timeout of a route.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default longest gap between two chunks of an upstream response body; then the client's
 /// response is cut.
 pub const DEFAULT_ROUTE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `body_timeout` a route accepts: long enough for quiet event streams, short enough
 /// that a stalled upstream cannot hold a client connection for ever.
 pub const MAX_ROUTE_BODY_TIMEOUT: Duration = Duration::from_secs(86_400);
-/// Default idle time of pooled upstream connections. Below the usual server keep-alives (nginx
-/// 75 s, Go 90 s, many 60 s), so the pool drops a connection before the upstream does; shorter
-/// ones are learnt from `Keep-Alive: timeout=`.
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default pooled idle connections kept per upstream host.
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 64;
 /// Default path prefix of the gateway's own endpoints.
 pub const DEFAULT_AUTH_PREFIX: &str = "/auth";
 /// Default `iss` of minted tokens and the issuer the gateway trusts for its own tokens.
@@ -189,24 +182,6 @@ impl Default for RawServer {
 pub struct RawTls {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawUpstream {
-    pub ca_file: Option<PathBuf>,
-    pub pool_idle_timeout: RawDuration,
-    pub pool_max_idle_per_host: usize,
-}
-
-impl Default for RawUpstream {
-    fn default() -> Self {
-        Self {
-            ca_file: None,
-            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT.into(),
-            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -364,13 +339,6 @@ pub struct ServerConfig {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-#[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    pub ca_file: Option<PathBuf>,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_host: usize,
 }
 
 /// A validated route.
@@ -587,21 +555,6 @@ impl RawServer {
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             trusted_proxies,
             listen_backlog: self.listen_backlog,
-        })
-    }
-}
-
-impl RawUpstream {
-    fn validate(self) -> Result<UpstreamConfig, ConfigError> {
-        if let Some(ca) = &self.ca_file
-            && ca.as_os_str().is_empty()
-        {
-            return Err(invalid("upstream.ca_file", "must name a PEM file"));
-        }
-        Ok(UpstreamConfig {
-            ca_file: self.ca_file,
-            pool_idle_timeout: self.pool_idle_timeout.parse("upstream.pool_idle_timeout")?,
-            pool_max_idle_per_host: self.pool_max_idle_per_host,
         })
     }
 }

@@ -23,11 +23,11 @@
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
-//! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
+//! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
-//! | `config` | raw TOML/env configuration validated into `Config` |
 //! | `store` | the state interface, by kind of state; the `[store]` settings |
 //! | `auth::username` | canonical usernames |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
