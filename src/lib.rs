@@ -30,6 +30,7 @@
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
 //! | `store` | the state interface, by kind of state; the `[store]` settings |
 //! | `auth::username` | canonical usernames |
+//! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |

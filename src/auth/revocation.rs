@@ -15,8 +15,8 @@ use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
 use crate::auth::claims::Identity;
+use crate::auth::settings::AuthConfig;
 use crate::auth::username::Username;
-use crate::config::AuthConfig;
 use crate::store::{Change, Store, StoreError};
 
 /// How often a gateway polls the change feed: a change is enforced everywhere within this

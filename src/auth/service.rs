@@ -16,10 +16,10 @@ use crate::auth::password::{
     DEFAULT_QUEUE_PER_WORKER, HashParams, PasswordError, PasswordPool, PoolLimits,
 };
 use crate::auth::runtime::{EndpointRuntime, RuntimeError};
+use crate::auth::settings::AuthConfig;
 use crate::auth::verify::{IdentityClaims, Policy, Verifier};
 use crate::body::Body;
 use crate::clock::{Clock, unix_now};
-use crate::config::AuthConfig;
 use crate::limits::Limits;
 use crate::store::{Store, StoreError};
 
