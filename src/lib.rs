@@ -15,7 +15,6 @@
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
-//! | `routes` | the route table and matching |
 //! | `store::sqlite` | the embedded SQLite backend |
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
@@ -24,6 +23,7 @@
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
