@@ -12,6 +12,7 @@ pub mod password;
 pub mod revocation;
 pub mod runtime;
 pub mod service;
+pub mod settings;
 pub mod tokens;
 pub mod username;
 pub mod verify;

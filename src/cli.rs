@@ -16,7 +16,8 @@ use crate::auth::claims::check_account_values;
 use crate::auth::keys::KeyRing;
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
 use crate::auth::username::Username;
-use crate::config::{AuthMode, Config};
+use crate::config::Config;
+use crate::routes::AuthMode;
 use crate::store::{Lockouts, NewUser, Store};
 
 #[derive(Debug, Parser)]
@@ -165,7 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.config;
     let _log = match cli.command {
         Command::Serve => None,
-        _ => Some(crate::logging::init(crate::config::LogFormat::Text)),
+        _ => Some(crate::logging::init(crate::logging::LogFormat::Text)),
     };
     match cli.command {
         Command::Serve => {
@@ -369,7 +370,7 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
             other.name,
             other.host.as_deref().unwrap_or(""),
             other.path_prefix,
-            crate::config::policy_text(other),
+            crate::routes::policy_text(other),
         );
     }
     if normalised != uri.path() {

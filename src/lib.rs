@@ -15,7 +15,6 @@
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
-//! | `routes` | the route table and matching |
 //! | `store::sqlite` | the embedded SQLite backend |
 //! | `store::postgres` | the shared PostgreSQL backend: pool, migrations, locks, change notifications |
 //! | `store::postgres::testing` | a private PostgreSQL server per test process (tests only) |
@@ -25,26 +24,29 @@
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
-//! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels |
+//! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
+//! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
-//! | `store` | the state interface, by kind of state |
+//! | `store` | the state interface, by kind of state; the `[store]` settings |
 //! | `auth::username` | canonical usernames |
-//! | `limits` | login rate limits per address and per user (the lockout state lives in the store) |
+//! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
+//! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `metrics` | Prometheus recorder and the events it counts |
-//! | `logging` | tracing subscriber setup |
-//! | `config` | raw TOML/env configuration validated into `Config` |
-//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool |
+//! | `logging` | tracing subscriber setup; the `[log]` settings |
+//! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
-//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers |
+//! | `proxy::headers` | hop-by-hop removal, identity scrubbing, forwarding headers; the `[auth.identity_headers]` settings |
 //! | `proxy::path` | request-path normalisation |
-//! | `auth::issuers` | trusted external issuers: their key sets, fetched and refreshed, and their policies |
+//! | `auth::issuers` | trusted external issuers: their key sets, fetched and refreshed, and their policies; the `[[auth.trusted_issuers]]` settings |
 //! | `auth::verify` | the access-token validation policy |
 //! | `auth::keys` | signing and verification keys, rotation, JWKS |
 //! | `auth::claims` | typed token claims and the verified identity |
 //! | `clock` | unix seconds, and the monotonic clock of the limiters that tests move |
 //! | `body` | the response body type and small constructors |
+//! | `config::value` | what every settings section is built from: `ConfigError`, durations, shared validators |
 
 pub mod app;
 pub mod auth;

@@ -1,13 +1,15 @@
 //! Brute-force limits on the login-type endpoints: keyed governor limiters per client address
 //! (IPv6 by /64) for logins and, apart, for refreshes, and per canonical username; and the
 //! client networks the lockout (whose state lives in the store) counts failures for. Checked
-//! before any store lookup or hashing.
+//! before any store lookup or hashing. The `[auth.limits]` settings, their defaults and their
+//! validation live here too.
 
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::clock::Clock as _;
@@ -16,9 +18,127 @@ use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::config::LimitsConfig;
+use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+
+/// The `[auth.limits]` section as written: brute-force limits on login, token, refresh and
+/// register.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub enabled: bool,
+    pub per_address_per_minute: u32,
+    pub per_address_burst: u32,
+    pub per_user_per_minute: u32,
+    pub per_user_burst: u32,
+    pub refresh_per_address_per_minute: u32,
+    pub refresh_per_address_burst: u32,
+    pub max_failures: u32,
+    pub max_failures_per_user: u32,
+    pub find_time: RawDuration,
+    pub ban_time: RawDuration,
+}
+
+/// Default sustained attempts per minute from one client address (IPv6: one /64).
+pub const DEFAULT_PER_ADDRESS_PER_MINUTE: u32 = 30;
+/// Default burst of attempts from one client address.
+pub const DEFAULT_PER_ADDRESS_BURST: u32 = 10;
+/// Default sustained attempts per minute for one username.
+pub const DEFAULT_PER_USER_PER_MINUTE: u32 = 10;
+/// Default burst of attempts for one username.
+pub const DEFAULT_PER_USER_BURST: u32 = 5;
+/// Default sustained refresh-token grants per minute from one client address (IPv6: one /64):
+/// a budget of its own, so clients that refresh often never spend the login budget.
+pub const DEFAULT_REFRESH_PER_ADDRESS_PER_MINUTE: u32 = 120;
+/// Default burst of refresh-token grants from one client address.
+pub const DEFAULT_REFRESH_PER_ADDRESS_BURST: u32 = 30;
+/// Default failed logins for one username from one client network (IPv4 /24, IPv6 /64) within
+/// `find_time` that lock the username for that network.
+pub const DEFAULT_MAX_FAILURES: u32 = 5;
+/// Default failed logins for one username from all networks within `find_time` that lock the
+/// username everywhere: the ceiling for guessing spread over many networks.
+pub const DEFAULT_MAX_FAILURES_PER_USER: u32 = 100;
+/// Default window in which failures count towards a lockout.
+pub const DEFAULT_FIND_TIME: &str = "10m";
+/// Default lockout duration.
+pub const DEFAULT_BAN_TIME: &str = "15m";
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_address_per_minute: DEFAULT_PER_ADDRESS_PER_MINUTE,
+            per_address_burst: DEFAULT_PER_ADDRESS_BURST,
+            per_user_per_minute: DEFAULT_PER_USER_PER_MINUTE,
+            per_user_burst: DEFAULT_PER_USER_BURST,
+            refresh_per_address_per_minute: DEFAULT_REFRESH_PER_ADDRESS_PER_MINUTE,
+            refresh_per_address_burst: DEFAULT_REFRESH_PER_ADDRESS_BURST,
+            max_failures: DEFAULT_MAX_FAILURES,
+            max_failures_per_user: DEFAULT_MAX_FAILURES_PER_USER,
+            find_time: DEFAULT_FIND_TIME.into(),
+            ban_time: DEFAULT_BAN_TIME.into(),
+        }
+    }
+}
+
+impl RawLimits {
+    pub fn validate(self) -> Result<LimitsConfig, ConfigError> {
+        let nz = |key: &str, n: u32| {
+            NonZeroU32::new(n)
+                .ok_or_else(|| invalid(format!("auth.limits.{key}"), "must be greater than 0"))
+        };
+        if self.max_failures_per_user < self.max_failures {
+            return Err(invalid(
+                "auth.limits.max_failures_per_user",
+                format!(
+                    "must be at least max_failures ({}): the ceiling for a username from every \
+                     network below the limit for one network would lock the name everywhere \
+                     first, and anyone could lock anyone out again",
+                    self.max_failures
+                ),
+            ));
+        }
+        Ok(LimitsConfig {
+            enabled: self.enabled,
+            per_address_per_minute: nz("per_address_per_minute", self.per_address_per_minute)?,
+            per_address_burst: nz("per_address_burst", self.per_address_burst)?,
+            per_user_per_minute: nz("per_user_per_minute", self.per_user_per_minute)?,
+            per_user_burst: nz("per_user_burst", self.per_user_burst)?,
+            refresh_per_address_per_minute: nz(
+                "refresh_per_address_per_minute",
+                self.refresh_per_address_per_minute,
+            )?,
+            refresh_per_address_burst: nz(
+                "refresh_per_address_burst",
+                self.refresh_per_address_burst,
+            )?,
+            max_failures: nz("max_failures", self.max_failures)?,
+            max_failures_per_user: nz("max_failures_per_user", self.max_failures_per_user)?,
+            find_time: nonzero("auth.limits.find_time", &self.find_time)?,
+            ban_time: nonzero("auth.limits.ban_time", &self.ban_time)?,
+        })
+    }
+}
+
+/// The validated `[auth.limits]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    pub per_address_per_minute: NonZeroU32,
+    pub per_address_burst: NonZeroU32,
+    pub per_user_per_minute: NonZeroU32,
+    pub per_user_burst: NonZeroU32,
+    pub refresh_per_address_per_minute: NonZeroU32,
+    pub refresh_per_address_burst: NonZeroU32,
+    /// Per (username, client network).
+    pub max_failures: NonZeroU32,
+    /// Per username, from every network.
+    pub max_failures_per_user: NonZeroU32,
+    pub find_time: Duration,
+    pub ban_time: Duration,
+}
 
 /// Longest key kept in a limiter (usernames are at most 64 bytes; addresses are fixed size).
 const MAX_KEY_BYTES: usize = 64;
@@ -350,7 +470,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, refusal as err};
 
     fn limits(toml: &str) -> Limits {
         let config = Config::from_toml(&format!("[auth.limits]\n{toml}")).unwrap();
@@ -463,6 +583,24 @@ mod tests {
         let l = limits("enabled = false\nper_user_burst = 1");
         for _ in 0..10 {
             l.check_user("alice").unwrap();
+        }
+    }
+
+    /// A ceiling everywhere below the limit per network would lock names everywhere first: the
+    /// denial of service the per-network split exists to prevent, so it is refused.
+    #[test]
+    fn per_user_failure_ceiling_below_the_per_network_limit_is_refused() {
+        let e = err("[auth.limits]\nmax_failures = 10\nmax_failures_per_user = 9\n");
+        assert!(e.contains("auth.limits.max_failures_per_user"), "{e}");
+        let c = Config::from_toml("[auth.limits]\nmax_failures = 10\nmax_failures_per_user = 10\n")
+            .unwrap();
+        assert_eq!(c.auth.limits.max_failures_per_user.get(), 10);
+        for key in [
+            "refresh_per_address_burst",
+            "refresh_per_address_per_minute",
+        ] {
+            let e = err(&format!("[auth.limits]\n{key} = 0\n"));
+            assert!(e.contains(key), "{e}");
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Forwarding requests to upstreams: the pooled upstream client, request-body limits, the
-//! response-body idle limit and WebSocket tunnels.
+//! Forwarding requests to upstreams: the pooled upstream client (and the `[upstream]` settings
+//! it is built from), request-body limits, the response-body idle limit and WebSocket tunnels.
 //!
 //! The client sends what it is given: an absolute URI and headers already cleaned by
 //! [`headers`]; its connections are kept by [`pool`]. Errors are classified by where they
@@ -29,15 +29,69 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::body::{Body, BoxError};
+use crate::config::value::{ConfigError, RawDuration, invalid};
 
 /// TCP keep-alive probes on upstream connections, so half-dead pooled connections are noticed.
 const UPSTREAM_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Default time to establish an upstream TCP connection: a route's `connect_timeout` unless
+/// it sets one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default idle time of pooled upstream connections. Below the usual server keep-alives (nginx
+/// 75 s, Go 90 s, many 60 s), so the pool drops a connection before the upstream does; shorter
+/// ones are learnt from `Keep-Alive: timeout=`.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default pooled idle connections kept per upstream host.
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// The `[upstream]` section as written: how the gateway reaches every upstream.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub ca_file: Option<PathBuf>,
+    pub pool_idle_timeout: RawDuration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT.into(),
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
+        }
+    }
+}
+
+/// The validated `[upstream]` section.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub ca_file: Option<PathBuf>,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl RawUpstream {
+    pub fn validate(self) -> Result<UpstreamConfig, ConfigError> {
+        if let Some(ca) = &self.ca_file
+            && ca.as_os_str().is_empty()
+        {
+            return Err(invalid("upstream.ca_file", "must name a PEM file"));
+        }
+        Ok(UpstreamConfig {
+            ca_file: self.ca_file,
+            pool_idle_timeout: self.pool_idle_timeout.parse("upstream.pool_idle_timeout")?,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+        })
+    }
+}
 
 /// How the upstream client connects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,9 +111,9 @@ impl Default for ClientSettings {
     fn default() -> Self {
         Self {
             ca_file: None,
-            connect_timeout: crate::config::DEFAULT_CONNECT_TIMEOUT,
-            pool_idle_timeout: crate::config::DEFAULT_POOL_IDLE_TIMEOUT,
-            pool_max_idle_per_host: crate::config::DEFAULT_POOL_MAX_IDLE_PER_HOST,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE_PER_HOST,
         }
     }
 }

@@ -605,6 +605,42 @@ impl Drop for LoginAttempt {
     }
 }
 
+/// Default path of the embedded SQLite store.
+pub const DEFAULT_STORE_PATH: &str = "data/gatehouse.db";
+
+/// The `[store]` section as written.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub path: std::path::PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_STORE_PATH.into(),
+        }
+    }
+}
+
+/// The validated `[store]` section.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub path: std::path::PathBuf,
+}
+
+impl RawStore {
+    pub fn validate(self) -> Result<StoreConfig, crate::config::value::ConfigError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(crate::config::value::invalid(
+                "store.path",
+                "must not be empty",
+            ));
+        }
+        Ok(StoreConfig { path: self.path })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

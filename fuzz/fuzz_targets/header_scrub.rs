@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
 use gatehouse::auth::claims::{Identity, IdentityValues};
-use gatehouse::config::{Config, IdentityHeaders};
+use gatehouse::config::Config;
 use gatehouse::gateway::inject_identity;
 use gatehouse::proxy::headers::{
-    Forwarding, IdentityScrubber, remove_hop_by_hop, remove_untrusted_forwarding, set_forwarding,
+    Forwarding, IdentityHeaders, IdentityScrubber, remove_hop_by_hop, remove_untrusted_forwarding, set_forwarding,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;

@@ -13,10 +13,10 @@ use crate::auth::claims::Identity;
 use crate::auth::issuers::TrustedIssuers;
 use crate::auth::keys::KeyRing;
 use crate::auth::revocation::{self, Revocation};
+use crate::auth::settings::AuthConfig;
 use crate::auth::username::Username;
 use crate::auth::verify::{self, Verifier, VerifyError};
 use crate::clock::unix_now as now;
-use crate::config::AuthConfig;
 use crate::metrics::CacheLookup;
 use crate::store::{Store, StoreError};
 

@@ -13,12 +13,12 @@ use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError, PasswordPool};
+use crate::auth::settings::AuthConfig;
 use crate::auth::tokens::{
     self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, TokenSubject, mint_access,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now as now;
-use crate::config::AuthConfig;
 use crate::limits::{ClientNetwork, Limits, Refusal};
 use crate::store::{
     LockScope, Lockout, LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser,

@@ -38,6 +38,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -46,6 +47,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::auth::claims::{Identity, parse_object};
 use crate::auth::keys::{KeyLookup, MAX_KID_BYTES, VerificationKey};
 use crate::auth::verify::{IdentityClaims, Policy, Verifier, VerifyError, token_kid};
+use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
 
 /// Largest key set accepted, fetched or read from a file.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -88,6 +90,146 @@ pub struct IssuerSettings {
     /// An unknown kid triggers a refetch at most once per cooldown.
     pub refetch_cooldown: Duration,
     pub fetch_timeout: Duration,
+}
+
+/// An `[[auth.trusted_issuers]]` entry as written: an external identity provider whose access
+/// tokens the gateway accepts.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default = "default_issuer_types")]
+    pub token_types: Vec<String>,
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    #[serde(default = "default_issuer_max_lifetime")]
+    pub max_token_lifetime: RawDuration,
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval: RawDuration,
+    #[serde(default = "default_jwks_cooldown")]
+    pub refetch_cooldown: RawDuration,
+    #[serde(default = "default_jwks_timeout")]
+    pub fetch_timeout: RawDuration,
+}
+
+/// Default accepted `typ` values of an external issuer's tokens (many IdPs send "JWT").
+pub const DEFAULT_ISSUER_TOKEN_TYPES: &[&str] = &["at+jwt", "JWT"];
+/// Default claim holding an external token's roles.
+pub const DEFAULT_ROLES_CLAIM: &str = "roles";
+/// Default claim holding an external token's scopes (space-separated string or array).
+pub const DEFAULT_SCOPES_CLAIM: &str = "scope";
+/// Default longest lifetime (exp - iat) accepted from an external issuer.
+pub const DEFAULT_ISSUER_MAX_LIFETIME: &str = "24h";
+/// Default interval between background JWKS fetches.
+pub const DEFAULT_JWKS_REFRESH: &str = "5m";
+/// Default shortest interval between fetches triggered by an unknown `kid`.
+pub const DEFAULT_JWKS_COOLDOWN: &str = "30s";
+/// Default time a JWKS fetch may take.
+pub const DEFAULT_JWKS_TIMEOUT: &str = "5s";
+
+fn default_issuer_types() -> Vec<String> {
+    DEFAULT_ISSUER_TOKEN_TYPES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_roles_claim() -> String {
+    DEFAULT_ROLES_CLAIM.into()
+}
+fn default_scopes_claim() -> String {
+    DEFAULT_SCOPES_CLAIM.into()
+}
+fn default_issuer_max_lifetime() -> RawDuration {
+    DEFAULT_ISSUER_MAX_LIFETIME.into()
+}
+fn default_jwks_refresh() -> RawDuration {
+    DEFAULT_JWKS_REFRESH.into()
+}
+fn default_jwks_cooldown() -> RawDuration {
+    DEFAULT_JWKS_COOLDOWN.into()
+}
+fn default_jwks_timeout() -> RawDuration {
+    DEFAULT_JWKS_TIMEOUT.into()
+}
+
+impl RawTrustedIssuer {
+    /// The gateway-wide leeway and token cap apply to external tokens too.
+    pub fn validate(
+        self,
+        key: &str,
+        leeway: Duration,
+        max_token_bytes: usize,
+    ) -> Result<IssuerSettings, ConfigError> {
+        if self.issuer.is_empty() || self.issuer.len() > 512 {
+            return Err(invalid(format!("{key}.issuer"), "must be 1-512 characters"));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.is_empty()) {
+            return Err(invalid(
+                format!("{key}.audiences"),
+                "list at least one audience your API expects",
+            ));
+        }
+        let source = match (self.jwks_url, self.jwks_file) {
+            (Some(url), None) => {
+                let uri: Uri = url.parse().map_err(|_| {
+                    invalid(format!("{key}.jwks_url"), format!("{url:?} is not a URL"))
+                })?;
+                if !matches!(uri.scheme_str(), Some("https") | Some("http"))
+                    || uri.authority().is_none()
+                {
+                    return Err(invalid(
+                        format!("{key}.jwks_url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                JwksSource::Url(uri)
+            }
+            (None, Some(file)) => JwksSource::File(file),
+            _ => {
+                return Err(invalid(key, "set exactly one of jwks_url and jwks_file"));
+            }
+        };
+        if self.token_types.is_empty() {
+            return Err(invalid(
+                format!("{key}.token_types"),
+                "must list at least one typ",
+            ));
+        }
+        let path = |k: &str, v: &str| -> Result<Vec<String>, ConfigError> {
+            let parts: Vec<String> = v.split('.').map(str::to_owned).collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    format!("{v:?} is not a claim path"),
+                ));
+            }
+            Ok(parts)
+        };
+        Ok(IssuerSettings {
+            issuer: self.issuer,
+            audiences: self.audiences,
+            source,
+            token_types: self.token_types,
+            roles_claim: path("roles_claim", &self.roles_claim)?,
+            scopes_claim: path("scopes_claim", &self.scopes_claim)?,
+            max_token_lifetime: nonzero(
+                &format!("{key}.max_token_lifetime"),
+                &self.max_token_lifetime,
+            )?,
+            leeway,
+            max_token_bytes,
+            refresh_interval: nonzero(&format!("{key}.refresh_interval"), &self.refresh_interval)?,
+            refetch_cooldown: nonzero(&format!("{key}.refetch_cooldown"), &self.refetch_cooldown)?,
+            fetch_timeout: nonzero(&format!("{key}.fetch_timeout"), &self.fetch_timeout)?,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -805,6 +947,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::config::{Config, refusal as err};
 
     const NOW: i64 = 1_700_000_000;
     const KEYCLOAK: &str = "https://sso.example/realms/main";
@@ -1735,5 +1878,27 @@ mod tests {
         ] {
             assert!(!is_loopback(host), "{host}");
         }
+    }
+
+    #[test]
+    fn trusted_issuer_needs_exactly_one_key_source_and_an_audience() {
+        let base = "[[auth.trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"api\"]\n";
+        let e = err(base);
+        assert!(e.contains("exactly one of jwks_url and jwks_file"), "{e}");
+        let both = format!("{base}jwks_url = \"https://idp/certs\"\njwks_file = \"/x\"\n");
+        assert!(err(&both).contains("exactly one"));
+        let e = err(&format!("{base}jwks_url = \"ftp://idp/certs\"\n"));
+        assert!(e.contains("jwks_url"), "{e}");
+        let e = err(&base
+            .replace("[\"api\"]", "[]")
+            .replace("issuer =", "jwks_file = \"/x\"\nissuer ="));
+        assert!(e.contains("audiences"), "{e}");
+        let c = Config::from_toml(&format!(
+            "{base}jwks_file = \"/x\"\nroles_claim = \"realm_access.roles\"\n"
+        ))
+        .unwrap();
+        let t = &c.auth.trusted_issuers[0];
+        assert_eq!(t.roles_claim, vec!["realm_access", "roles"]);
+        assert_eq!(t.leeway, c.auth.leeway);
     }
 }

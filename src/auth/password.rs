@@ -26,10 +26,12 @@ use std::time::Duration;
 
 use argon2::password_hash::Error as PhcError;
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::auth::runtime::{self, RuntimeError, ThreadPriority};
+use crate::config::value::{ConfigError, invalid};
 
 /// Default argon2id memory cost in KiB (19 MiB): the OWASP password storage recommendation.
 pub const DEFAULT_M_KIB: u32 = 19_456;
@@ -80,6 +82,74 @@ impl Default for HashParams {
             t: DEFAULT_T,
             p: DEFAULT_P,
         }
+    }
+}
+
+/// The `[auth.password]` section as written: argon2id costs, the hashing pool, its priority.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPassword {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// 0 means one worker per core.
+    pub workers: usize,
+    /// 0 means [`DEFAULT_QUEUE_PER_WORKER`] waiting jobs per worker.
+    pub queue: usize,
+    /// "low" or "normal"; unset, [`ThreadPriority::default`] (low).
+    pub priority: String,
+}
+
+impl Default for RawPassword {
+    fn default() -> Self {
+        Self {
+            memory_kib: DEFAULT_M_KIB,
+            iterations: DEFAULT_T,
+            parallelism: DEFAULT_P,
+            workers: 0,
+            queue: 0,
+            priority: ThreadPriority::default().as_str().to_owned(),
+        }
+    }
+}
+
+/// The validated `[auth.password]` section.
+#[derive(Clone, Debug)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    pub workers: usize,
+    pub queue: usize,
+    /// Of the hashing threads and of the thread answering the `/auth/*` endpoints.
+    pub priority: ThreadPriority,
+}
+
+impl RawPassword {
+    pub fn validate(self) -> Result<PasswordConfig, ConfigError> {
+        if self.memory_kib < 8 * self.parallelism.max(1)
+            || self.iterations == 0
+            || self.parallelism == 0
+        {
+            return Err(invalid(
+                "auth.password",
+                "argon2 needs iterations >= 1, parallelism >= 1 and memory_kib >= 8 x parallelism",
+            ));
+        }
+        let priority = ThreadPriority::parse(&self.priority).ok_or_else(|| {
+            invalid(
+                "auth.password.priority",
+                format!("{:?} is not one of \"low\", \"normal\"", self.priority),
+            )
+        })?;
+        Ok(PasswordConfig {
+            memory_kib: self.memory_kib,
+            iterations: self.iterations,
+            parallelism: self.parallelism,
+            workers: self.workers,
+            queue: self.queue,
+            priority,
+        })
     }
 }
 
@@ -534,6 +604,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::config::{Config, refusal as err};
 
     /// Real argon2id, but cheap, for tests that are not about cost.
     const CHEAP: HashParams = HashParams {
@@ -927,5 +998,17 @@ mod tests {
         let limits = PoolLimits::default();
         assert!(limits.workers >= 1);
         assert_eq!(limits.queue, limits.workers * DEFAULT_QUEUE_PER_WORKER);
+    }
+
+    #[test]
+    fn login_priority_defaults_to_low_and_unknown_values_are_refused() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.auth.password.priority, ThreadPriority::Low);
+        let c = Config::from_toml("[auth.password]\npriority = \"normal\"\n").unwrap();
+        assert_eq!(c.auth.password.priority, ThreadPriority::Normal);
+        for bad in ["idle", "LOW", "", "19"] {
+            let e = err(&format!("[auth.password]\npriority = {bad:?}\n"));
+            assert!(e.contains("auth.password.priority"), "{e}");
+        }
     }
 }

@@ -17,8 +17,8 @@ use foldhash::fast::RandomState;
 use tokio::sync::watch;
 
 use crate::auth::claims::Identity;
+use crate::auth::settings::AuthConfig;
 use crate::auth::username::Username;
-use crate::config::AuthConfig;
 use crate::store::{Change, Store, StoreError};
 
 /// How often a gateway polls the change feed: a change is enforced everywhere within this

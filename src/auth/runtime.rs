@@ -35,7 +35,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Scheduling priority of the login-work threads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ThreadPriority {
-    /// Nice 19: runs on spare CPU first, yet keeps a small share under full load.
+    /// Nice 19: runs on spare CPU first, yet keeps a small share under full load. The default
+    /// (`[auth.password] priority`), so a login flood only gets the CPU proxied traffic leaves.
     #[default]
     Low,
     /// The process's own priority (nothing is changed).

@@ -12,12 +12,14 @@ use crate::auth::endpoints::{self, Endpoint, EndpointError};
 use crate::auth::grants::{GrantError, Grants};
 use crate::auth::issuers::{IssuerError, TrustedIssuers};
 use crate::auth::keys::{KeyError, KeyRing};
-use crate::auth::password::{HashParams, PasswordError, PasswordPool, PoolLimits};
+use crate::auth::password::{
+    DEFAULT_QUEUE_PER_WORKER, HashParams, PasswordError, PasswordPool, PoolLimits,
+};
 use crate::auth::runtime::{EndpointRuntime, RuntimeError};
+use crate::auth::settings::AuthConfig;
 use crate::auth::verify::{IdentityClaims, Policy, Verifier};
 use crate::body::Body;
 use crate::clock::{Clock, unix_now};
-use crate::config::AuthConfig;
 use crate::limits::Limits;
 use crate::store::{Store, StoreError};
 
@@ -60,7 +62,11 @@ impl AuthService {
         } else {
             p.workers
         };
-        let queue = if p.queue == 0 { workers * 4 } else { p.queue };
+        let queue = if p.queue == 0 {
+            workers * DEFAULT_QUEUE_PER_WORKER
+        } else {
+            p.queue
+        };
         let pool = PasswordPool::with_priority(
             HashParams {
                 m_kib: p.memory_kib,

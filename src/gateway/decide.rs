@@ -11,11 +11,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Version};
 use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::endpoints::{Endpoint, endpoint_for};
-use crate::config::{AuthMode, Config, Route};
+use crate::config::Config;
 use crate::error::Rejection;
 use crate::proxy::headers::{self, IdentityScrubber};
 use crate::proxy::path;
-use crate::routes::RouteTable;
+use crate::routes::{AuthMode, Route, RouteTable};
 
 use super::BuildError;
 

@@ -10,10 +10,11 @@ use hyper::body::Incoming;
 
 use crate::auth::claims::Identity;
 use crate::body::Body;
-use crate::config::{IdentityHeaders, Route, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::Rejection;
-use crate::proxy::headers;
+use crate::proxy::headers::{self, IdentityHeaders};
 use crate::proxy::{self, UpstreamClient};
+use crate::routes::Route;
 
 /// How a route records an upstream response body cut for stalling. The access-log line went out
 /// with the response head, long before, so a cut gets its own warn line (same target and

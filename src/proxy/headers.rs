@@ -12,6 +12,7 @@
 //! wherever a client could spell a name differently to reach an upstream: CGI-style gateways
 //! (PHP, WSGI, Rack) map `X-User`, `X_User` and `X.User` to the same variable.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::header::{
@@ -19,6 +20,9 @@ use http::header::{
     PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::config::value::{ConfigError, invalid};
 
 /// Why an [`IdentityScrubber`] could not be built from the configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -229,6 +233,147 @@ impl IdentityScrubber {
                     .is_some_and(|head| alias_eq(head, prefix))
             })
     }
+}
+
+/// Default `X-User` header fed from `sub`.
+pub const DEFAULT_USER_HEADER: &str = "x-user";
+/// Default header fed from `roles`.
+pub const DEFAULT_ROLES_HEADER: &str = "x-user-roles";
+/// Default header fed from `scope`.
+pub const DEFAULT_SCOPES_HEADER: &str = "x-user-scopes";
+
+/// The `[auth.identity_headers]` section as written.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentityHeaders {
+    pub user: String,
+    pub roles: String,
+    pub scopes: String,
+    /// Extra header name -> claim name.
+    pub claims: BTreeMap<String, String>,
+    /// Client headers starting with one of these prefixes are removed too.
+    pub strip_prefixes: Vec<String>,
+}
+
+impl Default for RawIdentityHeaders {
+    fn default() -> Self {
+        Self {
+            user: DEFAULT_USER_HEADER.into(),
+            roles: DEFAULT_ROLES_HEADER.into(),
+            scopes: DEFAULT_SCOPES_HEADER.into(),
+            claims: Default::default(),
+            strip_prefixes: Vec::new(),
+        }
+    }
+}
+
+/// Which headers carry the verified identity upstream.
+#[derive(Clone, Debug)]
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub roles: HeaderName,
+    pub scopes: HeaderName,
+    /// Extra header -> claim name, in a stable order.
+    pub claims: Vec<(HeaderName, String)>,
+    /// Lowercase prefixes with `_`/`.` folded to `-`.
+    pub strip_prefixes: Vec<String>,
+}
+
+impl IdentityHeaders {
+    /// Every header the gateway may inject.
+    pub fn all_names(&self) -> Vec<HeaderName> {
+        let mut names = vec![self.user.clone(), self.roles.clone(), self.scopes.clone()];
+        names.extend(self.claims.iter().map(|(h, _)| h.clone()));
+        names
+    }
+}
+
+/// Longest claim name a header may be mapped from.
+const MAPPABLE_CLAIM_MAX: usize = 64;
+
+impl RawIdentityHeaders {
+    pub fn validate(self) -> Result<IdentityHeaders, ConfigError> {
+        let user = injectable_header("auth.identity_headers.user", &self.user)?;
+        let roles = injectable_header("auth.identity_headers.roles", &self.roles)?;
+        let scopes = injectable_header("auth.identity_headers.scopes", &self.scopes)?;
+        let mut claims = Vec::new();
+        for (header, claim) in self.claims {
+            let key = format!("auth.identity_headers.claims.{header}");
+            let name = injectable_header(&key, &header)?;
+            if claim.is_empty() || claim.len() > MAPPABLE_CLAIM_MAX {
+                return Err(invalid(key, "claim name must be 1-64 characters"));
+            }
+            claims.push((name, claim));
+        }
+        let mut seen = HashSet::new();
+        for name in [&user, &roles, &scopes]
+            .into_iter()
+            .chain(claims.iter().map(|(h, _)| h))
+        {
+            if !seen.insert(fold_header(name.as_str())) {
+                return Err(invalid(
+                    "auth.identity_headers",
+                    format!("header {name} is mapped twice (names compare with _ and . as -)"),
+                ));
+            }
+        }
+        let mut strip_prefixes = Vec::new();
+        for prefix in self.strip_prefixes {
+            if prefix.is_empty() || !prefix.bytes().all(is_tchar) {
+                return Err(invalid(
+                    "auth.identity_headers.strip_prefixes",
+                    format!("{prefix:?} is not a header-name prefix"),
+                ));
+            }
+            strip_prefixes.push(fold_header(&prefix));
+        }
+        Ok(IdentityHeaders {
+            user,
+            roles,
+            scopes,
+            claims,
+            strip_prefixes,
+        })
+    }
+}
+
+/// Header names the gateway must never be told to inject: they carry protocol meaning.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+fn injectable_header(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    let parsed = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+    let folded = fold_header(parsed.as_str());
+    if RESERVED_HEADERS.contains(&folded.as_str()) || folded.starts_with("proxy-") {
+        return Err(invalid(
+            key,
+            format!("{name} is reserved and cannot carry identity"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// [`alias_byte`] over a name, as text: how configured names are compared with each other.
+fn fold_header(name: &str) -> String {
+    name.bytes().map(|b| char::from(alias_byte(b))).collect()
 }
 
 /// Removes headers a client must never be trusted on, in any alias spelling (see
@@ -693,6 +838,7 @@ const TCHAR: [bool; 256] = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::refusal as err;
 
     #[test]
     fn address_text_matches_display_for_every_octet_width_and_ipv6_form() {
@@ -1300,5 +1446,13 @@ mod tests {
             ["for=127.0.0.1, for=10.0.0.1;proto=https"]
         );
         assert_eq!(values(&headers, "x-forwarded-for"), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn reserved_identity_header_is_rejected() {
+        let e = err("[auth.identity_headers]\nuser = \"Authorization\"\n");
+        assert!(e.contains("reserved"), "{e}");
+        let e = err("[auth.identity_headers]\nuser = \"x_user_roles\"\n");
+        assert!(e.contains("mapped twice"), "{e}");
     }
 }

@@ -1,0 +1,245 @@
+//! The `[auth]` section: the gateway's own tokens (issuer, audience, algorithm, lifetimes),
+//! registration and the cookie, with the subsections that belong to other modules assembled in:
+//! `[auth.password]` ([`crate::auth::password`]), `[auth.identity_headers]`
+//! ([`crate::proxy::headers`]), `[[auth.trusted_issuers]]` ([`crate::auth::issuers`]) and
+//! `[auth.limits]` ([`crate::limits`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::claims::check_account_values;
+use crate::auth::issuers::{IssuerSettings, RawTrustedIssuer};
+use crate::auth::keys::KeyAlg;
+use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
+// The validator's own defaults, defined once there.
+use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
+use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use crate::limits::{LimitsConfig, RawLimits};
+use crate::proxy::headers::{IdentityHeaders, RawIdentityHeaders, is_tchar};
+use crate::proxy::path;
+
+/// Shortest password, in characters, that `user add`, `user passwd` and registration accept.
+pub const DEFAULT_MIN_PASSWORD_CHARS: usize = 8;
+/// Default path prefix of the gateway's own endpoints.
+pub const DEFAULT_AUTH_PREFIX: &str = "/auth";
+/// Default `iss` of minted tokens and the issuer the gateway trusts for its own tokens.
+pub const DEFAULT_ISSUER: &str = "gatehouse";
+/// Default `aud` of minted tokens and the audience every access token must carry.
+pub const DEFAULT_AUDIENCE: &str = "gatehouse";
+/// Default access-token lifetime.
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME: &str = "15m";
+/// Default refresh-token lifetime.
+pub const DEFAULT_REFRESH_TOKEN_LIFETIME: &str = "7d";
+/// Default grace after a refresh token's rotation in which presenting it again continues its
+/// session instead of revoking it: none, strict rotation.
+pub const DEFAULT_REFRESH_REUSE_GRACE: &str = "0s";
+/// Longest `refresh_reuse_grace` accepted: the grace covers racing tabs and retried requests,
+/// and every second of it is a second in which a copied token is honoured.
+pub const MAX_REFRESH_REUSE_GRACE: Duration = Duration::from_secs(60);
+/// Largest leeway the validator accepts.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+/// Default signing algorithm of the gateway's keys.
+pub const DEFAULT_ALGORITHM: &str = "EdDSA";
+/// Default directory of the gateway's signing keys.
+pub const DEFAULT_KEYS_DIR: &str = "data/keys";
+
+/// The `[auth]` section as written.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub prefix: String,
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: String,
+    pub keys_dir: PathBuf,
+    pub access_token_lifetime: RawDuration,
+    pub refresh_token_lifetime: RawDuration,
+    pub refresh_reuse_grace: RawDuration,
+    pub leeway: RawDuration,
+    pub max_token_bytes: usize,
+    pub min_password_chars: usize,
+    pub registration: bool,
+    pub default_roles: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub cookie: Option<String>,
+    pub password: RawPassword,
+    pub identity_headers: RawIdentityHeaders,
+    pub trusted_issuers: Vec<RawTrustedIssuer>,
+    pub limits: RawLimits,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_AUTH_PREFIX.into(),
+            issuer: DEFAULT_ISSUER.into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            algorithm: DEFAULT_ALGORITHM.into(),
+            keys_dir: DEFAULT_KEYS_DIR.into(),
+            access_token_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME.into(),
+            refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
+            refresh_reuse_grace: DEFAULT_REFRESH_REUSE_GRACE.into(),
+            leeway: DEFAULT_LEEWAY.into(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            min_password_chars: DEFAULT_MIN_PASSWORD_CHARS,
+            registration: false,
+            default_roles: Vec::new(),
+            default_scopes: Vec::new(),
+            cookie: None,
+            password: RawPassword::default(),
+            identity_headers: RawIdentityHeaders::default(),
+            trusted_issuers: Vec::new(),
+            limits: RawLimits::default(),
+        }
+    }
+}
+
+/// The validated `[auth]` section: what the auth service, the grants and the authenticator are
+/// built from.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub prefix: String,
+    pub issuer: String,
+    pub audience: String,
+    pub algorithm: KeyAlg,
+    pub keys_dir: PathBuf,
+    pub access_token_lifetime: Duration,
+    pub refresh_token_lifetime: Duration,
+    /// After a rotation, how long the rotated token may be presented again for a sibling pair
+    /// in its session (racing tabs, a retried request) before a reuse revokes the session.
+    pub refresh_reuse_grace: Duration,
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    pub min_password_chars: usize,
+    pub registration: bool,
+    pub default_roles: Vec<String>,
+    pub default_scopes: Vec<String>,
+    pub cookie: Option<String>,
+    pub password: PasswordConfig,
+    pub identity_headers: IdentityHeaders,
+    pub trusted_issuers: Vec<IssuerSettings>,
+    pub limits: LimitsConfig,
+}
+
+impl RawAuth {
+    pub fn validate(self) -> Result<AuthConfig, ConfigError> {
+        let prefix = self.prefix.trim_end_matches('/').to_owned();
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || path::normalize(&prefix).as_deref() != Ok(&prefix)
+        {
+            return Err(invalid(
+                "auth.prefix",
+                format!("{:?} must be a normalised path like \"/auth\"", self.prefix),
+            ));
+        }
+        for (key, value) in [
+            ("auth.issuer", &self.issuer),
+            ("auth.audience", &self.audience),
+        ] {
+            if value.is_empty()
+                || value.len() > 256
+                || !value.bytes().all(|b| (0x21..0x7f).contains(&b))
+            {
+                return Err(invalid(key, "must be 1-256 printable ASCII characters"));
+            }
+        }
+        let algorithm: KeyAlg = self.algorithm.parse().map_err(|_| {
+            invalid(
+                "auth.algorithm",
+                format!(
+                    "{:?} is not one of EdDSA, ES256, RS256, HS256",
+                    self.algorithm
+                ),
+            )
+        })?;
+        if self.keys_dir.as_os_str().is_empty() {
+            return Err(invalid("auth.keys_dir", "must not be empty"));
+        }
+        let access_token_lifetime =
+            nonzero("auth.access_token_lifetime", &self.access_token_lifetime)?;
+        let refresh_token_lifetime =
+            nonzero("auth.refresh_token_lifetime", &self.refresh_token_lifetime)?;
+        let refresh_reuse_grace = self.refresh_reuse_grace.parse("auth.refresh_reuse_grace")?;
+        if refresh_reuse_grace > MAX_REFRESH_REUSE_GRACE {
+            return Err(invalid("auth.refresh_reuse_grace", "must be at most 60s"));
+        }
+        let leeway = self.leeway.parse("auth.leeway")?;
+        if leeway > MAX_LEEWAY {
+            return Err(invalid("auth.leeway", "must be at most 60s"));
+        }
+        if self.max_token_bytes < 256 || self.max_token_bytes > 64 * 1024 {
+            return Err(invalid(
+                "auth.max_token_bytes",
+                "must be between 256 and 65536",
+            ));
+        }
+        if self.min_password_chars == 0 || self.min_password_chars > MAX_PASSWORD_BYTES {
+            return Err(invalid(
+                "auth.min_password_chars",
+                format!("must be between 1 and {MAX_PASSWORD_BYTES}"),
+            ));
+        }
+        // Registration stores these on every new account: a bad one would make each login 500.
+        check_account_values(&self.default_roles, &[])
+            .map_err(|e| invalid("auth.default_roles", e.to_string()))?;
+        check_account_values(&[], &self.default_scopes)
+            .map_err(|e| invalid("auth.default_scopes", e.to_string()))?;
+        if let Some(cookie) = &self.cookie
+            && (cookie.is_empty() || !cookie.bytes().all(is_tchar))
+        {
+            return Err(invalid(
+                "auth.cookie",
+                "must be a cookie name (token characters)",
+            ));
+        }
+        let password = self.password.validate()?;
+        let identity_headers = self.identity_headers.validate()?;
+        let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
+        for (i, raw) in self.trusted_issuers.into_iter().enumerate() {
+            let key = format!("auth.trusted_issuers[{i}]");
+            let t = raw.validate(&key, leeway, self.max_token_bytes)?;
+            if t.issuer == self.issuer || trusted_issuers.iter().any(|o| o.issuer == t.issuer) {
+                return Err(invalid(
+                    format!("auth.trusted_issuers[{i}].issuer"),
+                    format!("issuer {:?} is configured twice", t.issuer),
+                ));
+            }
+            trusted_issuers.push(t);
+        }
+        Ok(AuthConfig {
+            prefix,
+            issuer: self.issuer,
+            audience: self.audience,
+            algorithm,
+            keys_dir: self.keys_dir,
+            access_token_lifetime,
+            refresh_token_lifetime,
+            refresh_reuse_grace,
+            leeway,
+            max_token_bytes: self.max_token_bytes,
+            min_password_chars: self.min_password_chars,
+            registration: self.registration,
+            default_roles: self.default_roles,
+            default_scopes: self.default_scopes,
+            cookie: self.cookie,
+            password,
+            identity_headers,
+            trusted_issuers,
+            limits: self.limits.validate()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::refusal as err;
+
+    #[test]
+    fn leeway_is_capped() {
+        let e = err("[auth]\nleeway = \"61s\"\n");
+        assert!(e.contains("auth.leeway"), "{e}");
+    }
+}
