@@ -108,6 +108,62 @@ pub fn parse_cidrs(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError
         .collect()
 }
 
+/// The longest secret file read (a password, a key-encryption key): a few lines at most.
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
+/// The secret a file holds, for the setting `key`: refused when group or others may read it
+/// (`chmod 600`), when it is empty, not UTF-8 or over [`MAX_SECRET_FILE_BYTES`]. One trailing
+/// newline (`\n` or `\r\n`) is not part of it, so `echo secret > file` works.
+pub fn read_secret(
+    key: &str,
+    path: &std::path::Path,
+) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    use std::io::Read as _;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| invalid(key, format!("{shown}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| invalid(key, format!("{shown}: {e}")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                key,
+                format!("{shown} is readable by group or others (mode {mode:o}); chmod 600 it"),
+            ));
+        }
+    }
+    if !meta.is_file() {
+        return Err(invalid(key, format!("{shown} is not a regular file")));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| invalid(key, format!("{shown}: {e}")))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(invalid(
+            key,
+            format!("{shown} is larger than {MAX_SECRET_FILE_BYTES} bytes"),
+        ));
+    }
+    let mut text = zeroize::Zeroizing::new(
+        String::from_utf8(std::mem::take(&mut *bytes))
+            .map_err(|_| invalid(key, format!("{shown} is not UTF-8 text")))?,
+    );
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(invalid(key, format!("{shown} is empty")));
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -127,5 +183,53 @@ mod tests {
         assert!(e.contains("server.idle_timeout"), "{e}");
         let c = Config::from_toml("[server]\nidle_timeout = 5\n").unwrap();
         assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+    }
+
+    fn secret_file(text: &str, mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_secret_file_others_can_read_is_refused() {
+        for mode in [0o644, 0o640, 0o604] {
+            let (_dir, path) = secret_file("hunter2\n", mode);
+            let e = read_secret("x.password_file", &path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("x.password_file") && e.contains("chmod 600"),
+                "{e}"
+            );
+        }
+        let (_dir, path) = secret_file("hunter2\r\n", 0o600);
+        assert_eq!(read_secret("k", &path).unwrap().as_str(), "hunter2");
+        let (_dir, path) = secret_file("two\n\n", 0o400);
+        assert_eq!(read_secret("k", &path).unwrap().as_str(), "two\n");
+    }
+
+    #[test]
+    fn an_empty_oversized_or_missing_secret_file_is_a_clear_error() {
+        let (_dir, path) = secret_file("\n", 0o600);
+        assert!(
+            read_secret("k", &path)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let big = "x".repeat(MAX_SECRET_FILE_BYTES as usize + 1);
+        let (_dir, path) = secret_file(&big, 0o600);
+        assert!(
+            read_secret("k", &path)
+                .unwrap_err()
+                .to_string()
+                .contains("larger")
+        );
+        let e = read_secret("k", std::path::Path::new("/nonexistent/secret")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/secret"), "{e}");
     }
 }
