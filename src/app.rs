@@ -25,8 +25,9 @@ use crate::config::Config;
 use crate::config::value::ConfigError;
 use crate::gateway::{BuildError, Gateway};
 use crate::server::{self, CertStore, ConnInfo, Limits, ServerError};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreConfig, StoreError};
 
 /// How often expired revocations, cache entries, limiter keys and store rows are dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -55,14 +56,21 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-/// Opens the configured embedded store.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
-    SqliteStore::open(&config.store.path)
-        .map(|s| Arc::new(s) as Arc<dyn Store>)
-        .map_err(|source| AppError::Store {
-            path: config.store.path.display().to_string(),
-            source,
-        })
+/// Opens the configured store: the SQLite file, or the PostgreSQL database (connected and
+/// migrated; an unreachable server is an error here, bounded by the connect timeout).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    let opened = match &config.store {
+        StoreConfig::Sqlite { path } => {
+            SqliteStore::open(path).map(|s| Arc::new(s) as Arc<dyn Store>)
+        }
+        StoreConfig::Postgres(pg) => PgStore::open(pg)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>),
+    };
+    opened.map_err(|source| AppError::Store {
+        path: config.store.to_string(),
+        source,
+    })
 }
 
 /// Builds a pipeline (keys, hashing pool, upstream clients) on an open store. On a reload,
@@ -97,7 +105,7 @@ impl App {
     pub async fn new(config: Config, source: Option<PathBuf>) -> Result<Arc<App>, AppError> {
         install_crypto_provider();
         crate::metrics::install();
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let certs = match &config.server.tls {
             Some(files) => Some(CertStore::load(&files.cert, &files.key)?),
             None => None,
@@ -144,8 +152,8 @@ impl App {
         if config.server.listen != old.listen || config.server.tls.is_some() != old.tls.is_some() {
             tracing::warn!("listener address or TLS on/off changed: takes effect after a restart");
         }
-        if config.store.path != running.config().store.path {
-            tracing::warn!("store path changed: takes effect after a restart");
+        if config.store != running.config().store {
+            tracing::warn!("store settings changed: take effect after a restart");
         }
         let gateway = build_gateway(config, self.store.clone(), Some(&running)).await?;
         if let Some(certs) = &self.certs {

@@ -223,7 +223,7 @@ pub fn summary(config: &Config) -> String {
         config.auth.algorithm,
         config.auth.keys_dir.display()
     );
-    let _ = writeln!(out, "store     {}", config.store.path.display());
+    let _ = writeln!(out, "store     {}", config.store);
     let _ = writeln!(out, "routes    {}", config.routes.len());
     for r in &config.routes {
         let methods = r
@@ -429,7 +429,7 @@ fn pool(config: &Config) -> anyhow::Result<PasswordPool> {
 }
 
 async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = app::open_store(&config)?;
+    let store: Arc<dyn Store> = app::open_store(&config).await?;
     match action {
         UserAction::Add {
             name,
@@ -612,7 +612,7 @@ fn audit_cli(event: Event, user: &Username, outcome: Outcome, reason: &str) {
 }
 
 async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = app::open_store(&config)?;
+    let store: Arc<dyn Store> = app::open_store(&config).await?;
     let now = crate::clock::unix_now();
     match action {
         SessionsAction::List { user } => {

@@ -17,6 +17,7 @@
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `store::sqlite` | the embedded SQLite backend |
 //! | `store::postgres` | the shared PostgreSQL backend: pool, migrations, locks, change notifications |
+//! | `store::postgres::settings` | the `[store.postgres]` settings: a URL without a password, the password from a file or `PGPASSFILE` |
 //! | `store::postgres::testing` | a private PostgreSQL server per test process (tests only) |
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |

@@ -608,36 +608,86 @@ impl Drop for LoginAttempt {
 /// Default path of the embedded SQLite store.
 pub const DEFAULT_STORE_PATH: &str = "data/gatehouse.db";
 
+/// Which backend holds the state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded SQLite file: one gateway (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database that several gateways share.
+    Postgres,
+}
+
 /// The `[store]` section as written.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
+    pub backend: Backend,
+    /// The SQLite file (`backend = "sqlite"`).
     pub path: std::path::PathBuf,
+    /// `[store.postgres]` (`backend = "postgres"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<postgres::settings::RawPostgres>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
+            backend: Backend::default(),
             path: DEFAULT_STORE_PATH.into(),
+            postgres: None,
         }
     }
 }
 
-/// The validated `[store]` section.
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    pub path: std::path::PathBuf,
+/// The validated `[store]` section: the backend and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    Sqlite { path: std::path::PathBuf },
+    Postgres(Box<postgres::PgConfig>),
+}
+
+impl StoreConfig {
+    /// Whether several gateways may share this store (a revocation made on one must then reach
+    /// the others through the change feed).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, StoreConfig::Postgres(_))
+    }
+}
+
+/// Where the store is, for messages: the SQLite path, or PostgreSQL's host, port and database
+/// (never the password).
+impl std::fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => write!(f, "sqlite {}", path.display()),
+            StoreConfig::Postgres(pg) => write!(f, "postgres {}", pg.target()),
+        }
+    }
 }
 
 impl RawStore {
     pub fn validate(self) -> Result<StoreConfig, crate::config::value::ConfigError> {
-        if self.path.as_os_str().is_empty() {
-            return Err(crate::config::value::invalid(
-                "store.path",
-                "must not be empty",
-            ));
+        use crate::config::value::invalid;
+        match (self.backend, self.postgres) {
+            (Backend::Sqlite, None) => {
+                if self.path.as_os_str().is_empty() {
+                    return Err(invalid("store.path", "must not be empty"));
+                }
+                Ok(StoreConfig::Sqlite { path: self.path })
+            }
+            (Backend::Sqlite, Some(_)) => Err(invalid(
+                "store.postgres",
+                "is set but store.backend is \"sqlite\": set backend = \"postgres\" or remove \
+                 the section",
+            )),
+            (Backend::Postgres, None) => Err(invalid(
+                "store.backend",
+                "\"postgres\" needs a [store.postgres] section with at least url",
+            )),
+            (Backend::Postgres, Some(pg)) => Ok(StoreConfig::Postgres(Box::new(pg.validate()?))),
         }
-        Ok(StoreConfig { path: self.path })
     }
 }
 

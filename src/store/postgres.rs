@@ -66,6 +66,7 @@ use crate::auth::username::Username;
 use crate::clock::unix_now;
 use crate::limits::ClientNetwork;
 
+pub mod settings;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -174,7 +175,7 @@ impl PgConfig {
     }
 
     /// Where, for messages (never the password).
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         match &self.host {
             PgHost::Tcp(host) => format!("{host}:{}/{}", self.port, self.dbname),
             PgHost::Socket(dir) => format!("{}:{}/{}", dir.display(), self.port, self.dbname),

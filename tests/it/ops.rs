@@ -45,7 +45,10 @@ async fn health_is_alive_and_readiness_follows_the_store() {
         200
     );
     // The database file disappears (a wiped volume): not ready, still alive.
-    let db = gw.gateway.config().store.path.clone();
+    let gatehouse::store::StoreConfig::Sqlite { path: db } = gw.gateway.config().store.clone()
+    else {
+        panic!("this test runs on the SQLite store");
+    };
     std::fs::remove_file(&db).unwrap();
     let r = client().get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
