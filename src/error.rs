@@ -163,6 +163,17 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             format!("{REALM}, error=\"invalid_request\", error_description=\"{what}\""),
             json!({"error": "invalid_request", "error_description": what}),
         ),
+        // Not the token's fault: the gateway cannot confirm it is not revoked. Retry later.
+        Rejection::InvalidToken(VerifyError::Unconfirmed) => {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocations cannot be confirmed: the store does not answer",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER));
+            response
+        }
         Rejection::InvalidToken(e) => bearer(
             StatusCode::UNAUTHORIZED,
             format!(

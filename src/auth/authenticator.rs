@@ -56,6 +56,9 @@ pub struct Authenticator {
     max_token_bytes: usize,
     /// Clock skew allowed on `exp`, in seconds.
     leeway: i64,
+    /// Seconds the revocations may go without the store's confirmation before requests are
+    /// refused as unconfirmable (`auth.max_staleness`).
+    max_staleness: i64,
     keys: ArcSwap<KeyState>,
     /// External identity providers whose tokens are accepted too.
     trusted: Arc<TrustedIssuers>,
@@ -91,6 +94,7 @@ fn refusal_is_final(error: &VerifyError) -> bool {
             | VerifyError::IssuedInFuture
             | VerifyError::UnknownKey
             | VerifyError::Revoked
+            | VerifyError::Unconfirmed
     )
 }
 
@@ -134,6 +138,7 @@ impl Authenticator {
             cookie: config.cookie.clone(),
             max_token_bytes: config.max_token_bytes,
             leeway: config.leeway.as_secs() as i64,
+            max_staleness: i64::try_from(config.max_staleness.as_secs()).unwrap_or(i64::MAX),
             keys: ArcSwap::from_pointee(keys),
             trusted,
             store,
@@ -289,6 +294,10 @@ impl Authenticator {
     ) -> Result<Arc<Identity>, VerifyError> {
         if self.revocation.refuses(&identity, own, now) {
             return Err(VerifyError::Revoked);
+        }
+        // Fail closed: a revocation made elsewhere while the store is out of reach is unseen.
+        if now - self.revocation.current_at() > self.max_staleness {
+            return Err(VerifyError::Unconfirmed);
         }
         Ok(identity)
     }

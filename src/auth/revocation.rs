@@ -8,7 +8,7 @@
 //! and for the gateway's own tokens one lookup of the user's cut, skipped while no user has one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -116,6 +116,9 @@ pub struct Revocation {
     cuts: ArcSwap<HashMap<String, i64, Hasher>>,
     /// The last change applied; held across a catch-up so two never interleave.
     seq: tokio::sync::Mutex<u64>,
+    /// Unix second at which the mirror was last known current: the store answered a catch-up
+    /// (or the load) that started then. Requests compare it with their bound on staleness.
+    current_at: AtomicI64,
 }
 
 impl Revocation {
@@ -127,6 +130,7 @@ impl Revocation {
             any_ids: AtomicBool::new(false),
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
+            current_at: AtomicI64::new(now),
         };
         let mut seq = this.seq.lock().await;
         *seq = this.reload(store, now).await?;
@@ -172,6 +176,7 @@ impl Revocation {
                     "fell behind the store's change feed: reloading revocations and cuts"
                 );
                 *seq = self.reload(store, now).await?;
+                self.current_at.fetch_max(now, Ordering::Release);
                 return Ok(applied);
             }
             let full = batch.changes.len() == PAGE;
@@ -187,9 +192,16 @@ impl Revocation {
             }
             *seq = batch.last;
             if !full {
+                self.current_at.fetch_max(now, Ordering::Release);
                 return Ok(applied);
             }
         }
+    }
+
+    /// Unix second at which the mirror was last known to hold every change in the store: a
+    /// catch-up that started then found nothing more.
+    pub fn current_at(&self) -> i64 {
+        self.current_at.load(Ordering::Acquire)
     }
 
     /// Whether `identity` is refused: its `jti` or its session revoked, or (for the gateway's
@@ -287,6 +299,7 @@ mod tests {
             any_ids: AtomicBool::new(false),
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
+            current_at: AtomicI64::new(0),
         }
     }
 

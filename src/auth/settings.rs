@@ -38,6 +38,14 @@ pub const DEFAULT_REFRESH_REUSE_GRACE: &str = "0s";
 /// Longest `refresh_reuse_grace` accepted: the grace covers racing tabs and retried requests,
 /// and every second of it is a second in which a copied token is honoured.
 pub const MAX_REFRESH_REUSE_GRACE: Duration = Duration::from_secs(60);
+/// Default bound on how stale the revocations a gateway enforces may be: when the store has
+/// not answered the change feed for this long, proxied requests are refused (503) rather than
+/// served with revocations that might be missing.
+pub const DEFAULT_MAX_STALENESS: &str = "30s";
+/// `max_staleness` must lie in this range: above the feed's poll, and short enough that an
+/// unreachable store cannot hide a logout for long.
+pub const MAX_STALENESS_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
 /// Largest leeway the validator accepts.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 /// Default signing algorithm of the gateway's keys.
@@ -57,6 +65,7 @@ pub struct RawAuth {
     pub access_token_lifetime: RawDuration,
     pub refresh_token_lifetime: RawDuration,
     pub refresh_reuse_grace: RawDuration,
+    pub max_staleness: RawDuration,
     pub leeway: RawDuration,
     pub max_token_bytes: usize,
     pub min_password_chars: usize,
@@ -81,6 +90,7 @@ impl Default for RawAuth {
             access_token_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME.into(),
             refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
             refresh_reuse_grace: DEFAULT_REFRESH_REUSE_GRACE.into(),
+            max_staleness: DEFAULT_MAX_STALENESS.into(),
             leeway: DEFAULT_LEEWAY.into(),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             min_password_chars: DEFAULT_MIN_PASSWORD_CHARS,
@@ -110,6 +120,9 @@ pub struct AuthConfig {
     /// After a rotation, how long the rotated token may be presented again for a sibling pair
     /// in its session (racing tabs, a retried request) before a reuse revokes the session.
     pub refresh_reuse_grace: Duration,
+    /// How long proxied requests are served from the in-memory revocations while the store's
+    /// change feed does not answer; then they are refused with 503.
+    pub max_staleness: Duration,
     pub leeway: Duration,
     pub max_token_bytes: usize,
     pub min_password_chars: usize,
@@ -166,6 +179,11 @@ impl RawAuth {
         if refresh_reuse_grace > MAX_REFRESH_REUSE_GRACE {
             return Err(invalid("auth.refresh_reuse_grace", "must be at most 60s"));
         }
+        let max_staleness = self.max_staleness.parse("auth.max_staleness")?;
+        let (low, high) = MAX_STALENESS_RANGE;
+        if !(low..=high).contains(&max_staleness) {
+            return Err(invalid("auth.max_staleness", "must be 1s to 1h"));
+        }
         let leeway = self.leeway.parse("auth.leeway")?;
         if leeway > MAX_LEEWAY {
             return Err(invalid("auth.leeway", "must be at most 60s"));
@@ -218,6 +236,7 @@ impl RawAuth {
             access_token_lifetime,
             refresh_token_lifetime,
             refresh_reuse_grace,
+            max_staleness,
             leeway,
             max_token_bytes: self.max_token_bytes,
             min_password_chars: self.min_password_chars,
@@ -241,5 +260,15 @@ mod tests {
     fn leeway_is_capped() {
         let e = err("[auth]\nleeway = \"61s\"\n");
         assert!(e.contains("auth.leeway"), "{e}");
+    }
+
+    #[test]
+    fn an_unbounded_or_instant_staleness_is_refused() {
+        for value in ["\"0s\"", "\"500ms\"", "\"2h\""] {
+            let e = err(&format!("[auth]\nmax_staleness = {value}\n"));
+            assert!(e.contains("auth.max_staleness"), "{value}: {e}");
+        }
+        let c = crate::config::Config::from_toml("[auth]\nmax_staleness = \"5s\"\n").unwrap();
+        assert_eq!(c.auth.max_staleness, std::time::Duration::from_secs(5));
     }
 }

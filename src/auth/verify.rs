@@ -137,6 +137,10 @@ pub enum VerifyError {
     /// Valid, but revoked at logout (checked by the auth service, after this policy).
     #[error("token revoked")]
     Revoked,
+    /// Valid, but whether it was revoked cannot be told: the store has not answered for longer
+    /// than `auth.max_staleness` (checked by the auth service; a 503, not a 401).
+    #[error("revocations cannot be confirmed: the store does not answer")]
+    Unconfirmed,
 }
 
 impl VerifyError {
@@ -162,6 +166,7 @@ impl VerifyError {
             VerifyError::WrongAudience => "wrong audience",
             VerifyError::BadClaim(_) => "invalid claim",
             VerifyError::Revoked => "token revoked",
+            VerifyError::Unconfirmed => "revocations cannot be confirmed",
         }
     }
 
@@ -187,6 +192,7 @@ impl VerifyError {
             VerifyError::WrongAudience => "wrong_audience",
             VerifyError::BadClaim(_) => "bad_claim",
             VerifyError::Revoked => "revoked",
+            VerifyError::Unconfirmed => "unconfirmed",
         }
     }
 }

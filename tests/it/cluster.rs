@@ -454,3 +454,144 @@ async fn a_user_disabled_and_unlocked_by_the_cli_changes_every_node_within_a_sec
         );
     }
 }
+
+/// The TOML that puts a gateway on database `db` of `server` over verified TLS, the password
+/// read from a private file in `dir`.
+fn postgres_store(server: &pg::Server, db: &str, dir: &Path) -> String {
+    let password = dir.join("pg-password");
+    private(&password, &format!("{}\n", server.password));
+    format!(
+        "[store]\nbackend = \"postgres\"\n[store.postgres]\n\
+         url = \"postgresql://{user}@127.0.0.1:{port}/{db}\"\n\
+         password_file = \"{pw}\"\nca_file = \"{ca}\"\nconnect_timeout = \"1s\"\n\
+         statement_timeout = \"1s\"\npool_wait_timeout = \"1s\"\n",
+        user = pg::SUPERUSER,
+        port = server.port,
+        pw = password.display(),
+        ca = server.ca_file.display(),
+    )
+}
+
+#[tokio::test]
+async fn postgres_stopped_under_load_fails_closed_and_recovers_without_a_restart() {
+    let Some(server) = pg::private_server() else {
+        return;
+    };
+    let db = server.create_database().await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = postgres_store(&server, &db, dir.path());
+    let gw = crate::support::GatewayBuilder::route("api", "/api", &up.url(), "")
+        .and(&store)
+        .and("[auth]\nmax_staleness = \"3s\"")
+        .start_in(dir)
+        .await;
+    gw.add_user("alice", "secret-one", &[], &[]).await;
+    let tokens = gw.login("alice", "secret-one").await;
+    let access = field(&tokens, "access_token").to_owned();
+    let proxied = |access: String| {
+        let url = gw.url("/api/x");
+        async move {
+            let r = client().get(url).bearer_auth(access).send().await.unwrap();
+            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+        }
+    };
+    assert_eq!(proxied(access.clone()).await.0, 200);
+    // Load throughout: every answer is a 200 or a 503 with Retry-After, never anything else.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let url = gw.url("/api/x");
+        let access = access.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::<u16, usize>::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let r = client()
+                    .get(&url)
+                    .bearer_auth(&access)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                assert!(
+                    status == 200 || (status == 503 && r.headers().contains_key("retry-after")),
+                    "under the outage a request answered {status}"
+                );
+                *seen.entry(status).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.stop();
+    let stopped = Instant::now();
+    // Within the staleness bound, verified tokens still pass; what needs the store answers 503.
+    assert_eq!(proxied(access.clone()).await, (200, false));
+    let r = client()
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", "secret-one"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a login without the store");
+    assert!(r.headers().contains_key("retry-after"));
+    let r = client()
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", field(&tokens, "refresh_token")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a refresh without the store");
+    assert!(gw.app.ready().await.is_err(), "/readyz must turn unready");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "the checks above took {:?}, past the staleness bound",
+        stopped.elapsed()
+    );
+    // Past the bound: fail closed.
+    tokio::time::sleep(Duration::from_secs(3) - stopped.elapsed() + Duration::from_millis(1100))
+        .await;
+    assert_eq!(proxied(access.clone()).await, (503, true));
+    // Back: the same gateway serves again, no restart.
+    server.start_again();
+    let back = Instant::now();
+    loop {
+        let ready = gw.app.ready().await.is_ok();
+        if ready && proxied(access.clone()).await.0 == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "not recovered 10s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client()
+        .post(gw.url("/auth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", field(&tokens, "refresh_token")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the refresh refused during the outage works now"
+    );
+    eprintln!("recovered {:?} after the restart", back.elapsed());
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.await.unwrap();
+    assert!(seen.get(&503).is_some_and(|n| *n > 0), "{seen:?}");
+    assert!(seen.get(&200).is_some_and(|n| *n > 0), "{seen:?}");
+}

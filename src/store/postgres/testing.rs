@@ -38,7 +38,11 @@ pub(crate) struct Server {
     /// PEM file of the CA that issued the server's certificate (for `localhost` and
     /// `127.0.0.1`).
     pub(crate) ca_file: PathBuf,
-    /// The watchdog's pipe: held, never written, closed by the kernel when this process ends.
+    /// Where `pg_ctl` is, for [`Server::stop`] and [`Server::start_again`].
+    #[allow(dead_code)] // The fault tests that stop a server are in tests/it/cluster.rs.
+    bin: PathBuf,
+    /// The watchdog's pipe: held, never written, closed by the kernel when this process ends
+    /// (or when a [`private_server`] is dropped).
     _watchdog: ChildStdin,
 }
 
@@ -58,6 +62,25 @@ pub(crate) fn server() -> Option<&'static Server> {
         return None;
     };
     match SERVER.get_or_init(|| Server::start(&bin)) {
+        Ok(server) => Some(server),
+        Err(e) => panic!("cannot start a private PostgreSQL server: {e}"),
+    }
+}
+
+/// A server of its own, apart from the process-wide one, for a test that stops and restarts
+/// it; stopped and removed when dropped. `None` (after saying so) as [`server`].
+#[allow(dead_code)] // Used by tests/it/cluster.rs.
+pub(crate) fn private_server() -> Option<Server> {
+    let Some(bin) = binaries() else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "PostgreSQL is not installed (initdb, pg_ctl, postgres), and CI must run its tests"
+            );
+        }
+        println!("skipped: PostgreSQL is not installed");
+        return None;
+    };
+    match Server::start(&bin) {
         Ok(server) => Some(server),
         Err(e) => panic!("cannot start a private PostgreSQL server: {e}"),
     }
@@ -303,6 +326,7 @@ impl Server {
                         port,
                         password,
                         ca_file,
+                        bin: bin.to_owned(),
                         _watchdog: pipe,
                     });
                 }
@@ -313,6 +337,39 @@ impl Server {
             }
         }
         Err(last)
+    }
+
+    /// Stops the server at once (`-m immediate`: connections dropped, as in a crash); the data
+    /// directory stays for [`Server::start_again`].
+    #[allow(dead_code)] // Used by tests/it/cluster.rs.
+    pub(crate) fn stop(&self) {
+        self.pg_ctl(
+            &["-m", "immediate", "-w", "-t", "30", "stop"],
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    #[allow(dead_code)] // Used by tests/it/cluster.rs.
+    pub(crate) fn start_again(&self) {
+        self.pg_ctl(&["-w", "-t", "60", "start"], "pg_ctl start");
+    }
+
+    #[allow(dead_code)] // Used by tests/it/cluster.rs.
+    fn pg_ctl(&self, args: &[&str], what: &str) {
+        let runner = Runner::new(&self.bin).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut command = runner.command("pg_ctl");
+        command
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(args);
+        {
+            use std::os::unix::process::CommandExt as _;
+            command.process_group(0);
+        }
+        runner.run(command, what).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// A new, empty database with a name of its own; returns the name.
