@@ -34,6 +34,9 @@
 //! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
+//! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
+//! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |
+//! | `limits::shared::tests` | the shared limits against a private `redis-server` (tests only) |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |

@@ -4,6 +4,8 @@
 //! before any store lookup or hashing. The `[auth.limits]` settings, their defaults and their
 //! validation live here too.
 
+pub mod shared;
+
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroU64};
