@@ -19,6 +19,7 @@
 //! | `store::postgres` | the shared PostgreSQL backend: pool, migrations, locks, change notifications |
 //! | `store::postgres::testing` | a private PostgreSQL server per test process (tests only) |
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
+//! | `limits::tests` | the limits in process and shared through a private `redis-server` (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |

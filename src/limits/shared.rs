@@ -7,6 +7,7 @@
 //! with skewed clocks share one timeline. A key `{prefix}:{kind}:{hex SHA-256 of the key}` holds
 //! the theoretical arrival time (TAT) in microseconds and expires when it stops mattering.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ impl LimitKind {
 }
 
 /// Where the shared state lives and how long a gateway may wait for it.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SharedLimitsConfig {
     /// `redis://host:port[/db]` or `rediss://host:port[/db]`, optionally with a username; never
     /// with a password, a query or a fragment (`#insecure` would turn off certificate checks).
@@ -140,6 +141,41 @@ pub enum SharedConfigError {
     Prefix,
     #[error("the shared limits {0} must be between 1 ms and 1 s")]
     Timeout(&'static str),
+}
+
+impl SharedConfigError {
+    /// The `[auth.limits.redis]` key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SharedConfigError::Scheme
+            | SharedConfigError::UrlPart(..)
+            | SharedConfigError::Url(_) => "url",
+            SharedConfigError::CaWithoutTls | SharedConfigError::Ca(_) => "ca_file",
+            SharedConfigError::Prefix => "prefix",
+            SharedConfigError::Timeout(name) => name,
+        }
+    }
+}
+
+impl SharedLimitsConfig {
+    /// Checks everything [`SharedLimits`] would refuse, without connecting (and without a
+    /// runtime): for validating a configuration file.
+    pub fn check(&self) -> Result<(), SharedConfigError> {
+        self.checked_client().map(drop)
+    }
+
+    fn checked_client(&self) -> Result<Client, SharedConfigError> {
+        for (name, timeout) in [
+            ("command_timeout", self.command_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
+                return Err(SharedConfigError::Timeout(name));
+            }
+        }
+        validate_prefix(&self.prefix)?;
+        client(self)
+    }
 }
 
 /// Why a check could not be answered; the caller falls back to its own limits.
@@ -242,34 +278,40 @@ impl std::fmt::Debug for SharedLimits {
 
 impl SharedLimits {
     /// Validates the configuration and connects. An unreachable Redis is no error: the
-    /// limits start degraded (logged once) and connect in the background, so a gateway starts
-    /// while Redis is down. Waits at most `connect_timeout + command_timeout`.
+    /// limits start degraded (logged once) and connect in the background. Waits at most
+    /// `connect_timeout + command_timeout`; [`start`](Self::start) does not wait at all.
     pub async fn connect(config: SharedLimitsConfig) -> Result<Self, SharedConfigError> {
         let limits = Self::new(config)?;
-        let timeout = limits.connect_timeout + limits.command_timeout;
-        let mut connection = limits.connection();
+        limits.ping().await;
+        Ok(limits)
+    }
+
+    /// Validates the configuration and connects in the background, so a gateway starts
+    /// whether Redis answers or not (an unreachable Redis shows as degraded, logged once).
+    /// Must run inside a Tokio runtime.
+    pub fn start(config: SharedLimitsConfig) -> Result<Arc<Self>, SharedConfigError> {
+        let limits = Arc::new(Self::new(config)?);
+        let warming = Arc::clone(&limits);
+        tokio::spawn(async move { warming.ping().await });
+        Ok(limits)
+    }
+
+    /// One PING, bounded by `connect_timeout + command_timeout`, its outcome recorded.
+    async fn ping(&self) {
+        let timeout = self.connect_timeout + self.command_timeout;
+        let mut connection = self.connection();
         let ping = redis::cmd("PING");
         let ping = ping.query_async::<()>(&mut connection);
         let result = match tokio::time::timeout(timeout, ping).await {
             Ok(result) => result.map_err(SharedError::from),
             Err(_) => Err(SharedError::Timeout(timeout)),
         };
-        limits.record(&result);
-        Ok(limits)
+        self.record(&result);
     }
 
     /// Validates the configuration; connects on first use. Must run inside a Tokio runtime.
     fn new(config: SharedLimitsConfig) -> Result<Self, SharedConfigError> {
-        for (name, timeout) in [
-            ("command_timeout", config.command_timeout),
-            ("connect_timeout", config.connect_timeout),
-        ] {
-            if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
-                return Err(SharedConfigError::Timeout(name));
-            }
-        }
-        validate_prefix(&config.prefix)?;
-        let client = client(&config)?;
+        let client = config.checked_client()?;
         // Retries are the manager's, in the background after a lost connection: few and soon,
         // since no check waits on them longer than `command_timeout` anyway.
         let manager_config = ConnectionManagerConfig::new()
