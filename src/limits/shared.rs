@@ -185,6 +185,8 @@ pub enum SharedError {
     Timeout(Duration),
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
+    #[error("the runtime running the Redis connection has stopped")]
+    Stopped,
 }
 
 /// What the shared limit says about one attempt.
@@ -258,6 +260,10 @@ struct Health {
 /// `Arc`; every method takes `&self`.
 pub struct SharedLimits {
     connection: ConnectionManager,
+    /// The runtime the connection's tasks run on: the one [`SharedLimits`] was made in. Checks
+    /// come from the endpoint runtime, which a reload replaces while this outlives it; were
+    /// the connection driven there, every reload would cut it and log a false outage.
+    runtime: tokio::runtime::Handle,
     /// Bound on one connection attempt.
     connect_timeout: Duration,
     script: Script,
@@ -323,6 +329,7 @@ impl SharedLimits {
         let connection = lazy_manager(&client, &manager_config)?;
         Ok(Self {
             connection,
+            runtime: tokio::runtime::Handle::current(),
             connect_timeout: config.connect_timeout,
             script: Script::new(GCRA_SCRIPT),
             prefix: config.prefix,
@@ -396,11 +403,19 @@ impl SharedLimits {
         gcra: Gcra,
     ) -> Result<(i64, i64), SharedError> {
         let mut connection = self.connection();
-        let mut invocation = self.script.key(self.redis_key(kind, key));
-        invocation.arg(mode).arg(gcra.t).arg(gcra.tau);
-        let call = invocation.invoke_async::<(i64, i64)>(&mut connection);
+        let script = self.script.clone();
+        let key = self.redis_key(kind, key);
+        let mode = mode.to_owned();
+        // On the connection's own runtime (see `runtime`); a call cut short here ends there
+        // too, after at most the manager's response timeout (`command_timeout`).
+        let call = self.runtime.spawn(async move {
+            let mut invocation = script.key(key);
+            invocation.arg(mode).arg(gcra.t).arg(gcra.tau);
+            invocation.invoke_async::<(i64, i64)>(&mut connection).await
+        });
         let result = match tokio::time::timeout(self.command_timeout, call).await {
-            Ok(result) => result.map_err(SharedError::from),
+            Ok(Ok(result)) => result.map_err(SharedError::from),
+            Ok(Err(_)) => Err(SharedError::Stopped),
             Err(_) => Err(SharedError::Timeout(self.command_timeout)),
         };
         self.record(&result);

@@ -548,3 +548,38 @@ async fn keys_are_the_prefix_the_kind_and_the_sha256_of_the_key() {
             .starts_with("gh:prod:refresh_address:")
     );
 }
+
+/// The checks come from the endpoint runtime, which every reload replaces while the shared
+/// limits live on: a connection driven there would die with it, and each reload would cost a
+/// fallback and a false outage. Each check here runs on a runtime of its own, dropped after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_from_a_runtime_that_ends_do_not_cut_the_connection() {
+    let Some(server) = testing::shared() else {
+        return;
+    };
+    let limits = Arc::new(
+        SharedLimits::new(SharedLimitsConfig {
+            command_timeout: MAX_TIMEOUT,
+            connect_timeout: MAX_TIMEOUT,
+            ..config(server.url(), &prefix("runtimes"))
+        })
+        .unwrap(),
+    );
+    for round in 0..3 {
+        let limits = Arc::clone(&limits);
+        let verdict = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(limits.check(LimitKind::User, b"alice", three_per_two_seconds()))
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(verdict, Ok(Verdict::Allowed { .. })),
+            "round {round}: {verdict:?}"
+        );
+    }
+    assert_eq!(limits.outages(), 0);
+}
