@@ -20,6 +20,7 @@
 //! | `store::postgres::settings` | the `[store.postgres]` settings: a URL without a password, the password from a file or `PGPASSFILE` |
 //! | `store::postgres::testing` | a private PostgreSQL server per test process (tests only) |
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
+//! | `limits::tests` | the limits in process and shared through a private `redis-server` (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
@@ -35,6 +36,9 @@
 //! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
+//! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
+//! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |
+//! | `limits::shared::tests` | the shared limits against a private `redis-server` (tests only) |
 //! | `metrics` | Prometheus recorder and the events it counts |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |

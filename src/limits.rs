@@ -1,12 +1,18 @@
 //! Brute-force limits on the login-type endpoints: keyed governor limiters per client address
 //! (IPv6 by /64) for logins and, apart, for refreshes, and per canonical username; and the
 //! client networks the lockout (whose state lives in the store) counts failures for. Checked
-//! before any store lookup or hashing. The `[auth.limits]` settings, their defaults and their
-//! validation live here too.
+//! before any store lookup or hashing. With `[auth.limits.redis]` the same limits are shared by
+//! every gateway using that Redis ([`shared`]): the in-process limiter stays the cheap first
+//! filter, and what it lets through the shared limit decides, or, when Redis does not answer in
+//! time, the in-process verdict stands (never no limit). The `[auth.limits]` settings, their
+//! defaults and their validation live here too.
+
+pub mod shared;
 
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroU64};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use shared::{LimitKind, SharedLimits, SharedLimitsConfig};
+use zeroize::Zeroizing;
 
 /// The `[auth.limits]` section as written: brute-force limits on login, token, refresh and
 /// register.
@@ -39,6 +47,141 @@ pub struct RawLimits {
     pub max_failures_per_user: u32,
     pub find_time: RawDuration,
     pub ban_time: RawDuration,
+    /// `[auth.limits.redis]`: absent (the default), each gateway limits on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RawRedis>,
+}
+
+/// The `[auth.limits.redis]` section as written: where the limits every gateway shares live.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedis {
+    /// `redis://host[:port][/db]` or `rediss://...`, optionally with a username; required.
+    pub url: String,
+    /// File holding the `AUTH` password (not readable by group or others).
+    pub password_file: Option<PathBuf>,
+    /// PEM roots for a `rediss://` server, in place of the system's.
+    pub ca_file: Option<PathBuf>,
+    pub prefix: String,
+    pub command_timeout: RawDuration,
+    pub connect_timeout: RawDuration,
+}
+
+/// Default namespace of the shared limits' keys in Redis.
+pub const DEFAULT_REDIS_PREFIX: &str = "gatehouse";
+/// Default bound on one shared check, connecting included. A Redis near the gateways answers the
+/// script in well under a millisecond; 100 ms is a hundred times that, so a busy Redis still
+/// decides, while a hung one adds at most 100 ms to a login (two checks and a give-back: 300 ms
+/// at worst, against ~16 ms of hashing) before the in-process verdict stands.
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: &str = "100ms";
+/// Default bound on one connection attempt (TCP, TLS, AUTH), made in the background: a TLS
+/// handshake across a region fits, and no login waits on it longer than `command_timeout`.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: &str = "1s";
+/// Longest password file read.
+const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
+/// Longest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 1 << 20;
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            password_file: None,
+            ca_file: None,
+            prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            command_timeout: DEFAULT_REDIS_COMMAND_TIMEOUT.into(),
+            connect_timeout: DEFAULT_REDIS_CONNECT_TIMEOUT.into(),
+        }
+    }
+}
+
+impl RawRedis {
+    /// Reads the password and CA files and checks everything the client would refuse, without
+    /// connecting.
+    pub fn validate(self) -> Result<SharedLimitsConfig, ConfigError> {
+        const KEY: &str = "auth.limits.redis";
+        if self.url.is_empty() {
+            return Err(invalid(
+                format!("{KEY}.url"),
+                "is required in [auth.limits.redis]",
+            ));
+        }
+        let password = match &self.password_file {
+            Some(path) => Some(read_password_file(path)?),
+            None => None,
+        };
+        let ca_pem = match &self.ca_file {
+            Some(path) => Some(read_bounded(
+                &format!("{KEY}.ca_file"),
+                path,
+                MAX_CA_FILE_BYTES,
+            )?),
+            None => None,
+        };
+        let config = SharedLimitsConfig {
+            url: self.url,
+            password,
+            ca_pem,
+            prefix: self.prefix,
+            command_timeout: self
+                .command_timeout
+                .parse(&format!("{KEY}.command_timeout"))?,
+            connect_timeout: self
+                .connect_timeout
+                .parse(&format!("{KEY}.connect_timeout"))?,
+        };
+        config
+            .check()
+            .map_err(|e| invalid(format!("{KEY}.{}", e.key()), e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// The password in `path`, its trailing newline trimmed. A file others can read is refused:
+/// the password would be everyone's on that host.
+fn read_password_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    const KEY: &str = "auth.limits.redis.password_file";
+    let meta =
+        std::fs::metadata(path).map_err(|e| invalid(KEY, format!("{}: {e}", path.display())))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(invalid(
+            KEY,
+            format!(
+                "{} is readable or writable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    let bytes = Zeroizing::new(read_bounded(KEY, path, MAX_PASSWORD_FILE_BYTES)?);
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(KEY, format!("{} is not UTF-8", path.display())))?;
+    let password = text.strip_suffix('\n').unwrap_or(text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(invalid(KEY, format!("{} is empty", path.display())));
+    }
+    Ok(Zeroizing::new(password.to_owned()))
+}
+
+/// The file's bytes, refused past `max` bytes.
+fn read_bounded(key: &str, path: &Path, max: u64) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read as _;
+    let file =
+        std::fs::File::open(path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+    if bytes.len() as u64 > max {
+        return Err(invalid(
+            key,
+            format!("{} is larger than {max} bytes", path.display()),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Default sustained attempts per minute from one client address (IPv6: one /64).
@@ -79,6 +222,7 @@ impl Default for RawLimits {
             max_failures_per_user: DEFAULT_MAX_FAILURES_PER_USER,
             find_time: DEFAULT_FIND_TIME.into(),
             ban_time: DEFAULT_BAN_TIME.into(),
+            redis: None,
         }
     }
 }
@@ -118,6 +262,7 @@ impl RawLimits {
             max_failures_per_user: nz("max_failures_per_user", self.max_failures_per_user)?,
             find_time: nonzero("auth.limits.find_time", &self.find_time)?,
             ban_time: nonzero("auth.limits.ban_time", &self.ban_time)?,
+            redis: self.redis.map(RawRedis::validate).transpose()?,
         })
     }
 }
@@ -138,6 +283,8 @@ pub struct LimitsConfig {
     pub max_failures_per_user: NonZeroU32,
     pub find_time: Duration,
     pub ban_time: Duration,
+    /// Where the limits every gateway shares live; `None`: this gateway's own only.
+    pub redis: Option<SharedLimitsConfig>,
 }
 
 /// Longest key kept in a limiter (usernames are at most 64 bytes; addresses are fixed size).
@@ -247,6 +394,8 @@ pub struct Limits {
     by_user: KeyedRefundable<String>,
     /// The state `by_user` reads, for giving cells back.
     by_user_state: Refundable<String>,
+    /// The same limits shared with every gateway using this Redis, when configured.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 fn quota(per_minute: NonZeroU32, burst: NonZeroU32) -> Quota {
@@ -254,7 +403,27 @@ fn quota(per_minute: NonZeroU32, burst: NonZeroU32) -> Quota {
 }
 
 impl Limits {
+    /// Fresh limiters; with `[auth.limits.redis]`, a connection to the shared limits made in
+    /// the background (a gateway starts whether Redis answers or not). Must run inside a Tokio
+    /// runtime when `config.redis` is set.
     pub fn new(config: LimitsConfig, clock: Clock) -> Self {
+        let shared = config.redis.clone().and_then(start_shared);
+        Self::with_shared(config, clock, shared)
+    }
+
+    /// The limits after a reload that changed `config`: fresh in-process counters (governor's
+    /// quota is fixed per limiter) on `old`'s clock, and `old`'s connection to the shared
+    /// limits, whose counters live on in Redis, unless the Redis settings changed.
+    pub fn reloaded(config: LimitsConfig, old: &Limits) -> Self {
+        let shared = if config.redis == old.config.redis {
+            old.shared.clone()
+        } else {
+            config.redis.clone().and_then(start_shared)
+        };
+        Self::with_shared(config, old.clock.clone(), shared)
+    }
+
+    fn with_shared(config: LimitsConfig, clock: Clock, shared: Option<Arc<SharedLimits>>) -> Self {
         let by_addr = RateLimiter::dashmap_with_clock(
             quota(config.per_address_per_minute, config.per_address_burst),
             clock.clone(),
@@ -281,7 +450,13 @@ impl Limits {
             refresh_by_addr,
             by_user,
             by_user_state,
+            shared,
         }
+    }
+
+    /// The shared limits, when configured (for health and tests).
+    pub fn shared(&self) -> Option<&Arc<SharedLimits>> {
+        self.shared.as_ref()
     }
 
     pub fn clock(&self) -> &Clock {
@@ -293,13 +468,25 @@ impl Limits {
     }
 
     /// One login-type attempt from `addr`; IPv6 addresses count per /64.
-    pub fn check_addr(&self, addr: IpAddr) -> Result<Allowance, Refusal> {
-        self.check_addr_in(&self.by_addr, addr)
+    pub async fn check_addr(&self, addr: IpAddr) -> Result<Allowance, Refusal> {
+        let quota = quota(
+            self.config.per_address_per_minute,
+            self.config.per_address_burst,
+        );
+        let local = self.check_addr_in(&self.by_addr, addr)?;
+        self.shared_decides(LimitKind::Address, &addr_bytes(addr), quota, local)
+            .await
     }
 
     /// One refresh-token grant from `addr`, against the refresh budget; IPv6 per /64.
-    pub fn check_refresh_addr(&self, addr: IpAddr) -> Result<Allowance, Refusal> {
-        self.check_addr_in(&self.refresh_by_addr, addr)
+    pub async fn check_refresh_addr(&self, addr: IpAddr) -> Result<Allowance, Refusal> {
+        let quota = quota(
+            self.config.refresh_per_address_per_minute,
+            self.config.refresh_per_address_burst,
+        );
+        let local = self.check_addr_in(&self.refresh_by_addr, addr)?;
+        self.shared_decides(LimitKind::RefreshAddress, &addr_bytes(addr), quota, local)
+            .await
     }
 
     fn check_addr_in(&self, limiter: &Keyed<IpAddr>, addr: IpAddr) -> Result<Allowance, Refusal> {
@@ -318,7 +505,14 @@ impl Limits {
     /// username. A login charges before hashing, so a flood past the budget costs no hashing
     /// work, and gives the charge back with [`give_back_user`](Self::give_back_user) once the
     /// password proved right.
-    pub fn check_user(&self, username: &str) -> Result<Allowance, Refusal> {
+    pub async fn check_user(&self, username: &str) -> Result<Allowance, Refusal> {
+        let local = self.check_user_locally(username)?;
+        let key = user_key(username);
+        self.shared_decides(LimitKind::User, key.as_bytes(), self.by_user_quota(), local)
+            .await
+    }
+
+    fn check_user_locally(&self, username: &str) -> Result<Allowance, Refusal> {
         if !self.config.enabled {
             return Ok(self.unlimited());
         }
@@ -330,21 +524,49 @@ impl Limits {
         }
     }
 
+    /// After the in-process limiter let an attempt through: the shared limit's verdict when
+    /// Redis answers in time, else the in-process one (the failure is counted and logged once
+    /// per outage by [`SharedLimits`]). Both charge the same quota, so N gateways give a key one
+    /// budget, and each gateway alone never more than that budget either.
+    async fn shared_decides(
+        &self,
+        kind: LimitKind,
+        key: &[u8],
+        quota: Quota,
+        local: Allowance,
+    ) -> Result<Allowance, Refusal> {
+        let Some(shared) = self.shared.as_ref().filter(|_| self.config.enabled) else {
+            return Ok(local);
+        };
+        match shared.check(kind, key, quota).await {
+            Ok(verdict) => verdict.into_limits(quota),
+            Err(_) => Ok(local),
+        }
+    }
+
     /// Gives back the charge of one [`check_user`](Self::check_user) that let through a login
     /// whose password was right, so only failures spend a username's budget and its owner can
-    /// log in as often as the other limits allow.
+    /// log in as often as the other limits allow. Given back in process and in Redis alike.
     ///
     /// Why charge then give back, rather than charge only failures: charging only after the
     /// verdict needs a check before hashing that takes nothing, and then a burst of parallel
     /// guesses all pass that check before the first of them is charged, each costing a hash.
     /// Charged up front, at most the budget is in flight at once; a refund cannot be abused,
     /// since earning one takes the right password.
-    pub fn give_back_user(&self, username: &str) {
+    pub async fn give_back_user(&self, username: &str) {
         if !self.config.enabled {
             return;
         }
+        let key = user_key(username);
         let interval = Nanos::from(self.by_user_quota().replenish_interval());
-        self.by_user_state.give_back(&user_key(username), interval);
+        self.by_user_state.give_back(&key, interval);
+        if let Some(shared) = &self.shared {
+            // A failure leaves the cell spent in Redis: it comes back with time, like any
+            // other, and the outage is counted and logged by `SharedLimits`.
+            let _ = shared
+                .give_back(LimitKind::User, key.as_bytes(), self.by_user_quota())
+                .await;
+        }
     }
 
     fn by_user_quota(&self) -> Quota {
@@ -389,6 +611,27 @@ impl Limits {
     /// Keys currently held (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
         self.by_addr.len() + self.refresh_by_addr.len() + self.by_user.len()
+    }
+}
+
+/// The shared limits for validated settings. Validation already checked everything `start`
+/// checks; should it still refuse, this gateway keeps its own limits, and says so loudly.
+fn start_shared(config: SharedLimitsConfig) -> Option<Arc<SharedLimits>> {
+    match SharedLimits::start(config) {
+        Ok(shared) => Some(shared),
+        Err(error) => {
+            tracing::error!(%error, "shared rate limits not started: this gateway limits alone");
+            None
+        }
+    }
+}
+
+/// An address's key in the shared limits: its [`addr_key`] as 4 or 16 octets (the lengths keep
+/// IPv4 and IPv6 apart).
+fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr_key(addr) {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
 
@@ -466,141 +709,4 @@ impl std::fmt::Display for ClientNetwork {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::config::{Config, refusal as err};
-
-    fn limits(toml: &str) -> Limits {
-        let config = Config::from_toml(&format!("[auth.limits]\n{toml}")).unwrap();
-        Limits::new(config.auth.limits, Clock::default())
-    }
-
-    #[test]
-    fn ipv6_clients_are_keyed_by_their_64_prefix() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(addr_key(a), addr_key(b));
-        assert_ne!(addr_key(a), addr_key(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(addr_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn lockout_networks_are_ipv4_24s_and_ipv6_64s() {
-        let net = |s: &str| ClientNetwork::of(s.parse().unwrap());
-        assert_eq!(net("192.0.2.7"), net("192.0.2.200"));
-        assert_ne!(net("192.0.2.7"), net("192.0.3.7"));
-        assert_eq!(net("192.0.2.7").to_string(), "192.0.2.0/24");
-        assert_eq!(net("::ffff:192.0.2.9"), net("192.0.2.7"));
-        assert_eq!(net("::ffff:192.0.2.9").to_string(), "192.0.2.0/24");
-        assert_eq!(net("2001:db8:1:2:aaaa::1"), net("2001:db8:1:2:bbbb::2"));
-        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
-        assert_eq!(net("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
-        // Loopback is no exception: 127.0.0.1 and 127.0.1.1 are two networks.
-        assert_ne!(net("127.0.0.1"), net("127.0.1.1"));
-        assert_eq!(net("127.0.0.1"), net("127.0.0.2"));
-    }
-
-    #[test]
-    fn burst_then_refusal_then_refill() {
-        let l = limits("per_address_burst = 2\nper_address_per_minute = 2");
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let first = l.check_addr(ip).unwrap();
-        assert_eq!((first.limit, first.remaining), (2, 1));
-        l.check_addr(ip).unwrap();
-        let refusal = l.check_addr(ip).unwrap_err();
-        assert!((1..=30).contains(&refusal.retry_after), "{refusal:?}");
-        l.clock().advance(Duration::from_secs(30));
-        l.check_addr(ip).unwrap();
-    }
-
-    #[test]
-    fn limiter_state_is_pruned_under_many_distinct_keys() {
-        let l = limits("per_user_burst = 1\nper_user_per_minute = 60");
-        for i in 0..50_000 {
-            let _ = l.check_user(&format!("user{i}"));
-        }
-        assert!(l.tracked_keys() >= 50_000);
-        l.clock().advance(Duration::from_secs(2));
-        l.prune();
-        assert_eq!(l.tracked_keys(), 0);
-    }
-
-    #[test]
-    fn long_usernames_are_truncated_before_keying() {
-        let l = limits("per_user_burst = 1");
-        let long = "a".repeat(10_000);
-        l.check_user(&long).unwrap();
-        // Same first 64 characters: the same key.
-        assert!(l.check_user(&format!("{long}b")).is_err());
-    }
-
-    #[test]
-    fn refreshes_and_logins_have_separate_address_budgets() {
-        let l = limits(
-            "per_address_burst = 1\nper_address_per_minute = 1\n\
-             refresh_per_address_burst = 3\nrefresh_per_address_per_minute = 1",
-        );
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..3 {
-            l.check_refresh_addr(ip).unwrap();
-        }
-        let refusal = l.check_refresh_addr(ip).unwrap_err();
-        assert_eq!(refusal.limit, 3);
-        l.check_addr(ip).unwrap();
-        assert_eq!(l.check_addr(ip).unwrap_err().limit, 1);
-    }
-
-    #[test]
-    fn a_charge_given_back_leaves_the_user_budget_as_it_was() {
-        let l = limits("per_user_burst = 2\nper_user_per_minute = 1");
-        for _ in 0..10 {
-            l.check_user("alice").unwrap();
-            l.give_back_user("alice");
-        }
-        // Giving back more than was charged never grows the bucket past its burst.
-        l.give_back_user("alice");
-        l.give_back_user("bob");
-        for name in ["alice", "bob"] {
-            assert_eq!(l.check_user(name).unwrap().remaining, 1, "{name}");
-            l.check_user(name).unwrap();
-            assert!(l.check_user(name).is_err(), "{name}");
-        }
-        // A refund gives back exactly one cell.
-        l.give_back_user("alice");
-        l.check_user("alice").unwrap();
-        assert!(l.check_user("alice").is_err());
-        l.clock().advance(Duration::from_secs(61));
-        l.prune();
-        l.check_user("alice").unwrap();
-    }
-
-    #[test]
-    fn disabled_limits_never_refuse() {
-        let l = limits("enabled = false\nper_user_burst = 1");
-        for _ in 0..10 {
-            l.check_user("alice").unwrap();
-        }
-    }
-
-    /// A ceiling everywhere below the limit per network would lock names everywhere first: the
-    /// denial of service the per-network split exists to prevent, so it is refused.
-    #[test]
-    fn per_user_failure_ceiling_below_the_per_network_limit_is_refused() {
-        let e = err("[auth.limits]\nmax_failures = 10\nmax_failures_per_user = 9\n");
-        assert!(e.contains("auth.limits.max_failures_per_user"), "{e}");
-        let c = Config::from_toml("[auth.limits]\nmax_failures = 10\nmax_failures_per_user = 10\n")
-            .unwrap();
-        assert_eq!(c.auth.limits.max_failures_per_user.get(), 10);
-        for key in [
-            "refresh_per_address_burst",
-            "refresh_per_address_per_minute",
-        ] {
-            let e = err(&format!("[auth.limits]\n{key} = 0\n"));
-            assert!(e.contains(key), "{e}");
-        }
-    }
-}
+mod tests;

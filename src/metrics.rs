@@ -84,6 +84,10 @@ fn describe() {
         "gatehouse_limit_refusals_total",
         "Attempts refused by a rate limit or lockout, by kind."
     );
+    describe_counter!(
+        "gatehouse_shared_limit_fallbacks_total",
+        "Checks of a shared (Redis) limit that failed or timed out, so the gateway's own limit decided, by kind."
+    );
     describe_gauge!(
         "gatehouse_hash_queue_depth",
         "Password hash jobs running or waiting."
@@ -170,6 +174,12 @@ pub fn login(outcome: &'static str) {
 /// `kind`: address, user, lockout.
 pub fn limit_refusal(kind: &'static str) {
     counter!("gatehouse_limit_refusals_total", "kind" => kind).increment(1);
+}
+
+/// A shared (Redis) limit that could not answer, so the in-process one decided. `kind`: address,
+/// refresh_address, user.
+pub fn shared_limit_fallback(kind: &'static str) {
+    counter!("gatehouse_shared_limit_fallbacks_total", "kind" => kind).increment(1);
 }
 
 pub fn hash_queue_depth(depth: usize) {

@@ -173,8 +173,8 @@ pub async fn serve(
         return Err(EndpointError::MethodNotAllowed);
     }
     match endpoint {
-        Endpoint::Login | Endpoint::Register => grants.admit_client(client)?,
-        Endpoint::Refresh => grants.admit_refresh_client(client)?,
+        Endpoint::Login | Endpoint::Register => grants.admit_client(client).await?,
+        Endpoint::Refresh => grants.admit_refresh_client(client).await?,
         _ => {}
     }
     match endpoint {
@@ -193,9 +193,9 @@ pub async fn serve(
             let form = read_form(req).await;
             match &form {
                 Ok(form) if form.get("grant_type") == Some("refresh_token") => {
-                    grants.admit_refresh_client(client)?;
+                    grants.admit_refresh_client(client).await?;
                 }
-                _ => grants.admit_client(client)?,
+                _ => grants.admit_client(client).await?,
             }
             let form = form?;
             let grant = match form.get("grant_type") {

@@ -287,19 +287,24 @@ impl Grants {
 
     /// The per-address limit of logins, registrations and every token request that is not a
     /// refresh, checked before any lookup or hashing.
-    pub fn admit_client(&self, client: IpAddr) -> Result<(), GrantError> {
-        self.limits.check_addr(client).map(drop).map_err(|refusal| {
-            crate::metrics::limit_refusal("address");
-            GrantError::Limited(refusal)
-        })
+    pub async fn admit_client(&self, client: IpAddr) -> Result<(), GrantError> {
+        self.limits
+            .check_addr(client)
+            .await
+            .map(drop)
+            .map_err(|refusal| {
+                crate::metrics::limit_refusal("address");
+                GrantError::Limited(refusal)
+            })
     }
 
     /// The per-address limit of refresh-token grants: a budget apart from the login one, so a
     /// client refreshing every few minutes never runs its logins out, and a login flood never
     /// stops refreshes.
-    pub fn admit_refresh_client(&self, client: IpAddr) -> Result<(), GrantError> {
+    pub async fn admit_refresh_client(&self, client: IpAddr) -> Result<(), GrantError> {
         self.limits
             .check_refresh_addr(client)
+            .await
             .map(drop)
             .map_err(|refusal| {
                 crate::metrics::limit_refusal("refresh_address");
@@ -403,7 +408,7 @@ impl Grants {
             || raw_username.to_ascii_lowercase(),
             |n| n.as_str().to_owned(),
         );
-        self.limits.check_user(&limit_key).map_err(|r| {
+        self.limits.check_user(&limit_key).await.map_err(|r| {
             crate::metrics::limit_refusal("user");
             GrantError::Limited(r)
         })?;
@@ -485,7 +490,7 @@ impl Grants {
             }
         };
         crate::metrics::login("success");
-        self.limits.give_back_user(&limit_key);
+        self.limits.give_back_user(&limit_key).await;
         if let Some(attempt) = attempt {
             attempt.finish(now, LoginVerdict::Succeeded).await?;
         }
@@ -844,6 +849,7 @@ impl Grants {
         })?;
         self.limits
             .check_user(username.as_str())
+            .await
             .map_err(GrantError::Limited)?;
         if password.chars().count() < self.config.min_password_chars {
             return Err(GrantError::WeakPassword(

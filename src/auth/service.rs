@@ -81,7 +81,8 @@ impl AuthService {
             Some(limits) if limits.config() == &config.limits => limits,
             // New quotas start new counters (governor's quota is fixed per limiter); the
             // lockout lives in the store and is unaffected.
-            Some(old) => Arc::new(Limits::new(config.limits.clone(), old.clock().clone())),
+            // Redis's counters live on, and so does the connection unless its settings changed.
+            Some(old) => Arc::new(Limits::reloaded(config.limits.clone(), &old)),
             None => Arc::new(Limits::new(config.limits.clone(), Clock::default())),
         };
         let trusted = Arc::new(TrustedIssuers::new(config.trusted_issuers.clone())?);

@@ -1,10 +1,14 @@
-//! Brute-force limits through real sockets, with the limiters' clock moved by the test.
+//! Brute-force limits through real sockets, with the limiters' clock moved by the test; and
+//! shared by several gateways through a private `redis-server`.
 
 use std::time::Duration;
 
 use http::StatusCode;
 
 use crate::support::{GatewayBuilder, TestGateway, Upstream, client};
+
+#[path = "../../src/limits/shared/testing.rs"]
+mod redis_testing;
 
 async fn gateway(limits: &str) -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
@@ -548,4 +552,83 @@ async fn successful_logins_do_not_count_as_failures() {
     }
     assert_eq!(attempt(&gw, "alice", "guess", None).await.status(), 429);
     assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
+}
+
+/// Guessing limits of 3 a user, shared through the Redis at `url` under `prefix`.
+async fn shared_gateway(url: &str, prefix: &str) -> (TestGateway, Upstream) {
+    gateway(&format!(
+        "per_address_burst = 100\nper_user_burst = 3\nper_user_per_minute = 1\nmax_failures = 100\n\
+         [auth.limits.redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n\
+         command_timeout = \"1s\"\nconnect_timeout = \"1s\""
+    ))
+    .await
+}
+
+/// A gateway's limits answered by Redis, at most 5 s after start (it connects in the
+/// background).
+async fn until_shared(gw: &TestGateway) {
+    let shared = gw.gateway.auth().limits().shared().unwrap().clone();
+    for _ in 0..250 {
+        // One answered check proves the connection; the probe key is no one's.
+        let probe = shared
+            .check(
+                gatehouse::limits::shared::LimitKind::User,
+                b"-probe-",
+                governor::Quota::per_second(std::num::NonZeroU32::MIN),
+            )
+            .await;
+        if probe.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the gateway's shared limits did not answer within 5 s");
+}
+
+/// An attacker who alternates between two gateways behind one load balancer gets one guessing
+/// budget, not one per gateway; and once it is spent, the owner's right password waits too
+/// (the check runs before hashing), on either gateway.
+#[tokio::test]
+async fn password_guessing_spread_over_two_gateways_gets_one_budget() {
+    let Some(redis) = redis_testing::shared() else {
+        return;
+    };
+    let prefix = format!("it{}-spread", std::process::id());
+    let (a, _up_a) = shared_gateway(&redis.url(), &prefix).await;
+    let (b, _up_b) = shared_gateway(&redis.url(), &prefix).await;
+    until_shared(&a).await;
+    until_shared(&b).await;
+    for gw in [&a, &b, &a] {
+        assert_eq!(attempt(gw, "alice", "guess", None).await.status(), 400);
+    }
+    // b alone has seen one guess of its 3: the refusal is the shared budget's.
+    let r = attempt(&b, "alice", "guess", None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["ratelimit-limit"], "3");
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(attempt(&b, "alice", "secret", None).await.status(), 429);
+    assert_eq!(attempt(&a, "alice", "guess", None).await.status(), 429);
+}
+
+/// Redis stopping mid-attack must not lift the limits: each gateway falls back to its own
+/// budget and refuses past it, and answers without waiting on Redis for long.
+#[tokio::test]
+async fn a_stopped_redis_leaves_each_gateway_its_own_guessing_limit() {
+    let Some(redis) = redis_testing::Server::start(redis_testing::Listen::Plain) else {
+        return;
+    };
+    let prefix = format!("it{}-stopped", std::process::id());
+    let (gw, _up) = shared_gateway(&redis.url(), &prefix).await;
+    until_shared(&gw).await;
+    redis.stop();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(attempt(&gw, "alice", "guess", None).await.status(), 400);
+    }
+    assert_eq!(attempt(&gw, "alice", "guess", None).await.status(), 429);
+    assert_eq!(attempt(&gw, "alice", "secret", None).await.status(), 429);
+    let shared = gw.gateway.auth().limits().shared().unwrap();
+    assert!(shared.is_degraded());
+    println!("5 attempts with Redis down took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
