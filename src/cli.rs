@@ -137,6 +137,8 @@ pub enum SessionsAction {
     /// every gateway on this store within a second.
     Revoke {
         user: String,
+        /// A session id as `sessions list` shows it; one in eight starts with `-` (base64url).
+        #[arg(allow_hyphen_values = true)]
         family: Option<String>,
     },
 }
@@ -741,6 +743,21 @@ fn read_password(from_stdin: bool, min_chars: usize) -> anyhow::Result<Zeroizing
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_session_id_starting_with_a_dash_is_an_id_not_an_option() {
+        use clap::Parser as _;
+        let cli =
+            super::Cli::try_parse_from(["gatehouse", "sessions", "revoke", "alice", "-TCZN5Hg"])
+                .expect("parses");
+        let super::Command::Sessions { action } = cli.command else {
+            panic!("not a sessions command");
+        };
+        let super::SessionsAction::Revoke { family, .. } = action else {
+            panic!("not a revoke");
+        };
+        assert_eq!(family.as_deref(), Some("-TCZN5Hg"));
+    }
+
     use super::{lock_summary, rfc3339_utc};
     use crate::store::Lockouts;
 

@@ -27,9 +27,8 @@ use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use crate::config::value::{ConfigError, RawDuration, invalid, nonzero, read_secret};
 use shared::{LimitKind, SharedLimits, SharedLimitsConfig};
-use zeroize::Zeroizing;
 
 /// The `[auth.limits]` section as written: brute-force limits on login, token, refresh and
 /// register.
@@ -77,8 +76,6 @@ pub const DEFAULT_REDIS_COMMAND_TIMEOUT: &str = "100ms";
 /// Default bound on one connection attempt (TCP, TLS, AUTH), made in the background: a TLS
 /// handshake across a region fits, and no login waits on it longer than `command_timeout`.
 pub const DEFAULT_REDIS_CONNECT_TIMEOUT: &str = "1s";
-/// Longest password file read.
-const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
 /// Longest CA file read.
 const MAX_CA_FILE_BYTES: u64 = 1 << 20;
 
@@ -107,7 +104,7 @@ impl RawRedis {
             ));
         }
         let password = match &self.password_file {
-            Some(path) => Some(read_password_file(path)?),
+            Some(path) => Some(read_secret(&format!("{KEY}.password_file"), path)?),
             None => None,
         };
         let ca_pem = match &self.ca_file {
@@ -135,35 +132,6 @@ impl RawRedis {
             .map_err(|e| invalid(format!("{KEY}.{}", e.key()), e.to_string()))?;
         Ok(config)
     }
-}
-
-/// The password in `path`, its trailing newline trimmed. A file others can read is refused:
-/// the password would be everyone's on that host.
-fn read_password_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    const KEY: &str = "auth.limits.redis.password_file";
-    let meta =
-        std::fs::metadata(path).map_err(|e| invalid(KEY, format!("{}: {e}", path.display())))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(invalid(
-            KEY,
-            format!(
-                "{} is readable or writable by group or others (mode {:o}); chmod 600 it",
-                path.display(),
-                mode & 0o7777
-            ),
-        ));
-    }
-    let bytes = Zeroizing::new(read_bounded(KEY, path, MAX_PASSWORD_FILE_BYTES)?);
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| invalid(KEY, format!("{} is not UTF-8", path.display())))?;
-    let password = text.strip_suffix('\n').unwrap_or(text);
-    let password = password.strip_suffix('\r').unwrap_or(password);
-    if password.is_empty() {
-        return Err(invalid(KEY, format!("{} is empty", path.display())));
-    }
-    Ok(Zeroizing::new(password.to_owned()))
 }
 
 /// The file's bytes, refused past `max` bytes.
