@@ -116,6 +116,9 @@ pub struct Revocation {
     cuts: ArcSwap<HashMap<String, i64, Hasher>>,
     /// The last change applied; held across a catch-up so two never interleave.
     seq: tokio::sync::Mutex<u64>,
+    /// Set when the feed announced new signing keys (or was read from a reload, which may have
+    /// skipped such an announcement); taken by whoever rebuilds the key ring.
+    keys_changed: AtomicBool,
 }
 
 impl Revocation {
@@ -127,6 +130,7 @@ impl Revocation {
             any_ids: AtomicBool::new(false),
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
+            keys_changed: AtomicBool::new(false),
         };
         let mut seq = this.seq.lock().await;
         *seq = this.reload(store, now).await?;
@@ -172,6 +176,7 @@ impl Revocation {
                     "fell behind the store's change feed: reloading revocations and cuts"
                 );
                 *seq = self.reload(store, now).await?;
+                self.keys_changed.store(true, Ordering::Release);
                 return Ok(applied);
             }
             let full = batch.changes.len() == PAGE;
@@ -183,6 +188,7 @@ impl Revocation {
                         username,
                         not_before,
                     } => self.cut(&username, not_before),
+                    Change::KeysChanged => self.keys_changed.store(true, Ordering::Release),
                 }
             }
             *seq = batch.last;
@@ -190,6 +196,11 @@ impl Revocation {
                 return Ok(applied);
             }
         }
+    }
+
+    /// Whether the feed announced a change of the signing keys since the last call.
+    pub fn take_keys_changed(&self) -> bool {
+        self.keys_changed.swap(false, Ordering::AcqRel)
     }
 
     /// Whether `identity` is refused: its `jti` or its session revoked, or (for the gateway's
@@ -287,6 +298,7 @@ mod tests {
             any_ids: AtomicBool::new(false),
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
+            keys_changed: AtomicBool::new(false),
         }
     }
 

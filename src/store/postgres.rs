@@ -59,8 +59,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{
     CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
     Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord,
-    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, Store,
-    StoreError, User, Users,
+    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys,
+    Store, StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -95,6 +95,9 @@ const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
 /// migration lock's); the second key is the server's `hashtext` of the name. Two names that
 /// share a hash only wait for each other.
 const LOGIN_LOCK_CLASS: i32 = 0x6768_6c6f;
+/// Advisory lock key held by every write to the signing keys ("gh keys!"), so "is the table
+/// empty?" and the insert that follows are one step for concurrent first starts.
+const KEYS_LOCK: i64 = 0x6768_206b_6579_7321;
 
 /// Deadlocks and serialization failures are retried this many times after the first attempt.
 const RETRIES: u32 = 4;
@@ -293,7 +296,7 @@ impl Tls {
 }
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The version this build writes (a handful of migrations always fits in `i32`).
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -377,6 +380,22 @@ CREATE TABLE login_attempts (
 );
 CREATE INDEX login_attempts_username_network ON login_attempts (username, network);
 CREATE INDEX login_attempts_expires_at ON login_attempts (expires_at);
+";
+
+/// Version 2: the signing keys gateways share (SQLite's version 6); the feed announces key
+/// changes too.
+const SCHEMA_V2: &str = "
+CREATE TABLE signing_keys (
+    kid         text PRIMARY KEY,
+    alg         text NOT NULL,
+    sealed      bytea NOT NULL,
+    created_at  bigint NOT NULL,
+    active_from bigint NOT NULL,
+    retired_at  bigint
+);
+
+ALTER TABLE changes DROP CONSTRAINT changes_kind_check,
+    ADD CONSTRAINT changes_kind_check CHECK (kind IN ('revoked', 'cut', 'keys'));
 ";
 
 /// Where the schema version lives (created by the first migration run, outside the versions).
@@ -1592,6 +1611,7 @@ impl Revocations for PgStore {
                         username: stored_username(&subject)?,
                         not_before: value,
                     },
+                    "keys" => Change::KeysChanged,
                     _ => {
                         return Err(StoreError::Corrupt(format!("change of kind {kind:?}")).into());
                     }
@@ -1748,6 +1768,111 @@ impl LoginFailures for PgStore {
                 .await?;
             tx.commit().await?;
             Ok(locked)
+        }))
+    }
+}
+
+const KEY_COLUMNS: &str = "kid, alg, sealed, created_at, active_from, retired_at";
+
+fn read_key(row: &Row) -> Result<StoredKey, StoreError> {
+    let kid: String = col(row, 0)?;
+    let alg: &str = col(row, 1)?;
+    let alg = alg
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("signing key {kid}: algorithm {alg:?}")))?;
+    Ok(StoredKey {
+        alg,
+        sealed: col(row, 2)?,
+        created_at: col(row, 3)?,
+        active_from: col(row, 4)?,
+        retired_at: col(row, 5)?,
+        kid,
+    })
+}
+
+/// Stores `key` inside a transaction that holds [`KEYS_LOCK`]; `DuplicateKey` when its kid is
+/// taken.
+async fn insert_key(tx: &Tx<'_>, key: &StoredKey) -> Result<(), Fail> {
+    let inserted = tx
+        .exec(
+            &format!(
+                "INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (kid) DO NOTHING"
+            ),
+            &[
+                &key.kid,
+                &key.alg.name(),
+                &key.sealed,
+                &key.created_at,
+                &key.active_from,
+                &key.retired_at,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(StoreError::DuplicateKey(key.kid.clone()).into());
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SigningKeys for PgStore {
+    async fn signing_keys(&self, retired_after: i64) -> Result<Vec<StoredKey>, StoreError> {
+        on_connection!(self, |c| {
+            let rows = c
+                .rows(
+                    &format!(
+                        "SELECT {KEY_COLUMNS} FROM signing_keys \
+                         WHERE retired_at IS NULL OR retired_at > $1 \
+                         ORDER BY active_from, kid COLLATE \"C\""
+                    ),
+                    &[&retired_after],
+                )
+                .await?;
+            Ok(rows.iter().map(read_key).collect::<Result<_, _>>()?)
+        })
+    }
+
+    async fn insert_first_if_empty(&self, key: StoredKey) -> Result<bool, StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            // Held to commit; READ COMMITTED gives the next statement a snapshot taken after
+            // the lock, so it sees the key a gateway that held the lock before committed.
+            tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+                .await?;
+            let any = tx
+                .opt("SELECT EXISTS (SELECT 1 FROM signing_keys)", &[])
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("EXISTS returned no row".into()))?;
+            if col::<bool>(&any, 0)? {
+                return Ok(false);
+            }
+            insert_key(&tx, &key).await?;
+            record_change(&tx, "keys", key.kid.as_bytes(), key.active_from).await?;
+            tx.commit().await?;
+            Ok(true)
+        }))
+    }
+
+    async fn add_and_retire(&self, key: StoredKey, forget_before: i64) -> Result<(), StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+                .await?;
+            tx.exec(
+                "DELETE FROM signing_keys WHERE retired_at <= $1",
+                &[&forget_before],
+            )
+            .await?;
+            tx.exec(
+                "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL",
+                &[&key.active_from],
+            )
+            .await?;
+            insert_key(&tx, &key).await?;
+            record_change(&tx, "keys", key.kid.as_bytes(), key.active_from).await?;
+            tx.commit().await?;
+            Ok(())
         }))
     }
 }
