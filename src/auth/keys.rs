@@ -62,6 +62,11 @@ const PKCS8_LABEL: &str = "PRIVATE KEY";
 /// PEM label of an HS256 secret; not a standard label, so no other tool mistakes it for a key pair.
 const HMAC_LABEL: &str = "GATEHOUSE HMAC SECRET";
 const HMAC_SECRET_BYTES: usize = 32;
+/// How long a client may cache the JWKS (its `Cache-Control`): a new key must be published at
+/// least this long before it signs.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// The JWKS response's `Cache-Control`, with [`JWKS_MAX_AGE`] in seconds.
+pub const JWKS_CACHE_CONTROL: &str = "public, max-age=300";
 /// Longest kid accepted anywhere: ours are 43 (thumbprint) or 22 (random) characters.
 pub const MAX_KID_BYTES: usize = 128;
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
@@ -1429,6 +1434,14 @@ mod tests {
         assert!(
             matches!(&err, KeyError::KeyFile { kid, .. } if *kid == ring.signing().kid),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn jwks_cache_control_says_the_max_age() {
+        assert_eq!(
+            JWKS_CACHE_CONTROL,
+            format!("public, max-age={}", JWKS_MAX_AGE.as_secs())
         );
     }
 
