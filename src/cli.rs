@@ -232,14 +232,14 @@ pub fn summary(config: &Config) -> String {
     let s = &config.server;
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     let _ = writeln!(out, "listen    {scheme}://{}", s.listen);
+    let keys = match &config.auth.kek_file {
+        Some(kek) => format!("the store, sealed under {}", kek.display()),
+        None => config.auth.keys_dir.display().to_string(),
+    };
     let _ = writeln!(
         out,
-        "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {}",
-        config.auth.prefix,
-        config.auth.issuer,
-        config.auth.audience,
-        config.auth.algorithm,
-        config.auth.keys_dir.display()
+        "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {keys}",
+        config.auth.prefix, config.auth.issuer, config.auth.audience, config.auth.algorithm,
     );
     let _ = writeln!(out, "store     {}", config.store.path.display());
     let _ = writeln!(out, "routes    {}", config.routes.len());

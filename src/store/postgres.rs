@@ -1997,6 +1997,46 @@ mod tests {
         assert_eq!(again.list_users().await.unwrap().len(), 1);
     }
 
+    /// A database of schema 1 (before shared keys) is upgraded in place: its feed goes on
+    /// where it was and announces key changes from then on.
+    #[tokio::test]
+    async fn a_schema_v1_database_is_upgraded_with_its_feed() {
+        let Some(fixture) = fixture().await else {
+            return;
+        };
+        let client = raw(&fixture.config).await;
+        client.batch_execute(SCHEMA_TABLE).await.unwrap();
+        client.batch_execute(SCHEMA_V1).await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO gatehouse_schema (version) VALUES (1); \
+                 UPDATE change_counter SET seq = 7; \
+                 INSERT INTO changes VALUES (7, 'revoked', 'jti-7', 1, 1);",
+            )
+            .await
+            .unwrap();
+        let store = PgStore::open(&fixture.config).await.unwrap();
+        assert_eq!(store.change_seq().await.unwrap(), 7);
+        let key = StoredKey {
+            kid: "k".into(),
+            alg: crate::auth::keys::KeyAlg::EdDSA,
+            sealed: vec![1],
+            created_at: NOW,
+            active_from: NOW,
+            retired_at: None,
+        };
+        assert!(store.insert_first_if_empty(key).await.unwrap());
+        let batch = store.changes_since(6, 10).await.unwrap();
+        assert_eq!(batch.last, 8);
+        assert_eq!(batch.changes[1], Change::KeysChanged);
+        let version: i32 = client
+            .query_one("SELECT version FROM gatehouse_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, 2);
+    }
+
     #[tokio::test]
     async fn database_from_a_newer_build_is_refused() {
         let Some(fixture) = fixture().await else {
@@ -2218,6 +2258,53 @@ mod tests {
         assert!(writer.remove_user(&name("nobody"), NOW).await.is_err());
         let quiet = tokio::time::timeout(Duration::from_millis(300), signal.changed()).await;
         assert!(quiet.is_err(), "a rolled-back cut woke the follower");
+    }
+
+    /// Gateways on PostgreSQL: a rotation through one handle wakes the other's follower at its
+    /// commit, and the ring that gateway rebuilds then publishes the new key while the old one
+    /// still signs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_through_one_handle_reaches_the_others_ring_at_its_commit() {
+        use crate::auth::keys::KeyAlg;
+        use crate::auth::keystore::{self, Kek};
+        use crate::auth::revocation::Revocation;
+
+        let Some(fixture) = fixture().await else {
+            return;
+        };
+        let retain = Duration::from_secs(900);
+        let dir = tempfile::tempdir().unwrap();
+        Kek::write_new(&dir.path().join("kek")).unwrap();
+        let kek = Kek::load(&dir.path().join("kek")).unwrap();
+        let writer = fixture.open().await;
+        let follower = fixture.open().await;
+        let ring = keystore::load_or_create_ring(&*follower, &kek, KeyAlg::EdDSA, retain, NOW)
+            .await
+            .unwrap();
+        let mirror = Revocation::load(&*follower, NOW).await.unwrap();
+        let mut signal = follower.change_signal().unwrap();
+        signal.mark_unchanged();
+        let new = keystore::rotate(
+            &*writer,
+            &kek,
+            KeyAlg::EdDSA,
+            Duration::from_secs(600),
+            retain,
+            NOW,
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), signal.changed())
+            .await
+            .expect("woken by the commit")
+            .unwrap();
+        mirror.catch_up(&*follower, NOW).await.unwrap();
+        assert!(mirror.take_keys_changed());
+        let rebuilt = keystore::load_ring(&*follower, &kek, retain, NOW)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.signing().kid, ring.signing().kid);
+        assert!(rebuilt.verification_key(&new.kid).is_some());
     }
 
     /// The listening connection is killed by the server; the listener reconnects (waking
