@@ -1437,6 +1437,67 @@ mod tests {
         );
     }
 
+    fn entry(key: &NewKey, active_from: i64, retired_at: Option<i64>) -> KeyEntry {
+        KeyEntry {
+            kid: key.kid.clone(),
+            alg: key.alg,
+            private: Zeroizing::new(key.private.as_bytes().to_vec()),
+            active_from,
+            retired_at,
+        }
+    }
+
+    /// A first key stored by a gateway whose clock runs ahead: this gateway signs with it
+    /// rather than with nothing (there is no earlier key it would be published ahead of).
+    #[test]
+    fn a_first_key_from_a_gateway_whose_clock_runs_ahead_still_signs() {
+        let key = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let ring = KeyRing::from_entries(vec![entry(&key, T0 + 5, None)], RETAIN, T0).unwrap();
+        assert_eq!(ring.signing().kid, key.kid);
+        assert_eq!(ring.next_transition(), Some(T0 + 5));
+        assert!(matches!(
+            KeyRing::from_entries(Vec::new(), RETAIN, T0),
+            Err(KeyError::NoKeys)
+        ));
+    }
+
+    /// A stored record whose private key is another key's (the kid is the thumbprint) is
+    /// refused, whatever opened it.
+    #[test]
+    fn a_stored_key_under_another_keys_kid_is_refused() {
+        let a = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let b = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let mut swapped = entry(&a, T0, None);
+        swapped.private = Zeroizing::new(b.private.as_bytes().to_vec());
+        let err = KeyRing::from_entries(vec![swapped], RETAIN, T0).unwrap_err();
+        assert!(matches!(err, KeyError::ThumbprintMismatch { .. }), "{err}");
+        let mut pathy = entry(&a, T0, None);
+        pathy.kid = "../a".into();
+        let err = KeyRing::from_entries(vec![pathy], RETAIN, T0).unwrap_err();
+        assert!(matches!(err, KeyError::KeyFile { .. }), "{err}");
+    }
+
+    /// Gateways building rings from the same keys at the same second agree on the signer, and
+    /// HS256 keys from the store verify without being published.
+    #[test]
+    fn rings_from_the_same_entries_agree_and_never_publish_hmac_keys() {
+        let h = NewKey::generate(KeyAlg::HS256).unwrap();
+        let e = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let build = |order: bool| {
+            let mut entries = vec![entry(&h, T0, None), entry(&e, T0, None)];
+            if order {
+                entries.reverse();
+            }
+            KeyRing::from_entries(entries, RETAIN, T0).unwrap()
+        };
+        let (one, two) = (build(false), build(true));
+        assert_eq!(one.signing().kid, two.signing().kid);
+        assert_eq!(one.lookup().len(), 2);
+        let published = one.jwks()["keys"].as_array().unwrap().clone();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0]["kid"], e.kid.as_str());
+    }
+
     #[test]
     fn jwks_cache_control_says_the_max_age() {
         assert_eq!(
