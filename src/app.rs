@@ -371,10 +371,13 @@ async fn background(app: Arc<App>) {
 }
 
 /// Catches up with the store's change feed (revocations and cuts made by the CLI or another
-/// gateway). A failing store is logged once until it answers again; meanwhile what was already
-/// mirrored is still enforced.
+/// gateway), then rebuilds the signing keys if the feed or the clock says so. A failing store is
+/// logged once until it answers again; meanwhile what was already mirrored is still enforced.
 async fn follow_changes(app: &App, failing: &mut bool) {
-    match app.current().auth().authenticator().follow().await {
+    let auth = app.current().auth().clone();
+    let followed = auth.authenticator().follow().await;
+    auth.follow_keys().await;
+    match followed {
         Ok(_) => {
             if std::mem::take(failing) {
                 tracing::info!("following the store's changes again");

@@ -8,6 +8,7 @@ pub mod grants;
 pub mod import;
 pub mod issuers;
 pub mod keys;
+pub mod keystore;
 pub mod password;
 pub mod revocation;
 pub mod runtime;

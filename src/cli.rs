@@ -14,7 +14,9 @@ use crate::app;
 use crate::auth::audit::{Event, Outcome, Source};
 use crate::auth::claims::check_account_values;
 use crate::auth::keys::KeyRing;
+use crate::auth::keystore::{self, Kek};
 use crate::auth::password::{HashParams, PasswordPool, PoolLimits};
+use crate::auth::service::key_retention;
 use crate::auth::username::Username;
 use crate::config::Config;
 use crate::routes::AuthMode;
@@ -158,9 +160,15 @@ pub enum RoutesAction {
 pub enum KeysAction {
     /// Create the first signing key if there is none.
     Generate,
-    /// Make a new signing key; the old ones verify until their tokens expire.
+    /// Make a new signing key; the old ones verify until their tokens expire. With
+    /// `[auth] kek_file`, in the store: published at once, signing after `publish_ahead`.
     Rotate,
     List,
+    /// Write a new key-encryption key (for `[auth] kek_file`) to PATH, mode 0600; an existing
+    /// file is never overwritten.
+    NewKek {
+        path: PathBuf,
+    },
 }
 
 /// Runs the parsed command.
@@ -181,7 +189,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { listen, data_dir } => crate::demo::run(listen, &data_dir).await,
         Command::User { action } => user(load(c)?, action).await,
         Command::Sessions { action } => sessions(load(c)?, action).await,
-        Command::Keys { action } => keys(load(c)?, action),
+        Command::Keys {
+            action: KeysAction::NewKek { path },
+        } => {
+            Kek::write_new(&path)?;
+            println!(
+                "wrote a new key-encryption key to {}; give every gateway on the store a copy (mode 0600) and set [auth] kek_file",
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Keys { action } => keys(load(c)?, action).await,
         Command::Routes {
             action: RoutesAction::Explain { method, url },
         } => {
@@ -216,14 +234,14 @@ pub fn summary(config: &Config) -> String {
     let s = &config.server;
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     let _ = writeln!(out, "listen    {scheme}://{}", s.listen);
+    let keys = match &config.auth.kek_file {
+        Some(kek) => format!("the store, sealed under {}", kek.display()),
+        None => config.auth.keys_dir.display().to_string(),
+    };
     let _ = writeln!(
         out,
-        "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {}",
-        config.auth.prefix,
-        config.auth.issuer,
-        config.auth.audience,
-        config.auth.algorithm,
-        config.auth.keys_dir.display()
+        "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {keys}",
+        config.auth.prefix, config.auth.issuer, config.auth.audience, config.auth.algorithm,
     );
     let _ = writeln!(out, "store     {}", config.store);
     let _ = writeln!(out, "routes    {}", config.routes.len());
@@ -570,9 +588,12 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
+async fn keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
+    if config.auth.kek_file.is_some() {
+        return stored_keys(config, action).await;
+    }
     let a = &config.auth;
-    let retain = a.access_token_lifetime + a.leeway + std::time::Duration::from_secs(60);
+    let retain = key_retention(a);
     match action {
         KeysAction::Generate => {
             let ring = KeyRing::load_or_generate(&a.keys_dir, a.algorithm, retain)?;
@@ -583,6 +604,62 @@ fn keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
             println!("new signing key {kid}; send SIGHUP to running gateways to use it");
         }
         KeysAction::List => print_keys(&a.keys_dir)?,
+        KeysAction::NewKek { .. } => unreachable!("handled before the configuration is read"),
+    }
+    Ok(())
+}
+
+/// `keys ...` with the keys in the store (`[auth] kek_file`).
+async fn stored_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
+    let a = &config.auth;
+    let retain = key_retention(a);
+    let kek_file = a.kek_file.as_deref().context("no kek_file")?;
+    let kek = Kek::load(kek_file)?;
+    let store: Arc<dyn Store> = app::open_store(&config).await?;
+    let now = crate::clock::unix_now();
+    match action {
+        KeysAction::Generate => {
+            let ring =
+                keystore::load_or_create_ring(&*store, &kek, a.algorithm, retain, now).await?;
+            println!("current key {}", ring.signing().kid);
+        }
+        KeysAction::Rotate => {
+            // Every stored key must open with this KEK: a rotation under another one would
+            // store a key the gateways cannot read.
+            keystore::load_ring(&*store, &kek, retain, now).await?;
+            let key =
+                keystore::rotate(&*store, &kek, a.algorithm, a.publish_ahead, retain, now).await?;
+            println!(
+                "new signing key {}: published now, signs from {} (gateways on the store follow by themselves)",
+                key.kid,
+                rfc3339_utc(key.active_from)
+            );
+        }
+        KeysAction::List => {
+            let ring = keystore::load_ring(&*store, &kek, retain, now).await?;
+            let signing = &ring.signing().kid;
+            for k in store
+                .signing_keys(now.saturating_sub(retain.as_secs() as i64))
+                .await?
+            {
+                let state = match k.retired_at {
+                    _ if k.kid == *signing => "current".to_owned(),
+                    None if k.active_from > now => {
+                        format!("published, signs from {}", rfc3339_utc(k.active_from))
+                    }
+                    None => "active".to_owned(),
+                    Some(t) if t > now => format!("signs until {}", rfc3339_utc(t)),
+                    Some(t) => format!("retired at {}", rfc3339_utc(t)),
+                };
+                println!(
+                    "{}\t{}\tcreated {}\t{state}",
+                    k.kid,
+                    k.alg,
+                    rfc3339_utc(k.created_at)
+                );
+            }
+        }
+        KeysAction::NewKek { .. } => unreachable!("handled before the configuration is read"),
     }
     Ok(())
 }

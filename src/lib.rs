@@ -14,6 +14,7 @@
 //! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, sent upstream, streamed back |
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
+//! | `auth::keystore` | signing keys shared through the store: the KEK file, sealed private keys, first key, rotation |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
 //! | `store::sqlite` | the embedded SQLite backend |
 //! | `store::postgres` | the shared PostgreSQL backend: pool, migrations, locks, change notifications |

@@ -1,7 +1,9 @@
-//! The state interface: users, refresh-token families, revoked access-token ids, login failures.
+//! The state interface: users, refresh-token families, revoked access-token ids, login failures,
+//! the gateways' signing keys.
 //!
 //! One trait per kind of state ([`Users`], [`RefreshFamilies`], [`Revocations`],
-//! [`LoginFailures`]); [`Store`] is all four plus what spans them, and is what the gateway holds.
+//! [`LoginFailures`], [`SigningKeys`]); [`Store`] is all five plus what spans them, and is what
+//! the gateway holds.
 //! `sqlite` is the embedded backend, `postgres` the shared one that several gateways use at
 //! once. Everything a backend must guarantee is written on the traits and their methods, so a
 //! second backend can be checked against this text alone (and `contract` checks it).
@@ -38,6 +40,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::auth::keys::KeyAlg;
 use crate::auth::username::Username;
 use crate::limits::ClientNetwork;
 
@@ -52,6 +55,9 @@ pub enum StoreError {
     /// A refresh digest was stored twice: the caller reused token bytes, which is a bug.
     #[error("refresh token digest is already stored")]
     DuplicateRefresh,
+    /// A signing key's kid was stored twice: a generated key collided, which is a bug.
+    #[error("signing key {0} is already stored")]
+    DuplicateKey(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("corrupt record: {0}")]
@@ -211,6 +217,8 @@ pub enum Change {
     Revoked { id: String, expires_at: i64 },
     /// Access tokens of `username` issued before `not_before` are refused.
     SessionsCut { username: Username, not_before: i64 },
+    /// The signing keys changed ([`SigningKeys`]): every gateway rebuilds its key ring.
+    KeysChanged,
 }
 
 /// What [`Revocations::changes_since`] returns.
@@ -516,10 +524,66 @@ pub trait LoginFailures: Send + Sync + 'static {
     async fn unlock(&self, name: &Username, now: i64) -> Result<bool, StoreError>;
 }
 
+/// One signing key as the store keeps it. The private key is sealed by the caller (under a
+/// key-encryption key the store never sees); the store only keeps the bytes and the times.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Unique among stored keys; at most [`crate::auth::keys::MAX_KID_BYTES`] bytes.
+    pub kid: String,
+    pub alg: KeyAlg,
+    /// The sealed private key, opaque to the store.
+    pub sealed: Vec<u8>,
+    pub created_at: i64,
+    /// From when the key signs; it is published (verifies, is in the JWKS) from the moment it is
+    /// stored, so a key stored with a future `active_from` is known everywhere before it signs.
+    pub active_from: i64,
+    /// From when the key no longer signs; it still verifies for the retention the caller
+    /// chooses. `None`: not retired.
+    pub retired_at: Option<i64>,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("sealed", &format_args!("<{} bytes>", self.sealed.len()))
+            .field("created_at", &self.created_at)
+            .field("active_from", &self.active_from)
+            .field("retired_at", &self.retired_at)
+            .finish()
+    }
+}
+
+/// The signing keys every gateway sharing the store signs and verifies with.
+///
+/// Rotation is publish-then-activate: a new key is stored with an `active_from` in the future
+/// and the keys signing so far are retired at that same instant, in one transaction, so every
+/// gateway (told by the feed) verifies and publishes the new key before any gateway signs with
+/// it. Both writes append [`Change::KeysChanged`] to the change feed in their transaction (and
+/// so `NOTIFY` on PostgreSQL, as every feed write does).
+#[async_trait]
+pub trait SigningKeys: Send + Sync + 'static {
+    /// Every key not retired at or before `retired_after` (keys never retired, keys retired
+    /// later, keys that do not sign yet), ordered by `active_from`, then kid.
+    async fn signing_keys(&self, retired_after: i64) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// Stores `key` if the store holds no signing key at all (retired ones count), atomically
+    /// with every other write here, in this process and in every other sharing the store: of N
+    /// gateways starting at once against an empty store, exactly one key is stored and the
+    /// others find it. Returns whether `key` was stored.
+    async fn insert_first_if_empty(&self, key: StoredKey) -> Result<bool, StoreError>;
+
+    /// Atomically: stores `key` (`DuplicateKey` if its kid is taken, and nothing changes), sets
+    /// `retired_at = key.active_from` on every key not yet retired (they sign until the new one
+    /// does), and deletes keys retired at or before `forget_before` (past their retention).
+    async fn add_and_retire(&self, key: StoredKey, forget_before: i64) -> Result<(), StoreError>;
+}
+
 /// Persistent state: every kind, plus what spans them. Implementations are shared as
 /// `Arc<dyn Store>`; callers bring the kind's trait into scope to call its methods.
 #[async_trait]
-pub trait Store: Users + RefreshFamilies + Revocations + LoginFailures {
+pub trait Store: Users + RefreshFamilies + Revocations + LoginFailures + SigningKeys {
     /// Deletes refresh tokens and denylisted ids expired at `now` (a used token past its expiry
     /// can no longer be presented, so reuse detection loses nothing), sessions without tokens,
     /// changes older than [`CHANGE_RETENTION`] and login bookkeeping that no longer counts

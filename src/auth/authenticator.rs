@@ -369,6 +369,12 @@ impl Authenticator {
         self.revocation.catch_up(&*self.store, now()).await
     }
 
+    /// Whether the store's feed announced new signing keys since the last call (see
+    /// [`Revocation::take_keys_changed`]).
+    pub fn take_keys_changed(&self) -> bool {
+        self.revocation.take_keys_changed()
+    }
+
     /// The unix time from which `user`'s new tokens are accepted, when its sessions were cut
     /// so recently that a token minted now could be refused.
     pub fn sessions_cut_until(&self, user: &Username) -> Option<i64> {

@@ -418,7 +418,7 @@ fn jwks_response(jwks: Value) -> Response<Body> {
     let mut response = with_json(StatusCode::OK, jwks);
     response.headers_mut().insert(
         CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
+        HeaderValue::from_static(crate::auth::keys::JWKS_CACHE_CONTROL),
     );
     response
 }

@@ -17,6 +17,15 @@
 //! A retired key stays usable for verification, and stays in the JWKS, for `retain` after its
 //! retirement (the longest access-token lifetime plus leeway); after that it is ignored on load,
 //! refused by the verifier, and its file is deleted by the next rotation.
+//!
+//! # Keys from the store
+//! Several gateways share their keys through the store instead (`crate::auth::keystore` opens
+//! them); [`KeyRing::from_entries`] builds the ring from them. There each key has its own times:
+//! it verifies and is published from the moment it is stored, signs from `active_from`, and
+//! stops signing at `retired_at`. The signing key is the one with the greatest `active_from`
+//! not after now, so a rotation stored with a future `active_from` is in every gateway's JWKS
+//! before any of them signs with it; [`KeyRing::next_transition`] says when the ring must be
+//! built again even if nothing changes in the store.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,6 +62,11 @@ const PKCS8_LABEL: &str = "PRIVATE KEY";
 /// PEM label of an HS256 secret; not a standard label, so no other tool mistakes it for a key pair.
 const HMAC_LABEL: &str = "GATEHOUSE HMAC SECRET";
 const HMAC_SECRET_BYTES: usize = 32;
+/// How long a client may cache the JWKS (its `Cache-Control`): a new key must be published at
+/// least this long before it signs.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// The JWKS response's `Cache-Control`, with [`JWKS_MAX_AGE`] in seconds.
+pub const JWKS_CACHE_CONTROL: &str = "public, max-age=300";
 /// Longest kid accepted anywhere: ours are 43 (thumbprint) or 22 (random) characters.
 pub const MAX_KID_BYTES: usize = 128;
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
@@ -146,6 +160,8 @@ pub enum KeyError {
     Jwk(&'static str),
     #[error("two verification keys share the kid {0:?}")]
     DuplicateKid(String),
+    #[error("no signing key is stored")]
+    NoKeys,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
@@ -480,11 +496,55 @@ pub struct KeyInfo {
     pub current: bool,
 }
 
+/// One key with its times, to build a ring from ([`KeyRing::from_entries`]).
+pub struct KeyEntry {
+    pub kid: String,
+    pub alg: KeyAlg,
+    /// The private key in the key files' form (PEM; see the module doc).
+    pub private: Zeroizing<Vec<u8>>,
+    pub active_from: i64,
+    pub retired_at: Option<i64>,
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("active_from", &self.active_from)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A newly generated private key: its kid and its PEM form.
+pub struct NewKey {
+    pub kid: String,
+    pub alg: KeyAlg,
+    pub private: Zeroizing<String>,
+}
+
+impl NewKey {
+    /// Generates a key of `alg`; its kid is derived as for the key directory.
+    pub fn generate(alg: KeyAlg) -> Result<Self, KeyError> {
+        let private = generate_pem(alg).ok_or(KeyError::Generate { alg })?;
+        let loaded = parse_key(alg, private.as_bytes()).map_err(|_| KeyError::Generate { alg })?;
+        Ok(Self {
+            kid: new_kid(&loaded),
+            alg,
+            private,
+        })
+    }
+}
+
 /// The current signing key and every key still valid for verification.
 pub struct KeyRing {
     signing: SigningKey,
     lookup: KeyLookup,
     jwks: Value,
+    /// When the ring built from the same keys would differ (a key starts signing, a retired
+    /// one ends); `None` for the key directory, whose ring changes only by a reload.
+    next_transition: Option<i64>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -548,11 +608,7 @@ impl KeyRing {
             }
             let loaded = load_key_file(dir, entry)?;
             if let Some(public) = &loaded.public {
-                let mut jwk = public.members();
-                jwk.insert("kid".into(), entry.kid.clone().into());
-                jwk.insert("alg".into(), entry.alg.name().into());
-                jwk.insert("use".into(), "sig".into());
-                published.push(Value::Object(jwk));
+                published.push(public_jwk(public, &entry.kid, entry.alg));
             }
             lookup.insert(VerificationKey {
                 kid: entry.kid.clone(),
@@ -577,7 +633,87 @@ impl KeyRing {
             signing,
             lookup,
             jwks: json!({ "keys": published }),
+            next_transition: None,
         })
+    }
+
+    /// The ring of keys kept elsewhere (the store), at `now`: every entry not retired `retain`
+    /// or longer ago verifies and, unless symmetric, is published, including entries that do
+    /// not sign yet; the signing key is the entry with the greatest `active_from` not after
+    /// `now` (ties: the greatest kid, so every gateway picks the same). When none signs yet (a
+    /// first key stored by a gateway whose clock runs ahead of this one), the one that signs
+    /// first: there is no earlier key it could be published ahead of.
+    pub fn from_entries(
+        entries: Vec<KeyEntry>,
+        retain: Duration,
+        now: i64,
+    ) -> Result<Self, KeyError> {
+        let retain = secs(retain);
+        let mut live: Vec<KeyEntry> = entries
+            .into_iter()
+            .filter(|e| e.retired_at.is_none_or(|r| r.saturating_add(retain) > now))
+            .collect();
+        let signer = live
+            .iter()
+            .filter(|e| e.active_from <= now)
+            .max_by(|a, b| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid)))
+            .or_else(|| {
+                live.iter()
+                    .min_by(|a, b| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid)))
+            })
+            .map(|e| e.kid.clone())
+            .ok_or(KeyError::NoKeys)?;
+        // The signing key first in the JWKS, then the newest.
+        live.sort_by(|a, b| {
+            (b.kid == signer, b.active_from, &b.kid).cmp(&(a.kid == signer, a.active_from, &a.kid))
+        });
+        let next_transition = live
+            .iter()
+            .flat_map(|e| {
+                [
+                    Some(e.active_from),
+                    e.retired_at,
+                    e.retired_at.map(|r| r.saturating_add(retain)),
+                ]
+            })
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
+        let mut signing = None;
+        let mut lookup = KeyLookup::new();
+        let mut published = Vec::new();
+        for entry in live {
+            let loaded = parse_entry(&entry)?;
+            if let Some(public) = &loaded.public {
+                published.push(public_jwk(public, &entry.kid, entry.alg));
+            }
+            lookup.insert(VerificationKey {
+                kid: entry.kid.clone(),
+                alg: entry.alg,
+                not_after: entry.retired_at.map(|r| r.saturating_add(retain)),
+                issuer: None,
+                material: loaded.material,
+            })?;
+            if entry.kid == signer {
+                signing = Some(SigningKey {
+                    kid: entry.kid,
+                    alg: entry.alg,
+                    encoding: loaded.encoding,
+                });
+            }
+        }
+        Ok(KeyRing {
+            signing: signing.ok_or(KeyError::NoKeys)?,
+            lookup,
+            jwks: json!({ "keys": published }),
+            next_transition,
+        })
+    }
+
+    /// When this ring must be built again from the same keys: the next time a key starts or
+    /// stops signing or a retired key's retention ends. `None`: never by time alone.
+    pub fn next_transition(&self) -> Option<i64> {
+        self.next_transition
     }
 
     /// Makes a new current key of `alg`, retires the previous one now (it stays verifiable for
@@ -681,6 +817,56 @@ struct ManifestEntry {
     alg: KeyAlg,
     created: i64,
     retired: Option<i64>,
+}
+
+/// A published key: its public members, kid, algorithm and use.
+fn public_jwk(public: &PublicJwk, kid: &str, alg: KeyAlg) -> Value {
+    let mut jwk = public.members();
+    jwk.insert("kid".into(), kid.into());
+    jwk.insert("alg".into(), alg.name().into());
+    jwk.insert("use".into(), "sig".into());
+    Value::Object(jwk)
+}
+
+/// Parses an entry's private key and checks it against its kid as [`load_key_file`] does.
+fn parse_entry(entry: &KeyEntry) -> Result<LoadedKey, KeyError> {
+    if !is_safe_kid(&entry.kid) {
+        return Err(KeyError::KeyFile {
+            kid: entry.kid.chars().take(MAX_KID_BYTES).collect(),
+            reason: "the kid contains characters other than base64url",
+        });
+    }
+    let loaded = parse_key(entry.alg, &entry.private).map_err(|reason| KeyError::KeyFile {
+        kid: entry.kid.clone(),
+        reason,
+    })?;
+    check_thumbprint(&entry.kid, &loaded)?;
+    Ok(loaded)
+}
+
+fn check_thumbprint(kid: &str, loaded: &LoadedKey) -> Result<(), KeyError> {
+    if let Some(public) = &loaded.public {
+        let actual = public.thumbprint();
+        if actual != kid {
+            return Err(KeyError::ThumbprintMismatch {
+                kid: kid.to_owned(),
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The kid of a new key: its thumbprint, or 128 random bits for HS256 (see the module doc).
+fn new_kid(loaded: &LoadedKey) -> String {
+    match &loaded.public {
+        Some(public) => public.thumbprint(),
+        None => {
+            let mut id = [0u8; 16];
+            fill_random(&mut id);
+            URL_SAFE_NO_PAD.encode(id)
+        }
+    }
 }
 
 fn secs(d: Duration) -> i64 {
@@ -946,15 +1132,7 @@ fn load_key_file(dir: &Path, entry: &ManifestEntry) -> Result<LoadedKey, KeyErro
     }
     let pem = read_bounded(&path, MAX_KEY_FILE_BYTES)?.ok_or(file_err("key file missing"))?;
     let loaded = parse_key(entry.alg, &pem).map_err(file_err)?;
-    if let Some(public) = &loaded.public {
-        let actual = public.thumbprint();
-        if actual != entry.kid {
-            return Err(KeyError::ThumbprintMismatch {
-                kid: entry.kid.clone(),
-                actual,
-            });
-        }
-    }
+    check_thumbprint(&entry.kid, &loaded)?;
     Ok(loaded)
 }
 
@@ -985,14 +1163,7 @@ fn generate_pem(alg: KeyAlg) -> Option<Zeroizing<String>> {
 fn create_key(dir: &Path, alg: KeyAlg, now: i64) -> Result<ManifestEntry, KeyError> {
     let pem = generate_pem(alg).ok_or(KeyError::Generate { alg })?;
     let loaded = parse_key(alg, pem.as_bytes()).map_err(|_| KeyError::Generate { alg })?;
-    let kid = match &loaded.public {
-        Some(public) => public.thumbprint(),
-        None => {
-            let mut id = [0u8; 16];
-            fill_random(&mut id);
-            URL_SAFE_NO_PAD.encode(id)
-        }
-    };
+    let kid = new_kid(&loaded);
     write_atomic(dir, &format!("{kid}.pem"), pem.as_bytes(), 0o600)?;
     Ok(ManifestEntry {
         kid,
@@ -1263,6 +1434,75 @@ mod tests {
         assert!(
             matches!(&err, KeyError::KeyFile { kid, .. } if *kid == ring.signing().kid),
             "{err}"
+        );
+    }
+
+    fn entry(key: &NewKey, active_from: i64, retired_at: Option<i64>) -> KeyEntry {
+        KeyEntry {
+            kid: key.kid.clone(),
+            alg: key.alg,
+            private: Zeroizing::new(key.private.as_bytes().to_vec()),
+            active_from,
+            retired_at,
+        }
+    }
+
+    /// A first key stored by a gateway whose clock runs ahead: this gateway signs with it
+    /// rather than with nothing (there is no earlier key it would be published ahead of).
+    #[test]
+    fn a_first_key_from_a_gateway_whose_clock_runs_ahead_still_signs() {
+        let key = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let ring = KeyRing::from_entries(vec![entry(&key, T0 + 5, None)], RETAIN, T0).unwrap();
+        assert_eq!(ring.signing().kid, key.kid);
+        assert_eq!(ring.next_transition(), Some(T0 + 5));
+        assert!(matches!(
+            KeyRing::from_entries(Vec::new(), RETAIN, T0),
+            Err(KeyError::NoKeys)
+        ));
+    }
+
+    /// A stored record whose private key is another key's (the kid is the thumbprint) is
+    /// refused, whatever opened it.
+    #[test]
+    fn a_stored_key_under_another_keys_kid_is_refused() {
+        let a = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let b = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let mut swapped = entry(&a, T0, None);
+        swapped.private = Zeroizing::new(b.private.as_bytes().to_vec());
+        let err = KeyRing::from_entries(vec![swapped], RETAIN, T0).unwrap_err();
+        assert!(matches!(err, KeyError::ThumbprintMismatch { .. }), "{err}");
+        let mut pathy = entry(&a, T0, None);
+        pathy.kid = "../a".into();
+        let err = KeyRing::from_entries(vec![pathy], RETAIN, T0).unwrap_err();
+        assert!(matches!(err, KeyError::KeyFile { .. }), "{err}");
+    }
+
+    /// Gateways building rings from the same keys at the same second agree on the signer, and
+    /// HS256 keys from the store verify without being published.
+    #[test]
+    fn rings_from_the_same_entries_agree_and_never_publish_hmac_keys() {
+        let h = NewKey::generate(KeyAlg::HS256).unwrap();
+        let e = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let build = |order: bool| {
+            let mut entries = vec![entry(&h, T0, None), entry(&e, T0, None)];
+            if order {
+                entries.reverse();
+            }
+            KeyRing::from_entries(entries, RETAIN, T0).unwrap()
+        };
+        let (one, two) = (build(false), build(true));
+        assert_eq!(one.signing().kid, two.signing().kid);
+        assert_eq!(one.lookup().len(), 2);
+        let published = one.jwks()["keys"].as_array().unwrap().clone();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0]["kid"], e.kid.as_str());
+    }
+
+    #[test]
+    fn jwks_cache_control_says_the_max_age() {
+        assert_eq!(
+            JWKS_CACHE_CONTROL,
+            format!("public, max-age={}", JWKS_MAX_AGE.as_secs())
         );
     }
 

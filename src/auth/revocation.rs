@@ -119,6 +119,9 @@ pub struct Revocation {
     /// Unix second at which the mirror was last known current: the store answered a catch-up
     /// (or the load) that started then. Requests compare it with their bound on staleness.
     current_at: AtomicI64,
+    /// Set when the feed announced new signing keys (or was read from a reload, which may have
+    /// skipped such an announcement); taken by whoever rebuilds the key ring.
+    keys_changed: AtomicBool,
 }
 
 impl Revocation {
@@ -131,6 +134,7 @@ impl Revocation {
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
             current_at: AtomicI64::new(now),
+            keys_changed: AtomicBool::new(false),
         };
         let mut seq = this.seq.lock().await;
         *seq = this.reload(store, now).await?;
@@ -177,6 +181,7 @@ impl Revocation {
                 );
                 *seq = self.reload(store, now).await?;
                 self.current_at.fetch_max(now, Ordering::Release);
+                self.keys_changed.store(true, Ordering::Release);
                 return Ok(applied);
             }
             let full = batch.changes.len() == PAGE;
@@ -188,6 +193,7 @@ impl Revocation {
                         username,
                         not_before,
                     } => self.cut(&username, not_before),
+                    Change::KeysChanged => self.keys_changed.store(true, Ordering::Release),
                 }
             }
             *seq = batch.last;
@@ -202,6 +208,11 @@ impl Revocation {
     /// catch-up that started then found nothing more.
     pub fn current_at(&self) -> i64 {
         self.current_at.load(Ordering::Acquire)
+    }
+
+    /// Whether the feed announced a change of the signing keys since the last call.
+    pub fn take_keys_changed(&self) -> bool {
+        self.keys_changed.swap(false, Ordering::AcqRel)
     }
 
     /// Whether `identity` is refused: its `jti` or its session revoked, or (for the gateway's
@@ -300,6 +311,7 @@ mod tests {
             cuts: ArcSwap::default(),
             seq: tokio::sync::Mutex::new(0),
             current_at: AtomicI64::new(0),
+            keys_changed: AtomicBool::new(false),
         }
     }
 

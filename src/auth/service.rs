@@ -1,7 +1,10 @@
 //! The authentication service: builds the authenticator (proxy path) and the grants (endpoint
-//! path) from the auth settings, runs the endpoints apart from proxied traffic, and reloads keys.
+//! path) from the auth settings, runs the endpoints apart from proxied traffic, and reloads keys:
+//! from `keys_dir` on request, or, with the keys in the store (`kek_file`), whenever the change
+//! feed announces new keys and whenever the ring's next transition comes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -12,6 +15,7 @@ use crate::auth::endpoints::{self, Endpoint, EndpointError};
 use crate::auth::grants::{GrantError, Grants};
 use crate::auth::issuers::{IssuerError, TrustedIssuers};
 use crate::auth::keys::{KeyError, KeyRing};
+use crate::auth::keystore::{self, Kek, KeystoreError};
 use crate::auth::password::{
     DEFAULT_QUEUE_PER_WORKER, HashParams, PasswordError, PasswordPool, PoolLimits,
 };
@@ -27,6 +31,8 @@ use crate::store::{Store, StoreError};
 pub enum ServiceError {
     #[error("keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("keys in the store: {0}")]
+    Keystore(#[from] KeystoreError),
     #[error("password hashing: {0}")]
     Password(#[from] PasswordError),
     #[error("store: {0}")]
@@ -42,6 +48,12 @@ pub struct AuthService {
     /// Where the endpoints run, apart from the proxy runtime (see [`crate::auth::runtime`]).
     /// Its thread ends when the service is dropped.
     endpoints: EndpointRuntime,
+    /// With the keys in the store: the KEK that opens them.
+    kek: Option<Kek>,
+    /// A rebuild of the ring from the store is due (announced, or failed and to be retried).
+    keys_due: AtomicBool,
+    /// The last rebuild failed (logged once until one succeeds).
+    keys_failing: AtomicBool,
 }
 
 impl AuthService {
@@ -55,7 +67,21 @@ impl AuthService {
         store: Arc<dyn Store>,
         previous: Option<&AuthService>,
     ) -> Result<Self, ServiceError> {
-        let keys = load_keys(&config, true)?;
+        let kek = config.kek_file.as_deref().map(Kek::load).transpose()?;
+        let keys = match &kek {
+            Some(kek) => {
+                let ring = keystore::load_or_create_ring(
+                    &*store,
+                    kek,
+                    config.algorithm,
+                    key_retention(&config),
+                    unix_now(),
+                )
+                .await?;
+                key_state(&config, ring)
+            }
+            None => load_keys(&config, true)?,
+        };
         let p = &config.password;
         let workers = if p.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -98,7 +124,13 @@ impl AuthService {
         .await?;
         let authenticator = Arc::new(authenticator);
         let grants = Arc::new(Grants::new(config, authenticator, store, pool, limits));
-        Ok(Self { grants, endpoints })
+        Ok(Self {
+            grants,
+            endpoints,
+            kek,
+            keys_due: AtomicBool::new(false),
+            keys_failing: AtomicBool::new(false),
+        })
     }
 
     /// The kernel's ids of the threads doing login work: the endpoint runtime's driver thread,
@@ -136,6 +168,49 @@ impl AuthService {
         let keys = load_keys(self.config(), false)?;
         self.authenticator().swap_keys(keys);
         Ok(())
+    }
+
+    /// With the keys in the store: rebuilds the ring when the change feed announced new keys
+    /// (follow the feed first) or the ring's next transition has come (a key starts signing, a
+    /// retired one's retention ends), so no event is needed for a published key to start
+    /// signing. Called after each catch-up with the feed. On failure the running ring stays
+    /// and the rebuild is retried at the next call; the failure is logged once. Returns whether
+    /// the ring was rebuilt.
+    pub async fn follow_keys(&self) -> bool {
+        let announced = self.authenticator().take_keys_changed();
+        let Some(kek) = &self.kek else {
+            return false;
+        };
+        let now = unix_now();
+        let transition = self
+            .authenticator()
+            .keys()
+            .ring
+            .next_transition()
+            .is_some_and(|t| t <= now);
+        let due = self.keys_due.swap(false, Ordering::AcqRel) | announced | transition;
+        if !due {
+            return false;
+        }
+        let config = self.config();
+        match keystore::load_ring(&**self.store(), kek, key_retention(config), now).await {
+            Ok(ring) => {
+                let signing = ring.signing().kid.clone();
+                self.authenticator().swap_keys(key_state(config, ring));
+                if self.keys_failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("reading the signing keys from the store again");
+                }
+                tracing::info!(%signing, "signing keys rebuilt from the store");
+                true
+            }
+            Err(e) => {
+                self.keys_due.store(true, Ordering::Release);
+                if !self.keys_failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "cannot rebuild the signing keys from the store; keeping the running ones");
+                }
+                false
+            }
+        }
     }
 
     /// The proxy path's half.
@@ -182,14 +257,23 @@ impl AuthService {
     }
 }
 
+/// How long a retired key still verifies: until every token it signed has expired.
+pub fn key_retention(config: &AuthConfig) -> Duration {
+    config.access_token_lifetime + config.leeway + Duration::from_secs(60)
+}
+
 fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> {
-    // Old keys verify until every token they signed has expired.
-    let retain = config.access_token_lifetime + config.leeway + Duration::from_secs(60);
+    let retain = key_retention(config);
     let ring = if generate {
         KeyRing::load_or_generate(&config.keys_dir, config.algorithm, retain)?
     } else {
         KeyRing::load(&config.keys_dir, retain)?
     };
+    Ok(key_state(config, ring))
+}
+
+/// The ring and the verifier of the gateway's own tokens built on it.
+fn key_state(config: &AuthConfig, ring: KeyRing) -> KeyState {
     let policy = Policy {
         issuer: config.issuer.clone(),
         audiences: vec![config.audience.clone()],
@@ -200,5 +284,75 @@ fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> 
         identity_claims: IdentityClaims::Standard,
     };
     let verifier = Verifier::new(policy, ring.lookup().clone());
-    Ok(KeyState { ring, verifier })
+    KeyState { ring, verifier }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::KeyAlg;
+    use crate::config::Config;
+    use crate::store::sqlite::SqliteStore;
+
+    fn published(auth: &AuthService) -> Vec<String> {
+        auth.authenticator().keys().ring.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn signing(auth: &AuthService) -> String {
+        auth.authenticator().keys().ring.signing().kid.clone()
+    }
+
+    /// Two gateways on one store (two handles): a rotation made through one reaches the other
+    /// through the feed, which publishes the new key at once and signs with it at its
+    /// activation without any further event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_publishes_a_rotation_made_elsewhere_and_signs_with_it_at_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek_file = dir.path().join("kek");
+        Kek::write_new(&kek_file).unwrap();
+        let keys_dir = dir.path().join("keys");
+        let text = format!(
+            "[auth]\nkek_file = {:?}\nkeys_dir = {:?}\n",
+            kek_file.display().to_string(),
+            keys_dir.display().to_string()
+        );
+        let config = Config::from_toml(&text).unwrap().auth;
+        let db = dir.path().join("state.db");
+        let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+        let gateway: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+        let auth = AuthService::new(config.clone(), gateway, None)
+            .await
+            .unwrap();
+        let first = signing(&auth);
+        assert!(!keys_dir.exists(), "no key directory with kek_file");
+        assert!(!auth.follow_keys().await, "nothing announced, nothing due");
+
+        let kek = Kek::load(&kek_file).unwrap();
+        let now = unix_now();
+        let new = keystore::rotate(
+            &*other,
+            &kek,
+            KeyAlg::ES256,
+            Duration::from_secs(2),
+            key_retention(&config),
+            now,
+        )
+        .await
+        .unwrap();
+        auth.authenticator().follow().await.unwrap();
+        assert!(auth.follow_keys().await, "announced by the feed");
+        assert_eq!(published(&auth), [first.clone(), new.kid.clone()]);
+        assert_eq!(signing(&auth), first, "published before it signs");
+
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        auth.authenticator().follow().await.unwrap();
+        assert!(auth.follow_keys().await, "its activation is due");
+        assert_eq!(signing(&auth), new.kid);
+        assert!(!auth.follow_keys().await);
+    }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::claims::check_account_values;
 use crate::auth::issuers::{IssuerSettings, RawTrustedIssuer};
-use crate::auth::keys::KeyAlg;
+use crate::auth::keys::{JWKS_MAX_AGE, KeyAlg};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
 // The validator's own defaults, defined once there.
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
@@ -52,6 +52,13 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 pub const DEFAULT_ALGORITHM: &str = "EdDSA";
 /// Default directory of the gateway's signing keys.
 pub const DEFAULT_KEYS_DIR: &str = "data/keys";
+/// Default time a rotated key of the store is published before it signs: twice the JWKS
+/// max-age, so a verifier that fetched the key set just before the rotation has refetched it
+/// (with room for one that refreshes late) before the first token signed with the new key.
+pub const DEFAULT_PUBLISH_AHEAD: &str = "10m";
+/// Shortest `publish_ahead` accepted: the JWKS max-age, plus a second for a gateway to hear
+/// of the rotation through the change feed (it polls every 250 ms) and rebuild its ring.
+pub const MIN_PUBLISH_AHEAD: Duration = JWKS_MAX_AGE.saturating_add(Duration::from_secs(1));
 
 /// The `[auth]` section as written.
 #[derive(Debug, Deserialize, Serialize)]
@@ -62,6 +69,8 @@ pub struct RawAuth {
     pub audience: String,
     pub algorithm: String,
     pub keys_dir: PathBuf,
+    pub kek_file: Option<PathBuf>,
+    pub publish_ahead: RawDuration,
     pub access_token_lifetime: RawDuration,
     pub refresh_token_lifetime: RawDuration,
     pub refresh_reuse_grace: RawDuration,
@@ -87,6 +96,8 @@ impl Default for RawAuth {
             audience: DEFAULT_AUDIENCE.into(),
             algorithm: DEFAULT_ALGORITHM.into(),
             keys_dir: DEFAULT_KEYS_DIR.into(),
+            kek_file: None,
+            publish_ahead: DEFAULT_PUBLISH_AHEAD.into(),
             access_token_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME.into(),
             refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
             refresh_reuse_grace: DEFAULT_REFRESH_REUSE_GRACE.into(),
@@ -115,6 +126,11 @@ pub struct AuthConfig {
     pub audience: String,
     pub algorithm: KeyAlg,
     pub keys_dir: PathBuf,
+    /// When set, the signing keys live in the store, sealed under this key-encryption key
+    /// (`crate::auth::keystore`), and `keys_dir` is not used.
+    pub kek_file: Option<PathBuf>,
+    /// How long a rotated key of the store is published before it signs.
+    pub publish_ahead: Duration,
     pub access_token_lifetime: Duration,
     pub refresh_token_lifetime: Duration,
     /// After a rotation, how long the rotated token may be presented again for a sibling pair
@@ -170,6 +186,23 @@ impl RawAuth {
         })?;
         if self.keys_dir.as_os_str().is_empty() {
             return Err(invalid("auth.keys_dir", "must not be empty"));
+        }
+        if self
+            .kek_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(invalid("auth.kek_file", "must not be empty"));
+        }
+        let publish_ahead = self.publish_ahead.parse("auth.publish_ahead")?;
+        if publish_ahead < MIN_PUBLISH_AHEAD {
+            return Err(invalid(
+                "auth.publish_ahead",
+                format!(
+                    "must be at least {}s (the JWKS max-age plus the time gateways take to hear of a rotation)",
+                    MIN_PUBLISH_AHEAD.as_secs()
+                ),
+            ));
         }
         let access_token_lifetime =
             nonzero("auth.access_token_lifetime", &self.access_token_lifetime)?;
@@ -233,6 +266,8 @@ impl RawAuth {
             audience: self.audience,
             algorithm,
             keys_dir: self.keys_dir,
+            kek_file: self.kek_file,
+            publish_ahead,
             access_token_lifetime,
             refresh_token_lifetime,
             refresh_reuse_grace,
@@ -255,6 +290,23 @@ impl RawAuth {
 #[cfg(test)]
 mod tests {
     use crate::config::refusal as err;
+
+    #[test]
+    fn a_key_published_for_less_than_the_jwks_max_age_is_refused() {
+        use super::*;
+        let e = err("[auth]\npublish_ahead = \"300s\"\n");
+        assert!(e.contains("auth.publish_ahead"), "{e}");
+        let default = RawDuration::from(DEFAULT_PUBLISH_AHEAD)
+            .parse("auth.publish_ahead")
+            .unwrap();
+        assert!(default >= MIN_PUBLISH_AHEAD);
+        assert!(
+            MIN_PUBLISH_AHEAD >= JWKS_MAX_AGE + crate::auth::revocation::FOLLOW_EVERY,
+            "a gateway hears of a rotation within one poll"
+        );
+        let e = err("[auth]\nkek_file = \"\"\n");
+        assert!(e.contains("auth.kek_file"), "{e}");
+    }
 
     #[test]
     fn leeway_is_capped() {

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use super::{
     CHANGE_RETENTION, Change, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts,
     LoginAdmission, LoginVerdict, NewUser, RefreshRecord, RefreshState, RefreshSuccessor,
-    RotateError, SessionOrigin, Store, StoreError,
+    RotateError, SessionOrigin, Store, StoreError, StoredKey,
 };
+use crate::auth::keys::KeyAlg;
 use crate::auth::username::Username;
 use crate::limits::ClientNetwork;
 
@@ -62,6 +63,9 @@ macro_rules! contract_tests {
             failures_from_many_networks_meet_the_per_user_ceiling,
             a_success_forgets_its_networks_failures_but_not_the_ceiling_count,
             unlock_lifts_the_lock_of_every_network_and_everywhere,
+            a_first_key_is_stored_only_into_an_empty_store,
+            a_rotation_publishes_the_new_key_and_retires_the_signing_ones_at_its_activation,
+            a_rotation_with_a_taken_kid_changes_nothing,
         );
         $crate::store::contract::contract_tests!(@each $fixture, [tokio::test], shared:
             usable_as_shared_trait_object,
@@ -78,6 +82,8 @@ macro_rules! contract_tests {
             every_revocation_and_cut_reaches_the_other_handle_through_the_feed,
             concurrent_admissions_are_counted_per_network_and_per_name,
             concurrent_feed_writes_reach_a_follower_exactly_once,
+            concurrent_first_start_agrees_on_one_key,
+            key_changes_reach_the_other_handle_through_the_feed,
         );
     };
     (@each $fixture:expr, [$attr:meta], $how:ident: $($case:ident),+ $(,)?) => {
@@ -1401,6 +1407,7 @@ pub(crate) async fn concurrent_feed_writes_reach_a_follower_exactly_once(
     let mut cuts: Vec<(String, i64)> = Vec::new();
     for change in seen {
         match change {
+            Change::KeysChanged => panic!("no key was written"),
             Change::Revoked { id, .. } => ids.push(id),
             Change::SessionsCut {
                 username,
@@ -1436,4 +1443,179 @@ pub(crate) async fn concurrent_feed_writes_reach_a_follower_exactly_once(
 pub(crate) async fn usable_as_shared_trait_object(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(store.list_users().await.unwrap().is_empty());
+}
+
+/// A stored key `kid` signing from `active_from`, with sealed bytes that name it.
+fn key(kid: &str, active_from: i64) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        alg: KeyAlg::EdDSA,
+        sealed: format!("sealed {kid}").into_bytes(),
+        created_at: NOW,
+        active_from,
+        retired_at: None,
+    }
+}
+
+/// The kids of the keys listed with `retired_after`.
+async fn kids(store: &dyn Store, retired_after: i64) -> Vec<String> {
+    let keys = store.signing_keys(retired_after).await.unwrap();
+    keys.into_iter().map(|k| k.kid).collect()
+}
+
+pub(crate) async fn a_first_key_is_stored_only_into_an_empty_store(store: &dyn Store) {
+    assert!(store.signing_keys(0).await.unwrap().is_empty());
+    let start = store.change_seq().await.unwrap();
+    assert!(store.insert_first_if_empty(key("k1", NOW)).await.unwrap());
+    assert!(!store.insert_first_if_empty(key("k2", NOW)).await.unwrap());
+    assert_eq!(store.signing_keys(0).await.unwrap(), [key("k1", NOW)]);
+    let feed = store.changes_since(start, 10).await.unwrap();
+    assert_eq!(
+        feed.changes,
+        [Change::KeysChanged],
+        "only the stored key is announced"
+    );
+    // Retired keys count: a store that ever had a key never takes a "first" one again.
+    store.add_and_retire(key("k3", NOW + 10), 0).await.unwrap();
+    store
+        .add_and_retire(key("k4", NOW + 20), NOW + 10)
+        .await
+        .unwrap();
+    assert_eq!(kids(store, 0).await, ["k3", "k4"], "k1 forgotten");
+    assert!(!store.insert_first_if_empty(key("k5", NOW)).await.unwrap());
+}
+
+pub(crate) async fn a_rotation_publishes_the_new_key_and_retires_the_signing_ones_at_its_activation(
+    store: &dyn Store,
+) {
+    assert!(store.insert_first_if_empty(key("a", NOW)).await.unwrap());
+    let start = store.change_seq().await.unwrap();
+    store.add_and_retire(key("b", NOW + 600), 0).await.unwrap();
+    let keys = store.signing_keys(0).await.unwrap();
+    assert_eq!(
+        keys,
+        [
+            StoredKey {
+                retired_at: Some(NOW + 600),
+                ..key("a", NOW)
+            },
+            key("b", NOW + 600),
+        ],
+        "a signs until b does; b is listed before it signs"
+    );
+    // A second rotation before b signs retires b (not yet signing) at c's activation; a keeps
+    // its own retirement.
+    store.add_and_retire(key("c", NOW + 700), 0).await.unwrap();
+    let retired: Vec<_> = store
+        .signing_keys(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.kid, k.retired_at))
+        .collect();
+    assert_eq!(
+        retired,
+        [
+            ("a".to_owned(), Some(NOW + 600)),
+            ("b".to_owned(), Some(NOW + 700)),
+            ("c".to_owned(), None),
+        ]
+    );
+    // Listing leaves out keys retired at or before the bound; they stay stored until a rotation
+    // forgets them.
+    assert_eq!(kids(store, NOW + 600).await, ["b", "c"]);
+    assert_eq!(kids(store, NOW + 700).await, ["c"]);
+    assert_eq!(kids(store, 0).await, ["a", "b", "c"]);
+    store
+        .add_and_retire(key("d", NOW + 800), NOW + 600)
+        .await
+        .unwrap();
+    assert_eq!(kids(store, 0).await, ["b", "c", "d"]);
+    let feed = store.changes_since(start, 10).await.unwrap();
+    assert_eq!(
+        feed.changes,
+        [
+            Change::KeysChanged,
+            Change::KeysChanged,
+            Change::KeysChanged
+        ]
+    );
+}
+
+pub(crate) async fn a_rotation_with_a_taken_kid_changes_nothing(store: &dyn Store) {
+    assert!(store.insert_first_if_empty(key("a", NOW)).await.unwrap());
+    store.add_and_retire(key("b", NOW + 10), 0).await.unwrap();
+    let before = store.signing_keys(0).await.unwrap();
+    let seq = store.change_seq().await.unwrap();
+    let err = store
+        .add_and_retire(key("b", NOW + 20), NOW + 5)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::DuplicateKey(kid) if kid == "b"),
+        "{err}"
+    );
+    assert_eq!(
+        store.signing_keys(0).await.unwrap(),
+        before,
+        "nothing retired or forgotten"
+    );
+    assert_eq!(store.change_seq().await.unwrap(), seq, "nothing announced");
+}
+
+/// Gateways starting at once against an empty store, on two handles (two processes): exactly
+/// one first key is stored, and every one of them then finds that key and no other. A check
+/// and an insert that are not one step would store several, and gateways would sign with keys
+/// the others have never heard of.
+pub(crate) async fn concurrent_first_start_agrees_on_one_key(stores: [Arc<dyn Store>; 2]) {
+    const GATEWAYS: usize = 8;
+    let barrier = Arc::new(tokio::sync::Barrier::new(GATEWAYS));
+    let starts: Vec<_> = (0..GATEWAYS)
+        .map(|g| {
+            let store = Arc::clone(&stores[g % 2]);
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let won = store
+                    .insert_first_if_empty(key(&format!("gateway{g}"), NOW))
+                    .await
+                    .unwrap();
+                (won, kids(&*store, 0).await)
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    let mut seen = Vec::new();
+    for start in starts {
+        let (won, kids) = start.await.unwrap();
+        winners += usize::from(won);
+        seen.push(kids);
+    }
+    assert_eq!(winners, 1, "exactly one first key");
+    let agreed = &seen[0];
+    assert_eq!(agreed.len(), 1, "{agreed:?}");
+    assert!(seen.iter().all(|kids| kids == agreed), "{seen:?}");
+}
+
+pub(crate) async fn key_changes_reach_the_other_handle_through_the_feed(
+    stores: [Arc<dyn Store>; 2],
+) {
+    let [writer, reader] = stores;
+    let start = reader.change_seq().await.unwrap();
+    assert!(writer.insert_first_if_empty(key("a", NOW)).await.unwrap());
+    writer.revoke_id("jti-1", NOW + 100).await.unwrap();
+    writer.add_and_retire(key("b", NOW + 600), 0).await.unwrap();
+    let batch = reader.changes_since(start, 10).await.unwrap();
+    assert_eq!(
+        batch.changes,
+        [
+            Change::KeysChanged,
+            Change::Revoked {
+                id: "jti-1".into(),
+                expires_at: NOW + 100
+            },
+            Change::KeysChanged,
+        ]
+    );
+    assert_eq!(kids(&*reader, 0).await, ["a", "b"]);
 }

@@ -59,8 +59,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{
     CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
     Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord,
-    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, Store,
-    StoreError, User, Users,
+    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys,
+    Store, StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -96,6 +96,9 @@ const MIGRATION_LOCK: i64 = 0x6761_7465_686f_7573;
 /// migration lock's); the second key is the server's `hashtext` of the name. Two names that
 /// share a hash only wait for each other.
 const LOGIN_LOCK_CLASS: i32 = 0x6768_6c6f;
+/// Advisory lock key held by every write to the signing keys ("gh keys!"), so "is the table
+/// empty?" and the insert that follows are one step for concurrent first starts.
+const KEYS_LOCK: i64 = 0x6768_206b_6579_7321;
 
 /// Deadlocks and serialization failures are retried this many times after the first attempt.
 const RETRIES: u32 = 4;
@@ -294,7 +297,7 @@ impl Tls {
 }
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The version this build writes (a handful of migrations always fits in `i32`).
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -378,6 +381,22 @@ CREATE TABLE login_attempts (
 );
 CREATE INDEX login_attempts_username_network ON login_attempts (username, network);
 CREATE INDEX login_attempts_expires_at ON login_attempts (expires_at);
+";
+
+/// Version 2: the signing keys gateways share (SQLite's version 6); the feed announces key
+/// changes too.
+const SCHEMA_V2: &str = "
+CREATE TABLE signing_keys (
+    kid         text PRIMARY KEY,
+    alg         text NOT NULL,
+    sealed      bytea NOT NULL,
+    created_at  bigint NOT NULL,
+    active_from bigint NOT NULL,
+    retired_at  bigint
+);
+
+ALTER TABLE changes DROP CONSTRAINT changes_kind_check,
+    ADD CONSTRAINT changes_kind_check CHECK (kind IN ('revoked', 'cut', 'keys'));
 ";
 
 /// Where the schema version lives (created by the first migration run, outside the versions).
@@ -1593,6 +1612,7 @@ impl Revocations for PgStore {
                         username: stored_username(&subject)?,
                         not_before: value,
                     },
+                    "keys" => Change::KeysChanged,
                     _ => {
                         return Err(StoreError::Corrupt(format!("change of kind {kind:?}")).into());
                     }
@@ -1753,6 +1773,111 @@ impl LoginFailures for PgStore {
     }
 }
 
+const KEY_COLUMNS: &str = "kid, alg, sealed, created_at, active_from, retired_at";
+
+fn read_key(row: &Row) -> Result<StoredKey, StoreError> {
+    let kid: String = col(row, 0)?;
+    let alg: &str = col(row, 1)?;
+    let alg = alg
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("signing key {kid}: algorithm {alg:?}")))?;
+    Ok(StoredKey {
+        alg,
+        sealed: col(row, 2)?,
+        created_at: col(row, 3)?,
+        active_from: col(row, 4)?,
+        retired_at: col(row, 5)?,
+        kid,
+    })
+}
+
+/// Stores `key` inside a transaction that holds [`KEYS_LOCK`]; `DuplicateKey` when its kid is
+/// taken.
+async fn insert_key(tx: &Tx<'_>, key: &StoredKey) -> Result<(), Fail> {
+    let inserted = tx
+        .exec(
+            &format!(
+                "INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (kid) DO NOTHING"
+            ),
+            &[
+                &key.kid,
+                &key.alg.name(),
+                &key.sealed,
+                &key.created_at,
+                &key.active_from,
+                &key.retired_at,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(StoreError::DuplicateKey(key.kid.clone()).into());
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SigningKeys for PgStore {
+    async fn signing_keys(&self, retired_after: i64) -> Result<Vec<StoredKey>, StoreError> {
+        on_connection!(self, |c| {
+            let rows = c
+                .rows(
+                    &format!(
+                        "SELECT {KEY_COLUMNS} FROM signing_keys \
+                         WHERE retired_at IS NULL OR retired_at > $1 \
+                         ORDER BY active_from, kid COLLATE \"C\""
+                    ),
+                    &[&retired_after],
+                )
+                .await?;
+            Ok(rows.iter().map(read_key).collect::<Result<_, _>>()?)
+        })
+    }
+
+    async fn insert_first_if_empty(&self, key: StoredKey) -> Result<bool, StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            // Held to commit; READ COMMITTED gives the next statement a snapshot taken after
+            // the lock, so it sees the key a gateway that held the lock before committed.
+            tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+                .await?;
+            let any = tx
+                .opt("SELECT EXISTS (SELECT 1 FROM signing_keys)", &[])
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("EXISTS returned no row".into()))?;
+            if col::<bool>(&any, 0)? {
+                return Ok(false);
+            }
+            insert_key(&tx, &key).await?;
+            record_change(&tx, "keys", key.kid.as_bytes(), key.active_from).await?;
+            tx.commit().await?;
+            Ok(true)
+        }))
+    }
+
+    async fn add_and_retire(&self, key: StoredKey, forget_before: i64) -> Result<(), StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            tx.exec("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+                .await?;
+            tx.exec(
+                "DELETE FROM signing_keys WHERE retired_at <= $1",
+                &[&forget_before],
+            )
+            .await?;
+            tx.exec(
+                "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL",
+                &[&key.active_from],
+            )
+            .await?;
+            insert_key(&tx, &key).await?;
+            record_change(&tx, "keys", key.kid.as_bytes(), key.active_from).await?;
+            tx.commit().await?;
+            Ok(())
+        }))
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
@@ -1871,6 +1996,46 @@ mod tests {
         drop(stores);
         let again = PgStore::open(&fixture.config).await.unwrap();
         assert_eq!(again.list_users().await.unwrap().len(), 1);
+    }
+
+    /// A database of schema 1 (before shared keys) is upgraded in place: its feed goes on
+    /// where it was and announces key changes from then on.
+    #[tokio::test]
+    async fn a_schema_v1_database_is_upgraded_with_its_feed() {
+        let Some(fixture) = fixture().await else {
+            return;
+        };
+        let client = raw(&fixture.config).await;
+        client.batch_execute(SCHEMA_TABLE).await.unwrap();
+        client.batch_execute(SCHEMA_V1).await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO gatehouse_schema (version) VALUES (1); \
+                 UPDATE change_counter SET seq = 7; \
+                 INSERT INTO changes VALUES (7, 'revoked', 'jti-7', 1, 1);",
+            )
+            .await
+            .unwrap();
+        let store = PgStore::open(&fixture.config).await.unwrap();
+        assert_eq!(store.change_seq().await.unwrap(), 7);
+        let key = StoredKey {
+            kid: "k".into(),
+            alg: crate::auth::keys::KeyAlg::EdDSA,
+            sealed: vec![1],
+            created_at: NOW,
+            active_from: NOW,
+            retired_at: None,
+        };
+        assert!(store.insert_first_if_empty(key).await.unwrap());
+        let batch = store.changes_since(6, 10).await.unwrap();
+        assert_eq!(batch.last, 8);
+        assert_eq!(batch.changes[1], Change::KeysChanged);
+        let version: i32 = client
+            .query_one("SELECT version FROM gatehouse_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, 2);
     }
 
     #[tokio::test]
@@ -2094,6 +2259,53 @@ mod tests {
         assert!(writer.remove_user(&name("nobody"), NOW).await.is_err());
         let quiet = tokio::time::timeout(Duration::from_millis(300), signal.changed()).await;
         assert!(quiet.is_err(), "a rolled-back cut woke the follower");
+    }
+
+    /// Gateways on PostgreSQL: a rotation through one handle wakes the other's follower at its
+    /// commit, and the ring that gateway rebuilds then publishes the new key while the old one
+    /// still signs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_through_one_handle_reaches_the_others_ring_at_its_commit() {
+        use crate::auth::keys::KeyAlg;
+        use crate::auth::keystore::{self, Kek};
+        use crate::auth::revocation::Revocation;
+
+        let Some(fixture) = fixture().await else {
+            return;
+        };
+        let retain = Duration::from_secs(900);
+        let dir = tempfile::tempdir().unwrap();
+        Kek::write_new(&dir.path().join("kek")).unwrap();
+        let kek = Kek::load(&dir.path().join("kek")).unwrap();
+        let writer = fixture.open().await;
+        let follower = fixture.open().await;
+        let ring = keystore::load_or_create_ring(&*follower, &kek, KeyAlg::EdDSA, retain, NOW)
+            .await
+            .unwrap();
+        let mirror = Revocation::load(&*follower, NOW).await.unwrap();
+        let mut signal = follower.change_signal().unwrap();
+        signal.mark_unchanged();
+        let new = keystore::rotate(
+            &*writer,
+            &kek,
+            KeyAlg::EdDSA,
+            Duration::from_secs(600),
+            retain,
+            NOW,
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), signal.changed())
+            .await
+            .expect("woken by the commit")
+            .unwrap();
+        mirror.catch_up(&*follower, NOW).await.unwrap();
+        assert!(mirror.take_keys_changed());
+        let rebuilt = keystore::load_ring(&*follower, &kek, retain, NOW)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.signing().kid, ring.signing().kid);
+        assert!(rebuilt.verification_key(&new.kid).is_some());
     }
 
     /// The listening connection is killed by the server; the listener reconnects (waking

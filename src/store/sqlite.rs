@@ -26,8 +26,8 @@ use rusqlite::{
 use super::{
     CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
     Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord,
-    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, Store,
-    StoreError, User, Users,
+    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys,
+    Store, StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -37,7 +37,9 @@ use crate::limits::ClientNetwork;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -152,6 +154,35 @@ CREATE TABLE changes (
     value      INTEGER NOT NULL,
     created_at INTEGER NOT NULL
 ) STRICT;
+";
+
+/// Version 6: the signing keys gateways share (private keys sealed by the caller), and a feed
+/// that also announces key changes. The feed table is rebuilt to widen its `kind` check; its
+/// last sequence number is carried over first (AUTOINCREMENT keeps it in `sqlite_sequence`),
+/// so a follower that had seen it, even with every row purged since, misses nothing after.
+const SCHEMA_V6: &str = "
+CREATE TABLE signing_keys (
+    kid         TEXT PRIMARY KEY NOT NULL,
+    alg         TEXT NOT NULL,
+    sealed      BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    active_from INTEGER NOT NULL,
+    retired_at  INTEGER
+) STRICT;
+
+CREATE TABLE changes_v6 (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL CHECK (kind IN ('revoked', 'cut', 'keys')),
+    subject    TEXT NOT NULL,
+    value      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'changes_v6', seq FROM sqlite_sequence WHERE name = 'changes';
+INSERT INTO changes_v6 (seq, kind, subject, value, created_at)
+    SELECT seq, kind, subject, value, created_at FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_v6 RENAME TO changes;
 ";
 
 /// Failure rows untouched for this long are purged (longer than any sensible find_time).
@@ -1064,6 +1095,7 @@ impl Revocations for SqliteStore {
                         username: stored_username(&subject)?,
                         not_before: value,
                     },
+                    "keys" => Change::KeysChanged,
                     _ => return Err(StoreError::Corrupt(format!("change of kind {kind:?}"))),
                 });
                 batch.last = u64::try_from(n).unwrap_or(0);
@@ -1223,6 +1255,122 @@ impl LoginFailures for SqliteStore {
             tx.execute("DELETE FROM login_failures WHERE username = ?1", [&name])?;
             tx.commit()?;
             Ok(locked)
+        })
+        .await
+    }
+}
+
+const KEY_COLUMNS: &str = "kid, alg, sealed, created_at, active_from, retired_at";
+
+struct KeyRow {
+    kid: String,
+    alg: String,
+    sealed: Vec<u8>,
+    created_at: i64,
+    active_from: i64,
+    retired_at: Option<i64>,
+}
+
+impl KeyRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            kid: row.get(0)?,
+            alg: row.get(1)?,
+            sealed: row.get(2)?,
+            created_at: row.get(3)?,
+            active_from: row.get(4)?,
+            retired_at: row.get(5)?,
+        })
+    }
+
+    fn into_key(self) -> Result<StoredKey, StoreError> {
+        let alg = self.alg.parse().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "signing key {}: algorithm {:?}",
+                self.kid, self.alg
+            ))
+        })?;
+        Ok(StoredKey {
+            kid: self.kid,
+            alg,
+            sealed: self.sealed,
+            created_at: self.created_at,
+            active_from: self.active_from,
+            retired_at: self.retired_at,
+        })
+    }
+}
+
+/// Stores `key` inside a transaction; `DuplicateKey` when its kid is taken.
+fn insert_key(conn: &Connection, key: &StoredKey) -> Result<(), StoreError> {
+    let inserted = conn.execute(
+        &format!("INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            key.kid,
+            key.alg.name(),
+            key.sealed,
+            key.created_at,
+            key.active_from,
+            key.retired_at
+        ],
+    );
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+            Err(StoreError::DuplicateKey(key.kid.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[async_trait]
+impl SigningKeys for SqliteStore {
+    async fn signing_keys(&self, retired_after: i64) -> Result<Vec<StoredKey>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM signing_keys \
+                 WHERE retired_at IS NULL OR retired_at > ?1 ORDER BY active_from, kid"
+            ))?;
+            let rows = stmt.query_map([retired_after], KeyRow::read)?;
+            rows.map(|row| row?.into_key()).collect()
+        })
+        .await
+    }
+
+    async fn insert_first_if_empty(&self, key: StoredKey) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            // IMMEDIATE: the count and the insert under one write lock, across processes.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let any: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM signing_keys)", [], |r| {
+                    r.get(0)
+                })?;
+            if any {
+                return Ok(false);
+            }
+            insert_key(&tx, &key)?;
+            record_change(&tx, "keys", &key.kid, key.active_from)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn add_and_retire(&self, key: StoredKey, forget_before: i64) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM signing_keys WHERE retired_at <= ?1",
+                [forget_before],
+            )?;
+            tx.execute(
+                "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
+                [key.active_from],
+            )?;
+            insert_key(&tx, &key)?;
+            record_change(&tx, "keys", &key.kid, key.active_from)?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -1414,6 +1562,34 @@ mod tests {
                 .unwrap(),
             LoginAdmission::Exhausted
         );
+    }
+
+    /// Version 6 rebuilds the feed table: a follower that had seen change 3 of a feed since
+    /// purged empty must find the next change numbered 4, not 1 (it would never read 1 to 3).
+    #[tokio::test]
+    async fn the_feed_rebuilt_by_schema_v6_keeps_its_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..5] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5).unwrap();
+            for id in ["a", "b", "c"] {
+                record_change(&tx, "revoked", id, NOW).unwrap();
+            }
+            tx.execute("DELETE FROM changes", []).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.change_seq().await.unwrap(), 3);
+        store.revoke_id("d", NOW + 10).await.unwrap();
+        assert_eq!(store.change_seq().await.unwrap(), 4);
+        let batch = store.changes_since(3, 10).await.unwrap();
+        assert!(batch.complete);
+        assert_eq!(batch.last, 4);
     }
 
     #[test]

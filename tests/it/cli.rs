@@ -337,3 +337,74 @@ fn cli_passwords_shorter_than_registration_allows_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than 12 characters"));
 }
+
+/// `keys` with a KEK: the key-encryption key is written once, private (never overwritten), and
+/// a rotation goes to the store, published at once and signing only after `publish_ahead`;
+/// nothing is written to the key directory; a KEK others can read is refused.
+#[test]
+fn keys_rotate_with_a_kek_file_publishes_in_the_store_before_it_signs() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let kek = dir.path().join("kek");
+    let keys = |config: &std::path::Path, args: &[&str]| {
+        gatehouse()
+            .arg("--config")
+            .arg(config)
+            .arg("keys")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let new_kek = |path: &std::path::Path| {
+        gatehouse()
+            .args(["keys", "new-kek"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    ok(&new_kek(&kek));
+    assert_eq!(
+        std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let written = std::fs::read(&kek).unwrap();
+    let again = new_kek(&kek);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read(&kek).unwrap(), written);
+
+    let config = user_config(dir.path(), &format!("kek_file = {kek:?}"));
+    let first = ok(&keys(&config, &["generate"]));
+    let first = first
+        .trim()
+        .strip_prefix("current key ")
+        .unwrap()
+        .to_owned();
+    let rotated = ok(&keys(&config, &["rotate"]));
+    assert!(rotated.contains("published now, signs from"), "{rotated}");
+    let list = ok(&keys(&config, &["list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&first) && l.ends_with("current")),
+        "{list}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("published, signs from")),
+        "{list}"
+    );
+    assert!(!dir.path().join("keys").exists(), "nothing in keys_dir");
+
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = keys(&config, &["list"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("chmod 600"),
+        "{refused:?}"
+    );
+}
