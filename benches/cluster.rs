@@ -45,10 +45,21 @@ async fn run() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = postgres_store(server, &server.create_database().await, dir.path());
+    let kek = dir.path().join("kek");
+    gatehouse::auth::keystore::Kek::write_new(&kek).expect("key-encryption key");
+    let store = Shared {
+        store: postgres_store(server, &server.create_database().await, dir.path()),
+        auth: format!("kek_file = \"{}\"\n", kek.display()),
+    };
     cached_verification(&store, dir.path()).await;
     login_throughput(&store, dir.path()).await;
     propagation(&store, dir.path()).await;
+}
+
+/// The settings every node on the database shares: `[store]`, and what goes into `[auth]`.
+struct Shared {
+    store: String,
+    auth: String,
 }
 
 /// The `[store]` text for database `db`, over verified TLS, the password from a private file.
@@ -73,33 +84,41 @@ const NO_LIMITS: &str = "[auth.limits]\nper_address_burst = 1000000\nper_address
     per_user_burst = 1000000\nper_user_per_minute = 1000000\nmax_failures = 1000000\n\
     max_failures_per_user = 1000000\n";
 
-async fn service(store: &str, keys: &Path) -> Arc<AuthService> {
+async fn service(shared: &Shared, keys: &Path) -> Arc<AuthService> {
     let toml = format!(
         "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n\
          [auth]\nkeys_dir = \"{}\"\n# Built, not served: nothing follows the feed.\n\
-         max_staleness = \"1h\"\n{store}",
-        keys.display()
+         max_staleness = \"1h\"\n{}{}",
+        keys.display(),
+        shared.auth,
+        shared.store
     );
     let config = Config::from_toml(&toml).expect("config");
     let app = gatehouse::app::App::new(config, None).await.expect("build");
     app.current().auth().clone()
 }
 
-async fn cached_verification(postgres: &str, dir: &Path) {
+async fn cached_verification(postgres: &Shared, dir: &Path) {
+    let sqlite = Shared {
+        store: format!(
+            "[store]\npath = \"{}\"\n",
+            dir.join("gatehouse.db").display()
+        ),
+        auth: String::new(),
+    };
     let keys = dir.join("keys");
-    let sqlite = format!(
-        "[store]\npath = \"{}\"\n",
-        dir.join("gatehouse.db").display()
-    );
     let backends = [
         ("sqlite", service(&sqlite, &keys).await),
         ("postgres", service(postgres, &keys).await),
     ];
-    let ring = gatehouse::auth::keys::KeyRing::load(&keys, Duration::from_secs(900)).expect("keys");
-    let token = mint(&ring);
-    for (name, auth) in &backends {
+    // Each signed by its service's own key (SQLite: the keys directory; PostgreSQL: the store).
+    let tokens: Vec<String> = backends
+        .iter()
+        .map(|(_, auth)| mint(&auth.authenticator().keys().ring))
+        .collect();
+    for ((name, auth), token) in backends.iter().zip(&tokens) {
         auth.authenticator()
-            .verify_access(&token)
+            .verify_access(token)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
@@ -107,10 +126,11 @@ async fn cached_verification(postgres: &str, dir: &Path) {
     for _ in 0..VERIFY_ROUNDS {
         for (i, (_, auth)) in backends.iter().enumerate() {
             let authenticator = auth.authenticator();
+            let token = &tokens[i];
             let start = Instant::now();
             for _ in 0..VERIFY_PER_ROUND {
                 let verified = authenticator
-                    .verify_access(std::hint::black_box(&token))
+                    .verify_access(std::hint::black_box(token))
                     .await;
                 std::hint::black_box(verified.is_ok());
             }
@@ -199,15 +219,15 @@ fn start_node(config: &Path) -> Node {
 }
 
 /// A config file for the nodes, and the users they log in as.
-fn node_config(store: &str, dir: &Path, name: &str) -> PathBuf {
+fn node_config(shared: &Shared, dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n\
              [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n\
-             [auth]\nkeys_dir = \"{}\"\n{NO_LIMITS}{store}",
-            dir.join("keys").display()
+             [auth]\n{}{NO_LIMITS}{}",
+            shared.auth, shared.store
         ),
     )
     .expect("config file");
@@ -286,7 +306,7 @@ async fn logins_per_second(nodes: &[Node]) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn login_throughput(store: &str, dir: &Path) {
+async fn login_throughput(store: &Shared, dir: &Path) {
     let config = node_config(store, dir, "nodes");
     for c in 0..LOGIN_CLIENTS {
         add_user(&config, &format!("user{c}"));
@@ -305,7 +325,7 @@ async fn login_throughput(store: &str, dir: &Path) {
     );
 }
 
-async fn propagation(store: &str, dir: &Path) {
+async fn propagation(store: &Shared, dir: &Path) {
     let config = node_config(store, dir, "nodes");
     let a = start_node(&config);
     let b = start_node(&config);

@@ -1,16 +1,18 @@
 //! Several gateways, one state: real `gatehouse serve` processes on one private PostgreSQL
 //! (`[store] backend = "postgres"`, over TLS verified against the test CA, the password from a
-//! file), with no sticky sessions. What one node does (a logout, a lockout, a rotation) every
+//! file, the signing keys in it under one key-encryption key) and one private Redis (the shared
+//! login limits), with no sticky sessions. What one node does (a logout, a lockout, a rotation) every
 //! node enforces within a second; concurrent refreshes spread over the nodes have one winner;
 //! a node killed with SIGKILL loses nothing it acknowledged.
 //!
-//! Without PostgreSQL installed these tests print a notice and pass, except under `CI`.
+//! Without PostgreSQL or Redis installed these tests print a notice and pass, except under `CI`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::limits::redis_testing;
 use crate::support::{ServedBinary, Upstream, client, route, serve_binary};
 
 #[allow(dead_code)]
@@ -39,31 +41,33 @@ impl Cluster {
     /// installed (outside CI).
     async fn start(n: usize, limits: &str, auth: &str) -> Option<Cluster> {
         let server = pg::server()?;
+        let redis = redis_testing::shared()?;
         let db = server.create_database().await;
         let up = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().display().to_string();
-        let password = dir.path().join("pg-password");
-        private(&password, &format!("{}\n", server.password));
         let config = dir.path().join("gatehouse.toml");
+        let kek = dir.path().join("kek");
         std::fs::write(
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n\
-                 [log]\nformat = \"json\"\n\
-                 [store]\nbackend = \"postgres\"\n\
-                 [store.postgres]\nurl = \"postgresql://{user}@127.0.0.1:{port}/{db}\"\n\
-                 password_file = \"{pw}\"\nca_file = \"{ca}\"\n\
-                 [auth]\nkeys_dir = \"{data}/keys\"\n{auth}\n\
-                 [auth.limits]\n{limits}\n{route}",
-                user = pg::SUPERUSER,
-                port = server.port,
-                pw = password.display(),
-                ca = server.ca_file.display(),
+                 [log]\nformat = \"json\"\n{store}\
+                 [auth]\nkek_file = \"{kek}\"\n{auth}\n\
+                 [auth.limits]\n{limits}\n\
+                 [auth.limits.redis]\nurl = \"{redis}\"\nprefix = \"{db}\"\n{route}",
+                store = postgres_store(server, &db, dir.path(), ""),
+                kek = kek.display(),
+                redis = redis.url(),
                 route = route("api", "/api", &up.url(), ""),
             ),
         )
         .unwrap();
+        cli(
+            &config,
+            &["keys", "new-kek", &kek.display().to_string()],
+            None,
+        )
+        .await;
         for name in ["alice", "bob"] {
             cli(
                 &config,
@@ -72,15 +76,16 @@ impl Cluster {
             )
             .await;
         }
-        // One after the other: the first creates the signing key the others load.
+        // All at once: of nodes starting on an empty store exactly one stores the first key.
         let mut nodes = Vec::new();
-        for _ in 0..n {
-            let file = config.clone();
-            nodes.push(
+        let starts: Vec<_> = (0..n)
+            .map(|_| {
+                let file = config.clone();
                 tokio::task::spawn_blocking(move || serve_binary(&file))
-                    .await
-                    .unwrap(),
-            );
+            })
+            .collect();
+        for start in starts {
+            nodes.push(start.await.unwrap());
         }
         Some(Cluster {
             nodes,
@@ -457,14 +462,14 @@ async fn a_user_disabled_and_unlocked_by_the_cli_changes_every_node_within_a_sec
 
 /// The TOML that puts a gateway on database `db` of `server` over verified TLS, the password
 /// read from a private file in `dir`.
-fn postgres_store(server: &pg::Server, db: &str, dir: &Path) -> String {
+/// `bounds` goes into `[store.postgres]` (the timeouts).
+fn postgres_store(server: &pg::Server, db: &str, dir: &Path, bounds: &str) -> String {
     let password = dir.join("pg-password");
     private(&password, &format!("{}\n", server.password));
     format!(
         "[store]\nbackend = \"postgres\"\n[store.postgres]\n\
          url = \"postgresql://{user}@127.0.0.1:{port}/{db}\"\n\
-         password_file = \"{pw}\"\nca_file = \"{ca}\"\nconnect_timeout = \"1s\"\n\
-         statement_timeout = \"1s\"\npool_wait_timeout = \"1s\"\n",
+         password_file = \"{pw}\"\nca_file = \"{ca}\"\n{bounds}\n",
         user = pg::SUPERUSER,
         port = server.port,
         pw = password.display(),
@@ -480,10 +485,21 @@ async fn postgres_stopped_under_load_fails_closed_and_recovers_without_a_restart
     let db = server.create_database().await;
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = postgres_store(&server, &db, dir.path());
+    // Short bounds, so the outage shows at once.
+    let store = postgres_store(
+        &server,
+        &db,
+        dir.path(),
+        "connect_timeout = \"1s\"\nstatement_timeout = \"1s\"\npool_wait_timeout = \"1s\"",
+    );
+    let kek = dir.path().join("kek");
+    cli(&kek, &["keys", "new-kek", &kek.display().to_string()], None).await;
     let gw = crate::support::GatewayBuilder::route("api", "/api", &up.url(), "")
         .and(&store)
-        .and("[auth]\nmax_staleness = \"3s\"")
+        .and(&format!(
+            "[auth]\nmax_staleness = \"3s\"\nkek_file = \"{}\"",
+            kek.display()
+        ))
         .start_in(dir)
         .await;
     gw.add_user("alice", "secret-one", &[], &[]).await;
@@ -594,4 +610,116 @@ async fn postgres_stopped_under_load_fails_closed_and_recovers_without_a_restart
     let seen = load.await.unwrap();
     assert!(seen.get(&503).is_some_and(|n| *n > 0), "{seen:?}");
     assert!(seen.get(&200).is_some_and(|n| *n > 0), "{seen:?}");
+}
+
+/// The `kid`s a node's JWKS publishes.
+async fn published_kids(c: &Cluster, node: usize) -> Vec<String> {
+    let jwks: Value = client()
+        .get(c.url(node, "/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    kids.sort();
+    kids
+}
+
+/// The `kid` in a token's header.
+fn signed_with(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_key_rotated_on_one_node_is_published_by_every_node_before_any_signs_with_it() {
+    let Some(c) = Cluster::start(3, NO_RATE_LIMITS, "").await else {
+        return;
+    };
+    // Nodes started at once on an empty store agree on one key.
+    let first = published_kids(&c, 0).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    for node in 0..3 {
+        assert_eq!(published_kids(&c, node).await, first, "node {node}");
+        let tokens = c.tokens(node).await;
+        assert_eq!(signed_with(field(&tokens, "access_token")), first[0]);
+    }
+    let out = cli(&c.config, &["keys", "rotate"], None).await;
+    assert!(out.contains("published now, signs from"), "{out}");
+    let start = Instant::now();
+    for node in 0..3 {
+        loop {
+            let kids = published_kids(&c, node).await;
+            if kids.len() == 2 {
+                assert!(kids.contains(&first[0]), "node {node}: {kids:?}");
+                break;
+            }
+            assert!(
+                start.elapsed() < PROPAGATION,
+                "node {node} does not publish the rotated key after {PROPAGATION:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Published everywhere, and no node signs with it yet (it activates after publish_ahead).
+    for node in 0..3 {
+        let tokens = c.tokens(node).await;
+        assert_eq!(
+            signed_with(field(&tokens, "access_token")),
+            first[0],
+            "node {node} signs with a key a verifier may not know yet"
+        );
+        for other in 0..3 {
+            assert_eq!(
+                c.status_with(other, field(&tokens, "access_token")).await,
+                200
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn password_guessing_spread_over_three_nodes_gets_one_budget_through_redis() {
+    let limits = "per_address_burst = 100000\nper_address_per_minute = 100000\n\
+        per_user_burst = 3\nper_user_per_minute = 1\nmax_failures = 100000\n\
+        max_failures_per_user = 100000";
+    let Some(c) = Cluster::start(3, limits, "").await else {
+        return;
+    };
+    // Each node's Redis connection is up once it has answered one check (bob's logins give
+    // their charge back).
+    for node in 0..3 {
+        assert_eq!(c.login(node, "bob", "secret-one").await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Three guesses, one per node: alone, each node would allow three.
+    for node in 0..3 {
+        assert_eq!(
+            c.login(node, "alice", "wrong").await.status(),
+            400,
+            "node {node}"
+        );
+    }
+    for node in 0..3 {
+        let r = c.login(node, "alice", "secret-one").await;
+        assert_eq!(
+            r.status(),
+            429,
+            "node {node}: the budget spent on the other nodes is spent here too"
+        );
+    }
 }

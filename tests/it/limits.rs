@@ -8,7 +8,7 @@ use http::StatusCode;
 use crate::support::{GatewayBuilder, TestGateway, Upstream, client};
 
 #[path = "../../src/limits/shared/testing.rs"]
-mod redis_testing;
+pub(crate) mod redis_testing;
 
 async fn gateway(limits: &str) -> (TestGateway, Upstream) {
     let up = Upstream::start().await;
