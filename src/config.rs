@@ -253,6 +253,14 @@ impl RawConfig {
         let auth = self.auth.validate()?;
         let routes = validate_routes(self.routes, &auth.prefix)?;
         let store = self.store.validate()?;
+        if store.is_shared() && auth.kek_file.is_none() {
+            return Err(invalid(
+                "auth.kek_file",
+                "is required with store.backend = \"postgres\": gateways sharing a database \
+                 must share their signing keys too, which live in it sealed under this \
+                 key-encryption key (create one with `gatehouse keys new-kek PATH`)",
+            ));
+        }
         let admin_listen = if self.admin.enabled {
             let addr: SocketAddr = self.admin.listen.parse().map_err(|_| {
                 invalid(
@@ -373,6 +381,23 @@ mod tests {
     }
 
     use super::refusal as err;
+
+    #[test]
+    fn gateways_sharing_a_database_without_a_key_encryption_key_are_refused() {
+        let pg = "[store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"postgresql://gh@db/auth\"\n";
+        let e = refusal(pg);
+        assert!(
+            e.contains("auth.kek_file") && e.contains("keys new-kek"),
+            "{e}"
+        );
+        let c =
+            Config::from_toml(&format!("{pg}[auth]\nkek_file = \"/etc/gatehouse/kek\"\n")).unwrap();
+        assert!(c.store.is_shared());
+        let e = refusal("[store]\nbackend = \"postgres\"\n");
+        assert!(e.contains("[store.postgres]"), "{e}");
+        let e = refusal("[store.postgres]\nurl = \"postgresql://gh@db/auth\"\n");
+        assert!(e.contains("store.postgres") && e.contains("backend"), "{e}");
+    }
 
     #[test]
     fn example_config_parses() {
