@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::limits::redis_testing;
-use crate::support::{ServedBinary, Upstream, client, route, serve_binary};
+use crate::support::{ServedBinary, Upstream, cli, client, route, serve_binary};
 
 #[allow(dead_code)]
 #[path = "../../src/store/postgres/testing.rs"]
@@ -185,43 +185,6 @@ fn private(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// Runs the `gatehouse` binary on `config` off the runtime; returns stdout, panicking with
-/// stderr when it fails.
-async fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let stdin = stdin.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .env_remove("GATEHOUSE_CONFIG")
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "gatehouse {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test]

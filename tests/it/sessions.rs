@@ -3,12 +3,14 @@
 //! operator sees and ends sessions, and concurrent refreshes within the configured grace keep
 //! the session.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{GatewayBuilder, ServedBinary, TestGateway, Upstream, client, serve_binary};
+use crate::support::{
+    GatewayBuilder, ServedBinary, TestGateway, Upstream, cli, client, serve_binary,
+};
 
 /// How fast a change made elsewhere must be enforced.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -86,43 +88,6 @@ async fn setup(extra: &str) -> Setup {
         _up: up,
         config,
     }
-}
-
-/// Runs the `gatehouse` binary on `config` off the runtime (the gateway under test shares it);
-/// returns stdout, panicking with stderr when it fails.
-async fn cli(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let stdin = stdin.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .env_remove("GATEHOUSE_CONFIG")
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "gatehouse {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test]

@@ -487,3 +487,40 @@ pub fn serve_binary(config: &std::path::Path) -> ServedBinary {
         }
     }
 }
+
+/// Runs the `gatehouse` binary on `config` off the runtime (a gateway under test may share it);
+/// returns stdout, panicking with stderr when it fails.
+pub async fn cli(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+    let config = config.to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .env_remove("GATEHOUSE_CONFIG")
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "gatehouse {args:?} failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    })
+    .await
+    .unwrap()
+}
