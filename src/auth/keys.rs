@@ -653,14 +653,20 @@ impl KeyRing {
             .into_iter()
             .filter(|e| e.retired_at.is_none_or(|r| r.saturating_add(retain) > now))
             .collect();
+        let by_start =
+            |a: &&KeyEntry, b: &&KeyEntry| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid));
+        // A retired key never signs again, even when it activates after the key that retired
+        // it (two rotations out of order): its tokens would outlive its verification.
         let signer = live
             .iter()
-            .filter(|e| e.active_from <= now)
-            .max_by(|a, b| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid)))
+            .filter(|e| e.active_from <= now && e.retired_at.is_none_or(|r| r > now))
+            .max_by(by_start)
             .or_else(|| {
                 live.iter()
-                    .min_by(|a, b| (a.active_from, &a.kid).cmp(&(b.active_from, &b.kid)))
+                    .filter(|e| e.active_from <= now)
+                    .max_by(by_start)
             })
+            .or_else(|| live.iter().min_by(by_start))
             .map(|e| e.kid.clone())
             .ok_or(KeyError::NoKeys)?;
         // The signing key first in the JWKS, then the newest.
@@ -1459,6 +1465,32 @@ mod tests {
             KeyRing::from_entries(Vec::new(), RETAIN, T0),
             Err(KeyError::NoKeys)
         ));
+    }
+
+    /// Two rotations out of order (a later one with a shorter publish_ahead, or a CLI clock
+    /// behind): the second retires the first's pending key at its own activation. The retired
+    /// key must not sign once its activation comes, or its tokens would outlive its key.
+    #[test]
+    fn a_key_retired_before_its_activation_never_signs() {
+        let old = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let pending = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let newest = NewKey::generate(KeyAlg::EdDSA).unwrap();
+        let entries = || {
+            vec![
+                entry(&old, T0 - 100, Some(T0 + 600)),
+                entry(&pending, T0 + 600, Some(T0 + 310)),
+                entry(&newest, T0 + 310, None),
+            ]
+        };
+        for (now, signer) in [
+            (T0, &old.kid),
+            (T0 + 310, &newest.kid),
+            (T0 + 600, &newest.kid),
+            (T0 + 700, &newest.kid),
+        ] {
+            let ring = KeyRing::from_entries(entries(), RETAIN, now).unwrap();
+            assert_eq!(&ring.signing().kid, signer, "at T0 + {}", now - T0);
+        }
     }
 
     /// A stored record whose private key is another key's (the kid is the thumbprint) is

@@ -128,7 +128,9 @@ impl AuthService {
             grants,
             endpoints,
             kek,
-            keys_due: AtomicBool::new(false),
+            // Due at once: a rotation committed between reading the ring above and the feed's
+            // position (read by the authenticator after it) would otherwise never be seen.
+            keys_due: AtomicBool::new(true),
             keys_failing: AtomicBool::new(false),
         })
     }
@@ -330,6 +332,11 @@ mod tests {
             .unwrap();
         let first = signing(&auth);
         assert!(!keys_dir.exists(), "no key directory with kek_file");
+        // The first follow always rebuilds: a rotation committed while the service was being
+        // built (after its ring was read, before the feed's position was) is in no feed entry
+        // it will read.
+        assert!(auth.follow_keys().await, "the first follow reads the keys again");
+        assert_eq!(signing(&auth), first);
         assert!(!auth.follow_keys().await, "nothing announced, nothing due");
 
         let kek = Kek::load(&kek_file).unwrap();
