@@ -381,6 +381,12 @@ impl Authenticator {
         self.revocation.not_before(user).filter(|t| *t > now())
     }
 
+    /// Tests: the revocation mirror as if the store had been silent for `secs`.
+    #[cfg(test)]
+    pub fn age_revocations(&self, secs: i64) {
+        self.revocation.age(secs);
+    }
+
     /// Drops expired revocations and cache entries; called on a timer.
     pub fn prune(&self) {
         let now = now();

@@ -18,6 +18,7 @@ use crate::auth::tokens::{
     self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, TokenSubject, mint_access,
 };
 use crate::auth::username::Username;
+use crate::auth::verify::VerifyError;
 use crate::clock::unix_now as now;
 use crate::limits::{ClientNetwork, Limits, Refusal};
 use crate::store::{
@@ -787,12 +788,17 @@ impl Grants {
             false => None,
         };
         let mut access = None;
-        if found.is_none()
-            && token.len() <= self.config.max_token_bytes
-            && let Ok(identity) = self.authenticator.verify_access(token).await
-        {
-            self.authenticator.revoke_access(&identity).await?;
-            access = Some(identity);
+        if found.is_none() && token.len() <= self.config.max_token_bytes {
+            match self.authenticator.verify_access(token).await {
+                Ok(identity) => {
+                    self.authenticator.revoke_access(&identity).await?;
+                    access = Some(identity);
+                }
+                // Valid, maybe, but the store has been silent too long to say: a 503, never
+                // a 200 that revoked nothing.
+                Err(VerifyError::Unconfirmed) => return Err(GrantError::StoreUnavailable),
+                Err(_) => {}
+            }
         }
         if found.is_none() && access.is_none() && !as_refresh {
             found = self.revoke_refresh(token, None).await?;

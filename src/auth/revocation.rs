@@ -210,6 +210,12 @@ impl Revocation {
         self.current_at.load(Ordering::Acquire)
     }
 
+    /// Tests: the mirror as if its last complete catch-up was `secs` earlier.
+    #[cfg(test)]
+    pub fn age(&self, secs: i64) {
+        self.current_at.fetch_sub(secs, Ordering::AcqRel);
+    }
+
     /// Whether the feed announced a change of the signing keys since the last call.
     pub fn take_keys_changed(&self) -> bool {
         self.keys_changed.swap(false, Ordering::AcqRel)

@@ -335,7 +335,10 @@ mod tests {
         // The first follow always rebuilds: a rotation committed while the service was being
         // built (after its ring was read, before the feed's position was) is in no feed entry
         // it will read.
-        assert!(auth.follow_keys().await, "the first follow reads the keys again");
+        assert!(
+            auth.follow_keys().await,
+            "the first follow reads the keys again"
+        );
         assert_eq!(signing(&auth), first);
         assert!(!auth.follow_keys().await, "nothing announced, nothing due");
 
@@ -361,5 +364,71 @@ mod tests {
         assert!(auth.follow_keys().await, "its activation is due");
         assert_eq!(signing(&auth), new.kid);
         assert!(!auth.follow_keys().await);
+    }
+
+    /// RFC 7009 answers 200 "whether or not the token was known", but a token that cannot be
+    /// checked against revocations (the store silent past `max_staleness`) was not revoked
+    /// either: the caller must hear 503 and retry, not believe its token dead.
+    #[tokio::test]
+    async fn a_revocation_the_gateway_cannot_confirm_answers_unavailable_not_ok() {
+        use crate::auth::grants::{Grant, TokenRequest};
+        use crate::auth::username::Username;
+        use crate::store::NewUser;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[auth]\nkeys_dir = {:?}\n[auth.password]\nmemory_kib = 8\niterations = 1\n",
+            dir.path().join("keys").display().to_string()
+        );
+        let config = Config::from_toml(&text).unwrap().auth;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+        let auth = AuthService::new(config, store, None).await.unwrap();
+        let hash = auth
+            .hash_password(zeroize::Zeroizing::new("pw-of-alice".into()))
+            .await
+            .unwrap();
+        auth.store()
+            .create_user(NewUser {
+                username: Username::parse("alice").unwrap(),
+                password_hash: hash,
+                roles: vec![],
+                scopes: vec![],
+            })
+            .await
+            .unwrap();
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        let form = TokenRequest {
+            client_id: None,
+            scope: None,
+            username: Some("alice"),
+            password: Some("pw-of-alice"),
+            refresh_token: None,
+            user_agent: None,
+        };
+        let issued = auth
+            .grants
+            .token(Grant::Password, form, client)
+            .await
+            .unwrap();
+        auth.authenticator().age_revocations(3600);
+        let answer = auth
+            .grants
+            .revoke(Some(&issued.access_token), Some("access_token"), client)
+            .await;
+        assert!(
+            matches!(answer, Err(GrantError::StoreUnavailable)),
+            "{answer:?}"
+        );
+        auth.authenticator().follow().await.unwrap();
+        auth.grants
+            .revoke(Some(&issued.access_token), Some("access_token"), client)
+            .await
+            .unwrap();
+        assert!(matches!(
+            auth.authenticator()
+                .verify_access(&issued.access_token)
+                .await,
+            Err(crate::auth::verify::VerifyError::Revoked)
+        ));
     }
 }
