@@ -53,6 +53,8 @@ pub enum Rejection {
     InsufficientScope(String),
     #[error("insufficient role")]
     InsufficientRole,
+    #[error("a cookie-authenticated request that changes state came from another site")]
+    CrossSite,
     #[error("upstream: {0}")]
     Upstream(ProxyError),
     #[error("upstream switched protocols unasked")]
@@ -104,6 +106,7 @@ impl Rejection {
             Rejection::InvalidToken(e) => e.reason(),
             Rejection::InsufficientScope(_) => "insufficient_scope",
             Rejection::InsufficientRole => "insufficient_role",
+            Rejection::CrossSite => "cross_site",
             Rejection::Upstream(ProxyError::Timeout { .. }) => "upstream_timeout",
             Rejection::Upstream(ProxyError::BodyTooLarge { .. }) => "payload_too_large",
             Rejection::Upstream(ProxyError::BodyTimeout { .. }) => "body_timeout",
@@ -193,6 +196,14 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
                 "{REALM}, error=\"insufficient_scope\", error_description=\"a required role is missing\""
             ),
             json!({"error": "insufficient_scope", "error_description": "a required role is missing"}),
+        ),
+        // Not the token's fault, and no challenge: a bearer token would pass.
+        Rejection::CrossSite => with_json(
+            StatusCode::FORBIDDEN,
+            json!({
+                "error": "cross_site_request",
+                "error_description": "a request authenticated by a cookie that changes state must come from this site (Origin)",
+            }),
         ),
         Rejection::Upstream(e) => upstream(e),
         Rejection::UnexpectedUpgrade => plain(
@@ -395,6 +406,11 @@ mod tests {
         let (code, challenge) = status(Rejection::InsufficientRole);
         assert_eq!(code, 403);
         assert!(challenge.unwrap().contains("insufficient_scope"));
+    }
+
+    #[test]
+    fn a_cross_site_cookie_request_is_403_without_a_challenge() {
+        assert_eq!(status(Rejection::CrossSite), (403, None));
     }
 
     #[test]

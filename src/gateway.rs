@@ -42,10 +42,11 @@ use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID, request_id};
 use crate::proxy::{ClientSettings, ProxyError, UpstreamClient};
 use crate::server::ConnInfo;
 
+pub mod csrf;
 pub mod decide;
 pub mod forward;
 
-pub use decide::{Authentication, Choice, Decision, Router, Target, Trail};
+pub use decide::{Authentication, Choice, Decision, Router, Scheme, Target, Trail};
 use forward::StallLog;
 pub use forward::inject_identity;
 
@@ -206,11 +207,12 @@ impl Gateway {
     ) -> Result<Response<Body>, Rejection> {
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
         let mut trail = Trail::default();
+        let scheme = self.scheme(conn, req.headers());
         let decided = self
             .router
             .decide(
                 &mut req,
-                Authentication::Verify(&self.authenticator),
+                Authentication::Verify(&self.authenticator, scheme),
                 &mut trail,
             )
             .await;
@@ -284,6 +286,16 @@ impl Gateway {
         .await;
         access.upstream = Some(started.elapsed());
         result
+    }
+
+    /// The scheme the client used to reach the gateway, or the trusted proxy in front of it.
+    fn scheme(&self, conn: &ConnInfo, headers: &http::HeaderMap) -> Scheme {
+        let trusted = &self.config.server.trusted_proxies;
+        if conn.tls || headers::forwarded_https(conn.peer.ip(), headers, trusted) {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
     }
 
     /// Names the request's route or endpoint in the access log and picks its metric handles.

@@ -13,6 +13,7 @@
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
 //! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, sent upstream, streamed back |
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
+//! | `gateway::csrf` | stage 6's refusal of cross-site state-changing requests authenticated by a cookie |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
 //! | `auth::keystore` | signing keys shared through the store: the KEK file, sealed private keys, first key, rotation |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |
@@ -50,6 +51,7 @@
 //! | `auth::verify` | the access-token validation policy |
 //! | `auth::keys` | signing and verification keys, rotation, JWKS |
 //! | `auth::claims` | typed token claims and the verified identity |
+//! | `origin` | web origins (`scheme://host[:port]`) parsed and compared in canonical form |
 //! | `clock` | unix seconds, and the monotonic clock of the limiters that tests move |
 //! | `body` | the response body type and small constructors |
 //! | `config::value` | what every settings section is built from: `ConfigError`, durations, shared validators |
@@ -66,6 +68,7 @@ pub mod gateway;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod origin;
 pub mod proxy;
 pub mod routes;
 pub mod server;

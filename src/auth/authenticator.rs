@@ -50,6 +50,16 @@ pub struct KeyState {
     pub verifier: Verifier,
 }
 
+/// Where a presented token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// `Authorization: Bearer`: a client put it there.
+    Header,
+    /// The configured cookie: the browser attaches it to every request to the site, whoever
+    /// made the page that sends it.
+    Cookie,
+}
+
 pub struct Authenticator {
     /// The cookie that may carry the token besides `Authorization: Bearer`.
     cookie: Option<String>,
@@ -177,12 +187,25 @@ impl Authenticator {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<Option<Arc<Identity>>, CredentialError> {
+        Ok(self
+            .identify_carried(headers, query)
+            .await?
+            .map(|(identity, _)| identity))
+    }
+
+    /// [`identify`](Self::identify), and how the token came: a cookie is sent by the browser
+    /// on its own, so what it authenticates must pass the cross-site check.
+    pub async fn identify_carried(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<(Arc<Identity>, Carrier)>, CredentialError> {
         match self.presented_token(headers, query)? {
             None => Ok(None),
-            Some(token) => self
+            Some((token, carrier)) => self
                 .verify_access(token)
                 .await
-                .map(Some)
+                .map(|identity| Some((identity, carrier)))
                 .map_err(CredentialError::Invalid),
         }
     }
@@ -193,15 +216,15 @@ impl Authenticator {
         &self,
         headers: &'h HeaderMap,
         query: Option<&str>,
-    ) -> Result<Option<&'h str>, CredentialError> {
+    ) -> Result<Option<(&'h str, Carrier)>, CredentialError> {
         if query.is_some_and(query_carries_token) {
             return Err(CredentialError::Malformed(
                 "access tokens are not accepted in the query string",
             ));
         }
-        let mut found: Option<&'h str> = None;
-        let mut present = |token: &'h str| -> Result<(), CredentialError> {
-            if found.replace(token).is_some() {
+        let mut found: Option<(&'h str, Carrier)> = None;
+        let mut present = |token: &'h str, carrier| -> Result<(), CredentialError> {
+            if found.replace((token, carrier)).is_some() {
                 return Err(CredentialError::Malformed(
                     "more than one access token presented",
                 ));
@@ -210,7 +233,7 @@ impl Authenticator {
         };
         for value in headers.get_all(AUTHORIZATION) {
             match bearer_token(value.as_bytes())? {
-                Some(token) => present(token)?,
+                Some(token) => present(token, Carrier::Header)?,
                 None => continue,
             }
         }
@@ -220,7 +243,7 @@ impl Authenticator {
                 for pair in text.split(';') {
                     let mut kv = pair.trim().splitn(2, '=');
                     if kv.next().map(str::trim) == Some(name.as_str()) {
-                        present(kv.next().unwrap_or("").trim())?;
+                        present(kv.next().unwrap_or("").trim(), Carrier::Cookie)?;
                     }
                 }
             }

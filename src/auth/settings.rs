@@ -17,6 +17,7 @@ use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
 use crate::limits::{LimitsConfig, RawLimits};
+use crate::origin::Origin;
 use crate::proxy::headers::{IdentityHeaders, RawIdentityHeaders, is_tchar};
 use crate::proxy::path;
 
@@ -82,6 +83,7 @@ pub struct RawAuth {
     pub default_roles: Vec<String>,
     pub default_scopes: Vec<String>,
     pub cookie: Option<String>,
+    pub trusted_origins: Vec<String>,
     pub password: RawPassword,
     pub identity_headers: RawIdentityHeaders,
     pub trusted_issuers: Vec<RawTrustedIssuer>,
@@ -109,6 +111,7 @@ impl Default for RawAuth {
             default_roles: Vec::new(),
             default_scopes: Vec::new(),
             cookie: None,
+            trusted_origins: Vec::new(),
             password: RawPassword::default(),
             identity_headers: RawIdentityHeaders::default(),
             trusted_issuers: Vec::new(),
@@ -146,6 +149,9 @@ pub struct AuthConfig {
     pub default_roles: Vec<String>,
     pub default_scopes: Vec<String>,
     pub cookie: Option<String>,
+    /// Origins besides a request's own from which a cookie-authenticated request may change
+    /// state (the cross-site check of `crate::gateway::csrf`).
+    pub trusted_origins: Vec<Origin>,
     pub password: PasswordConfig,
     pub identity_headers: IdentityHeaders,
     pub trusted_issuers: Vec<IssuerSettings>,
@@ -246,6 +252,15 @@ impl RawAuth {
                 "must be a cookie name (token characters)",
             ));
         }
+        let trusted_origins = self
+            .trusted_origins
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                Origin::parse(text)
+                    .map_err(|e| invalid(format!("auth.trusted_origins[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let password = self.password.validate()?;
         let identity_headers = self.identity_headers.validate()?;
         let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
@@ -279,6 +294,7 @@ impl RawAuth {
             default_roles: self.default_roles,
             default_scopes: self.default_scopes,
             cookie: self.cookie,
+            trusted_origins,
             password,
             identity_headers,
             trusted_issuers,

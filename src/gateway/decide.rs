@@ -8,16 +8,18 @@ use std::sync::Arc;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 
-use crate::auth::authenticator::Authenticator;
+use crate::auth::authenticator::{Authenticator, Carrier};
 use crate::auth::claims::Identity;
 use crate::auth::endpoints::{Endpoint, endpoint_for};
 use crate::config::Config;
 use crate::error::Rejection;
+use crate::origin::Origin;
 use crate::proxy::headers::{self, IdentityScrubber};
 use crate::proxy::path;
 use crate::routes::{AuthMode, Route, RouteTable};
 
 use super::BuildError;
+use super::csrf;
 
 /// What stage 1 learned about the request target.
 pub struct Target {
@@ -57,6 +59,8 @@ pub struct Router {
     scrubber: IdentityScrubber,
     auth_prefix: String,
     max_body_bytes: u64,
+    /// Origins besides the request's own whose cookie-authenticated requests may change state.
+    trusted_origins: Vec<Origin>,
 }
 
 /// Where stages 4-5 send a request.
@@ -76,6 +80,7 @@ impl Router {
             scrubber: IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?,
             auth_prefix: config.auth.prefix.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            trusted_origins: config.auth.trusted_origins.clone(),
         })
     }
 
@@ -282,11 +287,30 @@ fn authorise(route: &Route, identity: &Identity) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The scheme the client used: the connection's, or what a trusted proxy in front of the
+/// gateway says it was (`X-Forwarded-Proto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// How stage 6 treats credentials.
 #[derive(Clone, Copy)]
 pub enum Authentication<'a> {
-    /// Verify the presented token and apply the route's auth mode and requirements.
-    Verify(&'a Authenticator),
+    /// Verify the presented token and apply the route's auth mode and requirements; the
+    /// request was made over `Scheme` (the origin a cookie-authenticated request must come
+    /// from is that scheme and the request's `Host`).
+    Verify(&'a Authenticator, Scheme),
     /// Decide stages 1-5 only (`routes explain`, which holds no keys): no identity.
     Skip,
 }
@@ -344,12 +368,47 @@ impl Router {
     ) -> Result<(Choice, Option<Arc<Identity>>, Option<HeaderValue>), Rejection> {
         let (choice, upgrade) = self.route(req, target)?;
         trail.choice = Some(choice);
-        let (Choice::Route(index), Authentication::Verify(authenticator)) = (choice, auth) else {
+        let Authentication::Verify(authenticator, scheme) = auth else {
             return Ok((choice, None, upgrade));
         };
+        let cross_site_check = || {
+            let own = Origin::from_parts(scheme.as_str(), target.authority().to_str().ok()?).ok();
+            Some(csrf::check(
+                req.method(),
+                req.headers(),
+                own.as_ref(),
+                &self.trusted_origins,
+            ))
+        };
+        let index = match choice {
+            Choice::Route(index) => index,
+            // A logout by cookie ends a session: not for another site to do.
+            Choice::Endpoint(Endpoint::Logout) => {
+                let by_cookie = matches!(
+                    authenticator.presented_token(req.headers(), target.query.as_deref()),
+                    Ok(Some((_, Carrier::Cookie)))
+                );
+                if by_cookie && csrf::changes_state(req.method()) {
+                    cross_site_check().unwrap_or(Err(Rejection::CrossSite))?;
+                }
+                return Ok((choice, None, upgrade));
+            }
+            Choice::Endpoint(_) => return Ok((choice, None, upgrade)),
+        };
         let route = self.routes.get(index).ok_or(Rejection::NoRoute)?;
-        let identity =
+        let presented =
             authenticate(authenticator, route, req.headers(), target.query.as_deref()).await?;
+        let identity = match presented {
+            Some((identity, Carrier::Cookie)) => {
+                if let Err(rejection) = cross_site_check().unwrap_or(Err(Rejection::CrossSite)) {
+                    trail.identity = Some(identity);
+                    return Err(rejection);
+                }
+                Some(identity)
+            }
+            Some((identity, Carrier::Header)) => Some(identity),
+            None => None,
+        };
         if let Some(identity) = &identity
             && let Err(rejection) = authorise(route, identity)
         {
@@ -366,11 +425,11 @@ async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Option<Arc<Identity>>, Rejection> {
+) -> Result<Option<(Arc<Identity>, Carrier)>, Rejection> {
     if route.auth == AuthMode::Public {
         return Ok(None);
     }
-    match authenticator.identify(headers, query).await? {
+    match authenticator.identify_carried(headers, query).await? {
         None if route.auth == AuthMode::Required => Err(Rejection::NoToken),
         identity => Ok(identity),
     }

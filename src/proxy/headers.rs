@@ -391,6 +391,19 @@ pub fn remove_untrusted_forwarding(headers: &mut HeaderMap) {
     });
 }
 
+/// Whether the client reached a trusted proxy in front of the gateway over TLS: one
+/// `X-Forwarded-Proto: https` from a peer in `trusted`. Anyone else's claim is ignored.
+pub fn forwarded_https(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
+    if !is_trusted(peer.to_canonical(), trusted) {
+        return false;
+    }
+    let mut values = headers.get_all(&X_FORWARDED_PROTO).iter();
+    match (values.next(), values.next()) {
+        (Some(proto), None) => proto.as_bytes().trim_ascii().eq_ignore_ascii_case(b"https"),
+        _ => false,
+    }
+}
+
 /// The client address: the socket peer, unless the peer is in `trusted`; then X-Forwarded-For
 /// is walked from the right and the right-most address that is not trusted is returned. If every
 /// hop is trusted, the left-most; an unparsable entry stops the walk and the last good address is

@@ -5,6 +5,7 @@
 //! version), so a test can prove that nothing but the gateway's own framing and headers arrived.
 //! The cases tests/it/verify.rs, proxy.rs and identity.rs already cover are not repeated here.
 
+mod csrf;
 mod exhaustion;
 mod framing;
 mod h2;
