@@ -14,9 +14,12 @@
 //!    taken from exactly one place and verified.
 //! 7. **authorise**: the route's required scopes and roles.
 //! 8. **inject**: the verified identity as headers; the token removed unless the route forwards it.
-//! 9. **forward**: upstream URI from the route's base URL, forwarding headers, bounded body,
-//!    response timeout; the response streams back with its hop-by-hop headers removed, cut when
-//!    the upstream stalls longer than the route's `body_timeout` between body chunks.
+//! 9. **forward**: upstream URI from the route's base URL, the upstream's own `Host` (the
+//!    client's with `preserve_host`), forwarding headers, bounded body, response timeout; the
+//!    response streams back with its hop-by-hop headers removed, its `Location`,
+//!    `Content-Location` and `Refresh` rewritten from the upstream's address to the public one
+//!    (unless the route sets `rewrite_redirects = false`), cut when the upstream stalls longer
+//!    than the route's `body_timeout` between body chunks.
 //! 10. **log**: one access-log line (and a warn line with the same request id if the response
 //!     body is later cut).
 //!
@@ -45,6 +48,7 @@ use crate::server::ConnInfo;
 pub mod csrf;
 pub mod decide;
 pub mod forward;
+pub mod redirects;
 
 pub use decide::{Authentication, Choice, Decision, Router, Scheme, Target, Trail};
 use forward::StallLog;
@@ -81,6 +85,8 @@ struct RouteState {
     settings: ClientSettings,
     metrics: RouteMetrics,
     stalls: Arc<StallLog>,
+    /// The route's upstream address and path mapping, unless it turned rewriting off.
+    redirects: Option<redirects::Rewriter>,
 }
 
 impl Gateway {
@@ -118,6 +124,7 @@ impl Gateway {
                     route: route.name.clone(),
                     count: crate::metrics::upstream_body_timeouts(&route.name),
                 }),
+                redirects: redirects::Rewriter::for_route(route),
             });
         }
         Ok(Self {
@@ -272,6 +279,10 @@ impl Gateway {
 
         let uri = crate::routes::upstream_uri(route, &target.path, target.query.as_deref())
             .ok_or(Rejection::Unforwardable)?;
+        let public = redirects::Public {
+            scheme: scheme.as_str(),
+            authority: target.authority(),
+        };
         let started = Instant::now();
         let result = forward::send(
             &state.client,
@@ -282,6 +293,8 @@ impl Gateway {
             route,
             request_id,
             upgrade,
+            &public,
+            state.redirects.as_ref(),
         )
         .await;
         access.upstream = Some(started.elapsed());

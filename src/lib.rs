@@ -11,9 +11,10 @@
 //! | `app` | assembles store, auth service, pipeline and listener; signals |
 //! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
-//! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, sent upstream, streamed back |
+//! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, the upstream's `Host` decided, sent upstream, streamed back |
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `gateway::csrf` | stage 6's refusal of cross-site state-changing requests authenticated by a cookie |
+//! | `gateway::redirects` | stage 9's rewriting of `Location`, `Content-Location` and `Refresh` from the upstream's address to the public one |
 //! | `auth::service` | builds the authenticator and the grants; runs the endpoints apart; key reload |
 //! | `auth::keystore` | signing keys shared through the store: the KEK file, sealed private keys, first key, rotation |
 //! | `auth::import` | importing users with argon2 or bcrypt hashes |

@@ -207,8 +207,9 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends `req` (absolute URI, headers already cleaned) and waits up to `timeout` for the
-    /// response head. The timeout covers connecting, the TLS handshake and sending the request body.
+    /// Sends `req` (absolute URI, headers already cleaned; a `Host` header only when the upstream
+    /// is to be told another authority than the URI's: `preserve_host`) and waits up to `timeout`
+    /// for the response head. The timeout covers connecting, the TLS handshake and sending the request body.
     /// The response body streams back unbuffered.
     ///
     /// When the body came from [`limit_body`], prefer [`LimitFlag::tripped`] over the returned
@@ -694,7 +695,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 mod tests {
     use super::*;
     use http::Version;
-    use http::header::{CONNECTION, UPGRADE};
+    use http::header::{CONNECTION, HOST, UPGRADE};
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioExecutor;
@@ -777,6 +778,7 @@ mod tests {
     }
 
     fn retarget<B>(request: &mut Request<B>, upstream: SocketAddr) {
+        request.headers_mut().remove(HOST);
         let path = request.uri().path().to_owned();
         *request.uri_mut() = format!("http://{upstream}{path}").parse().unwrap();
     }
@@ -1060,6 +1062,65 @@ mod tests {
         assert_eq!(response.version(), http::Version::HTTP_2);
         let text = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(text, "HTTP/2.0");
+    }
+
+    /// What an upstream was told: version, the URI's authority (HTTP/2 `:authority`), `Host`.
+    async fn told(request: Request<Incoming>) -> Response<Body> {
+        let authority = request.uri().authority().map(|a| a.to_string());
+        let hosts: Vec<_> = request.headers().get_all(HOST).iter().cloned().collect();
+        Response::new(crate::body::full(format!(
+            "{:?} {authority:?} {hosts:?}",
+            request.version()
+        )))
+    }
+
+    async fn told_text(client: &UpstreamClient, url: String, host: Option<&str>) -> String {
+        let mut request = Request::get(url);
+        if let Some(host) = host {
+            request = request.header(HOST, host);
+        }
+        let request = request.body(crate::body::empty()).unwrap();
+        let response = client.send(request, GUARD).await.unwrap();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(text.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_callers_host_is_told_to_an_h2_upstream_while_tls_verifies_the_urls_host() {
+        install_provider();
+        let ca = test_ca();
+        let upstream = serve(Some(ca.server.clone()), told).await;
+        let client = UpstreamClient::new(&ClientSettings {
+            ca_file: Some(ca.ca_file()),
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        // The certificate names 127.0.0.1 only: had the TLS name come from the Host, the
+        // handshake would fail.
+        let url = format!("https://{upstream}/x");
+        assert_eq!(
+            told_text(&client, url.clone(), Some("public.example:8443")).await,
+            "HTTP/2.0 Some(\"public.example:8443\") []"
+        );
+        assert_eq!(
+            told_text(&client, url, None).await,
+            format!("HTTP/2.0 Some(\"{upstream}\") []")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_callers_host_is_sent_to_an_http1_upstream_else_the_urls_authority() {
+        let upstream = serve(None, told).await;
+        let client = UpstreamClient::new(&ClientSettings::default()).unwrap();
+        let url = format!("http://{upstream}/x");
+        assert_eq!(
+            told_text(&client, url.clone(), Some("public.example")).await,
+            "HTTP/1.1 None [\"public.example\"]"
+        );
+        assert_eq!(
+            told_text(&client, url, None).await,
+            format!("HTTP/1.1 None [\"{upstream}\"]")
+        );
     }
 
     #[tokio::test]

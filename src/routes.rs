@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use crate::origin::Origin;
 use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
 use crate::proxy::path::{self, under_prefix};
 
@@ -28,6 +29,13 @@ pub const DEFAULT_ROUTE_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `body_timeout` a route accepts: long enough for quiet event streams, short enough
 /// that a stalled upstream cannot hold a client connection for ever.
 pub const MAX_ROUTE_BODY_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// Default of a route's `preserve_host`: the upstream is sent its own authority as `Host`, which
+/// is what virtual-hosted upstreams and TLS upstreams behind a name expect.
+pub const DEFAULT_PRESERVE_HOST: bool = false;
+/// Default of a route's `rewrite_redirects`: `Location`, `Content-Location` and `Refresh` that
+/// point at the upstream's own address are rewritten to the public one, so a browser is never
+/// sent around the gateway.
+pub const DEFAULT_REWRITE_REDIRECTS: bool = true;
 
 /// A `[[routes]]` entry as written.
 #[derive(Debug, Deserialize, Serialize)]
@@ -60,6 +68,18 @@ pub struct RawRoute {
     pub forward_token: bool,
     #[serde(default)]
     pub allow_shadowing: bool,
+    #[serde(default = "default_preserve_host")]
+    pub preserve_host: bool,
+    #[serde(default = "default_rewrite_redirects")]
+    pub rewrite_redirects: bool,
+}
+
+fn default_preserve_host() -> bool {
+    DEFAULT_PRESERVE_HOST
+}
+
+fn default_rewrite_redirects() -> bool {
+    DEFAULT_REWRITE_REDIRECTS
 }
 
 fn default_route_timeout() -> RawDuration {
@@ -111,6 +131,12 @@ pub struct Route {
     /// This route may take, for its host, requests that a host-less route with the same prefix
     /// and a stronger auth policy would otherwise serve (see [`shadowings`]); logged as a warning.
     pub allow_shadowing: bool,
+    /// Send the upstream the client's `Host` (the authority stage 1 checked) instead of the
+    /// upstream URL's. TLS to the upstream is still verified against the upstream URL's host.
+    pub preserve_host: bool,
+    /// Rewrite response headers that point at the upstream's own address to the public one
+    /// (see `gateway::redirects`).
+    pub rewrite_redirects: bool,
 }
 
 /// An upstream base URL split into the parts the forwarder needs.
@@ -120,6 +146,15 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
     /// Empty or starting with `/`.
     pub base_path: String,
+}
+
+impl Upstream {
+    /// The upstream's own address as a web origin (scheme, host, port; default port dropped),
+    /// what a redirect must name to be rewritten. `None` for a host that is no origin host
+    /// (validation refuses it where it matters).
+    pub fn origin(&self) -> Option<Origin> {
+        Origin::from_parts(self.scheme.as_str(), self.authority.as_str()).ok()
+    }
 }
 
 /// Routes in the order [`precedence`] tries them.
@@ -207,6 +242,30 @@ pub fn upstream_uri(route: &Route, normalised_path: &str, query: Option<&str>) -
     parts.authority = Some(route.upstream.authority.clone());
     parts.path_and_query = Some(PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// The inverse of [`upstream_uri`]'s path mapping: the public path that `upstream_path` (a path
+/// the upstream names, empty or starting with `/`, without query or fragment) stands for on
+/// `route`; `None` when it is not under the upstream's base path. The base path is matched on a
+/// segment boundary (`/v1` covers `/v1` and `/v1/x`, never `/v10`) and in its exact letter case:
+/// it is the upstream's own path, and the gateway forwards it as written. With `/api` stripped
+/// and base `/v1`: `/v1/items/` -> `/api/items/`, `/v1` -> `/api`.
+pub fn public_path(route: &Route, upstream_path: &str) -> Option<String> {
+    let rest = upstream_path.strip_prefix(route.upstream.base_path.as_str())?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let put_back = match route.strip_prefix {
+        true if route.path_prefix != "/" => route.path_prefix.as_str(),
+        _ => "",
+    };
+    let mut public = String::with_capacity(put_back.len() + rest.len() + 1);
+    public.push_str(put_back);
+    public.push_str(rest);
+    if public.is_empty() {
+        public.push('/');
+    }
+    Some(public)
 }
 
 /// Role and scope names end up in comma- and space-joined header values.
@@ -435,6 +494,15 @@ impl RawRoute {
             }
         };
         let upstream = parse_upstream(&format!("{key}.upstream"), &self.upstream)?;
+        if self.rewrite_redirects && upstream.origin().is_none() {
+            return Err(invalid(
+                format!("{key}.upstream"),
+                format!(
+                    "{:?}: redirects to it cannot be recognised (the host is not a plain name or IP address); fix it or set rewrite_redirects = false",
+                    self.upstream
+                ),
+            ));
+        }
         for (k, list) in [
             ("require_scopes", &self.require_scopes),
             ("require_roles", &self.require_roles),
@@ -469,6 +537,8 @@ impl RawRoute {
             require_any_role: self.require_any_role,
             forward_token: self.forward_token,
             allow_shadowing: self.allow_shadowing,
+            preserve_host: self.preserve_host,
+            rewrite_redirects: self.rewrite_redirects,
         })
     }
 }
@@ -676,6 +746,57 @@ mod tests {
     }
 
     #[test]
+    fn public_path_undoes_upstream_uri_on_a_segment_boundary_of_the_base_path() {
+        let mapped = |prefix: &str, strip: bool, upstream: &str, path: &str| {
+            let t = table(
+                &route("r", prefix, &format!("strip_prefix = {strip}"))
+                    .replace("http://127.0.0.1:1", upstream),
+            );
+            let r = t.iter().next().unwrap().clone();
+            public_path(&r, path)
+        };
+        let v1 = "http://127.0.0.1:1/v1";
+        assert_eq!(
+            mapped("/api", true, v1, "/v1/items/").as_deref(),
+            Some("/api/items/")
+        );
+        assert_eq!(mapped("/api", true, v1, "/v1").as_deref(), Some("/api"));
+        assert_eq!(mapped("/api", true, v1, "/v1/").as_deref(), Some("/api/"));
+        assert_eq!(
+            mapped("/api", false, v1, "/v1/api/x").as_deref(),
+            Some("/api/x")
+        );
+        assert_eq!(mapped("/", true, v1, "/v1/x").as_deref(), Some("/x"));
+        assert_eq!(mapped("/api", true, v1, "/v1").as_deref(), Some("/api"));
+        for outside in ["/v10/items", "/V1/items", "/", "", "/v1.json", "/x/v1"] {
+            assert_eq!(mapped("/api", true, v1, outside), None, "{outside}");
+        }
+        let root = "http://127.0.0.1:1";
+        assert_eq!(mapped("/api", true, root, "/x").as_deref(), Some("/api/x"));
+        assert_eq!(mapped("/api", true, root, "").as_deref(), Some("/api"));
+        assert_eq!(mapped("/api", false, root, "/x").as_deref(), Some("/x"));
+        assert_eq!(mapped("/api", false, root, "").as_deref(), Some("/"));
+        // And back: every public path under the prefix survives the round trip (but the bare
+        // prefix, which the upstream sees as its base with a slash).
+        let t = table(
+            &route("r", "/api", "strip_prefix = true").replace("127.0.0.1:1", "127.0.0.1:1/v1"),
+        );
+        let r = t.iter().next().unwrap();
+        for public in ["/api/x", "/api/x/", "/api/a/b%2Fc", "/api/"] {
+            let uri = upstream_uri(r, public, None).unwrap();
+            assert_eq!(
+                public_path(r, uri.path()).as_deref(),
+                Some(public),
+                "{public}"
+            );
+        }
+        assert_eq!(
+            public_path(r, upstream_uri(r, "/api", None).unwrap().path()).as_deref(),
+            Some("/api/")
+        );
+    }
+
+    #[test]
     fn host_matches_in_any_letter_case_and_with_a_trailing_dot() {
         let t = table(&route("api", "/", "host = \"api.example.com\""));
         for host in ["api.example.com", "API.Example.COM", "api.example.com."] {
@@ -736,6 +857,31 @@ mod validation_tests {
             let e = err(&route(&format!("body_timeout = {bad}")));
             assert!(e.contains("routes[api].body_timeout"), "{e}");
         }
+    }
+
+    #[test]
+    fn host_and_redirect_options_default_to_their_constants() {
+        let c = Config::from_toml(&route("")).unwrap();
+        let example = Config::from_toml(include_str!("../config/gatehouse.example.toml")).unwrap();
+        for r in [&c.routes[0], &example.routes[0]] {
+            assert_eq!(r.preserve_host, DEFAULT_PRESERVE_HOST);
+            assert_eq!(r.rewrite_redirects, DEFAULT_REWRITE_REDIRECTS);
+        }
+        let c =
+            Config::from_toml(&route("preserve_host = true\nrewrite_redirects = false")).unwrap();
+        assert!(c.routes[0].preserve_host && !c.routes[0].rewrite_redirects);
+    }
+
+    #[test]
+    fn an_upstream_host_that_is_no_origin_host_needs_rewriting_off() {
+        let odd = route("").replace("127.0.0.1:9000", "odd~host:9000");
+        let e = err(&odd);
+        assert!(
+            e.contains("routes[api].upstream") && e.contains("rewrite_redirects"),
+            "{e}"
+        );
+        Config::from_toml(&odd.replace("[[routes]]\n", "[[routes]]\nrewrite_redirects = false\n"))
+            .unwrap();
     }
 
     #[test]

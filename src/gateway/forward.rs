@@ -1,6 +1,14 @@
 //! Stages 8-9 of the pipeline, after [`super::decide`]: the verified identity injected and the
 //! credentials dropped, then the request sent upstream on the route's pooled client, its
-//! answer streamed back with hop-by-hop headers removed and cut when its body stalls.
+//! answer streamed back with hop-by-hop headers removed, `Location`, `Content-Location` and
+//! `Refresh` that name the upstream's own address rewritten to the public one
+//! ([`super::redirects`]), and cut when its body stalls.
+//!
+//! The `Host` the upstream sees is decided once, in [`send`]: the upstream URL's authority, or
+//! with `preserve_host` the authority the client sent (stage 1 checked it). The pool renders it
+//! as HTTP/1 `Host` or HTTP/2 `:authority`; where it connects, the TLS server name it sends and
+//! the name the upstream's certificate is verified against stay the upstream URL's host either
+//! way, so a client's `Host` can never pick the upstream or weaken its verification.
 
 use std::sync::Arc;
 
@@ -15,6 +23,8 @@ use crate::error::Rejection;
 use crate::proxy::headers::{self, IdentityHeaders};
 use crate::proxy::{self, UpstreamClient};
 use crate::routes::Route;
+
+use super::redirects::{Public, Rewriter};
 
 /// How a route records an upstream response body cut for stalling. The access-log line went out
 /// with the response head, long before, so a cut gets its own warn line (same target and
@@ -122,6 +132,8 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
 }
 
 /// Stage 9: sends the request upstream on the route's client and streams the answer back.
+/// `public` is the address the client used: the `Host` of a `preserve_host` route, and what
+/// `redirects` (the route's, unless it turned rewriting off) points the upstream's own back at.
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
     client: &UpstreamClient,
@@ -132,12 +144,20 @@ pub async fn send(
     route: &Route,
     request_id: &HeaderValue,
     upgrade: Option<HeaderValue>,
+    public: &Public<'_>,
+    redirects: Option<&Rewriter>,
 ) -> Result<Response<Body>, Rejection> {
     let on_client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    parts.headers.remove(HOST);
+    // The one decision on the upstream's Host (see the module docs). The client's own header
+    // is replaced either way: over HTTP/2 it may be absent, and only the checked authority counts.
+    if route.preserve_host {
+        parts.headers.insert(HOST, public.authority.clone());
+    } else {
+        parts.headers.remove(HOST);
+    }
     if let Some(protocol) = &upgrade {
         parts.headers.insert(
             http::header::CONNECTION,
@@ -165,6 +185,9 @@ pub async fn send(
         return Ok(Response::from_parts(parts, crate::body::empty()));
     }
     headers::remove_hop_by_hop_response(response.headers_mut());
+    if let Some(redirects) = redirects {
+        redirects.rewrite(response.headers_mut(), public);
+    }
     let stalls = Arc::clone(stalls);
     let request_id = request_id.clone();
     let idle = route.body_timeout;

@@ -66,6 +66,10 @@ pub enum PoolError {
     /// upstreams are validated with the config).
     #[error("the upstream URI {0} is not absolute")]
     NotAbsolute(Uri),
+    /// The `Host` to present to an HTTP/2 upstream is not an authority (a caller bug: it is the
+    /// one stage 1 checked).
+    #[error("the Host {0:?} cannot be an HTTP/2 :authority")]
+    NotAnAuthority(HeaderValue),
 }
 
 /// The pooled connections of every origin one client has talked to.
@@ -139,8 +143,13 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (absolute URI, no `Host` header) and returns the response head. Not bounded
-    /// in time here: the caller puts the whole exchange under its timeout.
+    /// Sends `req` and returns the response head. Not bounded in time here: the caller puts the
+    /// whole exchange under its timeout.
+    ///
+    /// The URI is absolute and names the origin to connect to: TCP, TLS server name (SNI) and
+    /// certificate verification always follow it. A `Host` header, if the caller set one, is the
+    /// authority the upstream is told (HTTP/1 `Host`, HTTP/2 `:authority`); without one it is the
+    /// URI's authority, without a default port.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, PoolError> {
         let origin = self.origin(req.uri())?;
         // Set once a replayed request is under way: it goes on a new connection, and only once.
@@ -158,7 +167,7 @@ impl Pool {
             };
             match conn {
                 Conn::Http2(mut sender) => {
-                    *req.version_mut() = Version::HTTP_2;
+                    prepare_http2(&mut req, &origin)?;
                     let response = sender.send_request(req).await;
                     return response
                         .map(|r| r.map(|body| UpstreamBody::new(body, None)))
@@ -460,7 +469,7 @@ fn closed_before_response(error: &hyper::Error) -> bool {
     })
 }
 
-/// HTTP/1.1 wants origin-form and a `Host` header.
+/// HTTP/1.1 wants origin-form and a `Host` header: the caller's, else the origin's.
 fn prepare_http1(req: &mut Request<Body>, host: &HeaderValue) {
     *req.version_mut() = Version::HTTP_11;
     if req.uri().scheme().is_some() {
@@ -471,7 +480,32 @@ fn prepare_http1(req: &mut Request<Body>, host: &HeaderValue) {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(origin_form);
     }
-    req.headers_mut().insert(http::header::HOST, host.clone());
+    if !req.headers().contains_key(http::header::HOST) {
+        req.headers_mut().insert(http::header::HOST, host.clone());
+    }
+}
+
+/// HTTP/2 carries the authority in `:authority`, taken from the URI, and no `Host` (RFC 9113
+/// §8.3.1). A caller's `Host` becomes the URI's authority; the connection was already chosen
+/// by the origin, so this changes what the upstream is told, never where the request goes.
+fn prepare_http2(req: &mut Request<Body>, origin: &Origin) -> Result<(), PoolError> {
+    *req.version_mut() = Version::HTTP_2;
+    let Some(host) = req.headers_mut().remove(http::header::HOST) else {
+        return Ok(());
+    };
+    let authority = Authority::try_from(host.as_bytes())
+        .map_err(|_| PoolError::NotAnAuthority(host.clone()))?;
+    let mut parts = Parts::default();
+    parts.scheme = Some(origin.scheme.clone());
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| PoolError::NotAnAuthority(host))?;
+    Ok(())
 }
 
 fn finish_http1(

@@ -12,6 +12,7 @@ mod listener;
 mod ops;
 mod parking;
 mod proxy;
+mod redirects;
 mod security;
 mod sessions;
 mod tls;

@@ -56,6 +56,9 @@ pub enum Behaviour {
     Delay(Duration),
     /// Streams this many bytes back.
     Download(u64),
+    /// Answers with this status and these headers, an empty body; `{upstream}` in a value
+    /// stands for the upstream's own address (`127.0.0.1:PORT`).
+    Respond(u16, &'static [(&'static str, &'static str)]),
 }
 
 /// An HTTP/1.1 + HTTP/2 upstream that records what reaches it.
@@ -86,7 +89,7 @@ impl Upstream {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let record = record.clone();
-                        async move { Ok::<_, Infallible>(answer(req, record, behaviour).await) }
+                        async move { Ok::<_, Infallible>(answer(req, record, behaviour, addr).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -131,6 +134,7 @@ async fn answer(
     req: Request<Incoming>,
     record: Arc<Mutex<Vec<Seen>>>,
     behaviour: Behaviour,
+    addr: SocketAddr,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     // Count the body as it streams, never holding it.
@@ -169,6 +173,18 @@ async fn answer(
                 .map_err(|never| match never {})
                 .boxed();
             Response::new(body)
+        }
+        Behaviour::Respond(status, headers) => {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (name, value) in headers {
+                let value = value.replace("{upstream}", &addr.to_string());
+                response.headers_mut().append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(&value).unwrap(),
+                );
+            }
+            response
         }
     }
 }

@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 
 use crate::support::{GatewayBuilder, Upstream};
 
-struct Pki {
-    cert_pem: String,
-    key_pem: String,
+/// A self-signed certificate for 127.0.0.1 and localhost (also used by `redirects`).
+pub struct Pki {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
-fn pki() -> Pki {
+pub fn pki() -> Pki {
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     Pki {
