@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use crate::cors::{CorsPolicy, Owner, RawCors};
 use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
 use crate::proxy::path::{self, under_prefix};
 
@@ -60,6 +61,9 @@ pub struct RawRoute {
     pub forward_token: bool,
     #[serde(default)]
     pub allow_shadowing: bool,
+    /// `[routes.cors]`: absent, the route has no CORS policy.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
 }
 
 fn default_route_timeout() -> RawDuration {
@@ -111,6 +115,9 @@ pub struct Route {
     /// This route may take, for its host, requests that a host-less route with the same prefix
     /// and a stronger auth policy would otherwise serve (see [`shadowings`]); logged as a warning.
     pub allow_shadowing: bool,
+    /// The route's CORS policy (`[routes.cors]`): preflights answered by the gateway, the
+    /// `Access-Control-*` headers of its responses. `None`: preflights are like any request.
+    pub cors: Option<CorsPolicy>,
 }
 
 /// An upstream base URL split into the parts the forwarder needs.
@@ -469,6 +476,10 @@ impl RawRoute {
             require_any_role: self.require_any_role,
             forward_token: self.forward_token,
             allow_shadowing: self.allow_shadowing,
+            cors: self
+                .cors
+                .map(|c| c.validate(&format!("{key}.cors"), Owner::Route))
+                .transpose()?,
         })
     }
 }
