@@ -56,6 +56,8 @@ pub enum Behaviour {
     Delay(Duration),
     /// Streams this many bytes back.
     Download(u64),
+    /// Like `Ok`, with these response headers added.
+    Headers(&'static [(&'static str, &'static str)]),
 }
 
 /// An HTTP/1.1 + HTTP/2 upstream that records what reaches it.
@@ -154,6 +156,16 @@ async fn answer(
     });
     match behaviour {
         Behaviour::Ok => json_ok(&serde_json::json!({"ok": true, "body_len": body_len})),
+        Behaviour::Headers(extra) => {
+            let mut r = json_ok(&serde_json::json!({"ok": true, "body_len": body_len}));
+            for (name, value) in extra {
+                r.headers_mut().append(
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_static(value),
+                );
+            }
+            r
+        }
         Behaviour::Delay(d) => {
             tokio::time::sleep(d).await;
             json_ok(&serde_json::json!({"ok": true}))
