@@ -295,6 +295,15 @@ async fn an_upstreams_own_wildcard_allow_origin_is_stripped_and_replaced() {
     );
     let vary: Vec<_> = r.headers().get_all("vary").iter().collect();
     assert_eq!(vary, ["Accept-Encoding", "Origin"]);
+    // For an origin the policy does not list, the upstream's `*` is not left behind either.
+    let r = client()
+        .get(gw.url("/api/items"))
+        .bearer_auth(&token)
+        .header("origin", EVIL)
+        .send()
+        .await
+        .unwrap();
+    assert!(access_control(&r).is_empty(), "{:?}", r.headers());
     // On a route without a CORS policy the upstream's headers pass as before.
     let r = client()
         .get(gw.url("/plain/items"))
