@@ -1,3 +1,6 @@
+//! The CORS policy and its settings: validation and its errors, preflight verdicts, the headers
+//! of actual responses, and the example config's commented tables held to the defaults.
+
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, VARY,
