@@ -327,11 +327,12 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
                         .context("the router chose a route outside its table")?;
                     (normalised, host, route)
                 }
-                crate::gateway::Choice::Endpoint(_) => {
+                choice @ crate::gateway::Choice::Endpoint(_) => {
                     let _ = writeln!(
                         out,
                         "endpoint   gatehouse's own ({normalised}); never proxied"
                     );
+                    let _ = writeln!(out, "cors       {}", cors_text(router.cors(choice)));
                     return Ok(out);
                 }
             }
@@ -425,12 +426,21 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
             "not forwarded"
         }
     );
+    let _ = writeln!(out, "cors       {}", cors_text(route.cors.as_ref()));
     let _ = writeln!(
         out,
         "timeouts   connect {:?}, response {:?}",
         route.connect_timeout, route.timeout
     );
     Ok(out)
+}
+
+/// The `cors` line of `routes explain`.
+fn cors_text(policy: Option<&crate::cors::CorsPolicy>) -> String {
+    match policy {
+        Some(policy) => policy.describe(),
+        None => "none (a preflight is handled like any OPTIONS request)".to_owned(),
+    }
 }
 
 fn pool(config: &Config) -> anyhow::Result<PasswordPool> {

@@ -11,6 +11,7 @@ use crate::auth::endpoints::EndpointError;
 use crate::auth::grants::GrantError;
 use crate::auth::verify::VerifyError;
 use crate::body::{Body, with_json};
+use crate::cors::CorsRefusal;
 use crate::proxy::ProxyError;
 use crate::proxy::path::PathError;
 
@@ -55,6 +56,9 @@ pub enum Rejection {
     InsufficientRole,
     #[error("a cookie-authenticated request that changes state came from another site")]
     CrossSite,
+    /// A CORS preflight the route's (or `[auth.cors]`'s) policy does not allow.
+    #[error("CORS preflight refused: {0}")]
+    Cors(CorsRefusal),
     #[error("upstream: {0}")]
     Upstream(ProxyError),
     #[error("upstream switched protocols unasked")]
@@ -107,6 +111,7 @@ impl Rejection {
             Rejection::InsufficientScope(_) => "insufficient_scope",
             Rejection::InsufficientRole => "insufficient_role",
             Rejection::CrossSite => "cross_site",
+            Rejection::Cors(_) => "cors_refused",
             Rejection::Upstream(ProxyError::Timeout { .. }) => "upstream_timeout",
             Rejection::Upstream(ProxyError::BodyTooLarge { .. }) => "payload_too_large",
             Rejection::Upstream(ProxyError::BodyTimeout { .. }) => "body_timeout",
@@ -204,6 +209,11 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
                 "error": "cross_site_request",
                 "error_description": "a request authenticated by a cookie that changes state must come from this site (Origin)",
             }),
+        ),
+        // No Access-Control-* header at all: the browser then refuses the actual request.
+        Rejection::Cors(refusal) => with_json(
+            StatusCode::FORBIDDEN,
+            json!({"error": "cors_refused", "error_description": refusal.to_string()}),
         ),
         Rejection::Upstream(e) => upstream(e),
         Rejection::UnexpectedUpgrade => plain(
@@ -411,6 +421,34 @@ mod tests {
     #[test]
     fn a_cross_site_cookie_request_is_403_without_a_challenge() {
         assert_eq!(status(Rejection::CrossSite), (403, None));
+    }
+
+    #[test]
+    fn a_refused_preflight_is_403_json_without_access_control_headers() {
+        for refusal in [
+            CorsRefusal::Origin,
+            CorsRefusal::Method,
+            CorsRefusal::Headers,
+        ] {
+            let response = respond(&Rejection::Cors(refusal));
+            assert_eq!(response.status(), 403);
+            assert_eq!(
+                response.headers()[http::header::CONTENT_TYPE],
+                "application/json"
+            );
+            assert!(
+                response
+                    .headers()
+                    .keys()
+                    .all(|k| !k.as_str().starts_with("access-control-")),
+                "{response:?}"
+            );
+            assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+        }
+        assert_eq!(
+            Rejection::Cors(CorsRefusal::Origin).reason(),
+            "cors_refused"
+        );
     }
 
     #[test]

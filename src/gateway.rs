@@ -9,7 +9,10 @@
 //! 3. **scrub**: hop-by-hop and `Connection`-nominated headers first, then client forwarding and
 //!    identity headers, so nothing a client names can remove what the gateway injects later.
 //! 4. **endpoints**: the gateway's own `/auth/*` and JWKS endpoints answer here.
-//! 5. **route**: host, method, longest segment-bounded prefix; no route answers 404.
+//! 5. **route**: host, method, longest segment-bounded prefix; no route answers 404. A CORS
+//!    preflight to a route or endpoint with a CORS policy ends here, before authentication:
+//!    answered 204 or refused 403 by the gateway (or, with `forward_preflight`, sent on
+//!    without identity).
 //! 6. **authenticate**: the route's auth mode decides whether a token is required; the token is
 //!    taken from exactly one place and verified.
 //! 7. **authorise**: the route's required scopes and roles.
@@ -20,11 +23,15 @@
 //!    `Content-Location` and `Refresh` rewritten from the upstream's address to the public one
 //!    (unless the route sets `rewrite_redirects = false`), cut when the upstream stalls longer
 //!    than the route's `body_timeout` between body chunks.
-//! 10. **log**: one access-log line (and a warn line with the same request id if the response
+//! 10. **cors**: on a route or endpoint with a CORS policy, every response but a preflight's
+//!     (the upstream's and the gateway's own refusals alike) loses the upstream's
+//!     `Access-Control-*` headers and gets the policy's for the request's origin, if allowed.
+//! 11. **log**: one access-log line (and a warn line with the same request id if the response
 //!     body is later cut).
 //!
 //! Stages 1-7 live in [`decide`] ([`Router::decide`], the one place they are decided: `routes
-//! explain` calls it too), stages 8-9 in [`forward`]; this file runs them and logs.
+//! explain` calls it too), stages 8-9 in [`forward`], the CORS headers in [`crate::cors`]; this
+//! file runs them and logs.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +46,7 @@ use crate::auth::endpoints::Endpoint;
 use crate::auth::service::AuthService;
 use crate::body::Body;
 use crate::config::Config;
+use crate::cors::{self, CorsPolicy};
 use crate::error::Rejection;
 use crate::metrics::RouteMetrics;
 use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID, request_id};
@@ -50,7 +58,7 @@ pub mod decide;
 pub mod forward;
 pub mod redirects;
 
-pub use decide::{Authentication, Choice, Decision, Router, Scheme, Target, Trail};
+pub use decide::{Authentication, Choice, Decision, Preflight, Router, Scheme, Target, Trail};
 use forward::StallLog;
 pub use forward::inject_identity;
 
@@ -163,6 +171,7 @@ impl Gateway {
         let trusted = &self.config.server.trusted_proxies;
         let client = headers::client_ip(conn.peer.ip(), req.headers(), trusted);
         let request_id = request_id(req.headers(), conn.peer.ip(), trusted);
+        let origin = cors::request_origin(req.headers());
         let mut access = AccessLog::default();
         let mut response = match self
             .pipeline(req, &conn, client, &request_id, &mut access)
@@ -175,6 +184,9 @@ impl Gateway {
                 crate::error::respond(&rejection)
             }
         };
+        if let Some(policy) = access.cors {
+            policy.finish(origin.as_ref(), response.headers_mut());
+        }
         response
             .headers_mut()
             .insert(&X_REQUEST_ID, request_id.clone());
@@ -232,6 +244,10 @@ impl Gateway {
                 if let Some(choice) = trail.choice {
                     self.label(access, choice);
                 }
+                if matches!(rejection, Rejection::Cors(_)) {
+                    // A refused preflight gets no Access-Control-* header at all.
+                    access.cors = None;
+                }
                 access.identity = trail.identity;
                 return Err(rejection);
             }
@@ -241,11 +257,21 @@ impl Gateway {
             choice,
             identity,
             upgrade,
+            preflight,
         } = decision;
         if logging {
             access.path = Some(target.path.clone());
         }
         self.label(access, choice);
+        match preflight {
+            Some(Preflight::Answer(headers)) => {
+                access.cors = None;
+                return Ok(cors::preflight_response(headers));
+            }
+            // The upstream's own answer is the policy for its preflights.
+            Some(Preflight::Forward) => access.cors = None,
+            None => {}
+        }
         let index = match choice {
             Choice::Endpoint(endpoint) => {
                 return Ok(self.auth.serve_apart(endpoint, req, client).await?);
@@ -311,8 +337,10 @@ impl Gateway {
         }
     }
 
-    /// Names the request's route or endpoint in the access log and picks its metric handles.
+    /// Names the request's route or endpoint in the access log and picks its metric handles
+    /// and CORS policy.
     fn label<'g>(&'g self, access: &mut AccessLog<'g>, choice: Choice) {
+        access.cors = self.router.cors(choice);
         match choice {
             Choice::Endpoint(endpoint) => {
                 access.route = Some(endpoint.label());
@@ -361,6 +389,9 @@ struct AccessLog<'g> {
     identity: Option<Arc<Identity>>,
     upstream: Option<std::time::Duration>,
     rejection: Option<&'static str>,
+    /// The CORS policy the response is finished with (stage 10): the chosen route's or
+    /// `[auth.cors]`, unless the request was a preflight.
+    cors: Option<&'g CorsPolicy>,
 }
 
 #[cfg(test)]

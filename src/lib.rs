@@ -24,6 +24,7 @@
 //! | `store::postgres::testing` | a private PostgreSQL server per test process (tests only) |
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `limits::tests` | the limits in process and shared through a private `redis-server` (tests only) |
+//! | `cors::tests` | the CORS policy and its settings, against the example config too (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
@@ -38,6 +39,7 @@
 //! | `store` | the state interface, by kind of state; the `[store]` settings |
 //! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
+//! | `cors` | CORS: the `[routes.cors]` and `[auth.cors]` settings, preflight verdicts, `Access-Control-*` response headers |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
 //! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |
@@ -63,6 +65,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod gateway;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use crate::cors::{CorsPolicy, Owner, RawCors};
 use crate::origin::Origin;
 use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
 use crate::proxy::path::{self, under_prefix};
@@ -72,6 +73,9 @@ pub struct RawRoute {
     pub preserve_host: bool,
     #[serde(default = "default_rewrite_redirects")]
     pub rewrite_redirects: bool,
+    /// `[routes.cors]`: absent, the route has no CORS policy.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
 }
 
 fn default_preserve_host() -> bool {
@@ -137,6 +141,9 @@ pub struct Route {
     /// Rewrite response headers that point at the upstream's own address to the public one
     /// (see `gateway::redirects`).
     pub rewrite_redirects: bool,
+    /// The route's CORS policy (`[routes.cors]`): preflights answered by the gateway, the
+    /// `Access-Control-*` headers of its responses. `None`: preflights are like any request.
+    pub cors: Option<CorsPolicy>,
 }
 
 /// An upstream base URL split into the parts the forwarder needs.
@@ -539,6 +546,10 @@ impl RawRoute {
             allow_shadowing: self.allow_shadowing,
             preserve_host: self.preserve_host,
             rewrite_redirects: self.rewrite_redirects,
+            cors: self
+                .cors
+                .map(|c| c.validate(&format!("{key}.cors"), Owner::Route))
+                .transpose()?,
         })
     }
 }

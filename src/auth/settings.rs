@@ -1,8 +1,8 @@
 //! The `[auth]` section: the gateway's own tokens (issuer, audience, algorithm, lifetimes),
 //! registration and the cookie, with the subsections that belong to other modules assembled in:
-//! `[auth.password]` ([`crate::auth::password`]), `[auth.identity_headers]`
-//! ([`crate::proxy::headers`]), `[[auth.trusted_issuers]]` ([`crate::auth::issuers`]) and
-//! `[auth.limits]` ([`crate::limits`]).
+//! `[auth.password]` ([`crate::auth::password`]), `[auth.cors]` ([`crate::cors`]),
+//! `[auth.identity_headers]` ([`crate::proxy::headers`]), `[[auth.trusted_issuers]]`
+//! ([`crate::auth::issuers`]) and `[auth.limits]` ([`crate::limits`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
 // The validator's own defaults, defined once there.
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
+use crate::cors::{CorsPolicy, Owner, RawCors};
 use crate::limits::{LimitsConfig, RawLimits};
 use crate::origin::Origin;
 use crate::proxy::headers::{IdentityHeaders, RawIdentityHeaders, is_tchar};
@@ -84,6 +85,7 @@ pub struct RawAuth {
     pub default_scopes: Vec<String>,
     pub cookie: Option<String>,
     pub trusted_origins: Vec<String>,
+    pub cors: Option<RawCors>,
     pub password: RawPassword,
     pub identity_headers: RawIdentityHeaders,
     pub trusted_issuers: Vec<RawTrustedIssuer>,
@@ -112,6 +114,7 @@ impl Default for RawAuth {
             default_scopes: Vec::new(),
             cookie: None,
             trusted_origins: Vec::new(),
+            cors: None,
             password: RawPassword::default(),
             identity_headers: RawIdentityHeaders::default(),
             trusted_issuers: Vec::new(),
@@ -152,6 +155,8 @@ pub struct AuthConfig {
     /// Origins besides a request's own from which a cookie-authenticated request may change
     /// state (the cross-site check of `crate::gateway::csrf`).
     pub trusted_origins: Vec<Origin>,
+    /// `[auth.cors]`: the CORS policy of the gateway's own endpoints and the JWKS.
+    pub cors: Option<CorsPolicy>,
     pub password: PasswordConfig,
     pub identity_headers: IdentityHeaders,
     pub trusted_issuers: Vec<IssuerSettings>,
@@ -261,6 +266,10 @@ impl RawAuth {
                     .map_err(|e| invalid(format!("auth.trusted_origins[{i}]"), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let cors = self
+            .cors
+            .map(|c| c.validate("auth.cors", Owner::Endpoints))
+            .transpose()?;
         let password = self.password.validate()?;
         let identity_headers = self.identity_headers.validate()?;
         let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
@@ -295,6 +304,7 @@ impl RawAuth {
             default_scopes: self.default_scopes,
             cookie: self.cookie,
             trusted_origins,
+            cors,
             password,
             identity_headers,
             trusted_issuers,

@@ -2,6 +2,12 @@
 //! endpoints, route, authenticate, authorise. [`Router::decide`] is what the gateway and
 //! `routes explain` call (and the forward-auth endpoint will): what it decides is the same
 //! wherever it is asked.
+//!
+//! A CORS preflight on a route or endpoint with a CORS policy is decided at stage 5, before
+//! authentication (a browser sends no credentials with one): answered from the policy
+//! ([`Preflight::Answer`]), refused ([`Rejection::Cors`]), or, when the route says so, sent on
+//! unauthenticated ([`Preflight::Forward`]). Stage 5 picks the route the actual request would
+//! take (by `Access-Control-Request-Method`), so its policy answers.
 
 use std::sync::Arc;
 
@@ -12,6 +18,7 @@ use crate::auth::authenticator::{Authenticator, Carrier};
 use crate::auth::claims::Identity;
 use crate::auth::endpoints::{Endpoint, endpoint_for};
 use crate::config::Config;
+use crate::cors::{self, CorsPolicy};
 use crate::error::Rejection;
 use crate::origin::Origin;
 use crate::proxy::headers::{self, IdentityScrubber};
@@ -59,8 +66,15 @@ pub struct Router {
     scrubber: IdentityScrubber,
     auth_prefix: String,
     max_body_bytes: u64,
-    /// Origins besides the request's own whose cookie-authenticated requests may change state.
-    trusted_origins: Vec<Origin>,
+    /// Origins besides the request's own whose cookie-authenticated requests to the gateway's
+    /// own endpoints may change state: `[auth] trusted_origins` and `[auth.cors]`'s
+    /// credentialed origins.
+    endpoint_trusted: Vec<Origin>,
+    /// The same for each route, in table order: `[auth] trusted_origins` and the route's
+    /// credentialed CORS origins.
+    route_trusted: Vec<Vec<Origin>>,
+    /// `[auth.cors]`, for the gateway's own endpoints.
+    endpoint_cors: Option<CorsPolicy>,
 }
 
 /// Where stages 4-5 send a request.
@@ -75,13 +89,41 @@ pub enum Choice {
 impl Router {
     pub fn new(config: &Config) -> Result<Self, BuildError> {
         let ids = &config.auth.identity_headers;
+        let routes = RouteTable::new(&config.routes);
+        let trusted = |cors: Option<&CorsPolicy>| {
+            let mut list = config.auth.trusted_origins.clone();
+            list.extend(
+                cors.map_or(&[][..], CorsPolicy::credentialed_origins)
+                    .iter()
+                    .cloned(),
+            );
+            list
+        };
         Ok(Self {
-            routes: RouteTable::new(&config.routes),
+            route_trusted: routes.iter().map(|r| trusted(r.cors.as_ref())).collect(),
+            endpoint_trusted: trusted(config.auth.cors.as_ref()),
+            endpoint_cors: config.auth.cors.clone(),
+            routes,
             scrubber: IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?,
             auth_prefix: config.auth.prefix.clone(),
             max_body_bytes: config.server.max_body_bytes,
-            trusted_origins: config.auth.trusted_origins.clone(),
         })
+    }
+
+    /// The CORS policy of a route or of the gateway's own endpoints, if it has one.
+    pub fn cors(&self, choice: Choice) -> Option<&CorsPolicy> {
+        match choice {
+            Choice::Endpoint(_) => self.endpoint_cors.as_ref(),
+            Choice::Route(index) => self.routes.get(index)?.cors.as_ref(),
+        }
+    }
+
+    /// The origins whose cookie-authenticated requests to `choice` may change state.
+    fn trusted(&self, choice: Choice) -> &[Origin] {
+        match choice {
+            Choice::Endpoint(_) => &self.endpoint_trusted,
+            Choice::Route(index) => self.route_trusted.get(index).map_or(&[], Vec::as_slice),
+        }
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -109,10 +151,45 @@ impl Router {
             return Ok((Choice::Endpoint(endpoint), upgrade));
         }
         let index = self
-            .routes
-            .position(Some(target.host()), req.method(), &target.path)
+            .preflighted_route(req, target)
+            .or_else(|| {
+                self.routes
+                    .position(Some(target.host()), req.method(), &target.path)
+            })
             .ok_or(Rejection::NoRoute)?;
         Ok((Choice::Route(index), upgrade))
+    }
+
+    /// For a preflight: the route the actual request would take, when it has a CORS policy
+    /// (a route serving only `GET` and `PUT` still owns the `OPTIONS` asking about `PUT`).
+    fn preflighted_route<B>(&self, req: &Request<B>, target: &Target) -> Option<usize> {
+        if !cors::is_preflight(req.method(), req.headers()) {
+            return None;
+        }
+        let method = cors::requested_method(req.headers())?;
+        self.routes
+            .position(Some(target.host()), &method, &target.path)
+            .filter(|&index| self.routes.get(index).is_some_and(|r| r.cors.is_some()))
+    }
+
+    /// Stage 5's verdict on a CORS preflight to `choice`; `None` when the request is not one or
+    /// `choice` has no CORS policy (it then goes on like any request).
+    fn preflight<B>(
+        &self,
+        req: &Request<B>,
+        choice: Choice,
+    ) -> Result<Option<Preflight>, Rejection> {
+        if !cors::is_preflight(req.method(), req.headers()) {
+            return Ok(None);
+        }
+        let Some(policy) = self.cors(choice) else {
+            return Ok(None);
+        };
+        if policy.forward_preflight {
+            return Ok(Some(Preflight::Forward));
+        }
+        let answer = policy.preflight(req.headers()).map_err(Rejection::Cors)?;
+        Ok(Some(Preflight::Answer(answer)))
     }
 }
 
@@ -323,6 +400,18 @@ pub struct Decision {
     pub identity: Option<Arc<Identity>>,
     /// The WebSocket upgrade to re-add when forwarding.
     pub upgrade: Option<HeaderValue>,
+    /// A CORS preflight decided before authentication (and so with no identity).
+    pub preflight: Option<Preflight>,
+}
+
+/// What becomes of a CORS preflight to a route or endpoint with a CORS policy.
+#[derive(Debug)]
+pub enum Preflight {
+    /// The gateway answers it: 204 with these headers ([`cors::preflight_response`]).
+    Answer(HeaderMap),
+    /// The route's upstream answers it (`forward_preflight = true`): sent on without
+    /// authentication, its answer passed back as it is.
+    Forward,
 }
 
 /// What the stages learned before one refused, for the access log and the metrics.
@@ -346,11 +435,12 @@ impl Router {
     ) -> Result<Decision, Rejection> {
         let target = self.target(req)?;
         match self.after_target(req, &target, auth, trail).await {
-            Ok((choice, identity, upgrade)) => Ok(Decision {
+            Ok((choice, identity, upgrade, preflight)) => Ok(Decision {
                 target,
                 choice,
                 identity,
                 upgrade,
+                preflight,
             }),
             Err(rejection) => {
                 trail.path = Some(target.path);
@@ -365,11 +455,14 @@ impl Router {
         target: &Target,
         auth: Authentication<'_>,
         trail: &mut Trail,
-    ) -> Result<(Choice, Option<Arc<Identity>>, Option<HeaderValue>), Rejection> {
+    ) -> Result<Decided, Rejection> {
         let (choice, upgrade) = self.route(req, target)?;
         trail.choice = Some(choice);
+        if let Some(preflight) = self.preflight(req, choice)? {
+            return Ok((choice, None, upgrade, Some(preflight)));
+        }
         let Authentication::Verify(authenticator, scheme) = auth else {
-            return Ok((choice, None, upgrade));
+            return Ok((choice, None, upgrade, None));
         };
         // The own origin is built only for a request that changes state (not per cookie GET).
         let cross_site_check = || {
@@ -381,7 +474,7 @@ impl Router {
                 req.method(),
                 req.headers(),
                 own.as_ref(),
-                &self.trusted_origins,
+                self.trusted(choice),
             ))
         };
         let index = match choice {
@@ -395,9 +488,9 @@ impl Router {
                 if by_cookie && csrf::changes_state(req.method()) {
                     cross_site_check().unwrap_or(Err(Rejection::CrossSite))?;
                 }
-                return Ok((choice, None, upgrade));
+                return Ok((choice, None, upgrade, None));
             }
-            Choice::Endpoint(_) => return Ok((choice, None, upgrade)),
+            Choice::Endpoint(_) => return Ok((choice, None, upgrade, None)),
         };
         let route = self.routes.get(index).ok_or(Rejection::NoRoute)?;
         let presented =
@@ -419,9 +512,17 @@ impl Router {
             trail.identity = Some(Arc::clone(identity));
             return Err(rejection);
         }
-        Ok((choice, identity, upgrade))
+        Ok((choice, identity, upgrade, None))
     }
 }
+
+/// What stages 5-7 decided: the choice, the identity, the upgrade to re-add, the preflight.
+type Decided = (
+    Choice,
+    Option<Arc<Identity>>,
+    Option<HeaderValue>,
+    Option<Preflight>,
+);
 
 /// Stage 6: the route's auth mode decides what a missing or invalid token means.
 async fn authenticate(

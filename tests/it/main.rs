@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod cors;
 mod identity;
 mod issuers;
 mod layout;

@@ -59,6 +59,8 @@ pub enum Behaviour {
     /// Answers with this status and these headers, an empty body; `{upstream}` in a value
     /// stands for the upstream's own address (`127.0.0.1:PORT`).
     Respond(u16, &'static [(&'static str, &'static str)]),
+    /// Like `Ok`, with these response headers added.
+    Headers(&'static [(&'static str, &'static str)]),
 }
 
 /// An HTTP/1.1 + HTTP/2 upstream that records what reaches it.
@@ -158,6 +160,16 @@ async fn answer(
     });
     match behaviour {
         Behaviour::Ok => json_ok(&serde_json::json!({"ok": true, "body_len": body_len})),
+        Behaviour::Headers(extra) => {
+            let mut r = json_ok(&serde_json::json!({"ok": true, "body_len": body_len}));
+            for (name, value) in extra {
+                r.headers_mut().append(
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_static(value),
+                );
+            }
+            r
+        }
         Behaviour::Delay(d) => {
             tokio::time::sleep(d).await;
             json_ok(&serde_json::json!({"ok": true}))
