@@ -60,6 +60,8 @@ pub struct RawRoute {
     pub forward_token: bool,
     #[serde(default)]
     pub allow_shadowing: bool,
+    #[serde(default)]
+    pub login_redirect: bool,
 }
 
 fn default_route_timeout() -> RawDuration {
@@ -111,6 +113,9 @@ pub struct Route {
     /// This route may take, for its host, requests that a host-less route with the same prefix
     /// and a stronger auth policy would otherwise serve (see [`shadowings`]); logged as a warning.
     pub allow_shadowing: bool,
+    /// A browser's navigation (GET or HEAD accepting `text/html`) without a live session or
+    /// token is sent to the sign-in page instead of answered 401; API calls still get 401.
+    pub login_redirect: bool,
 }
 
 /// An upstream base URL split into the parts the forwarder needs.
@@ -447,6 +452,12 @@ impl RawRoute {
         let has_requirements = !self.require_scopes.is_empty()
             || !self.require_roles.is_empty()
             || !self.require_any_role.is_empty();
+        if self.auth == AuthMode::Public && self.login_redirect {
+            return Err(invalid(
+                format!("{key}.login_redirect"),
+                "a public route never asks anyone to sign in",
+            ));
+        }
         if self.auth == AuthMode::Public && has_requirements {
             return Err(invalid(
                 format!("{key}.auth"),
@@ -469,6 +480,7 @@ impl RawRoute {
             require_any_role: self.require_any_role,
             forward_token: self.forward_token,
             allow_shadowing: self.allow_shadowing,
+            login_redirect: self.login_redirect,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! registration and the cookie, with the subsections that belong to other modules assembled in:
 //! `[auth.password]` ([`crate::auth::password`]), `[auth.identity_headers]`
 //! ([`crate::proxy::headers`]), `[[auth.trusted_issuers]]` ([`crate::auth::issuers`]) and
-//! `[auth.limits]` ([`crate::limits`]).
+//! `[auth.limits]` ([`crate::limits`]) and `[auth.session]` ([`crate::auth::session::settings`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use crate::auth::claims::check_account_values;
 use crate::auth::issuers::{IssuerSettings, RawTrustedIssuer};
 use crate::auth::keys::{JWKS_MAX_AGE, KeyAlg};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
+use crate::auth::session::settings::{RawSession, SessionConfig};
 // The validator's own defaults, defined once there.
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
@@ -88,6 +89,7 @@ pub struct RawAuth {
     pub identity_headers: RawIdentityHeaders,
     pub trusted_issuers: Vec<RawTrustedIssuer>,
     pub limits: RawLimits,
+    pub session: RawSession,
 }
 
 impl Default for RawAuth {
@@ -116,6 +118,7 @@ impl Default for RawAuth {
             identity_headers: RawIdentityHeaders::default(),
             trusted_issuers: Vec::new(),
             limits: RawLimits::default(),
+            session: RawSession::default(),
         }
     }
 }
@@ -156,6 +159,8 @@ pub struct AuthConfig {
     pub identity_headers: IdentityHeaders,
     pub trusted_issuers: Vec<IssuerSettings>,
     pub limits: LimitsConfig,
+    /// Browser sessions: the sign-in page and its cookie.
+    pub session: SessionConfig,
 }
 
 impl RawAuth {
@@ -261,6 +266,7 @@ impl RawAuth {
                     .map_err(|e| invalid(format!("auth.trusted_origins[{i}]"), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let session = self.session.validate(self.cookie.as_deref())?;
         let password = self.password.validate()?;
         let identity_headers = self.identity_headers.validate()?;
         let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
@@ -299,6 +305,7 @@ impl RawAuth {
             identity_headers,
             trusted_issuers,
             limits: self.limits.validate()?,
+            session,
         })
     }
 }
