@@ -3,6 +3,7 @@
 mod support;
 
 mod browser;
+mod chromium;
 mod cli;
 mod cluster;
 mod identity;
