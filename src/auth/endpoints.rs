@@ -343,6 +343,8 @@ async fn sign_in(
         return Err(failed(error, "/"));
     }
     let agent = req.headers().get(USER_AGENT).cloned();
+    let name = settings.cookie_for(context.secure);
+    let previous = session::cookie_value(req.headers(), &name).map(str::to_owned);
     let form = read_form(req).await?;
     let return_to = checked(form.get("return_to"));
     let request = TokenRequest {
@@ -357,7 +359,13 @@ async fn sign_in(
         Ok(issued) => issued,
         Err(error) => return Err(failed(error, &return_to)),
     };
-    let name = settings.cookie_for(context.secure);
+    // A sign-in never continues a session the browser arrived with (fixation): the new one
+    // replaces it, and the old one ends.
+    if let Some(previous) = previous
+        && let Err(e) = grants.sign_out(&previous, client).await
+    {
+        tracing::warn!(error = %e, "ending the session a browser signed in over failed");
+    }
     let cookie = session::set_cookie(
         &name,
         &issued.refresh_token,

@@ -434,6 +434,26 @@ async fn stolen_session_cookie_is_dead_after_sign_out() {
 }
 
 #[tokio::test]
+async fn session_fixation_a_sign_in_never_keeps_the_cookie_the_browser_arrived_with() {
+    let b = browser_gateway("").await;
+    // A value the attacker got the victim's browser to hold: their own live session.
+    let planted = signed_in(&b.gw).await;
+    let r = client()
+        .post(b.gw.url("/auth/sign_in"))
+        .header("origin", own_origin(&b.gw))
+        .header("cookie", &planted)
+        .form(&[("username", "alice"), ("password", "correct-horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let fresh = cookie_pair(&set_cookie(&r));
+    assert_ne!(fresh, planted);
+    assert_eq!(get_with(&b.gw, "/api/x", &fresh).await.status(), 200);
+    assert_eq!(get_with(&b.gw, "/api/x", &planted).await.status(), 401);
+}
+
+#[tokio::test]
 async fn sessions_off_by_default_serve_no_sign_in_page() {
     let up = Upstream::start().await;
     let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
