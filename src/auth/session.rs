@@ -364,6 +364,142 @@ pub async fn owner(value: &str, store: &dyn Store) -> Result<Option<Owner>, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys::KeyAlg;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewUser, RefreshFamilies, RefreshRecord, SessionOrigin, Users};
+
+    const NOW: i64 = 1_700_000_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: SqliteStore,
+        ring: KeyRing,
+        sessions: Sessions,
+        value: String,
+        digest: [u8; 32],
+    }
+
+    /// Sessions on (idle 1m, lifetime 1h, access tokens of 5m) and alice's live session,
+    /// signed in at `NOW`.
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let ring = KeyRing::load_or_generate_at(
+            &dir.path().join("keys"),
+            KeyAlg::EdDSA,
+            std::time::Duration::from_secs(600),
+            NOW,
+        )
+        .unwrap();
+        let config = crate::config::Config::from_toml(
+            "[auth]\naccess_token_lifetime = \"5m\"\n\
+             [auth.session]\nenabled = true\nidle_timeout = \"1m\"\nlifetime = \"1h\"\n",
+        )
+        .unwrap();
+        let sessions = Sessions::new(&config.auth, None).unwrap();
+        let alice = Username::parse("alice").unwrap();
+        store
+            .create_user(NewUser {
+                username: alice.clone(),
+                password_hash: "x".into(),
+                roles: vec!["staff".into()],
+                scopes: vec!["read".into()],
+            })
+            .await
+            .unwrap();
+        let (value, digest) = new_value();
+        store
+            .insert_refresh(
+                RefreshRecord {
+                    digest,
+                    family: "fam".into(),
+                    username: alice,
+                    scopes: vec!["read".into()],
+                    issued_at: NOW,
+                    expires_at: NOW + 3600,
+                },
+                SessionOrigin::default(),
+            )
+            .await
+            .unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            ring,
+            sessions,
+            value: value.as_str().to_owned(),
+            digest,
+        }
+    }
+
+    impl Fixture {
+        async fn at(&self, now: i64) -> Result<Resumed, SessionError> {
+            self.sessions
+                .access_token(&self.value, &self.store, &self.ring, now)
+                .await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_held_token_is_used_until_near_its_expiry_then_a_new_one_is_minted() {
+        let f = fixture().await;
+        let first = f.at(NOW).await.unwrap();
+        assert_eq!(first.family, "fam");
+        // Used every 40 s (within the idle timeout), the held token serves until 30 s before
+        // its 5 minutes run out.
+        for t in (NOW + 40..NOW + 270).step_by(40) {
+            assert_eq!(f.at(t).await.unwrap().token, first.token, "held at {t}");
+        }
+        let renewed = f.at(NOW + 271).await.unwrap();
+        assert_ne!(renewed.token, first.token);
+        assert_eq!(renewed.family, "fam");
+    }
+
+    #[tokio::test]
+    async fn a_session_idle_too_long_or_past_its_lifetime_is_over() {
+        let f = fixture().await;
+        f.sessions.hold(f.digest, "fam", "token", NOW + 300, NOW);
+        assert!(matches!(f.at(NOW + 61).await, Err(SessionError::Idle)));
+        // Busy all along, it still ends with its lifetime (in the store, too).
+        let f = fixture().await;
+        f.sessions.hold(f.digest, "fam", "token", NOW + 300, NOW);
+        let mut t = NOW;
+        while t < NOW + 3600 {
+            t += 50;
+            let result = f.at(t).await;
+            if t >= NOW + 3600 {
+                assert!(matches!(result, Err(SessionError::Expired)), "at {t}");
+            } else {
+                assert!(result.is_ok(), "at {t}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_new_token_for_a_revoked_family_or_a_disabled_user() {
+        let f = fixture().await;
+        f.store.revoke_family("fam").await.unwrap();
+        assert!(matches!(f.at(NOW).await, Err(SessionError::Ended)));
+        let f = fixture().await;
+        let alice = Username::parse("alice").unwrap();
+        // Disabling cuts the sessions (revokes the family) in the store's own transaction.
+        f.store.set_disabled(&alice, true, NOW).await.unwrap();
+        assert!(f.at(NOW).await.err().is_some_and(|e| e.is_over()));
+        let f = fixture().await;
+        assert!(matches!(
+            f.sessions
+                .access_token("short", &f.store, &f.ring, NOW)
+                .await,
+            Err(SessionError::Malformed)
+        ));
+        let (unknown, _) = new_value();
+        assert!(matches!(
+            f.sessions
+                .access_token(&unknown, &f.store, &f.ring, NOW)
+                .await,
+            Err(SessionError::Unknown)
+        ));
+    }
 
     #[test]
     fn a_session_value_is_256_random_bits_and_its_digest_is_not_a_refresh_digest() {
