@@ -143,4 +143,27 @@ mod tests {
         assert_eq!(c.auth.session.cookie_for(true), "__Host-gatehouse");
         assert_eq!(c.auth.session.cookie_for(false), "gatehouse");
     }
+
+    #[test]
+    fn login_redirect_needs_sessions_and_a_route_that_asks_for_credentials() {
+        let route = |extra: &str| {
+            format!(
+                "[[routes]]\nname = \"app\"\npath_prefix = \"/app\"\n\
+                 upstream = \"http://127.0.0.1:9\"\nlogin_redirect = true\n{extra}\n"
+            )
+        };
+        let e = err(&route(""));
+        assert!(e.contains("routes[app].login_redirect"), "{e}");
+        let e = err(&format!(
+            "{}[auth.session]\nenabled = true\n",
+            route("auth = \"public\"")
+        ));
+        assert!(e.contains("routes[app].login_redirect"), "{e}");
+        let c = crate::config::Config::from_toml(&format!(
+            "{}[auth.session]\nenabled = true\n",
+            route("")
+        ))
+        .unwrap();
+        assert!(c.routes[0].login_redirect);
+    }
 }
