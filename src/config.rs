@@ -252,6 +252,14 @@ impl RawConfig {
         let upstream = self.upstream.validate()?;
         let auth = self.auth.validate()?;
         let routes = validate_routes(self.routes, &auth.prefix)?;
+        if !auth.session.enabled
+            && let Some(route) = routes.iter().find(|r| r.login_redirect)
+        {
+            return Err(invalid(
+                format!("routes[{}].login_redirect", route.name),
+                "needs browser sessions: set [auth.session] enabled = true",
+            ));
+        }
         let store = self.store.validate()?;
         if store.is_shared() && auth.kek_file.is_none() {
             return Err(invalid(

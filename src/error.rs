@@ -63,6 +63,10 @@ pub enum Rejection {
     Upstream(ProxyError),
     #[error("upstream switched protocols unasked")]
     UnexpectedUpgrade,
+    /// A browser's navigation to a `login_redirect` route without a live session: sent to the
+    /// sign-in page (`location`, the page with the percent-encoded `return_to`).
+    #[error("no session: redirected to sign in")]
+    LoginRedirect { location: String },
     /// One of the gateway's own endpoints refused (credential failures become the variants
     /// above, so they answer alike wherever they happen).
     #[error("{0}")]
@@ -118,6 +122,7 @@ impl Rejection {
             Rejection::Upstream(ProxyError::Connect(_)) => "upstream_connect",
             Rejection::Upstream(_) => "upstream_error",
             Rejection::UnexpectedUpgrade => "unexpected_upgrade",
+            Rejection::LoginRedirect { .. } => "login_redirect",
             Rejection::Endpoint(e) => e.code(),
         }
     }
@@ -220,9 +225,34 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             StatusCode::BAD_GATEWAY,
             "upstream switched protocols unasked",
         ),
+        // 302, not 303: the browser repeats the GET or HEAD it made, at the sign-in page.
+        Rejection::LoginRedirect { location } => match HeaderValue::from_str(location) {
+            Ok(location) => {
+                let mut response = Response::new(crate::body::empty());
+                *response.status_mut() = StatusCode::FOUND;
+                let headers = response.headers_mut();
+                headers.insert(http::header::LOCATION, location);
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            Err(_) => respond(&Rejection::NoToken),
+        },
         Rejection::Endpoint(EndpointError::Credential(c)) => respond(&c.clone().into()),
+        Rejection::Endpoint(EndpointError::SignIn { error, page }) => sign_in_failed(error, page),
         Rejection::Endpoint(e) => oauth(e),
     }
+}
+
+/// A failed browser sign-in: the form again, with the grant's status (the same for an unknown
+/// user and a wrong password) and, for limits, `Retry-After`.
+fn sign_in_failed(error: &GrantError, page: &str) -> Response<Body> {
+    let mut response = crate::auth::endpoints::page(grant_status(error), page.to_owned());
+    if let Some(secs) = grant_retry_after(error) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 fn upstream(e: &ProxyError) -> Response<Body> {
@@ -266,6 +296,7 @@ fn endpoint_status(e: &EndpointError) -> StatusCode {
         EndpointError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         EndpointError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         EndpointError::NotFound => StatusCode::NOT_FOUND,
+        EndpointError::SignIn { error, .. } => grant_status(error),
     }
 }
 
@@ -286,9 +317,16 @@ fn grant_status(e: &GrantError) -> StatusCode {
 /// Seconds to wait before retrying, for refusals that pass by themselves.
 fn retry_after(e: &EndpointError) -> Option<u64> {
     match e {
-        EndpointError::Grant(GrantError::Busy) => Some(BUSY_RETRY_AFTER),
-        EndpointError::Grant(GrantError::StoreUnavailable) => Some(STORE_RETRY_AFTER),
-        EndpointError::Grant(GrantError::Limited(r)) => Some(r.retry_after),
+        EndpointError::Grant(e) | EndpointError::SignIn { error: e, .. } => grant_retry_after(e),
+        _ => None,
+    }
+}
+
+fn grant_retry_after(e: &GrantError) -> Option<u64> {
+    match e {
+        GrantError::Busy => Some(BUSY_RETRY_AFTER),
+        GrantError::StoreUnavailable => Some(STORE_RETRY_AFTER),
+        GrantError::Limited(r) => Some(r.retry_after),
         _ => None,
     }
 }
@@ -478,6 +516,60 @@ mod tests {
     }
 
     #[test]
+    fn a_browser_without_a_session_is_sent_to_sign_in_and_not_challenged() {
+        let location = "/auth/sign_in?return_to=%2Fapp%3Fx%3D1".to_owned();
+        let response = respond(&Rejection::LoginRedirect {
+            location: location.clone(),
+        });
+        assert_eq!(response.status(), 302);
+        assert_eq!(
+            response.headers()[http::header::LOCATION],
+            location.as_str()
+        );
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+        // A location that cannot be a header value is never sent: the plain challenge instead.
+        let response = respond(&Rejection::LoginRedirect {
+            location: "/x\n".to_owned(),
+        });
+        assert_eq!(response.status(), 401);
+    }
+
+    #[test]
+    fn a_failed_sign_in_shows_the_form_again_with_the_grants_status() {
+        for (error, status) in [
+            (GrantError::BadCredentials, 400),
+            (GrantError::InvalidRequest("username too long"), 400),
+            (
+                GrantError::Limited(Refusal {
+                    retry_after: 9,
+                    limit: 5,
+                }),
+                429,
+            ),
+            (GrantError::Busy, 503),
+        ] {
+            let limited = matches!(error, GrantError::Limited(_));
+            let response = respond(&Rejection::Endpoint(EndpointError::SignIn {
+                error,
+                page: "<p>form</p>".into(),
+            }));
+            assert_eq!(response.status(), status);
+            assert!(
+                response.headers()[http::header::CONTENT_TYPE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/html")
+            );
+            assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+            assert_eq!(response.headers()["x-frame-options"], "DENY");
+            if limited {
+                assert_eq!(response.headers()[RETRY_AFTER], "9");
+            }
+        }
+    }
+
+    #[test]
     fn oauth_errors_carry_no_store_and_limits_carry_retry_after() {
         let response = respond(&Rejection::Endpoint(EndpointError::Grant(
             GrantError::BadCredentials,
@@ -532,7 +624,8 @@ mod tests {
                 | EndpointError::UnsupportedMediaType
                 | EndpointError::TooLarge
                 | EndpointError::MethodNotAllowed
-                | EndpointError::NotFound => {}
+                | EndpointError::NotFound
+                | EndpointError::SignIn { .. } => {}
             }
         }
         let refusal = Refusal {
@@ -561,8 +654,15 @@ mod tests {
             (EndpointError::TooLarge, 413),
             (EndpointError::MethodNotAllowed, 405),
             (EndpointError::NotFound, 404),
+            (
+                EndpointError::SignIn {
+                    error: GrantError::BadCredentials,
+                    page: String::new(),
+                },
+                400,
+            ),
         ];
-        assert_eq!(table.len(), 18, "one row per variant");
+        assert_eq!(table.len(), 19, "one row per variant");
         for (error, expected) in table {
             listed(&error);
             let label = error.to_string();

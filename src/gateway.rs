@@ -44,6 +44,7 @@ use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::endpoints::Endpoint;
 use crate::auth::service::AuthService;
+use crate::auth::signin::BrowserContext;
 use crate::body::Body;
 use crate::config::Config;
 use crate::cors::{self, CorsPolicy};
@@ -83,6 +84,8 @@ pub struct Gateway {
     auth: Arc<AuthService>,
     /// The proxy path's half of `auth`, held directly for stage 6.
     authenticator: Arc<Authenticator>,
+    /// The routes' hosts, where a browser may be sent after signing in.
+    route_hosts: Arc<[String]>,
 }
 
 /// What each route needs beside its config: its own pooled client (each route has its own
@@ -135,7 +138,13 @@ impl Gateway {
                 redirects: redirects::Rewriter::for_route(route),
             });
         }
+        let route_hosts = router
+            .routes()
+            .iter()
+            .filter_map(|r| r.host.clone())
+            .collect();
         Ok(Self {
+            route_hosts,
             config,
             router,
             per_route,
@@ -274,6 +283,13 @@ impl Gateway {
         }
         let index = match choice {
             Choice::Endpoint(endpoint) => {
+                if matches!(endpoint, Endpoint::SignIn | Endpoint::SignOut) {
+                    req.extensions_mut().insert(BrowserContext {
+                        secure: scheme == Scheme::Https,
+                        host: target.host().to_owned(),
+                        route_hosts: Arc::clone(&self.route_hosts),
+                    });
+                }
                 return Ok(self.auth.serve_apart(endpoint, req, client).await?);
             }
             Choice::Route(index) => index,
@@ -295,6 +311,27 @@ impl Gateway {
             &self.config.auth.identity_headers,
             self.config.auth.cookie.as_deref(),
         );
+        // The session cookie is the gateway's alone: no upstream ever sees it. A route that
+        // forwards the token gets the one the gateway holds for the session instead.
+        if self.config.auth.session.enabled {
+            let session = &self.config.auth.session;
+            let held = (route.forward_token
+                && identity.is_some()
+                && !req.headers().contains_key(http::header::AUTHORIZATION))
+            .then(|| {
+                self.authenticator
+                    .held_session_token(req.headers(), scheme == Scheme::Https)
+            })
+            .flatten();
+            for secure in [true, false] {
+                forward::remove_cookie(req.headers_mut(), &session.cookie_for(secure));
+            }
+            if let Some(value) =
+                held.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            {
+                req.headers_mut().insert(http::header::AUTHORIZATION, value);
+            }
+        }
         let forwarding = Forwarding {
             peer: conn.peer.ip(),
             trusted_proxies: &self.config.server.trusted_proxies,

@@ -27,9 +27,12 @@
 //! | `cors::tests` | the CORS policy and its settings, against the example config too (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
+//! | `auth::signin` | the browser's sign-in and sign-out pages: escaped HTML and the headers that keep it out of frames and caches |
+//! | `auth::signin::return_to` | where a browser may be sent after signing in (no open redirect) |
 //! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
+//! | `auth::session` | browser sessions: the cookie's value and digest, the access tokens held for them and their renewal |
 //! | `config` | raw TOML/env configuration validated into `Config` |
 //! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
@@ -40,6 +43,7 @@
 //! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
 //! | `cors` | CORS: the `[routes.cors]` and `[auth.cors]` settings, preflight verdicts, `Access-Control-*` response headers |
+//! | `auth::session::settings` | the `[auth.session]` settings: on or off, the cookie's name, idle and absolute lifetime |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
 //! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |

@@ -76,6 +76,8 @@ pub struct RawRoute {
     /// `[routes.cors]`: absent, the route has no CORS policy.
     #[serde(default)]
     pub cors: Option<RawCors>,
+    #[serde(default)]
+    pub login_redirect: bool,
 }
 
 fn default_preserve_host() -> bool {
@@ -144,6 +146,9 @@ pub struct Route {
     /// The route's CORS policy (`[routes.cors]`): preflights answered by the gateway, the
     /// `Access-Control-*` headers of its responses. `None`: preflights are like any request.
     pub cors: Option<CorsPolicy>,
+    /// A browser's navigation (GET or HEAD accepting `text/html`) without a live session or
+    /// token is sent to the sign-in page instead of answered 401; API calls still get 401.
+    pub login_redirect: bool,
 }
 
 /// An upstream base URL split into the parts the forwarder needs.
@@ -522,6 +527,12 @@ impl RawRoute {
         let has_requirements = !self.require_scopes.is_empty()
             || !self.require_roles.is_empty()
             || !self.require_any_role.is_empty();
+        if self.auth == AuthMode::Public && self.login_redirect {
+            return Err(invalid(
+                format!("{key}.login_redirect"),
+                "a public route never asks anyone to sign in",
+            ));
+        }
         if self.auth == AuthMode::Public && has_requirements {
             return Err(invalid(
                 format!("{key}.auth"),
@@ -550,6 +561,7 @@ impl RawRoute {
                 .cors
                 .map(|c| c.validate(&format!("{key}.cors"), Owner::Route))
                 .transpose()?,
+            login_redirect: self.login_redirect,
         })
     }
 }

@@ -13,6 +13,7 @@ use crate::auth::claims::Identity;
 use crate::auth::issuers::TrustedIssuers;
 use crate::auth::keys::KeyRing;
 use crate::auth::revocation::{self, Revocation};
+use crate::auth::session::Sessions;
 use crate::auth::settings::AuthConfig;
 use crate::auth::username::Username;
 use crate::auth::verify::{self, Verifier, VerifyError};
@@ -58,6 +59,17 @@ pub enum Carrier {
     /// The configured cookie: the browser attaches it to every request to the site, whoever
     /// made the page that sends it.
     Cookie,
+    /// The browser-session cookie ([`crate::auth::session`]): sent by the browser on its own
+    /// like [`Carrier::Cookie`], and checked the same way.
+    Session,
+}
+
+impl Carrier {
+    /// Whether the browser attached the credential by itself (so a state-changing request must
+    /// pass the cross-site check).
+    pub fn is_ambient(self) -> bool {
+        matches!(self, Carrier::Cookie | Carrier::Session)
+    }
 }
 
 pub struct Authenticator {
@@ -85,6 +97,8 @@ pub struct Authenticator {
     /// Tokens refused for a reason time cannot change, by SHA-256 of the token; shared like
     /// `cache`.
     refused: Arc<DashMap<[u8; 32], Refused>>,
+    /// Browser sessions and the access tokens held for them; `None` when they are off.
+    sessions: Option<Sessions>,
 }
 
 /// A refusal worth remembering; like [`Cached`], bound to the external key-set generation.
@@ -144,7 +158,9 @@ impl Authenticator {
             None => Arc::new(Revocation::load(&*store, now()).await?),
         };
         let token_horizon = revocation::token_horizon(config);
+        let sessions = Sessions::new(config, previous.and_then(|p| p.sessions.as_ref()));
         Ok(Self {
+            sessions,
             cookie: config.cookie.clone(),
             max_token_bytes: config.max_token_bytes,
             leeway: config.leeway.as_secs() as i64,
@@ -207,6 +223,81 @@ impl Authenticator {
                 .await
                 .map(|identity| Some((identity, carrier)))
                 .map_err(CredentialError::Invalid),
+        }
+    }
+
+    /// [`identify_carried`](Self::identify_carried), and when the request presents no token, the
+    /// browser session its cookie names (read under the name for the request's scheme:
+    /// `secure` for HTTPS). A session that is over is no credential (`Ok(None)`): the browser
+    /// signs in again. The session's access token is verified like any other, revocations
+    /// included, on every request.
+    pub async fn identify_request(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        secure: bool,
+    ) -> Result<Option<(Arc<Identity>, Carrier)>, CredentialError> {
+        if let Some(found) = self.identify_carried(headers, query).await? {
+            return Ok(Some(found));
+        }
+        let Some(sessions) = &self.sessions else {
+            return Ok(None);
+        };
+        let name = sessions.config().cookie_for(secure);
+        let Some(value) = crate::auth::session::cookie_value(headers, &name) else {
+            return Ok(None);
+        };
+        let keys = self.keys.load();
+        let resumed = match sessions
+            .access_token(value, &*self.store, &keys.ring, now())
+            .await
+        {
+            Ok(resumed) => resumed,
+            Err(e) if e.is_over() => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "a browser session could not be confirmed");
+                return Err(CredentialError::Invalid(VerifyError::Unconfirmed));
+            }
+        };
+        drop(keys);
+        match self.verify_access(&resumed.token).await {
+            Ok(identity) => Ok(Some((identity, Carrier::Session))),
+            Err(VerifyError::Unconfirmed) => {
+                Err(CredentialError::Invalid(VerifyError::Unconfirmed))
+            }
+            // Revoked (its sid, a cut), or its key gone: the session is over here.
+            Err(_) => {
+                sessions.forget(value);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The access token held for the browser session the request's cookie names, if any (a
+    /// route that forwards the token gets this one: the browser never had a token to send).
+    pub fn held_session_token(&self, headers: &HeaderMap, secure: bool) -> Option<String> {
+        let sessions = self.sessions.as_ref()?;
+        let value =
+            crate::auth::session::cookie_value(headers, &sessions.config().cookie_for(secure))?;
+        sessions.held_token(value)
+    }
+
+    /// Whether browser sessions are on; their settings.
+    pub fn sessions(&self) -> Option<&crate::auth::session::settings::SessionConfig> {
+        self.sessions.as_ref().map(Sessions::config)
+    }
+
+    /// Holds the access token minted at a browser's sign-in for its session.
+    pub fn hold_session(&self, digest: [u8; 32], family: &str, token: &str, exp: i64, now: i64) {
+        if let Some(sessions) = &self.sessions {
+            sessions.hold(digest, family, token, exp, now);
+        }
+    }
+
+    /// Forgets the token held for the session of cookie `value`.
+    pub fn forget_session(&self, value: &str) {
+        if let Some(sessions) = &self.sessions {
+            sessions.forget(value);
         }
     }
 
@@ -416,6 +507,9 @@ impl Authenticator {
         self.revocation.prune(now, now - self.token_horizon);
         self.cache.retain(|_, v| v.identity.exp > now);
         self.refused.retain(|_, v| v.until > now);
+        if let Some(sessions) = &self.sessions {
+            sessions.prune(now);
+        }
     }
 }
 

@@ -3,6 +3,11 @@
 //! JWKS. This module parses requests and renders answers; the work is
 //! [`crate::auth::grants`]'s and the authenticator's.
 //!
+//! `{prefix}/sign_in` and `{prefix}/sign_out` are the browser's: HTML pages
+//! ([`crate::auth::signin`]) and a session cookie ([`crate::auth::session`]) instead of JSON and
+//! tokens, with the same password grant, limits and lockout as `/login` behind them. They answer
+//! 404 unless `[auth.session] enabled`.
+//!
 //! One implementation sits behind `/token`, `/login` and `/refresh`. Every failure is an
 //! [`EndpointError`], rendered in `crate::error`. Token responses carry `Cache-Control: no-store`.
 //!
@@ -16,7 +21,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, USER_AGENT};
+use http::header::{
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, PRAGMA, SET_COOKIE, USER_AGENT,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -25,6 +32,8 @@ use serde_json::{Value, json};
 use crate::auth::authenticator::CredentialError;
 use crate::auth::claims::Identity;
 use crate::auth::grants::{Grant, GrantError, Grants, Issued, TokenRequest};
+use crate::auth::session;
+use crate::auth::signin::{self, BrowserContext, return_to};
 use crate::body::{Body, with_json};
 
 /// Largest token-endpoint body; larger is refused before parsing or hashing.
@@ -51,6 +60,9 @@ pub enum EndpointError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    /// A browser's sign-in failed: the grant's error, and the sign-in page to show again.
+    #[error("sign-in failed: {error}")]
+    SignIn { error: GrantError, page: String },
 }
 
 impl EndpointError {
@@ -67,6 +79,7 @@ impl EndpointError {
             EndpointError::UnsupportedGrantType => "unsupported_grant_type",
             EndpointError::MethodNotAllowed => "method_not_allowed",
             EndpointError::NotFound => "not_found",
+            EndpointError::SignIn { error, .. } => error.code(),
         }
     }
 
@@ -84,6 +97,7 @@ impl EndpointError {
             EndpointError::TooLarge => "request body too large",
             EndpointError::MethodNotAllowed => "method not allowed",
             EndpointError::NotFound => "no such endpoint",
+            EndpointError::SignIn { error, .. } => error.description(),
         }
     }
 }
@@ -99,6 +113,10 @@ pub enum Endpoint {
     Me,
     Register,
     Jwks,
+    /// The browser's sign-in page and form.
+    SignIn,
+    /// The browser's sign-out page and button.
+    SignOut,
     /// Under the prefix but no such endpoint.
     Unknown,
 }
@@ -106,7 +124,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`), for per-endpoint state
     /// built once.
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::Token,
         Endpoint::Login,
         Endpoint::Refresh,
@@ -115,6 +133,8 @@ impl Endpoint {
         Endpoint::Me,
         Endpoint::Register,
         Endpoint::Jwks,
+        Endpoint::SignIn,
+        Endpoint::SignOut,
         Endpoint::Unknown,
     ];
 
@@ -129,12 +149,18 @@ impl Endpoint {
             Endpoint::Me => "gatehouse:me",
             Endpoint::Register => "gatehouse:register",
             Endpoint::Jwks => "gatehouse:jwks",
+            Endpoint::SignIn => "gatehouse:sign_in",
+            Endpoint::SignOut => "gatehouse:sign_out",
             Endpoint::Unknown => "gatehouse:unknown",
         }
     }
 }
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// The sign-in page, under the prefix.
+pub const SIGN_IN: &str = "/sign_in";
+/// The sign-out page, under the prefix.
+pub const SIGN_OUT: &str = "/sign_out";
 
 /// Which of the gateway's endpoints the (normalised) path names, if any. Any other path
 /// under the prefix is a 404 from the gateway itself, never proxied.
@@ -151,6 +177,8 @@ pub fn endpoint_for(prefix: &str, path: &str) -> Option<Endpoint> {
         "/revoke" => Endpoint::Revoke,
         "/me" => Endpoint::Me,
         "/register" => Endpoint::Register,
+        SIGN_IN => Endpoint::SignIn,
+        SIGN_OUT => Endpoint::SignOut,
         r if r.is_empty() || r.starts_with('/') => Endpoint::Unknown,
         _ => return None,
     })
@@ -167,6 +195,7 @@ pub async fn serve(
     let allowed: &[Method] = match endpoint {
         Endpoint::Unknown => return Err(EndpointError::NotFound),
         Endpoint::Me | Endpoint::Jwks => &[Method::GET, Method::HEAD],
+        Endpoint::SignIn | Endpoint::SignOut => &[Method::GET, Method::HEAD, Method::POST],
         _ => &[Method::POST],
     };
     if !allowed.contains(req.method()) {
@@ -179,6 +208,8 @@ pub async fn serve(
     }
     match endpoint {
         Endpoint::Unknown => Err(EndpointError::NotFound),
+        Endpoint::SignIn => sign_in(grants, req, client).await,
+        Endpoint::SignOut => sign_out(grants, req, client).await,
         Endpoint::Jwks => Ok(jwks_response(grants.authenticator().keys().ring.jwks())),
         Endpoint::Me => {
             let identity = grants
@@ -260,6 +291,141 @@ pub async fn serve(
     }
 }
 
+/// `GET {prefix}/sign_in`: the form; `POST`: the password grant for a browser session, then a
+/// 303 to where the browser was going with the session cookie set, or the form again with one
+/// generic message.
+async fn sign_in(
+    grants: &Grants,
+    req: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Response<Body>, EndpointError> {
+    let Some(settings) = grants.authenticator().sessions().cloned() else {
+        return Err(EndpointError::NotFound);
+    };
+    let context = req
+        .extensions()
+        .get::<BrowserContext>()
+        .cloned()
+        .unwrap_or_default();
+    let action = format!("{}{SIGN_IN}", grants.config().prefix);
+    let checked = |raw: Option<&str>| {
+        return_to::checked(raw.unwrap_or("/"), &context.host, &context.route_hosts).to_owned()
+    };
+    if req.method() != Method::POST {
+        let asked: Vec<(String, String)> = req
+            .uri()
+            .query()
+            .and_then(|q| serde_urlencoded::from_str(q).ok())
+            .unwrap_or_default();
+        let asked = asked
+            .iter()
+            .find(|(k, _)| k == "return_to")
+            .map(|(_, v)| v.as_str());
+        return Ok(page(
+            StatusCode::OK,
+            signin::sign_in_page(&action, &checked(asked), None),
+        ));
+    }
+    let failed = |error: GrantError, return_to: &str| {
+        let message = match &error {
+            GrantError::Limited(_) => signin::LIMITED,
+            GrantError::Busy | GrantError::StoreUnavailable | GrantError::Server => {
+                signin::UNAVAILABLE
+            }
+            _ => signin::BAD_CREDENTIALS,
+        };
+        EndpointError::SignIn {
+            page: signin::sign_in_page(&action, return_to, Some(message)),
+            error,
+        }
+    };
+    if let Err(error) = grants.admit_client(client).await {
+        return Err(failed(error, "/"));
+    }
+    let agent = req.headers().get(USER_AGENT).cloned();
+    let name = settings.cookie_for(context.secure);
+    let previous = session::cookie_value(req.headers(), &name).map(str::to_owned);
+    let form = read_form(req).await?;
+    let return_to = checked(form.get("return_to"));
+    let request = TokenRequest {
+        username: Some(form.get("username").unwrap_or("")),
+        password: Some(form.get("password").unwrap_or("")),
+        user_agent: agent.as_ref().map(HeaderValue::as_bytes),
+        client_id: Some(session::SESSION_CLIENT_ID),
+        browser: true,
+        ..TokenRequest::default()
+    };
+    let issued = match grants.token(Grant::Password, request, client).await {
+        Ok(issued) => issued,
+        Err(error) => return Err(failed(error, &return_to)),
+    };
+    // A sign-in never continues a session the browser arrived with (fixation): the new one
+    // replaces it, and the old one ends.
+    if let Some(previous) = previous
+        && let Err(e) = grants.sign_out(&previous, client).await
+    {
+        tracing::warn!(error = %e, "ending the session a browser signed in over failed");
+    }
+    let cookie = session::set_cookie(
+        &name,
+        &issued.refresh_token,
+        context.secure,
+        settings.lifetime.as_secs(),
+    )
+    .ok_or(GrantError::Server)?;
+    let mut response = see_other(&return_to)?;
+    response.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// `GET {prefix}/sign_out`: a page with one button; `POST` (cross-site checked in the pipeline):
+/// ends the session, clears the cookie and sends the browser to the sign-in page.
+async fn sign_out(
+    grants: &Grants,
+    req: Request<Incoming>,
+    client: IpAddr,
+) -> Result<Response<Body>, EndpointError> {
+    let Some(settings) = grants.authenticator().sessions().cloned() else {
+        return Err(EndpointError::NotFound);
+    };
+    let prefix = &grants.config().prefix;
+    if req.method() != Method::POST {
+        let action = format!("{prefix}{SIGN_OUT}");
+        return Ok(page(StatusCode::OK, signin::sign_out_page(&action)));
+    }
+    let secure = req
+        .extensions()
+        .get::<BrowserContext>()
+        .is_some_and(|c| c.secure);
+    let name = settings.cookie_for(secure);
+    if let Some(value) = session::cookie_value(req.headers(), &name) {
+        grants.sign_out(value, client).await?;
+    }
+    let mut response = see_other(&format!("{prefix}{SIGN_IN}"))?;
+    let cleared = session::clear_cookie(&name, secure).ok_or(GrantError::Server)?;
+    response.headers_mut().insert(SET_COOKIE, cleared);
+    Ok(response)
+}
+
+/// An HTML page with the headers every page carries.
+pub fn page(status: StatusCode, html: String) -> Response<Body> {
+    let mut response = Response::new(crate::body::full(html));
+    *response.status_mut() = status;
+    signin::page_headers(response.headers_mut());
+    response
+}
+
+/// A 303 to `location` (checked by the caller), never cached.
+fn see_other(location: &str) -> Result<Response<Body>, EndpointError> {
+    let location = HeaderValue::from_str(location).map_err(|_| GrantError::Server)?;
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, location);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 /// `/login` and `/refresh`, which name their grant by path.
 async fn token(
     grants: &Grants,
@@ -286,6 +452,7 @@ async fn token_from(
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),
         user_agent: agent.as_ref().map(HeaderValue::as_bytes),
+        browser: false,
     };
     let issued = grants.token(grant, request, client).await?;
     Ok(no_store(with_json(StatusCode::OK, tokens_json(issued))))

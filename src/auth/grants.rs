@@ -13,6 +13,7 @@ use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError, PasswordPool};
+use crate::auth::session;
 use crate::auth::settings::AuthConfig;
 use crate::auth::tokens::{
     self, AccessTokenSpec, MAX_REFRESH_TOKEN_BYTES, TokenSubject, mint_access,
@@ -171,6 +172,9 @@ pub struct TokenRequest<'a> {
     pub refresh_token: Option<&'a str>,
     /// Recorded with a new session for operators (`gatehouse sessions list`).
     pub user_agent: Option<&'a [u8]>,
+    /// A browser's sign-in: the family's one token is a session cookie value
+    /// ([`crate::auth::session`]), never a refresh token, and lives for the session lifetime.
+    pub browser: bool,
 }
 
 impl TokenRequest<'_> {
@@ -192,6 +196,21 @@ impl TokenRequest<'_> {
             user_agent: agent,
         }
     }
+}
+
+/// What a new family's first token is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstToken {
+    /// A refresh token the client holds and rotates.
+    Refresh,
+    /// A browser session's cookie value: it never rotates and is never a refresh token.
+    Session,
+}
+
+/// A new family: where it started and what its first token is.
+struct NewFamily {
+    origin: SessionOrigin,
+    first: FirstToken,
 }
 
 /// A refresh token's session, found (and ended) by a logout or a revocation.
@@ -371,8 +390,15 @@ impl Grants {
                 let password = form
                     .password
                     .ok_or(GrantError::InvalidRequest("password is required"))?;
-                let origin = form.origin(client);
-                self.password_grant(username, password, requested, &client_id, client, origin)
+                let family = NewFamily {
+                    origin: form.origin(client),
+                    first: if form.browser {
+                        FirstToken::Session
+                    } else {
+                        FirstToken::Refresh
+                    },
+                };
+                self.password_grant(username, password, requested, &client_id, client, family)
                     .await
             }
             Grant::Refresh => {
@@ -396,7 +422,7 @@ impl Grants {
         requested: Option<Vec<String>>,
         client_id: &str,
         client: IpAddr,
-        origin: SessionOrigin,
+        family: NewFamily,
     ) -> Result<Issued, GrantError> {
         if raw_username.len() > 64 {
             return Err(GrantError::InvalidRequest("username too long"));
@@ -500,7 +526,7 @@ impl Grants {
         }
         let scopes = narrow_scopes(&user.scopes, requested)?;
         let issued = self
-            .issue(&user.username, &user.roles, &scopes, client_id, origin)
+            .issue(&user.username, &user.roles, &scopes, client_id, family)
             .await?;
         Ok(issued)
     }
@@ -619,17 +645,29 @@ impl Grants {
         self.config.refresh_token_lifetime.as_secs() as i64
     }
 
-    /// Mints an access token and a new refresh-token family.
+    /// Mints an access token and a new refresh-token family, whose first token is a refresh
+    /// token or a browser session's cookie value.
     async fn issue(
         &self,
         username: &Username,
         roles: &[String],
         scopes: &[String],
         client_id: &str,
-        origin: SessionOrigin,
+        new_family: NewFamily,
     ) -> Result<Issued, GrantError> {
+        let NewFamily { origin, first } = new_family;
         let now = now();
-        let (refresh, digest) = tokens::new_refresh_token();
+        let (refresh, digest, lifetime) = match first {
+            FirstToken::Refresh => {
+                let (token, digest) = tokens::new_refresh_token();
+                (token, digest, self.refresh_lifetime())
+            }
+            FirstToken::Session => {
+                let (value, digest) = session::new_value();
+                let lifetime = self.config.session.lifetime.as_secs() as i64;
+                (value.as_str().to_owned(), digest, lifetime)
+            }
+        };
         let family = tokens::new_family_id();
         self.store
             .insert_refresh(
@@ -639,7 +677,7 @@ impl Grants {
                     username: username.clone(),
                     scopes: scopes.to_vec(),
                     issued_at: now,
-                    expires_at: now + self.refresh_lifetime(),
+                    expires_at: now + lifetime,
                 },
                 origin,
             )
@@ -651,7 +689,51 @@ impl Grants {
             client_id,
             sid: Some(&family),
         };
-        self.mint(username, &subject, refresh).await
+        let issued = self.mint(username, &subject, refresh).await?;
+        if first == FirstToken::Session {
+            // Held from the start, so the first request after sign-in mints nothing.
+            let exp = now + issued.expires_in as i64 - 1;
+            self.authenticator
+                .hold_session(digest, &family, &issued.access_token, exp, now);
+        }
+        Ok(issued)
+    }
+
+    /// Ends the browser session of cookie `value` (its family and every access token of it);
+    /// whether one was still live. An unknown value ends nothing.
+    pub async fn sign_out(&self, value: &str, client: IpAddr) -> Result<bool, GrantError> {
+        self.authenticator.forget_session(value);
+        let Some(owner) = session::owner(value, &*self.store).await? else {
+            audit::record(
+                Event::Logout,
+                None,
+                Source::Client(client),
+                Outcome::Nothing,
+                "sign-out: unknown session",
+                None,
+            );
+            return Ok(false);
+        };
+        let ended = self
+            .store
+            .revoke_session(&owner.user, &owner.family, now())
+            .await?;
+        self.authenticator
+            .revoke_session_tokens(&owner.family)
+            .await?;
+        audit::record(
+            Event::Logout,
+            Some(owner.user.as_str()),
+            Source::Client(client),
+            if ended {
+                Outcome::Success
+            } else {
+                Outcome::Nothing
+            },
+            "sign-out: browser session ended",
+            Some(&owner.family),
+        );
+        Ok(ended)
     }
 
     /// Mints the access token that goes with `refresh`. Right after the user's sessions were

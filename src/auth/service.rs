@@ -404,6 +404,7 @@ mod tests {
             password: Some("pw-of-alice"),
             refresh_token: None,
             user_agent: None,
+            browser: false,
         };
         let issued = auth
             .grants

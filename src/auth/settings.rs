@@ -2,7 +2,8 @@
 //! registration and the cookie, with the subsections that belong to other modules assembled in:
 //! `[auth.password]` ([`crate::auth::password`]), `[auth.cors]` ([`crate::cors`]),
 //! `[auth.identity_headers]` ([`crate::proxy::headers`]), `[[auth.trusted_issuers]]`
-//! ([`crate::auth::issuers`]) and `[auth.limits]` ([`crate::limits`]).
+//! ([`crate::auth::issuers`]), `[auth.limits]` ([`crate::limits`]) and `[auth.session]`
+//! ([`crate::auth::session::settings`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::auth::claims::check_account_values;
 use crate::auth::issuers::{IssuerSettings, RawTrustedIssuer};
 use crate::auth::keys::{JWKS_MAX_AGE, KeyAlg};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
+use crate::auth::session::settings::{RawSession, SessionConfig};
 // The validator's own defaults, defined once there.
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
@@ -90,6 +92,7 @@ pub struct RawAuth {
     pub identity_headers: RawIdentityHeaders,
     pub trusted_issuers: Vec<RawTrustedIssuer>,
     pub limits: RawLimits,
+    pub session: RawSession,
 }
 
 impl Default for RawAuth {
@@ -119,6 +122,7 @@ impl Default for RawAuth {
             identity_headers: RawIdentityHeaders::default(),
             trusted_issuers: Vec::new(),
             limits: RawLimits::default(),
+            session: RawSession::default(),
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct AuthConfig {
     pub identity_headers: IdentityHeaders,
     pub trusted_issuers: Vec<IssuerSettings>,
     pub limits: LimitsConfig,
+    /// Browser sessions: the sign-in page and its cookie.
+    pub session: SessionConfig,
 }
 
 impl RawAuth {
@@ -270,6 +276,7 @@ impl RawAuth {
             .cors
             .map(|c| c.validate("auth.cors", Owner::Endpoints))
             .transpose()?;
+        let session = self.session.validate(self.cookie.as_deref())?;
         let password = self.password.validate()?;
         let identity_headers = self.identity_headers.validate()?;
         let mut trusted_issuers: Vec<IssuerSettings> = Vec::new();
@@ -309,6 +316,7 @@ impl RawAuth {
             identity_headers,
             trusted_issuers,
             limits: self.limits.validate()?,
+            session,
         })
     }
 }

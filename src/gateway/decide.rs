@@ -11,12 +11,12 @@
 
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{ACCEPT, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Version};
 
 use crate::auth::authenticator::{Authenticator, Carrier};
 use crate::auth::claims::Identity;
-use crate::auth::endpoints::{Endpoint, endpoint_for};
+use crate::auth::endpoints::{Endpoint, SIGN_IN, endpoint_for};
 use crate::config::Config;
 use crate::cors::{self, CorsPolicy};
 use crate::error::Rejection;
@@ -490,20 +490,34 @@ impl Router {
                 }
                 return Ok((choice, None, upgrade, None));
             }
+            // The browser's forms change its session whatever credential comes along: a
+            // sign-in posted by another site would sign the browser in as someone else (login
+            // CSRF), a sign-out would end the session.
+            Choice::Endpoint(Endpoint::SignIn | Endpoint::SignOut) => {
+                if csrf::changes_state(req.method()) {
+                    cross_site_check().unwrap_or(Err(Rejection::CrossSite))?;
+                }
+                return Ok((choice, None, upgrade, None));
+            }
             Choice::Endpoint(_) => return Ok((choice, None, upgrade, None)),
         };
         let route = self.routes.get(index).ok_or(Rejection::NoRoute)?;
-        let presented =
-            authenticate(authenticator, route, req.headers(), target.query.as_deref()).await?;
+        let presented = match authenticate(authenticator, route, req, target, scheme).await {
+            Ok(presented) => presented,
+            Err(Rejection::NoToken) if route.login_redirect && is_navigation(req) => {
+                return Err(self.login_redirect(target));
+            }
+            Err(rejection) => return Err(rejection),
+        };
         let identity = match presented {
-            Some((identity, Carrier::Cookie)) => {
+            Some((identity, carrier)) if carrier.is_ambient() => {
                 if let Err(rejection) = cross_site_check().unwrap_or(Err(Rejection::CrossSite)) {
                     trail.identity = Some(identity);
                     return Err(rejection);
                 }
                 Some(identity)
             }
-            Some((identity, Carrier::Header)) => Some(identity),
+            Some((identity, _)) => Some(identity),
             None => None,
         };
         if let Some(identity) = &identity
@@ -524,17 +538,55 @@ type Decided = (
     Option<Preflight>,
 );
 
-/// Stage 6: the route's auth mode decides what a missing or invalid token means.
-async fn authenticate(
+impl Router {
+    /// Where a browser without a session is sent: the sign-in page, with the path and query it
+    /// asked for as `return_to`.
+    fn login_redirect(&self, target: &Target) -> Rejection {
+        let mut wanted = target.path.clone();
+        if let Some(query) = &target.query {
+            wanted.push('?');
+            wanted.push_str(query);
+        }
+        let query =
+            serde_urlencoded::to_string([("return_to", wanted.as_str())]).unwrap_or_default();
+        Rejection::LoginRedirect {
+            location: format!("{}{SIGN_IN}?{query}", self.auth_prefix),
+        }
+    }
+}
+
+/// A browser navigating: GET or HEAD asking for HTML. Anything else (an API call, a `fetch`
+/// for JSON) keeps the 401 and its challenge.
+fn is_navigation<B>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && req.headers().get_all(ACCEPT).iter().any(|accept| {
+            accept
+                .to_str()
+                .is_ok_and(|a| a.to_ascii_lowercase().contains("text/html"))
+        })
+}
+
+/// Stage 6: the route's auth mode decides what a missing or invalid token means. Without a
+/// token, the browser session the request's cookie names counts (see
+/// [`Authenticator::identify_request`]).
+async fn authenticate<B>(
     authenticator: &Authenticator,
     route: &Route,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    req: &Request<B>,
+    target: &Target,
+    scheme: Scheme,
 ) -> Result<Option<(Arc<Identity>, Carrier)>, Rejection> {
     if route.auth == AuthMode::Public {
         return Ok(None);
     }
-    match authenticator.identify_carried(headers, query).await? {
+    let presented = authenticator
+        .identify_request(
+            req.headers(),
+            target.query.as_deref(),
+            scheme == Scheme::Https,
+        )
+        .await?;
+    match presented {
         None if route.auth == AuthMode::Required => Err(Rejection::NoToken),
         identity => Ok(identity),
     }

@@ -113,7 +113,7 @@ fn claim_header_value(value: &serde_json::Value) -> Option<String> {
 }
 
 /// Removes one cookie by name from every `Cookie` header, keeping the others.
-fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod browser;
+mod chromium;
 mod cli;
 mod cluster;
 mod cors;

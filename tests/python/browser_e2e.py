@@ -1,0 +1,130 @@
+"""Drives headless Chromium through a running gatehouse with browser sessions on, via a
+chromedriver the caller started. Usage:
+
+    browser_e2e.py DRIVER_URL CHROMIUM USER_DATA_DIR GATEWAY_URL OTHER_ORIGIN_URL TOKEN_SECONDS
+
+Every wait is bounded; the browser is quit in `finally` (the caller also kills chromedriver and
+anything left under USER_DATA_DIR by PID)."""
+import json
+import sys
+import time
+from urllib.parse import urlparse
+
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+driver_url, chromium, user_data_dir, gw, other, token_seconds = sys.argv[1:7]
+token_seconds = float(token_seconds)
+WAIT = 15
+
+options = webdriver.ChromeOptions()
+options.binary_location = chromium
+for arg in [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    f"--user-data-dir={user_data_dir}",
+]:
+    options.add_argument(arg)
+# Network events, to read the status the gateway gave a request page script cannot see.
+options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+
+
+def path_of(url):
+    return urlparse(url).path
+
+
+def wait_for_path(driver, path):
+    try:
+        WebDriverWait(driver, WAIT).until(lambda d: path_of(d.current_url) == path)
+    except Exception:
+        print(f"waiting for {path}, at {driver.current_url}:\n{driver.page_source}")
+        raise
+
+
+def performance_log(driver):
+    # A remote driver has no get_log(); chromedriver serves the same command.
+    return driver.execute("getLog", {"type": "performance"})["value"]
+
+
+def statuses_for(driver, suffix):
+    """Statuses Chromium received for requests whose URL ends with `suffix`."""
+    ids, statuses = set(), []
+    for entry in performance_log(driver):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.requestWillBeSent":
+            if params["request"]["url"].endswith(suffix):
+                ids.add(params["requestId"])
+        elif message["method"] == "Network.responseReceivedExtraInfo":
+            if params["requestId"] in ids:
+                statuses.append(params["statusCode"])
+        elif message["method"] == "Network.responseReceived":
+            if params["requestId"] in ids:
+                statuses.append(params["response"]["status"])
+    return statuses
+
+
+driver = webdriver.Remote(command_executor=driver_url, options=options)
+try:
+    driver.set_page_load_timeout(WAIT)
+    driver.set_script_timeout(WAIT)
+
+    # A protected page sends the browser to the sign-in page.
+    driver.get(gw + "/app/page")
+    wait_for_path(driver, "/auth/sign_in")
+    assert "gatehouse" in driver.title, driver.title
+    for field in ["username", "password"]:
+        label = driver.find_element(By.CSS_SELECTOR, f"label[for={field}]")
+        assert label.is_displayed(), field
+    driver.find_element(By.ID, "username").send_keys("alice")
+    driver.find_element(By.ID, "password").send_keys("correct-horse")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    # Signed in: back where the browser was going, with the upstream's content.
+    wait_for_path(driver, "/app/page")
+    assert '"ok":true' in driver.page_source, driver.page_source
+
+    # The session cookie is HttpOnly: page script cannot read it.
+    visible = driver.execute_script("return document.cookie")
+    assert "gatehouse" not in visible, visible
+    cookies = {c["name"]: c for c in driver.get_cookies()}
+    assert cookies["gatehouse"]["httpOnly"] is True, cookies
+    assert cookies["gatehouse"]["sameSite"] == "Lax", cookies
+
+    # After the access token expired, a reload still works: the gateway minted a new one.
+    time.sleep(token_seconds + 1.5)
+    driver.refresh()
+    wait_for_path(driver, "/app/page")
+    assert '"ok":true' in driver.page_source, driver.page_source
+
+    # A page on another origin (same site: another port of 127.0.0.1, so SameSite=Lax sends
+    # the cookie along) posts text/plain with credentials, which needs no preflight: the
+    # gateway's cross-site check must refuse it.
+    performance_log(driver)  # drop what came before
+    driver.get(other + "/attack.html")
+    WebDriverWait(driver, WAIT).until(lambda d: d.title.startswith("done:"))
+    statuses = statuses_for(driver, "/api/transfer")
+    assert statuses and all(s == 403 for s in statuses), statuses
+
+    # --- CORS: a credentialed cross-origin call to a CORS-enabled route -----------------
+    # Left for the CORS work (another branch): once a route allows OTHER_ORIGIN_URL with
+    # credentials, the page calls it here and reads the answer.
+    # --------------------------------------------------------------------------------------
+
+    # Sign out: the page's button ends the session, and the protected page asks to sign in.
+    driver.get(gw + "/auth/sign_out")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for_path(driver, "/auth/sign_in")
+    driver.get(gw + "/app/page")
+    wait_for_path(driver, "/auth/sign_in")
+    print("browser e2e ok")
+finally:
+    driver.quit()
