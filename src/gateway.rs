@@ -22,6 +22,12 @@
 //!
 //! Stages 1-7 live in [`decide`] ([`Router::decide`], the one place they are decided: `routes
 //! explain` calls it too), stages 8-9 in [`forward`]; this file runs them and logs.
+//!
+//! The forward-auth endpoint (`{prefix}/verify`, [`forward_auth`]) is the one endpoint the
+//! pipeline answers itself: what a trusted fronting proxy says about the original request is
+//! read before stage 1 (stage 3 would scrub it), and once stage 4 has chosen the endpoint, the
+//! original request is decided by the same [`Router::decide`] and answered instead of
+//! forwarded.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -45,6 +51,7 @@ use crate::server::ConnInfo;
 pub mod csrf;
 pub mod decide;
 pub mod forward;
+pub mod forward_auth;
 
 pub use decide::{Authentication, Choice, Decision, Router, Scheme, Target, Trail};
 use forward::StallLog;
@@ -208,6 +215,7 @@ impl Gateway {
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
         let mut trail = Trail::default();
         let scheme = self.scheme(conn, req.headers());
+        let caller = forward_auth::caller(&self.config.forward_auth, conn.peer.ip(), req.headers());
         let decided = self
             .router
             .decide(
@@ -240,6 +248,21 @@ impl Gateway {
         }
         self.label(access, choice);
         let index = match choice {
+            Choice::Endpoint(Endpoint::Verify) => {
+                // Boxed like the endpoints: a second decision inline would double the size of
+                // every proxied request's future.
+                let (answer, identity) = Box::pin(forward_auth::answer(
+                    &self.router,
+                    &self.authenticator,
+                    &self.config,
+                    caller,
+                    &req,
+                    scheme,
+                ))
+                .await;
+                access.identity = identity;
+                return answer;
+            }
             Choice::Endpoint(endpoint) => {
                 return Ok(self.auth.serve_apart(endpoint, req, client).await?);
             }
@@ -327,6 +350,7 @@ fn count_rejection(rejection: &Rejection, route: Option<&str>) {
         Rejection::Upstream(_) | Rejection::UnexpectedUpgrade => {
             crate::metrics::upstream_error(rejection.reason())
         }
+        Rejection::ForwardAuthDenied(inner) => count_rejection(inner, route),
         _ => {}
     }
 }

@@ -99,6 +99,9 @@ pub enum Endpoint {
     Me,
     Register,
     Jwks,
+    /// The forward-auth decision for a fronting proxy, answered by the gateway itself
+    /// (`crate::gateway::forward_auth`), never here.
+    Verify,
     /// Under the prefix but no such endpoint.
     Unknown,
 }
@@ -106,7 +109,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`), for per-endpoint state
     /// built once.
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::Token,
         Endpoint::Login,
         Endpoint::Refresh,
@@ -115,6 +118,7 @@ impl Endpoint {
         Endpoint::Me,
         Endpoint::Register,
         Endpoint::Jwks,
+        Endpoint::Verify,
         Endpoint::Unknown,
     ];
 
@@ -129,6 +133,7 @@ impl Endpoint {
             Endpoint::Me => "gatehouse:me",
             Endpoint::Register => "gatehouse:register",
             Endpoint::Jwks => "gatehouse:jwks",
+            Endpoint::Verify => "gatehouse:verify",
             Endpoint::Unknown => "gatehouse:unknown",
         }
     }
@@ -151,6 +156,7 @@ pub fn endpoint_for(prefix: &str, path: &str) -> Option<Endpoint> {
         "/revoke" => Endpoint::Revoke,
         "/me" => Endpoint::Me,
         "/register" => Endpoint::Register,
+        "/verify" => Endpoint::Verify,
         r if r.is_empty() || r.starts_with('/') => Endpoint::Unknown,
         _ => return None,
     })
@@ -165,7 +171,8 @@ pub async fn serve(
     client: IpAddr,
 ) -> Result<Response<Body>, EndpointError> {
     let allowed: &[Method] = match endpoint {
-        Endpoint::Unknown => return Err(EndpointError::NotFound),
+        // The gateway answers /verify in the pipeline; reaching here means nobody should.
+        Endpoint::Unknown | Endpoint::Verify => return Err(EndpointError::NotFound),
         Endpoint::Me | Endpoint::Jwks => &[Method::GET, Method::HEAD],
         _ => &[Method::POST],
     };
@@ -178,7 +185,7 @@ pub async fn serve(
         _ => {}
     }
     match endpoint {
-        Endpoint::Unknown => Err(EndpointError::NotFound),
+        Endpoint::Unknown | Endpoint::Verify => Err(EndpointError::NotFound),
         Endpoint::Jwks => Ok(jwks_response(grants.authenticator().keys().ring.jwks())),
         Endpoint::Me => {
             let identity = grants

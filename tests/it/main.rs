@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod forward_auth;
 mod identity;
 mod issuers;
 mod layout;
