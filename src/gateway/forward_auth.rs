@@ -93,8 +93,9 @@ pub enum Caller {
     /// A peer outside `trusted_peers`: nothing it sent was read.
     Untrusted,
     /// A trusted fronting proxy, with its description of the original request or what is
-    /// wrong with it.
-    Trusted(Result<Original, Rejection>),
+    /// wrong with it. Boxed: a `Caller` is held across the request's own stages, in the future
+    /// of every request, and only a trusted peer's needs the room.
+    Trusted(Box<Result<Original, Rejection>>),
 }
 
 /// Reads what `peer` says about the original request, if it is a trusted fronting proxy.
@@ -107,7 +108,7 @@ pub fn caller(settings: &ForwardAuthConfig, peer: IpAddr, headers: &HeaderMap) -
     if !is_trusted(peer.to_canonical(), &settings.trusted_peers) {
         return Caller::Untrusted;
     }
-    Caller::Trusted(original(headers))
+    Caller::Trusted(Box::new(original(headers)))
 }
 
 /// The original request from the headers of a trusted peer (see the module text).
@@ -214,7 +215,7 @@ pub async fn answer<B>(
     if !matches!(*verify.method(), Method::GET | Method::HEAD) {
         return (Err(EndpointError::MethodNotAllowed.into()), None);
     }
-    let original = match original {
+    let original = match *original {
         Ok(original) => original,
         Err(rejection) => return (Err(rejection), None),
     };
@@ -400,10 +401,12 @@ mod tests {
             Caller::Untrusted
         ));
         let proxy: IpAddr = [10, 1, 2, 3].into();
-        assert!(matches!(
-            caller(&c.forward_auth, proxy, &forged),
-            Caller::Trusted(Err(Rejection::ForwardAuthHeader(_)))
-        ));
+        match caller(&c.forward_auth, proxy, &forged) {
+            Caller::Trusted(read) => {
+                assert!(matches!(*read, Err(Rejection::ForwardAuthHeader(_))))
+            }
+            other => panic!("{other:?}"),
+        }
         // An IPv4-mapped IPv6 peer is its IPv4 address.
         let mapped = std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped();
         assert!(matches!(
