@@ -86,7 +86,8 @@ fn max_age(response: &reqwest::Response) -> u64 {
 
 #[tokio::test]
 async fn an_allowed_request_answers_200_with_the_identity_the_proxy_path_injects() {
-    let (gw, up) = gateway("").await;
+    let (gw, up) =
+        gateway("[auth.identity_headers.claims]\n\"x-user-client\" = \"client_id\"\n").await;
     let token = gw.access_token("alice", "secret").await;
     let r = ask(&gw, "GET", "/api/items?page=2")
         .bearer_auth(&token)
@@ -116,18 +117,20 @@ async fn an_allowed_request_answers_200_with_the_identity_the_proxy_path_injects
     let seen = up.only();
     let mut injected: Vec<(String, String)> = IDENTITY
         .iter()
+        .chain(&["x-user-client"])
         .filter_map(|name| seen.header(name).map(|v| (name.to_string(), v.to_owned())))
         .collect();
     injected.sort();
     assert_eq!(answered, injected);
+    let names: Vec<&str> = answered.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
-        answered,
-        vec![
-            ("x-user".to_owned(), "alice".to_owned()),
-            ("x-user-roles".to_owned(), "user".to_owned()),
-            ("x-user-scopes".to_owned(), "read".to_owned()),
-        ]
+        names,
+        ["x-user", "x-user-client", "x-user-roles", "x-user-scopes"],
+        "claim mappings included"
     );
+    assert_eq!(answered[0].1, "alice");
+    assert_eq!(answered[2].1, "user");
+    assert_eq!(answered[3].1, "read");
 
     // nginx's spelling, HEAD too.
     let r = client()
