@@ -15,32 +15,37 @@ use crate::support::{TestGateway, Upstream, client, raw, raw_status};
 /// Caddy from the example, its gatehouse `gw` and its app `app`; `None` when skipped.
 async fn caddy(gw: &TestGateway, app: &Upstream) -> Option<Front> {
     let program = front::program("caddy")?;
-    let dir = front::open_dir();
-    let port = front::free_port();
-    let site = front::example(
-        "Caddyfile",
-        &[
-            ("\n:80 {", format!("\nhttp://:{port} {{")),
-            ("127.0.0.1:8080", gw.addr.to_string()),
-            ("127.0.0.1:9000", app.addr.to_string()),
-        ],
-    );
-    // No admin endpoint, no certificates, loopback only, state in the temporary directory.
-    let globals = format!(
-        "{{\n\tadmin off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n\tstorage file_system {}\n}}\n",
-        dir.path().join("data").display()
-    );
-    let file = dir.path().join("Caddyfile");
-    std::fs::write(&file, format!("{globals}{site}")).unwrap();
-    let mut command = std::process::Command::new(program);
-    command
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&file)
-        .env("HOME", dir.path())
-        .env("XDG_DATA_HOME", dir.path().join("data"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"));
-    let log = dir.path().join("caddy.log");
-    Some(Front::start(command, ([127, 0, 0, 1], port).into(), dir, log).await)
+    let front = Front::start(|port, dir| {
+        let site = front::example(
+            "Caddyfile",
+            &[
+                ("\n:80 {", format!("\nhttp://:{port} {{")),
+                ("127.0.0.1:8080", gw.addr.to_string()),
+                ("127.0.0.1:9000", app.addr.to_string()),
+            ],
+        );
+        // No admin endpoint, no certificates, loopback only, state in the temporary directory.
+        let globals = format!(
+            "{{\n\tadmin off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n\tstorage file_system {}\n}}\n",
+            dir.join("data").display()
+        );
+        let file = dir.join("Caddyfile");
+        std::fs::write(&file, format!("{globals}{site}")).unwrap();
+        let mut command = std::process::Command::new(&program);
+        command
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&file)
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"));
+        command
+    }, |dir| {
+        // Logged once its servers listen.
+        std::fs::read_to_string(dir.join("front.log"))
+            .is_ok_and(|log| log.contains("serving initial configuration"))
+    })
+    .await;
+    Some(front)
 }
 
 /// Every client-sent spelling of an identity header Caddy must not pass on, and a name under the

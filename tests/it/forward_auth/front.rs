@@ -20,7 +20,7 @@ pub struct Front {
     child: Child,
     pub addr: SocketAddr,
     /// Holds the config, logs and temporary files; removed after the process is gone.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     log: PathBuf,
 }
 
@@ -29,46 +29,70 @@ impl Front {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Spawns `command` (its output going to `log`) and returns once it accepts on `addr`.
+    /// Starts the proxy `command(port, dir)` builds, in a fresh temporary directory and on a
+    /// free port, and returns once `ready(dir)` says it has bound its port (a connection alone
+    /// could reach another process that took the port) and it accepts there. The port was free
+    /// a moment before: should the proxy exit at start (another process took it), it is tried
+    /// again on another port, three times in all.
     pub async fn start(
-        mut command: Command,
-        addr: SocketAddr,
-        dir: tempfile::TempDir,
-        log: PathBuf,
+        command: impl Fn(u16, &Path) -> Command,
+        ready: impl Fn(&Path) -> bool,
     ) -> Front {
-        let output = std::fs::File::create(&log).unwrap();
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        // Owned (killed on drop) before anything can panic.
-        let mut front = Front {
-            child,
-            addr,
-            _dir: dir,
-            log,
-        };
+        for attempt in 1..=3 {
+            let dir = open_dir();
+            let port = free_port();
+            let mut command = command(port, dir.path());
+            let log = dir.path().join("front.log");
+            let output = std::fs::File::create(&log).unwrap();
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(output.try_clone().unwrap())
+                .stderr(output)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+            // Owned (killed on drop) before anything can panic.
+            let mut front = Front {
+                child,
+                addr: ([127, 0, 0, 1], port).into(),
+                dir,
+                log,
+            };
+            match front.listening(&ready).await {
+                Ok(()) => return front,
+                Err(exited) if attempt < 3 => {
+                    println!("{command:?} exited at start, trying another port: {exited}");
+                }
+                Err(exited) => panic!("{command:?} exited at start: {exited}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Waits until the proxy is ready and accepts; `Err` with its log if it exited, a panic if
+    /// it was not within [`READY_WITHIN`].
+    async fn listening(&mut self, ready: impl Fn(&Path) -> bool) -> Result<(), String> {
         let started = Instant::now();
         loop {
-            if let Ok(Some(status)) = front.child.try_wait() {
-                panic!("{command:?} exited ({status}):\n{}", front.log_text());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("{status}:\n{}", self.log_text()));
             }
-            let attempt = tokio::net::TcpStream::connect(addr);
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), attempt).await {
-                return front;
+            if ready(self.dir.path()) {
+                let attempt = tokio::net::TcpStream::connect(self.addr);
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), attempt).await {
+                    return Ok(());
+                }
             }
-            if started.elapsed() > READY_WITHIN {
-                panic!(
-                    "{command:?} did not listen on {addr} within {READY_WITHIN:?}:\n{}",
-                    front.log_text()
-                );
-            }
+            assert!(
+                started.elapsed() < READY_WITHIN,
+                "did not listen on {} within {READY_WITHIN:?}:\n{}",
+                self.addr,
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// What the proxy wrote to its stdout and stderr.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -103,7 +127,7 @@ pub fn program(name: &str) -> Option<PathBuf> {
 }
 
 /// A port nothing listens on now (the proxy binds it a moment later).
-pub fn free_port() -> u16 {
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -112,7 +136,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A temporary directory others may enter: nginx started as root runs its worker as `nobody`.
-pub fn open_dir() -> tempfile::TempDir {
+fn open_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

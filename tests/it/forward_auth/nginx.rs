@@ -10,37 +10,44 @@ use crate::support::{TestGateway, Upstream, client, raw, raw_status};
 /// nginx from the example, its gatehouse `gw` and its app `app`; `None` when skipped.
 async fn nginx(gw: &TestGateway, app: &Upstream) -> Option<Front> {
     let program = front::program("nginx")?;
-    let dir = front::open_dir();
-    let port = front::free_port();
-    let site = front::example(
-        "nginx.conf",
-        &[
-            ("listen 80;", format!("listen 127.0.0.1:{port};")),
-            ("127.0.0.1:8080", gw.addr.to_string()),
-            ("127.0.0.1:9000", app.addr.to_string()),
-        ],
-    );
-    let d = dir.path().display().to_string();
-    let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n    access_log off;\n    client_body_temp_path {d}/client_body;\n    \
-         proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
-         uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{site}\n}}\n"
-    );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let mut command = std::process::Command::new(program);
-    command
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .args(["-g", "daemon off;"]);
-    let log = dir.path().join("stderr.log");
-    Some(Front::start(command, ([127, 0, 0, 1], port).into(), dir, log).await)
+    let front = Front::start(
+        |port, dir| {
+            let site = front::example(
+                "nginx.conf",
+                &[
+                    ("listen 80;", format!("listen 127.0.0.1:{port};")),
+                    ("127.0.0.1:8080", gw.addr.to_string()),
+                    ("127.0.0.1:9000", app.addr.to_string()),
+                ],
+            );
+            let d = dir.display();
+            let conf = format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {d}/client_body;\n    \
+             proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
+             uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{site}\n}}\n"
+            );
+            let conf_path = dir.join("nginx.conf");
+            std::fs::write(&conf_path, conf).unwrap();
+            let mut command = std::process::Command::new(&program);
+            command
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .args(["-g", "daemon off;"]);
+            command
+        },
+        |dir| {
+            // nginx writes its pid file once it has bound its listening sockets.
+            dir.join("nginx.pid").is_file()
+        },
+    )
+    .await;
+    Some(front)
 }
 
 /// Every client-sent spelling of an identity header nginx must not pass on.
