@@ -1,6 +1,7 @@
 //! A private fronting proxy (nginx or Caddy) for the forward-auth tests: its config generated in a
 //! temporary directory from the snippet file the README shows, on a free 127.0.0.1 port, waited
-//! for until it accepts (bounded), killed by its PID and waited for when dropped.
+//! for until it accepts (bounded), stopped by its PID (SIGTERM, then SIGKILL) and waited for when
+//! dropped.
 //!
 //! Where the program is missing the tests print `skipped: <program> is not installed` and pass,
 //! unless `CI` is set: then they fail (`.ci/run` installs both).
@@ -98,9 +99,24 @@ impl Front {
     }
 }
 
+/// How long a stopped proxy gets to stop its own children (nginx's workers) before it is killed.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
 impl Drop for Front {
+    /// By PID: the process this fixture started, never one found by name. SIGTERM first, so
+    /// nginx's master stops its worker (killed outright, the master would leave the worker
+    /// running, an orphan holding the port); SIGKILL if it is still there after
+    /// [`STOP_WITHIN`].
     fn drop(&mut self) {
-        // By PID: the process this fixture started, never one found by name.
+        use rustix::process::{Pid, Signal, kill_process};
+        let _ = kill_process(Pid::from_child(&self.child), Signal::TERM);
+        let started = Instant::now();
+        while started.elapsed() < STOP_WITHIN {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
