@@ -243,6 +243,17 @@ pub fn summary(config: &Config) -> String {
         "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {keys}",
         config.auth.prefix, config.auth.issuer, config.auth.audience, config.auth.algorithm,
     );
+    let fa = &config.forward_auth;
+    if fa.enabled() {
+        let peers: Vec<String> = fa.trusted_peers.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "forward   {}/verify for {}, decisions cacheable {}s",
+            config.auth.prefix,
+            peers.join(", "),
+            fa.max_age.as_secs()
+        );
+    }
     let _ = writeln!(out, "store     {}", config.store);
     let _ = writeln!(out, "routes    {}", config.routes.len());
     for r in &config.routes {
@@ -845,8 +856,26 @@ mod tests {
         assert_eq!(family.as_deref(), Some("-TCZN5Hg"));
     }
 
-    use super::{lock_summary, rfc3339_utc};
+    use super::{lock_summary, rfc3339_utc, summary};
+    use crate::config::Config;
     use crate::store::Lockouts;
+
+    #[test]
+    fn the_summary_names_the_forward_auth_endpoint_only_when_it_is_on() {
+        let off = Config::from_toml("").unwrap();
+        assert!(!summary(&off).contains("forward"));
+        let on = Config::from_toml(
+            "[forward_auth]\ntrusted_peers = [\"10.0.0.0/8\", \"::1\"]\nmax_age = \"30s\"\n",
+        )
+        .unwrap();
+        assert!(
+            summary(&on).contains(
+                "forward   /auth/verify for 10.0.0.0/8, ::1/128, decisions cacheable 30s"
+            ),
+            "{}",
+            summary(&on)
+        );
+    }
 
     #[test]
     fn lock_times_print_as_rfc3339_utc() {

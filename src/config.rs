@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::settings::{AuthConfig, RawAuth};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero, parse_cidrs, positive};
+use crate::gateway::forward_auth::settings::{ForwardAuthConfig, RawForwardAuth};
 use crate::logging::{LogConfig, RawLog};
 use crate::proxy::{RawUpstream, UpstreamConfig};
 use crate::routes::{RawRoute, Route, shadowings, validate_routes};
@@ -66,6 +67,7 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub routes: Vec<RawRoute>,
     pub auth: RawAuth,
+    pub forward_auth: RawForwardAuth,
     pub store: RawStore,
     pub log: RawLog,
     pub admin: RawAdmin,
@@ -154,6 +156,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub routes: Vec<Route>,
     pub auth: AuthConfig,
+    pub forward_auth: ForwardAuthConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
@@ -260,6 +263,7 @@ impl RawConfig {
                 "needs browser sessions: set [auth.session] enabled = true",
             ));
         }
+        let forward_auth = self.forward_auth.validate()?;
         let store = self.store.validate()?;
         if store.is_shared() && auth.kek_file.is_none() {
             return Err(invalid(
@@ -296,6 +300,7 @@ impl RawConfig {
             upstream,
             routes,
             auth,
+            forward_auth,
             store,
             log: self.log.validate()?,
             admin,
@@ -436,6 +441,11 @@ mod tests {
                 "auth",
                 format!("{:?}", example.auth),
                 format!("{:?}", defaults.auth),
+            ),
+            (
+                "forward_auth",
+                format!("{:?}", example.forward_auth),
+                format!("{:?}", defaults.forward_auth),
             ),
             (
                 "store",

@@ -59,6 +59,17 @@ pub enum Rejection {
     /// A CORS preflight the route's (or `[auth.cors]`'s) policy does not allow.
     #[error("CORS preflight refused: {0}")]
     Cors(CorsRefusal),
+    /// A request to the forward-auth endpoint from a peer outside `[forward_auth]
+    /// trusted_peers`; nothing it said was read.
+    #[error("forward-auth request from a peer that is not a trusted fronting proxy")]
+    UntrustedForwardAuthPeer,
+    /// A trusted fronting proxy's description of the original request is missing, repeated or
+    /// malformed.
+    #[error("forward-auth request: {0}")]
+    ForwardAuthHeader(&'static str),
+    /// The original request a fronting proxy asked about was refused with this.
+    #[error("forward-auth decision: {0}")]
+    ForwardAuthDenied(Box<Rejection>),
     #[error("upstream: {0}")]
     Upstream(ProxyError),
     #[error("upstream switched protocols unasked")]
@@ -116,6 +127,9 @@ impl Rejection {
             Rejection::InsufficientRole => "insufficient_role",
             Rejection::CrossSite => "cross_site",
             Rejection::Cors(_) => "cors_refused",
+            Rejection::UntrustedForwardAuthPeer => "forward_auth_peer",
+            Rejection::ForwardAuthHeader(_) => "forward_auth_header",
+            Rejection::ForwardAuthDenied(inner) => inner.reason(),
             Rejection::Upstream(ProxyError::Timeout { .. }) => "upstream_timeout",
             Rejection::Upstream(ProxyError::BodyTooLarge { .. }) => "payload_too_large",
             Rejection::Upstream(ProxyError::BodyTimeout { .. }) => "body_timeout",
@@ -134,6 +148,10 @@ static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ra
 static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
 const REALM: &str = "Bearer realm=\"gatehouse\"";
+
+/// `Vary` of every forward-auth decision, allowing or refusing: the same original request is
+/// decided differently for other credentials, so a caller's cache must key on them.
+pub const DECISION_VARY: HeaderValue = HeaderValue::from_static("Authorization, Cookie");
 
 /// Renders a rejection.
 pub fn respond(rejection: &Rejection) -> Response<Body> {
@@ -220,6 +238,18 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             StatusCode::FORBIDDEN,
             json!({"error": "cors_refused", "error_description": refusal.to_string()}),
         ),
+        Rejection::UntrustedForwardAuthPeer => no_store(with_json(
+            StatusCode::FORBIDDEN,
+            json!({
+                "error": "untrusted_peer",
+                "error_description": "forward-auth decisions are given only to [forward_auth] trusted_peers",
+            }),
+        )),
+        Rejection::ForwardAuthHeader(what) => no_store(with_json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_request", "error_description": what}),
+        )),
+        Rejection::ForwardAuthDenied(inner) => forward_auth_refusal(inner),
         Rejection::Upstream(e) => upstream(e),
         Rejection::UnexpectedUpgrade => plain(
             StatusCode::BAD_GATEWAY,
@@ -252,6 +282,31 @@ fn sign_in_failed(error: &GrantError, page: &str) -> Response<Body> {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
+    response
+}
+
+/// A refused forward-auth decision: the refusal the proxy path would answer, but a request no
+/// route takes is 403 (to a caller, a 404 must not read as anything but "no"), never cached,
+/// and without `Connection: close` (that would be about the original request's framing, not
+/// the connection the question came on).
+fn forward_auth_refusal(inner: &Rejection) -> Response<Body> {
+    let mut response = match inner {
+        Rejection::NoRoute => with_json(
+            StatusCode::FORBIDDEN,
+            json!({"error": "access_denied", "error_description": "no route serves this request"}),
+        ),
+        other => respond(other),
+    };
+    let headers = response.headers_mut();
+    headers.remove(http::header::CONNECTION);
+    headers.insert(http::header::VARY, DECISION_VARY);
+    no_store(response)
+}
+
+fn no_store(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -487,6 +542,65 @@ mod tests {
             Rejection::Cors(CorsRefusal::Origin).reason(),
             "cors_refused"
         );
+    }
+
+    #[test]
+    fn a_forward_auth_question_from_an_untrusted_peer_is_403_and_never_cached() {
+        let response = respond(&Rejection::UntrustedForwardAuthPeer);
+        assert_eq!(response.status(), 403);
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn a_malformed_forward_auth_description_is_400_naming_the_problem() {
+        let response = respond(&Rejection::ForwardAuthHeader(
+            "more than one X-Forwarded-Uri",
+        ));
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(
+            Rejection::ForwardAuthHeader("x").reason(),
+            "forward_auth_header"
+        );
+    }
+
+    #[test]
+    fn a_refused_forward_auth_decision_answers_like_the_proxy_path_but_no_route_is_403() {
+        let denied = |r| Rejection::ForwardAuthDenied(Box::new(r));
+        assert_eq!(status(denied(Rejection::NoRoute)), (403, None));
+        assert_eq!(
+            status(denied(Rejection::NoToken)),
+            (401, Some(REALM.to_owned()))
+        );
+        let (code, challenge) = status(denied(Rejection::InsufficientRole));
+        assert_eq!(code, 403);
+        assert!(challenge.unwrap().contains("insufficient_scope"));
+        assert_eq!(status(denied(Rejection::CrossSite)).0, 403);
+        assert_eq!(
+            status(denied(Rejection::BadPath(PathError::NotOriginForm))).0,
+            400
+        );
+        for r in [
+            Rejection::NoRoute,
+            Rejection::NoToken,
+            Rejection::BodyNotAllowed,
+            Rejection::InvalidToken(VerifyError::Unconfirmed),
+        ] {
+            let reason = r.reason();
+            let rejection = denied(r);
+            assert_eq!(rejection.reason(), reason, "the inner reason is logged");
+            let response = respond(&rejection);
+            assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{reason}");
+            assert_eq!(
+                response.headers()[http::header::VARY],
+                "Authorization, Cookie"
+            );
+            assert!(
+                !response.headers().contains_key(http::header::CONNECTION),
+                "{reason}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,12 @@
 //! Stages 1-7 live in [`decide`] ([`Router::decide`], the one place they are decided: `routes
 //! explain` calls it too), stages 8-9 in [`forward`], the CORS headers in [`crate::cors`]; this
 //! file runs them and logs.
+//!
+//! The forward-auth endpoint (`{prefix}/verify`, [`forward_auth`]) is the one endpoint the
+//! pipeline answers itself: what a trusted fronting proxy says about the original request is
+//! read before stage 1 (stage 3 would scrub it), and once stage 4 has chosen the endpoint, the
+//! original request is decided by the same [`Router::decide`] and answered instead of
+//! forwarded.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -57,6 +63,7 @@ use crate::server::ConnInfo;
 pub mod csrf;
 pub mod decide;
 pub mod forward;
+pub mod forward_auth;
 pub mod redirects;
 
 pub use decide::{Authentication, Choice, Decision, Preflight, Router, Scheme, Target, Trail};
@@ -236,6 +243,7 @@ impl Gateway {
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
         let mut trail = Trail::default();
         let scheme = self.scheme(conn, req.headers());
+        let caller = forward_auth::caller(&self.config.forward_auth, conn.peer.ip(), req.headers());
         let decided = self
             .router
             .decide(
@@ -282,6 +290,21 @@ impl Gateway {
             None => {}
         }
         let index = match choice {
+            Choice::Endpoint(Endpoint::Verify) => {
+                // Boxed like the endpoints: a second decision inline would double the size of
+                // every proxied request's future.
+                let (answer, identity) = Box::pin(forward_auth::answer(
+                    &self.router,
+                    &self.authenticator,
+                    &self.config,
+                    caller,
+                    &req,
+                    scheme,
+                ))
+                .await;
+                access.identity = identity;
+                return answer;
+            }
             Choice::Endpoint(endpoint) => {
                 if matches!(endpoint, Endpoint::SignIn | Endpoint::SignOut) {
                     req.extensions_mut().insert(BrowserContext {
@@ -405,6 +428,7 @@ fn count_rejection(rejection: &Rejection, route: Option<&str>) {
         Rejection::Upstream(_) | Rejection::UnexpectedUpgrade => {
             crate::metrics::upstream_error(rejection.reason())
         }
+        Rejection::ForwardAuthDenied(inner) => count_rejection(inner, route),
         _ => {}
     }
 }

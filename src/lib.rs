@@ -12,6 +12,7 @@
 //! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
 //! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, the upstream's `Host` decided, sent upstream, streamed back |
+//! | `gateway::forward_auth` | the forward-auth endpoint: the original request from a trusted fronting proxy's headers, decided by `Router::decide`, answered 200 with identity headers or refused |
 //! | `gateway::decide` | stages 1-7 into a `Decision`, for the proxy path and `routes explain` alike |
 //! | `gateway::csrf` | stage 6's refusal of cross-site state-changing requests authenticated by a cookie |
 //! | `gateway::redirects` | stage 9's rewriting of `Location`, `Content-Location` and `Refresh` from the upstream's address to the public one |
@@ -44,6 +45,7 @@
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
 //! | `cors` | CORS: the `[routes.cors]` and `[auth.cors]` settings, preflight verdicts, `Access-Control-*` response headers |
 //! | `auth::session::settings` | the `[auth.session]` settings: on or off, the cookie's name, idle and absolute lifetime |
+//! | `gateway::forward_auth::settings` | the `[forward_auth]` settings: trusted fronting proxies, the decision cache's lifetime |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
 //! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
 //! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |

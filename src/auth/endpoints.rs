@@ -117,6 +117,9 @@ pub enum Endpoint {
     SignIn,
     /// The browser's sign-out page and button.
     SignOut,
+    /// The forward-auth decision for a fronting proxy, answered by the gateway itself
+    /// (`crate::gateway::forward_auth`), never here.
+    Verify,
     /// Under the prefix but no such endpoint.
     Unknown,
 }
@@ -124,7 +127,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`), for per-endpoint state
     /// built once.
-    pub const ALL: [Endpoint; 11] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Token,
         Endpoint::Login,
         Endpoint::Refresh,
@@ -135,6 +138,7 @@ impl Endpoint {
         Endpoint::Jwks,
         Endpoint::SignIn,
         Endpoint::SignOut,
+        Endpoint::Verify,
         Endpoint::Unknown,
     ];
 
@@ -151,6 +155,7 @@ impl Endpoint {
             Endpoint::Jwks => "gatehouse:jwks",
             Endpoint::SignIn => "gatehouse:sign_in",
             Endpoint::SignOut => "gatehouse:sign_out",
+            Endpoint::Verify => "gatehouse:verify",
             Endpoint::Unknown => "gatehouse:unknown",
         }
     }
@@ -179,6 +184,7 @@ pub fn endpoint_for(prefix: &str, path: &str) -> Option<Endpoint> {
         "/register" => Endpoint::Register,
         SIGN_IN => Endpoint::SignIn,
         SIGN_OUT => Endpoint::SignOut,
+        "/verify" => Endpoint::Verify,
         r if r.is_empty() || r.starts_with('/') => Endpoint::Unknown,
         _ => return None,
     })
@@ -193,7 +199,8 @@ pub async fn serve(
     client: IpAddr,
 ) -> Result<Response<Body>, EndpointError> {
     let allowed: &[Method] = match endpoint {
-        Endpoint::Unknown => return Err(EndpointError::NotFound),
+        // The gateway answers /verify in the pipeline; reaching here means nobody should.
+        Endpoint::Unknown | Endpoint::Verify => return Err(EndpointError::NotFound),
         Endpoint::Me | Endpoint::Jwks => &[Method::GET, Method::HEAD],
         Endpoint::SignIn | Endpoint::SignOut => &[Method::GET, Method::HEAD, Method::POST],
         _ => &[Method::POST],
@@ -207,7 +214,7 @@ pub async fn serve(
         _ => {}
     }
     match endpoint {
-        Endpoint::Unknown => Err(EndpointError::NotFound),
+        Endpoint::Unknown | Endpoint::Verify => Err(EndpointError::NotFound),
         Endpoint::SignIn => sign_in(grants, req, client).await,
         Endpoint::SignOut => sign_out(grants, req, client).await,
         Endpoint::Jwks => Ok(jwks_response(grants.authenticator().keys().ring.jwks())),

@@ -1,7 +1,7 @@
 //! Stages 1-7 of the pipeline on a request head, decided once: target, framing, scrub,
-//! endpoints, route, authenticate, authorise. [`Router::decide`] is what the gateway and
-//! `routes explain` call (and the forward-auth endpoint will): what it decides is the same
-//! wherever it is asked.
+//! endpoints, route, authenticate, authorise. [`Router::decide`] is what the gateway, `routes
+//! explain` and the forward-auth endpoint (on the original request a fronting proxy describes,
+//! `super::forward_auth`) call: what it decides is the same wherever it is asked.
 //!
 //! A CORS preflight on a route or endpoint with a CORS policy is decided at stage 5, before
 //! authentication (a browser sends no credentials with one): answered from the policy

@@ -698,7 +698,8 @@ fn alias_eq(name: &[u8], normalised: &[u8]) -> bool {
             .all(|(&byte, &want)| alias_byte(byte) == want)
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+/// Whether `ip` lies in one of the `trusted` blocks (callers pass it through `to_canonical`).
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
