@@ -2,8 +2,13 @@
 //! Selenium (`tests/python/browser_e2e.py`) through a private chromedriver, against a gateway
 //! with browser sessions on. Open a protected page, land on the sign-in page, sign in, see the
 //! upstream's page, the cookie unreadable by page script, a reload after the access token
-//! expired, a cross-site POST from a page on another origin refused before the upstream, sign
-//! out, the page protected again.
+//! expired; then pages on two other origins of the same site (so the cookie goes along): a
+//! cross-site POST to a route without CORS refused before the upstream, though its origin is
+//! trusted elsewhere; a single-page app on the origin the `/data` route lists with credentials
+//! reading a credentialed GET, a JSON POST after the preflight the gateway answered, and a
+//! `text/plain` POST, all reaching the upstream as the signed-in user; the same app on an
+//! unlisted origin reading none of them and its POSTs stopped at the gateway. Sign out, the
+//! page protected again.
 //!
 //! Needs `/usr/bin/chromium`, `/usr/bin/chromedriver` and `INTEROP_PYTHON` with selenium (all
 //! installed by `.ci/run`). Outside CI a missing one skips the test with a notice; under CI it
@@ -125,34 +130,63 @@ fn start_chromedriver(profile: &Path) -> (Guard, String) {
     (guard, format!("http://127.0.0.1:{port}"))
 }
 
-/// A page on another origin whose script makes a credentialed, preflight-free cross-site POST
-/// to the gateway, then writes what it saw into the title.
-async fn attacker_origin(
-    target: String,
+/// The page on another origin (same site: another port of 127.0.0.1, so `SameSite=Lax` sends
+/// the cookie) that makes a credentialed, preflight-free cross-site POST to the route `/api`,
+/// which trusts no other origin. The gateway's address comes in the query (`?gw=`).
+const ATTACK_PAGE: &str = "<!DOCTYPE html><html><head><title>attack</title></head><body><script>\
+     const gw = new URLSearchParams(location.search).get('gw');\
+     fetch(gw + '/api/transfer', {method: 'POST', credentials: 'include', body: 'x', \
+     headers: {'Content-Type': 'text/plain'}})\
+     .then(r => { document.title = 'done:' + r.status; }, \
+     e => { document.title = 'done:' + e.name; });\
+     </script></body></html>";
+
+/// The single-page app: credentialed calls to the CORS route `/data`, a GET, a JSON POST (which
+/// needs a preflight) and a `text/plain` POST (which does not), each recorded in
+/// `window.results` as `{status, body}` when page script could read the response, or `{error}`
+/// with the exception's name (`TypeError` when CORS withholds it); then the title is `done`.
+/// Served on the listed origin every call must be read, on an unlisted one none.
+const SPA_PAGE: &str = "<!DOCTYPE html><html><head><title>spa</title></head><body><script>\
+     const gw = new URLSearchParams(location.search).get('gw');\
+     async function call(path, init) {\
+       try { const r = await fetch(gw + path, Object.assign({credentials: 'include'}, init)); \
+       return {status: r.status, body: await r.text()}; } \
+       catch (e) { return {error: e.name}; } }\
+     (async () => { const results = {};\
+       results.get = await call('/data/profile', {});\
+       results.json = await call('/data/items', {method: 'POST', \
+         headers: {'Content-Type': 'application/json'}, body: JSON.stringify({item: 'spa'})});\
+       results.plain = await call('/data/notes', {method: 'POST', body: 'note', \
+         headers: {'Content-Type': 'text/plain'}});\
+       window.results = results; document.title = 'done'; })();\
+     </script></body></html>";
+
+/// A loopback origin serving `pages` (path, HTML); 404 for any other path.
+async fn page_origin(
+    pages: &'static [(&'static str, &'static str)],
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let page = format!(
-        "<!DOCTYPE html><html><head><title>attack</title></head><body><script>\
-         fetch({target:?}, {{method: 'POST', credentials: 'include', body: 'x', \
-         headers: {{'Content-Type': 'text/plain'}}}})\
-         .then(r => {{ document.title = 'done:' + r.status; }}, \
-         e => {{ document.title = 'done:blocked'; }});\
-         </script></body></html>"
-    );
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
                 _ = &mut stopped => return,
             };
-            let page = page.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |_req| {
-                    let page = page.clone();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let page = pages
+                        .iter()
+                        .find(|(path, _)| *path == req.uri().path())
+                        .map(|(_, page)| *page);
                     async move {
-                        let mut r = http::Response::new(gatehouse::body::full(page));
+                        let found = page.is_some();
+                        let mut r =
+                            http::Response::new(gatehouse::body::full(page.unwrap_or_default()));
+                        if !found {
+                            *r.status_mut() = http::StatusCode::NOT_FOUND;
+                        }
                         r.headers_mut().insert(
                             http::header::CONTENT_TYPE,
                             http::HeaderValue::from_static("text/html; charset=utf-8"),
@@ -201,14 +235,28 @@ fn run_script(python: &str, args: &[String]) -> (bool, String) {
     )
 }
 
+/// Both pages, on every page origin.
+const PAGES: &[(&str, &str)] = &[("/attack.html", ATTACK_PAGE), ("/spa.html", SPA_PAGE)];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headless_chromium_signs_in_renews_signs_out_and_cannot_post_cross_site() {
+async fn headless_chromium_signs_in_renews_signs_out_calls_cors_and_cannot_post_cross_site() {
     let Some(python) = prerequisites() else {
         return;
     };
     let up = Upstream::start().await;
+    // `listed` is the single-page app's origin, trusted with credentials on `/data` only;
+    // `unlisted` is any other page on the same site.
+    let (listed, _stop_listed) = page_origin(PAGES).await;
+    let (unlisted, _stop_unlisted) = page_origin(PAGES).await;
+    let listed = format!("http://{listed}");
+    let unlisted = format!("http://{unlisted}");
+    let cors = format!(
+        "[routes.cors]\nallow_origins = [\"{listed}\"]\nallow_methods = [\"GET\", \"POST\"]\n\
+         allow_headers = [\"content-type\"]\nallow_credentials = true\n"
+    );
     let gw = GatewayBuilder::new(&route("app", "/app", &up.url(), "login_redirect = true"))
         .and(&route("api", "/api", &up.url(), ""))
+        .and(&route("data", "/data", &up.url(), &cors))
         .and(&format!(
             "[auth]\naccess_token_lifetime = \"{TOKEN_SECONDS}s\"\nleeway = \"0s\"\n\
              [auth.session]\nenabled = true\n"
@@ -217,14 +265,14 @@ async fn headless_chromium_signs_in_renews_signs_out_and_cannot_post_cross_site(
         .await;
     gw.add_user("alice", "correct-horse", &["staff"], &[]).await;
     let gateway = format!("http://127.0.0.1:{}", gw.addr.port());
-    let (other, _stop_other) = attacker_origin(format!("{gateway}/api/transfer")).await;
     let profile = tempfile::tempdir().unwrap();
     let args = vec![
         String::new(),
         CHROMIUM.to_owned(),
         profile.path().join("chromium").display().to_string(),
         gateway,
-        format!("http://{other}"),
+        listed.clone(),
+        unlisted.clone(),
         TOKEN_SECONDS.to_string(),
     ];
     let (ok, output) = tokio::task::spawn_blocking(move || {
@@ -241,12 +289,32 @@ async fn headless_chromium_signs_in_renews_signs_out_and_cannot_post_cross_site(
     assert!(ok, "the browser script failed:\n{output}");
     let seen = up.seen();
     assert!(
-        seen.iter().all(|s| s.method != "POST"),
-        "the cross-site POST reached the upstream: {seen:#?}"
-    );
-    assert!(
         seen.iter()
             .any(|s| s.target == "/app/page" && s.header("x-user") == Some("alice")),
         "{seen:#?}"
     );
+    // The cross-site POST to the route without CORS, and every POST from the unlisted origin,
+    // stopped at the gateway; no preflight was forwarded.
+    let stopped = |s: &&crate::support::Seen| {
+        (s.method == "POST"
+            && (s.target.starts_with("/api") || s.header("origin") == Some(&unlisted)))
+            || s.method == "OPTIONS"
+    };
+    let leaked: Vec<_> = seen.iter().filter(stopped).collect();
+    assert!(leaked.is_empty(), "reached the upstream: {leaked:#?}");
+    // The listed origin's credentialed calls reached it as alice, the JSON POST with its body.
+    for (method, target) in [
+        ("GET", "/data/profile"),
+        ("POST", "/data/items"),
+        ("POST", "/data/notes"),
+    ] {
+        assert!(
+            seen.iter().any(|s| s.method == method
+                && s.target == target
+                && s.header("origin") == Some(&listed)
+                && s.header("x-user") == Some("alice")
+                && (method == "GET" || s.body_len > 0)),
+            "{method} {target} from {listed} as alice: {seen:#?}"
+        );
+    }
 }

@@ -1,7 +1,11 @@
 """Drives headless Chromium through a running gatehouse with browser sessions on, via a
 chromedriver the caller started. Usage:
 
-    browser_e2e.py DRIVER_URL CHROMIUM USER_DATA_DIR GATEWAY_URL OTHER_ORIGIN_URL TOKEN_SECONDS
+    browser_e2e.py DRIVER_URL CHROMIUM USER_DATA_DIR GATEWAY_URL LISTED_ORIGIN UNLISTED_ORIGIN \
+        TOKEN_SECONDS
+
+LISTED_ORIGIN and UNLISTED_ORIGIN serve /attack.html and /spa.html (tests/it/chromium.rs); the
+gateway's `/data` route allows LISTED_ORIGIN with credentials, nothing else allows either.
 
 Every wait is bounded; the browser is quit in `finally` (the caller also kills chromedriver and
 anything left under USER_DATA_DIR by PID)."""
@@ -14,7 +18,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-driver_url, chromium, user_data_dir, gw, other, token_seconds = sys.argv[1:7]
+driver_url, chromium, user_data_dir, gw, listed, unlisted, token_seconds = sys.argv[1:8]
 token_seconds = float(token_seconds)
 WAIT = 15
 
@@ -106,18 +110,39 @@ try:
     assert '"ok":true' in driver.page_source, driver.page_source
 
     # A page on another origin (same site: another port of 127.0.0.1, so SameSite=Lax sends
-    # the cookie along) posts text/plain with credentials, which needs no preflight: the
-    # gateway's cross-site check must refuse it.
+    # the cookie along) posts text/plain with credentials, which needs no preflight, to `/api`,
+    # a route without CORS: the gateway's cross-site check must refuse it, although the same
+    # origin is trusted with credentials on `/data`.
     performance_log(driver)  # drop what came before
-    driver.get(other + "/attack.html")
+    driver.get(listed + "/attack.html?gw=" + gw)
     WebDriverWait(driver, WAIT).until(lambda d: d.title.startswith("done:"))
+    assert driver.title == "done:TypeError", driver.title  # no CORS: unreadable
     statuses = statuses_for(driver, "/api/transfer")
     assert statuses and all(s == 403 for s in statuses), statuses
 
-    # --- CORS: a credentialed cross-origin call to a CORS-enabled route -----------------
-    # Left for the CORS work (another branch): once a route allows OTHER_ORIGIN_URL with
-    # credentials, the page calls it here and reads the answer.
-    # --------------------------------------------------------------------------------------
+    def spa_results(origin):
+        driver.get(origin + "/spa.html?gw=" + gw)
+        WebDriverWait(driver, WAIT).until(lambda d: d.title == "done")
+        return driver.execute_script("return window.results")
+
+    # The single-page app on the listed origin reads every answer of the CORS route: the GET,
+    # the JSON POST after the preflight the gateway answered, and the text/plain POST (a trusted
+    # origin passes the cross-site check). The Rust side checks the upstream saw alice.
+    results = spa_results(listed)
+    for call in ["get", "json", "plain"]:
+        result = results[call]
+        assert result.get("status") == 200, (call, results)
+        assert json.loads(result["body"])["ok"] is True, (call, results)
+    assert json.loads(results["json"]["body"])["body_len"] > 0, results
+
+    # The same page on an unlisted origin reads nothing: the GET's answer is withheld, the
+    # preflight refused, and the text/plain POST refused by the cross-site check.
+    performance_log(driver)
+    results = spa_results(unlisted)
+    for call in ["get", "json", "plain"]:
+        assert results[call] == {"error": "TypeError"}, (call, results)
+    statuses = statuses_for(driver, "/data/notes")
+    assert statuses and all(s == 403 for s in statuses), statuses
 
     # Sign out: the page's button ends the session, and the protected page asks to sign in.
     driver.get(gw + "/auth/sign_out")
