@@ -70,6 +70,10 @@ pub enum Rejection {
     /// The original request a fronting proxy asked about was refused with this.
     #[error("forward-auth decision: {0}")]
     ForwardAuthDenied(Box<Rejection>),
+    /// A browser navigation without a session that nginx asked about: nginx's `auth_request`
+    /// passes only 2xx, 401 and 403, so the sign-in redirect travels as a 401 naming the page.
+    #[error("forward-auth decision: sign in at {location}")]
+    ForwardAuthLogin { location: String },
     #[error("upstream: {0}")]
     Upstream(ProxyError),
     #[error("upstream switched protocols unasked")]
@@ -130,6 +134,7 @@ impl Rejection {
             Rejection::UntrustedForwardAuthPeer => "forward_auth_peer",
             Rejection::ForwardAuthHeader(_) => "forward_auth_header",
             Rejection::ForwardAuthDenied(inner) => inner.reason(),
+            Rejection::ForwardAuthLogin { .. } => "login_redirect",
             Rejection::Upstream(ProxyError::Timeout { .. }) => "upstream_timeout",
             Rejection::Upstream(ProxyError::BodyTooLarge { .. }) => "payload_too_large",
             Rejection::Upstream(ProxyError::BodyTimeout { .. }) => "body_timeout",
@@ -150,8 +155,12 @@ static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("rateli
 const REALM: &str = "Bearer realm=\"gatehouse\"";
 
 /// `Vary` of every forward-auth decision, allowing or refusing: the same original request is
-/// decided differently for other credentials, so a caller's cache must key on them.
-pub const DECISION_VARY: HeaderValue = HeaderValue::from_static("Authorization, Cookie");
+/// decided differently for other credentials, and a browser's navigation (`Accept: text/html`)
+/// differently from an API call, so a caller's cache must key on them.
+pub const DECISION_VARY: HeaderValue = HeaderValue::from_static("Authorization, Cookie, Accept");
+
+/// Where nginx is to send a browser that must sign in (see `gateway::forward_auth`).
+pub static X_GATEHOUSE_LOGIN: http::HeaderName = http::HeaderName::from_static("x-gatehouse-login");
 
 /// Renders a rejection.
 pub fn respond(rejection: &Rejection) -> Response<Body> {
@@ -250,6 +259,13 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             json!({"error": "invalid_request", "error_description": what}),
         )),
         Rejection::ForwardAuthDenied(inner) => forward_auth_refusal(inner),
+        Rejection::ForwardAuthLogin { location } => {
+            let mut response = forward_auth_refusal(&Rejection::NoToken);
+            if let Ok(location) = HeaderValue::from_str(location) {
+                response.headers_mut().insert(&X_GATEHOUSE_LOGIN, location);
+            }
+            response
+        }
         Rejection::Upstream(e) => upstream(e),
         Rejection::UnexpectedUpgrade => plain(
             StatusCode::BAD_GATEWAY,
@@ -566,6 +582,35 @@ mod tests {
     }
 
     #[test]
+    fn a_sign_in_redirect_for_nginx_is_a_401_naming_the_page_with_the_challenge() {
+        let rejection = Rejection::ForwardAuthLogin {
+            location: "/auth/sign_in?return_to=%2Fapp".into(),
+        };
+        assert_eq!(rejection.reason(), "login_redirect");
+        let response = respond(&rejection);
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()[&X_GATEHOUSE_LOGIN],
+            "/auth/sign_in?return_to=%2Fapp"
+        );
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], REALM);
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(
+            response.headers()[http::header::VARY],
+            "Authorization, Cookie, Accept"
+        );
+        // Through Traefik or Caddy the proxy path's own redirect goes to the browser as it is.
+        let denied = respond(&Rejection::ForwardAuthDenied(Box::new(
+            Rejection::LoginRedirect {
+                location: "/auth/sign_in".into(),
+            },
+        )));
+        assert_eq!(denied.status(), 302);
+        assert_eq!(denied.headers()[http::header::LOCATION], "/auth/sign_in");
+        assert_eq!(denied.headers()[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
     fn a_refused_forward_auth_decision_answers_like_the_proxy_path_but_no_route_is_403() {
         let denied = |r| Rejection::ForwardAuthDenied(Box::new(r));
         assert_eq!(status(denied(Rejection::NoRoute)), (403, None));
@@ -594,7 +639,7 @@ mod tests {
             assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{reason}");
             assert_eq!(
                 response.headers()[http::header::VARY],
-                "Authorization, Cookie"
+                "Authorization, Cookie, Accept"
             );
             assert!(
                 !response.headers().contains_key(http::header::CONNECTION),

@@ -82,6 +82,9 @@ pub struct Original {
     host: Option<HeaderValue>,
     /// `None`: the scheme the verify request arrived over.
     scheme: Option<Scheme>,
+    /// Described in nginx's spelling (`X-Original-URI`): a caller that understands only 2xx,
+    /// 401 and 403, so a browser's login redirect must reach it as a 401 (see [`refusal`]).
+    nginx: bool,
 }
 
 /// Who sent a request, as far as the forward-auth endpoint cares; known before the request's
@@ -166,6 +169,8 @@ fn original(headers: &HeaderMap) -> Result<Original, Rejection> {
         uri,
         host,
         scheme,
+        // Both spellings at once were refused above, so this names the one used.
+        nginx: headers.contains_key(&X_ORIGINAL_URI),
     })
 }
 
@@ -220,6 +225,7 @@ pub async fn answer<B>(
         Err(rejection) => return (Err(rejection), None),
     };
     let scheme = original.scheme.unwrap_or(scheme);
+    let nginx = original.nginx;
     let mut synthetic = synthetic_request(original, verify.headers());
     let mut trail = Trail::default();
     let decided = router
@@ -231,11 +237,11 @@ pub async fn answer<B>(
         .await;
     let decision = match decided {
         Ok(decision) => decision,
-        Err(rejection) => return (Err(refusal(rejection)), trail.identity),
+        Err(rejection) => return (Err(refusal(rejection, nginx)), trail.identity),
     };
     let response = match decision.choice {
         // Under the prefix but no endpoint: the proxy path's 404, so "no" here.
-        Choice::Endpoint(Endpoint::Unknown) => Err(refusal(Rejection::NoRoute)),
+        Choice::Endpoint(Endpoint::Unknown) => Err(refusal(Rejection::NoRoute, nginx)),
         Choice::Endpoint(_) => Ok(allowed(None, config)),
         Choice::Route(_) => Ok(allowed(decision.identity.as_deref(), config)),
     };
@@ -281,19 +287,20 @@ fn allowed(identity: Option<&Identity>, config: &Config) -> Response<Body> {
 /// What the fronting proxy is answered when the decision refused the original request: the
 /// refusal as the proxy path renders it, except that no route is 403 (see `crate::error`).
 ///
-/// The seam for the browser login redirect (a route option `login_redirect` whose refusal of a
-/// browser navigation without a session is a redirect to the login page): that refusal is to
-/// be turned here into what the caller can carry out, chosen by the original's `Accept` (only a
-/// GET or HEAD preferring `text/html` is a navigation; API calls keep the 401 with
-/// `WWW-Authenticate`, so a proxy never loops a script through redirects):
+/// A browser's navigation refused for want of a session on a `login_redirect` route (the
+/// decision's [`Rejection::LoginRedirect`]; only a GET or HEAD accepting `text/html` is one, so
+/// API calls keep the 401 with `WWW-Authenticate` and a proxy never loops a script through
+/// redirects) is answered in the form the caller can carry out:
 /// - Traefik, Caddy and Envoy (the `X-Forwarded-*` callers) hand a refusal to the client as it
-///   is: a `302` with `Location` works.
-/// - nginx `auth_request` understands only 2xx, 401 and 403 (anything else becomes a 500), so
-///   for the `X-Original-*` caller it must be a 401 carrying the login URL in a header (say
-///   `X-Gatehouse-Login`) that `auth_request_set` captures and `error_page 401` redirects to
-///   (the README's nginx snippet says where).
-fn refusal(rejection: Rejection) -> Rejection {
-    Rejection::ForwardAuthDenied(Box::new(rejection))
+///   is: the `302` with `Location` goes to the browser.
+/// - nginx `auth_request` understands only 2xx, 401 and 403 (anything else becomes a 500): it
+///   gets a 401 carrying the sign-in URL in `X-Gatehouse-Login`, which the README's snippet
+///   captures with `auth_request_set` and redirects to from its `error_page 401` location.
+fn refusal(rejection: Rejection, nginx: bool) -> Rejection {
+    match rejection {
+        Rejection::LoginRedirect { location } if nginx => Rejection::ForwardAuthLogin { location },
+        other => Rejection::ForwardAuthDenied(Box::new(other)),
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ async fn an_allowed_request_answers_200_with_the_identity_the_proxy_path_injects
         .unwrap();
     assert_eq!(r.status(), 200);
     let answered = identity_of(&r);
-    assert_eq!(r.headers()["vary"], "Authorization, Cookie");
+    assert_eq!(r.headers()["vary"], "Authorization, Cookie, Accept");
     assert!(
         r.headers()["cache-control"]
             .to_str()
@@ -157,7 +157,7 @@ async fn no_token_answers_401_with_the_bearer_challenge_and_is_never_cached() {
         "Bearer realm=\"gatehouse\""
     );
     assert_eq!(r.headers()["cache-control"], "no-store");
-    assert_eq!(r.headers()["vary"], "Authorization, Cookie");
+    assert_eq!(r.headers()["vary"], "Authorization, Cookie, Accept");
     assert!(identity_of(&r).is_empty());
     let r = ask(&gw, "GET", "/api/items")
         .bearer_auth("not.a.token")
@@ -454,4 +454,70 @@ async fn a_cross_site_cookie_post_is_refused_through_forward_auth_too() {
     let r = post("http://app.example.test").send().await.unwrap();
     assert_eq!(r.status(), 403, "another scheme is another origin");
     up.assert_untouched();
+}
+
+/// A gateway whose `/app` route sends browsers without a session to the sign-in page.
+async fn browser_gateway() -> (TestGateway, Upstream) {
+    gateway(&format!(
+        "{}\n[auth.session]\nenabled = true\n",
+        crate::support::route("app", "/app", "http://127.0.0.1:9", "login_redirect = true")
+    ))
+    .await
+}
+
+const NAVIGATION: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+const SIGN_IN: &str = "/auth/sign_in?return_to=%2Fapp%2Fpage%3Fx%3D1";
+
+#[tokio::test]
+async fn a_browser_without_a_session_is_sent_to_sign_in_in_the_form_each_caller_carries_out() {
+    let (gw, _up) = browser_gateway().await;
+    // Traefik and Caddy hand the refusal to the browser as it is: a redirect.
+    let r = ask(&gw, "GET", "/app/page?x=1")
+        .header("accept", NAVIGATION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], SIGN_IN);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["vary"], "Authorization, Cookie, Accept");
+    // nginx passes only 2xx, 401 and 403: a 401 naming the page, for its error_page.
+    let r = client()
+        .get(gw.url("/auth/verify"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/app/page?x=1")
+        .header("x-original-host", "app.example.test")
+        .header("accept", NAVIGATION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-gatehouse-login"], SIGN_IN);
+    assert!(r.headers().contains_key("www-authenticate"));
+}
+
+#[tokio::test]
+async fn an_api_call_without_a_session_keeps_the_401_so_no_proxy_loops_a_script() {
+    let (gw, _up) = browser_gateway().await;
+    for nginx in [false, true] {
+        for (method, accept) in [
+            ("GET", "application/json"),
+            ("POST", NAVIGATION),
+            ("GET", "*/*"),
+        ] {
+            let request = if nginx {
+                client()
+                    .get(gw.url("/auth/verify"))
+                    .header("x-original-method", method)
+                    .header("x-original-uri", "/app/page?x=1")
+            } else {
+                ask(&gw, method, "/app/page?x=1")
+            };
+            let r = request.header("accept", accept).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {accept} nginx={nginx}");
+            assert!(r.headers().contains_key("www-authenticate"));
+            assert!(!r.headers().contains_key("x-gatehouse-login"));
+            assert!(!r.headers().contains_key("location"));
+        }
+    }
 }
