@@ -27,7 +27,9 @@
 //!   proxy path's answer (401 with `WWW-Authenticate`, 403 for scope and role, 400 for a
 //!   malformed target, 503 when revocations cannot be confirmed), except that a URI no route
 //!   takes is 403, never 404 (a caller must not read "not found" as anything but "no"), with
-//!   `Cache-Control: no-store`. Every decision carries `Vary: Authorization, Cookie`.
+//!   `Cache-Control: no-store`. Every decision carries `Vary: Authorization, Cookie, Accept`; a
+//!   browser navigation without a session on a `login_redirect` route is sent to sign in (see
+//!   [`refusal`]).
 //!
 //! What the fronting proxy must do itself (README, "Forward-auth"): remove every identity header
 //! a client sent before its upstream sees the request, whatever gatehouse answered, and the

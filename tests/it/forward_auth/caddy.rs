@@ -166,3 +166,78 @@ async fn spoofed_identity_headers_never_reach_the_app_behind_caddy() {
     assert_eq!(r.status(), 400);
     assert_eq!(app.seen().len(), 1, "the app saw nothing more");
 }
+
+#[tokio::test]
+async fn a_browser_signs_in_through_caddy_and_reaches_the_app_as_itself() {
+    let (gw, routes) = super::browser_gateway().await;
+    let app = Upstream::start().await;
+    let Some(caddy) = caddy(&gw, &app).await else {
+        return;
+    };
+    let page = caddy.url("/app/page?x=1");
+    // An API call keeps the 401 with gatehouse's challenge, never a redirect.
+    let r = client()
+        .get(&page)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{}", caddy.log_text());
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"gatehouse\""
+    );
+    assert!(!r.headers().contains_key("location"));
+    // A browser gets gatehouse's redirect to the sign-in page, which Caddy serves from it.
+    let r = client()
+        .get(&page)
+        .header("accept", super::NAVIGATION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "{}", caddy.log_text());
+    assert_eq!(r.headers()["location"], super::SIGN_IN);
+    let form = client()
+        .get(caddy.url(super::SIGN_IN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("name=\"password\""));
+    let r = client()
+        .post(caddy.url("/auth/sign_in"))
+        .header("origin", format!("http://{}", caddy.addr))
+        .form(&[
+            ("username", "alice"),
+            ("password", "secret"),
+            ("return_to", "/app/page?x=1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", caddy.log_text());
+    assert_eq!(r.headers()["location"], "/app/page?x=1");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let r = client()
+        .get(&page)
+        .header("accept", super::NAVIGATION)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", caddy.log_text());
+    let seen = app.only();
+    assert_eq!(seen.target, "/app/page?x=1");
+    assert_eq!(seen.header("x-user"), Some("alice"));
+    // Nobody asks gatehouse questions through Caddy but Caddy itself.
+    let r = client()
+        .get(caddy.url("/auth/verify"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/app/page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    routes.assert_untouched();
+}

@@ -165,10 +165,9 @@ fn open_dir() -> tempfile::TempDir {
 pub fn example(file: &str, replacements: &[(&str, String)]) -> String {
     let mut text = read_example(file);
     for (from, to) in replacements {
-        assert_eq!(
-            text.matches(from).count(),
-            1,
-            "examples/forward-auth/{file} must contain {from:?} exactly once"
+        assert!(
+            text.contains(from),
+            "examples/forward-auth/{file} must contain {from:?}"
         );
         text = text.replace(from, to);
     }

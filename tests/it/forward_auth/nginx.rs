@@ -169,3 +169,80 @@ async fn spoofed_identity_headers_never_reach_the_app_behind_nginx() {
     assert_eq!(r.status(), 401);
     assert_eq!(app.seen().len(), 1, "the app saw nothing more");
 }
+
+#[tokio::test]
+async fn a_browser_signs_in_through_nginx_and_reaches_the_app_as_itself() {
+    let (gw, routes) = super::browser_gateway().await;
+    let app = Upstream::start().await;
+    let Some(nginx) = nginx(&gw, &app).await else {
+        return;
+    };
+    let page = nginx.url("/app/page?x=1");
+    // An API call keeps the 401 with gatehouse's challenge, never a redirect.
+    let r = client()
+        .get(&page)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{}", nginx.log_text());
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"gatehouse\""
+    );
+    assert!(!r.headers().contains_key("location"));
+    // A browser is sent to the sign-in page, which nginx serves from gatehouse.
+    let r = client()
+        .get(&page)
+        .header("accept", super::NAVIGATION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "{}", nginx.log_text());
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(location.ends_with(super::SIGN_IN), "{location}");
+    let form = client()
+        .get(nginx.url(super::SIGN_IN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("name=\"password\""));
+    let r = client()
+        .post(nginx.url("/auth/sign_in"))
+        .header("origin", format!("http://{}", nginx.addr))
+        .form(&[
+            ("username", "alice"),
+            ("password", "secret"),
+            ("return_to", "/app/page?x=1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", nginx.log_text());
+    assert_eq!(r.headers()["location"], "/app/page?x=1");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    // Signed in, the browser's page reaches the app as alice.
+    let r = client()
+        .get(&page)
+        .header("accept", super::NAVIGATION)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", nginx.log_text());
+    let seen = app.only();
+    assert_eq!(seen.target, "/app/page?x=1");
+    assert_eq!(seen.header("x-user"), Some("alice"));
+    // Nobody asks gatehouse questions through nginx but nginx itself.
+    let r = client()
+        .get(nginx.url("/auth/verify"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/app/page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    routes.assert_untouched();
+}
