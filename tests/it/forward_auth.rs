@@ -465,6 +465,82 @@ async fn browser_gateway() -> (TestGateway, Upstream) {
     .await
 }
 
+/// The browser flow through a fronting proxy `front` (from the example files) to its app `app`:
+/// an API call keeps the 401 and challenge; a browser is sent to the sign-in page, which the
+/// proxy serves from gatehouse, signs in there and reaches the app as itself; the question
+/// endpoint is closed to clients.
+async fn a_browser_signs_in_through(front: &front::Front, app: &Upstream) {
+    let page = front.url("/app/page?x=1");
+    let r = client()
+        .get(&page)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{}", front.log_text());
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"gatehouse\""
+    );
+    assert!(!r.headers().contains_key("location"));
+    let r = client()
+        .get(&page)
+        .header("accept", NAVIGATION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "{}", front.log_text());
+    // Relative from Caddy (gatehouse's own), made absolute by nginx's `return`.
+    let location = r.headers()["location"].to_str().unwrap();
+    assert!(location.ends_with(SIGN_IN), "{location}");
+    let form = client().get(front.url(SIGN_IN)).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("name=\"password\""));
+    let r = client()
+        .post(front.url("/auth/sign_in"))
+        .header("origin", format!("http://{}", front.addr))
+        .form(&[
+            ("username", "alice"),
+            ("password", "secret"),
+            ("return_to", "/app/page?x=1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", front.log_text());
+    assert_eq!(r.headers()["location"], "/app/page?x=1");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let r = client()
+        .get(&page)
+        .header("accept", NAVIGATION)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", front.log_text());
+    let seen = app.only();
+    assert_eq!(seen.target, "/app/page?x=1");
+    assert_eq!(seen.header("x-user"), Some("alice"));
+    for (method, uri) in [
+        ("x-original-method", "x-original-uri"),
+        ("x-forwarded-method", "x-forwarded-uri"),
+    ] {
+        let r = client()
+            .get(front.url("/auth/verify"))
+            .header(method, "GET")
+            .header(uri, "/app/page")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "clients ask the proxy's questions through it"
+        );
+    }
+}
+
 const NAVIGATION: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 const SIGN_IN: &str = "/auth/sign_in?return_to=%2Fapp%2Fpage%3Fx%3D1";
 
