@@ -347,7 +347,7 @@ impl Gateway {
             })
             .flatten();
             for secure in [true, false] {
-                forward::remove_cookie(req.headers_mut(), &session.cookie_for(secure));
+                forward::remove_cookie(req.headers_mut(), session.cookie_for(secure));
             }
             if let Some(value) =
                 held.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())

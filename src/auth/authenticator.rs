@@ -244,7 +244,7 @@ impl Authenticator {
             return Ok(None);
         };
         let name = sessions.config().cookie_for(secure);
-        let Some(value) = crate::auth::session::cookie_value(headers, &name) else {
+        let Some(value) = crate::auth::session::cookie_value(headers, name) else {
             return Ok(None);
         };
         let keys = self.keys.load();
@@ -278,7 +278,7 @@ impl Authenticator {
     pub fn held_session_token(&self, headers: &HeaderMap, secure: bool) -> Option<String> {
         let sessions = self.sessions.as_ref()?;
         let value =
-            crate::auth::session::cookie_value(headers, &sessions.config().cookie_for(secure))?;
+            crate::auth::session::cookie_value(headers, sessions.config().cookie_for(secure))?;
         sessions.held_token(value)
     }
 

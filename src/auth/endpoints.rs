@@ -351,7 +351,7 @@ async fn sign_in(
     }
     let agent = req.headers().get(USER_AGENT).cloned();
     let name = settings.cookie_for(context.secure);
-    let previous = session::cookie_value(req.headers(), &name).map(str::to_owned);
+    let previous = session::cookie_value(req.headers(), name).map(str::to_owned);
     let form = read_form(req).await?;
     let return_to = checked(form.get("return_to"));
     let request = TokenRequest {
@@ -374,7 +374,7 @@ async fn sign_in(
         tracing::warn!(error = %e, "ending the session a browser signed in over failed");
     }
     let cookie = session::set_cookie(
-        &name,
+        name,
         &issued.refresh_token,
         context.secure,
         settings.lifetime.as_secs(),
@@ -405,11 +405,11 @@ async fn sign_out(
         .get::<BrowserContext>()
         .is_some_and(|c| c.secure);
     let name = settings.cookie_for(secure);
-    if let Some(value) = session::cookie_value(req.headers(), &name) {
+    if let Some(value) = session::cookie_value(req.headers(), name) {
         grants.sign_out(value, client).await?;
     }
     let mut response = see_other(&format!("{prefix}{SIGN_IN}"))?;
-    let cleared = session::clear_cookie(&name, secure).ok_or(GrantError::Server)?;
+    let cleared = session::clear_cookie(name, secure).ok_or(GrantError::Server)?;
     response.headers_mut().insert(SET_COOKIE, cleared);
     Ok(response)
 }

@@ -114,13 +114,23 @@ fn claim_header_value(value: &serde_json::Value) -> Option<String> {
 
 /// Removes one cookie by name from every `Cookie` header, keeping the others.
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    // Most requests carry no such cookie: leave their Cookie headers as they are.
+    let named = |pair: &str| pair.split('=').next().map(str::trim) == Some(name);
+    let present = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(';').any(named));
+    if !present {
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split('=').next().map(str::trim) != Some(name))
+        .filter(|pair| !pair.is_empty() && !named(pair))
         .map(str::to_owned)
         .collect();
     headers.remove(COOKIE);

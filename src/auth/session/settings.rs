@@ -54,6 +54,9 @@ pub struct SessionConfig {
     pub enabled: bool,
     /// The base name (see [`DEFAULT_SESSION_COOKIE_NAME`] for the prefix over HTTPS).
     pub cookie_name: String,
+    /// `__Host-` and the base name: the name over HTTPS, built once (it is looked up on every
+    /// request while sessions are on).
+    host_cookie_name: String,
     pub idle_timeout: Duration,
     pub lifetime: Duration,
 }
@@ -62,11 +65,11 @@ impl SessionConfig {
     /// The cookie's name over HTTPS (`secure`) or plain HTTP. Only that name is read for a
     /// request of that scheme: over HTTPS a cookie without the prefix may have been planted by
     /// another host of the site or over plain HTTP.
-    pub fn cookie_for(&self, secure: bool) -> String {
+    pub fn cookie_for(&self, secure: bool) -> &str {
         if secure {
-            format!("__Host-{}", self.cookie_name)
+            &self.host_cookie_name
         } else {
-            self.cookie_name.clone()
+            &self.cookie_name
         }
     }
 }
@@ -112,6 +115,7 @@ impl RawSession {
         }
         Ok(SessionConfig {
             enabled: self.enabled,
+            host_cookie_name: format!("__Host-{}", self.cookie_name),
             cookie_name: self.cookie_name,
             idle_timeout,
             lifetime,
