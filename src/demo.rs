@@ -75,7 +75,8 @@ pub fn echo(req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// The demo configuration: `/api` needs a token, `/public` does not, both reach the echo.
+/// The demo configuration: `/api` needs a token, `/public` does not, `/app` sends a browser
+/// without a session to the sign-in page; all reach the echo.
 pub fn demo_config(
     listen: SocketAddr,
     upstream: SocketAddr,
@@ -89,6 +90,9 @@ listen = "{listen}"
 [auth]
 keys_dir = {keys:?}
 
+[auth.session]
+enabled = true
+
 [store]
 path = {store:?}
 
@@ -96,6 +100,12 @@ path = {store:?}
 name = "api"
 path_prefix = "/api"
 upstream = "http://{upstream}"
+
+[[routes]]
+name = "app"
+path_prefix = "/app"
+upstream = "http://{upstream}"
+login_redirect = true
 
 [[routes]]
 name = "public"
@@ -164,10 +174,31 @@ Try:
   TOKEN=$(curl -s -X POST {base}/auth/token -d 'grant_type=password&username={DEMO_USER}&password={DEMO_PASSWORD}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
   curl -s {base}/api/items -H "Authorization: Bearer $TOKEN"
 
+  # a browser: open {base}/app/ and you are sent to the sign-in page; sign in as
+  # {DEMO_USER} and the page shows what the upstream received (the X-User headers, no cookie)
+
   # who am I, and the published keys
   curl -s {base}/auth/me -H "Authorization: Bearer $TOKEN"
   curl -s {base}/.well-known/jwks.json
 
 Ctrl-C stops it."#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_configuration_validates_with_browser_sessions_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = demo_config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:9000".parse().unwrap(),
+            dir.path(),
+        )
+        .unwrap();
+        assert!(config.auth.session.enabled);
+        assert!(config.routes.iter().any(|r| r.login_redirect));
+    }
 }
