@@ -42,6 +42,7 @@
 //! | `store` | the state interface, by kind of state; the `[store]` settings |
 //! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
+//! | `auth::paths` | the gateway's endpoints and where they live: the `[auth.paths]` settings, the path table stage 4 looks up |
 //! | `cors` | CORS: the `[routes.cors]` and `[auth.cors]` settings, preflight verdicts, `Access-Control-*` response headers |
 //! | `auth::session::settings` | the `[auth.session]` settings: on or off, the cookie's name, idle and absolute lifetime |
 //! | `limits` | login rate limits per address and per user (the lockout state lives in the store); the `[auth.limits]` settings |
