@@ -981,6 +981,41 @@ mod validation_tests {
         assert!(e.contains("gateway's own endpoints"), "{e}");
     }
 
+    #[test]
+    fn route_whose_prefix_is_an_endpoint_path_is_refused() {
+        let paths = "[auth.paths]\ntoken = \"/token\"\nme = \"/users/me\"\n";
+        for prefix in ["/token", "/users/me", "/Users/Me", "/.well-known/jwks.json"] {
+            let e = err(&format!("{paths}{}", named("r", prefix, "")));
+            assert!(e.contains("routes[0].path_prefix"), "{prefix}: {e}");
+            assert!(e.contains("decided before any route"), "{prefix}: {e}");
+        }
+        // An endpoint's exact path under a route's prefix is the endpoint's; the route keeps
+        // the rest (a FastAPI app behind `/`, its /token taken over).
+        for prefix in ["/", "/users", "/token/x", "/users/me/x"] {
+            Config::from_toml(&format!("{paths}{}", named("r", prefix, "")))
+                .unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_root_auth_prefix_leaves_every_other_path_to_the_routes() {
+        let c = Config::from_toml(&format!(
+            "[auth]\nprefix = \"/\"\n{}{}",
+            named("app", "/", ""),
+            named("auth", "/auth", "")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.auth.paths.path(crate::auth::paths::Endpoint::Token),
+            "/token"
+        );
+        let e = err(&format!(
+            "[auth]\nprefix = \"\"\n{}",
+            named("t", "/token", "")
+        ));
+        assert!(e.contains("auth.paths.token"), "{e}");
+    }
+
     fn named(name: &str, prefix: &str, extra: &str) -> String {
         format!(
             "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:9000\"\n{extra}\n"

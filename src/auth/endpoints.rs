@@ -376,7 +376,9 @@ async fn token_from(
     let request = TokenRequest {
         // Swagger UI sends an empty `client_id=`: no client named, not a client named "".
         client_id: form.get("client_id").filter(|c| !c.is_empty()),
-        scope: form.get("scope"),
+        // Likewise an empty `scope=` (FastAPI's form defaults it to ""): the default scopes,
+        // as with no scope at all (RFC 6749 §3.3), not a token without any.
+        scope: form.get("scope").filter(|s| !s.is_empty()),
         username: form.get("username"),
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),
