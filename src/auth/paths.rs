@@ -57,10 +57,10 @@ impl Endpoint {
 
     /// The endpoints that have a path of their own: all but [`Endpoint::Unknown`], which is
     /// last, in the same order.
-    pub const NAMED: [Endpoint; 10] = {
-        let mut named = [Endpoint::Token; 10];
+    pub const NAMED: [Endpoint; Endpoint::ALL.len() - 1] = {
+        let mut named = [Endpoint::Token; Endpoint::ALL.len() - 1];
         let mut i = 0;
-        while i < 10 {
+        while i < named.len() {
             named[i] = Endpoint::ALL[i];
             i += 1;
         }
