@@ -5,13 +5,17 @@
 //! `HeaderMap` (what any proxy pays to own the headers); path normalisation
 //! (`proxy::path::normalize`) on typical paths, against copying the path into a `String`; and
 //! route matching (`RouteTable::find`) with 10, 100 and 1000 routes built by `Config::from_toml`,
-//! for a hit on the longest prefix, a hit on a middle route and a miss (which scans every route).
+//! for a hit on the longest prefix, a hit on a middle route and a miss (which scans every route);
+//! and stage 4's endpoint lookup (`EndpointPaths::endpoint_for`, the `[auth.paths]` table) for
+//! an endpoint, the prefix's catch-all and a proxied path (the common case), against comparing
+//! the path with one string.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use gatehouse::auth::claims::{Identity, IdentityValues};
+use gatehouse::auth::paths::Endpoint;
 use gatehouse::config::Config;
 use gatehouse::gateway::inject_identity;
 use gatehouse::proxy::headers::{
@@ -241,5 +245,32 @@ fn bench_routes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_headers, bench_paths, bench_routes);
+fn bench_endpoints(c: &mut Criterion) {
+    let mut group = c.benchmark_group("endpoint_for");
+    let config = Config::from_toml("[auth.paths]\ntoken = \"/token\"\nme = \"/users/me\"\n")
+        .expect("paths config");
+    let paths = &config.auth.paths;
+    for (label, path, expect) in [
+        ("endpoint", "/users/me", Some(Endpoint::Me)),
+        ("catch_all", "/auth/nothing", Some(Endpoint::Unknown)),
+        ("proxied", "/api/v1/users/12345", None),
+    ] {
+        assert_eq!(paths.endpoint_for(path), expect, "{path}");
+        group.bench_with_input(BenchmarkId::new(label, path), path, |b, p| {
+            b.iter(|| paths.endpoint_for(black_box(p)))
+        });
+    }
+    group.bench_function("baseline_one_compare", |b| {
+        b.iter(|| black_box("/api/v1/users/12345") == black_box("/users/me"))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_headers,
+    bench_paths,
+    bench_routes,
+    bench_endpoints
+);
 criterion_main!(benches);

@@ -10,6 +10,7 @@ pub mod issuers;
 pub mod keys;
 pub mod keystore;
 pub mod password;
+pub mod paths;
 pub mod revocation;
 pub mod runtime;
 pub mod service;

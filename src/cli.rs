@@ -241,15 +241,29 @@ pub fn summary(config: &Config) -> String {
     let _ = writeln!(
         out,
         "auth      endpoints under {}, issuer {:?}, audience {:?}, {:?} keys in {keys}",
-        config.auth.prefix, config.auth.issuer, config.auth.audience, config.auth.algorithm,
+        if config.auth.prefix.is_empty() {
+            "/ (exact paths only)"
+        } else {
+            &config.auth.prefix
+        },
+        config.auth.issuer,
+        config.auth.audience,
+        config.auth.algorithm,
     );
+    let paths: Vec<String> = config
+        .auth
+        .paths
+        .iter()
+        .map(|(endpoint, path)| format!("{}={path}", endpoint.name()))
+        .collect();
+    let _ = writeln!(out, "  paths   {}", paths.join(" "));
     let fa = &config.forward_auth;
     if fa.enabled() {
         let peers: Vec<String> = fa.trusted_peers.iter().map(|p| p.to_string()).collect();
         let _ = writeln!(
             out,
-            "forward   {}/verify for {}, decisions cacheable {}s",
-            config.auth.prefix,
+            "forward   {} for {}, decisions cacheable {}s",
+            config.auth.paths.path(crate::auth::paths::Endpoint::Verify),
             peers.join(", "),
             fa.max_age.as_secs()
         );
@@ -338,11 +352,37 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
                         .context("the router chose a route outside its table")?;
                     (normalised, host, route)
                 }
-                choice @ crate::gateway::Choice::Endpoint(_) => {
-                    let _ = writeln!(
-                        out,
-                        "endpoint   gatehouse's own ({normalised}); never proxied"
-                    );
+                choice @ crate::gateway::Choice::Endpoint(endpoint) => {
+                    let paths = router.endpoints();
+                    if endpoint == crate::auth::endpoints::Endpoint::Unknown {
+                        let _ = writeln!(
+                            out,
+                            "endpoint   none at {normalised}: under the auth prefix {}, answered 404 by gatehouse; never proxied",
+                            paths.prefix()
+                        );
+                    } else {
+                        let _ = writeln!(
+                            out,
+                            "endpoint   gatehouse's own {} at {} (auth.paths.{}); never proxied",
+                            endpoint.name(),
+                            paths.path(endpoint),
+                            endpoint.name()
+                        );
+                    }
+                    // A route that would have taken it, had the endpoint not come first.
+                    let method = req.method().clone();
+                    if let Some(r) = table
+                        .fitting(Some(&host), &method, &normalised)
+                        .min_by(|a, b| crate::routes::precedence(a, b))
+                    {
+                        let _ = writeln!(
+                            out,
+                            "  over     route {} ({}{}): endpoints are decided before routes",
+                            r.name,
+                            r.host.as_deref().unwrap_or(""),
+                            r.path_prefix
+                        );
+                    }
                     let _ = writeln!(out, "cors       {}", cors_text(router.cors(choice)));
                     return Ok(out);
                 }

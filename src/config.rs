@@ -254,7 +254,7 @@ impl RawConfig {
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
         let auth = self.auth.validate()?;
-        let routes = validate_routes(self.routes, &auth.prefix)?;
+        let routes = validate_routes(self.routes, &auth.paths)?;
         if !auth.session.enabled
             && let Some(route) = routes.iter().find(|r| r.login_redirect)
         {

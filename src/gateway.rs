@@ -8,7 +8,9 @@
 //!    `Content-Length` over the limit answers 413 before a byte is read.
 //! 3. **scrub**: hop-by-hop and `Connection`-nominated headers first, then client forwarding and
 //!    identity headers, so nothing a client names can remove what the gateway injects later.
-//! 4. **endpoints**: the gateway's own `/auth/*` and JWKS endpoints answer here.
+//! 4. **endpoints**: the gateway's own endpoints answer here, before any route: the exact paths of
+//!    `[auth.paths]` (`/auth/*` and the JWKS by default), and a 404 for anything else under a
+//!    non-root `[auth] prefix`.
 //! 5. **route**: host, method, longest segment-bounded prefix; no route answers 404. A CORS
 //!    preflight to a route or endpoint with a CORS policy ends here, before authentication:
 //!    answered 204 or refused 403 by the gateway (or, with `forward_preflight`, sent on

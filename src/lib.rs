@@ -43,6 +43,7 @@
 //! | `store` | the state interface, by kind of state; the `[store]` settings |
 //! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
+//! | `auth::paths` | the gateway's endpoints and where they live: the `[auth.paths]` settings, the path table stage 4 looks up |
 //! | `cors` | CORS: the `[routes.cors]` and `[auth.cors]` settings, preflight verdicts, `Access-Control-*` response headers |
 //! | `auth::session::settings` | the `[auth.session]` settings: on or off, the cookie's name, idle and absolute lifetime |
 //! | `gateway::forward_auth::settings` | the `[forward_auth]` settings: trusted fronting proxies, the decision cache's lifetime |

@@ -16,6 +16,7 @@ use http::{Method, Uri};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::claims::{MAX_ROLE_BYTES, is_header_safe};
+use crate::auth::paths::EndpointPaths;
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
 use crate::cors::{CorsPolicy, Owner, RawCors};
 use crate::origin::Origin;
@@ -292,9 +293,12 @@ fn claim_token(key: &str, value: &str) -> Result<(), ConfigError> {
 }
 
 /// The `[[routes]]` entries validated, in file order: names unique, none overlapping the
-/// gateway's own endpoints under `auth_prefix`, none ambiguous with another, and no shadowing
-/// that `allow_shadowing` did not allow.
-pub fn validate_routes(raw: Vec<RawRoute>, auth_prefix: &str) -> Result<Vec<Route>, ConfigError> {
+/// gateway's own endpoints (see [`check_endpoints`]), none ambiguous with another, and no
+/// shadowing that `allow_shadowing` did not allow.
+pub fn validate_routes(
+    raw: Vec<RawRoute>,
+    endpoints: &EndpointPaths,
+) -> Result<Vec<Route>, ConfigError> {
     let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
     let mut names = HashSet::new();
     for (i, r) in raw.into_iter().enumerate() {
@@ -306,17 +310,7 @@ pub fn validate_routes(raw: Vec<RawRoute>, auth_prefix: &str) -> Result<Vec<Rout
                 format!("route name {:?} is used twice", route.name),
             ));
         }
-        if route.path_prefix != "/" && path::under_prefix(auth_prefix, &route.path_prefix)
-            || path::under_prefix(&route.path_prefix, auth_prefix)
-        {
-            return Err(invalid(
-                format!("{key}.path_prefix"),
-                format!(
-                    "{} overlaps the gateway's own endpoints under {auth_prefix}",
-                    route.path_prefix
-                ),
-            ));
-        }
+        check_endpoints(&key, &route, endpoints)?;
         if let Some(other) = routes.iter().find(|o| same_requests(o, &route)) {
             return Err(invalid(
                 format!("{key}.path_prefix"),
@@ -338,6 +332,41 @@ pub fn validate_routes(raw: Vec<RawRoute>, auth_prefix: &str) -> Result<Vec<Rout
         ));
     }
     Ok(routes)
+}
+
+/// Stage 4 decides the gateway's own endpoints before any route, so a route may lose paths to
+/// them, but never its own prefix: an endpoint's exact path may sit under a route's prefix (the
+/// endpoint wins that one path: how a FastAPI app's `/token` is taken over), but a route whose
+/// `path_prefix` is an endpoint path is refused, and so is one under a non-root auth prefix or
+/// covering it (other than `/`), whose requests the prefix's catch-all 404 would take.
+fn check_endpoints(key: &str, route: &Route, endpoints: &EndpointPaths) -> Result<(), ConfigError> {
+    let prefix = endpoints.prefix();
+    if !prefix.is_empty()
+        && (route.path_prefix != "/" && path::under_prefix(prefix, &route.path_prefix)
+            || path::under_prefix(&route.path_prefix, prefix))
+    {
+        return Err(invalid(
+            format!("{key}.path_prefix"),
+            format!(
+                "{} overlaps the gateway's own endpoints under {prefix}",
+                route.path_prefix
+            ),
+        ));
+    }
+    if let Some((endpoint, at)) = endpoints
+        .iter()
+        .find(|(_, at)| at.eq_ignore_ascii_case(route.path_prefix.trim_end_matches('/')))
+    {
+        return Err(invalid(
+            format!("{key}.path_prefix"),
+            format!(
+                "{} is the path of the gateway's own endpoint auth.paths.{} ({at}), which is decided before any route: the route would never see its own prefix; move one of them",
+                route.path_prefix,
+                endpoint.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The one precedence rule of the route table: among the routes that fit a request (host unset
@@ -950,6 +979,41 @@ mod validation_tests {
     fn route_overlapping_auth_endpoints_is_rejected() {
         let e = err(&route("").replace("\"/api\"", "\"/auth/x\""));
         assert!(e.contains("gateway's own endpoints"), "{e}");
+    }
+
+    #[test]
+    fn route_whose_prefix_is_an_endpoint_path_is_refused() {
+        let paths = "[auth.paths]\ntoken = \"/token\"\nme = \"/users/me\"\n";
+        for prefix in ["/token", "/users/me", "/Users/Me", "/.well-known/jwks.json"] {
+            let e = err(&format!("{paths}{}", named("r", prefix, "")));
+            assert!(e.contains("routes[0].path_prefix"), "{prefix}: {e}");
+            assert!(e.contains("decided before any route"), "{prefix}: {e}");
+        }
+        // An endpoint's exact path under a route's prefix is the endpoint's; the route keeps
+        // the rest (a FastAPI app behind `/`, its /token taken over).
+        for prefix in ["/", "/users", "/token/x", "/users/me/x"] {
+            Config::from_toml(&format!("{paths}{}", named("r", prefix, "")))
+                .unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_root_auth_prefix_leaves_every_other_path_to_the_routes() {
+        let c = Config::from_toml(&format!(
+            "[auth]\nprefix = \"/\"\n{}{}",
+            named("app", "/", ""),
+            named("auth", "/auth", "")
+        ))
+        .unwrap();
+        assert_eq!(
+            c.auth.paths.path(crate::auth::paths::Endpoint::Token),
+            "/token"
+        );
+        let e = err(&format!(
+            "[auth]\nprefix = \"\"\n{}",
+            named("t", "/token", "")
+        ));
+        assert!(e.contains("auth.paths.token"), "{e}");
     }
 
     fn named(name: &str, prefix: &str, extra: &str) -> String {

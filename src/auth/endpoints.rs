@@ -3,13 +3,16 @@
 //! JWKS. This module parses requests and renders answers; the work is
 //! [`crate::auth::grants`]'s and the authenticator's.
 //!
-//! `{prefix}/sign_in` and `{prefix}/sign_out` are the browser's: HTML pages
-//! ([`crate::auth::signin`]) and a session cookie ([`crate::auth::session`]) instead of JSON and
-//! tokens, with the same password grant, limits and lockout as `/login` behind them. They answer
-//! 404 unless `[auth.session] enabled`.
+//! Each endpoint's path is `[auth.paths]`'s ([`crate::auth::paths`]). `sign_in` and `sign_out`
+//! are the browser's: HTML pages ([`crate::auth::signin`]) and a session cookie
+//! ([`crate::auth::session`]) instead of JSON and tokens, with the same password grant, limits
+//! and lockout as `/login` behind them. They answer 404 unless `[auth.session] enabled`.
 //!
-//! One implementation sits behind `/token`, `/login` and `/refresh`. Every failure is an
-//! [`EndpointError`], rendered in `crate::error`. Token responses carry `Cache-Control: no-store`.
+//! One implementation sits behind `/token`, `/login` and `/refresh`. A `/token` request without
+//! `grant_type` but with `username` and `password` is the password grant (FastAPI's
+//! `OAuth2PasswordRequestForm`); an empty `client_id` names no client (Swagger UI sends one).
+//! Every failure is an [`EndpointError`], rendered in `crate::error`. Token responses carry
+//! `Cache-Control: no-store`.
 //!
 //! Limits run before any lookup or hashing, and before parsing wherever the path says what is
 //! asked: `/login` and `/register` spend the per-address login budget, `/refresh` the refresh
@@ -32,6 +35,8 @@ use serde_json::{Value, json};
 use crate::auth::authenticator::CredentialError;
 use crate::auth::claims::Identity;
 use crate::auth::grants::{Grant, GrantError, Grants, Issued, TokenRequest};
+// Where each endpoint lives is `crate::auth::paths`'s; its users name it from here.
+pub use crate::auth::paths::Endpoint;
 use crate::auth::session;
 use crate::auth::signin::{self, BrowserContext, return_to};
 use crate::body::{Body, with_json};
@@ -102,94 +107,6 @@ impl EndpointError {
     }
 }
 
-/// The endpoints under the configured prefix, plus the JWKS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Token,
-    Login,
-    Refresh,
-    Logout,
-    Revoke,
-    Me,
-    Register,
-    Jwks,
-    /// The browser's sign-in page and form.
-    SignIn,
-    /// The browser's sign-out page and button.
-    SignOut,
-    /// The forward-auth decision for a fronting proxy, answered by the gateway itself
-    /// (`crate::gateway::forward_auth`), never here.
-    Verify,
-    /// Under the prefix but no such endpoint.
-    Unknown,
-}
-
-impl Endpoint {
-    /// Every endpoint, in declaration order (`ALL[e as usize] == e`), for per-endpoint state
-    /// built once.
-    pub const ALL: [Endpoint; 12] = [
-        Endpoint::Token,
-        Endpoint::Login,
-        Endpoint::Refresh,
-        Endpoint::Logout,
-        Endpoint::Revoke,
-        Endpoint::Me,
-        Endpoint::Register,
-        Endpoint::Jwks,
-        Endpoint::SignIn,
-        Endpoint::SignOut,
-        Endpoint::Verify,
-        Endpoint::Unknown,
-    ];
-
-    /// Its label in the access log and the metrics, where route names stand for proxied requests.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Token => "gatehouse:token",
-            Endpoint::Login => "gatehouse:login",
-            Endpoint::Refresh => "gatehouse:refresh",
-            Endpoint::Logout => "gatehouse:logout",
-            Endpoint::Revoke => "gatehouse:revoke",
-            Endpoint::Me => "gatehouse:me",
-            Endpoint::Register => "gatehouse:register",
-            Endpoint::Jwks => "gatehouse:jwks",
-            Endpoint::SignIn => "gatehouse:sign_in",
-            Endpoint::SignOut => "gatehouse:sign_out",
-            Endpoint::Verify => "gatehouse:verify",
-            Endpoint::Unknown => "gatehouse:unknown",
-        }
-    }
-}
-
-pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-/// The sign-in page, under the prefix.
-pub const SIGN_IN: &str = "/sign_in";
-/// The sign-out page, under the prefix.
-pub const SIGN_OUT: &str = "/sign_out";
-
-/// Which of the gateway's endpoints the (normalised) path names, if any. Any other path
-/// under the prefix is a 404 from the gateway itself, never proxied.
-pub fn endpoint_for(prefix: &str, path: &str) -> Option<Endpoint> {
-    if path == JWKS_PATH {
-        return Some(Endpoint::Jwks);
-    }
-    let rest = path.strip_prefix(prefix)?;
-    Some(match rest {
-        "/token" => Endpoint::Token,
-        "/login" => Endpoint::Login,
-        "/refresh" => Endpoint::Refresh,
-        "/logout" => Endpoint::Logout,
-        "/revoke" => Endpoint::Revoke,
-        "/me" => Endpoint::Me,
-        "/register" => Endpoint::Register,
-        SIGN_IN => Endpoint::SignIn,
-        SIGN_OUT => Endpoint::SignOut,
-        "/verify" => Endpoint::Verify,
-        r if r.is_empty() || r.starts_with('/') => Endpoint::Unknown,
-        _ => return None,
-    })
-}
-
 /// Answers one of the gateway's endpoints. Limits run first, before any lookup (see the module
 /// text for `/token`).
 pub async fn serve(
@@ -236,10 +153,15 @@ pub async fn serve(
                 _ => grants.admit_client(client).await?,
             }
             let form = form?;
-            let grant = match form.get("grant_type") {
+            let grant = match form.get("grant_type").filter(|g| !g.is_empty()) {
                 Some("password") => Grant::Password,
                 Some("refresh_token") => Grant::Refresh,
                 Some(_) => return Err(EndpointError::UnsupportedGrantType),
+                // FastAPI's `OAuth2PasswordRequestForm` makes grant_type optional: a username
+                // and a password say which grant is meant. Nothing else is guessed.
+                None if form.get("username").is_some() && form.get("password").is_some() => {
+                    Grant::Password
+                }
                 None => return Err(EndpointError::InvalidRequest("grant_type is required")),
             };
             token_from(grants, grant, &form, client, agent).await
@@ -298,7 +220,7 @@ pub async fn serve(
     }
 }
 
-/// `GET {prefix}/sign_in`: the form; `POST`: the password grant for a browser session, then a
+/// `GET` the sign-in path: the form; `POST`: the password grant for a browser session, then a
 /// 303 to where the browser was going with the session cookie set, or the form again with one
 /// generic message.
 async fn sign_in(
@@ -314,7 +236,7 @@ async fn sign_in(
         .get::<BrowserContext>()
         .cloned()
         .unwrap_or_default();
-    let action = format!("{}{SIGN_IN}", grants.config().prefix);
+    let action = grants.config().paths.path(Endpoint::SignIn);
     let checked = |raw: Option<&str>| {
         return_to::checked(raw.unwrap_or("/"), &context.host, &context.route_hosts).to_owned()
     };
@@ -330,7 +252,7 @@ async fn sign_in(
             .map(|(_, v)| v.as_str());
         return Ok(page(
             StatusCode::OK,
-            signin::sign_in_page(&action, &checked(asked), None),
+            signin::sign_in_page(action, &checked(asked), None),
         ));
     }
     let failed = |error: GrantError, return_to: &str| {
@@ -342,7 +264,7 @@ async fn sign_in(
             _ => signin::BAD_CREDENTIALS,
         };
         EndpointError::SignIn {
-            page: signin::sign_in_page(&action, return_to, Some(message)),
+            page: signin::sign_in_page(action, return_to, Some(message)),
             error,
         }
     };
@@ -385,7 +307,7 @@ async fn sign_in(
     Ok(response)
 }
 
-/// `GET {prefix}/sign_out`: a page with one button; `POST` (cross-site checked in the pipeline):
+/// `GET` the sign-out path: a page with one button; `POST` (cross-site checked in the pipeline):
 /// ends the session, clears the cookie and sends the browser to the sign-in page.
 async fn sign_out(
     grants: &Grants,
@@ -395,10 +317,10 @@ async fn sign_out(
     let Some(settings) = grants.authenticator().sessions().cloned() else {
         return Err(EndpointError::NotFound);
     };
-    let prefix = &grants.config().prefix;
+    let paths = &grants.config().paths;
     if req.method() != Method::POST {
-        let action = format!("{prefix}{SIGN_OUT}");
-        return Ok(page(StatusCode::OK, signin::sign_out_page(&action)));
+        let action = paths.path(Endpoint::SignOut);
+        return Ok(page(StatusCode::OK, signin::sign_out_page(action)));
     }
     let secure = req
         .extensions()
@@ -408,7 +330,7 @@ async fn sign_out(
     if let Some(value) = session::cookie_value(req.headers(), name) {
         grants.sign_out(value, client).await?;
     }
-    let mut response = see_other(&format!("{prefix}{SIGN_IN}"))?;
+    let mut response = see_other(paths.path(Endpoint::SignIn))?;
     let cleared = session::clear_cookie(name, secure).ok_or(GrantError::Server)?;
     response.headers_mut().insert(SET_COOKIE, cleared);
     Ok(response)
@@ -453,8 +375,11 @@ async fn token_from(
     agent: Option<HeaderValue>,
 ) -> Result<Response<Body>, EndpointError> {
     let request = TokenRequest {
-        client_id: form.get("client_id"),
-        scope: form.get("scope"),
+        // Swagger UI sends an empty `client_id=`: no client named, not a client named "".
+        client_id: form.get("client_id").filter(|c| !c.is_empty()),
+        // Likewise an empty `scope=` (FastAPI's form defaults it to ""): the default scopes,
+        // as with no scope at all (RFC 6749 §3.3), not a token without any.
+        scope: form.get("scope").filter(|s| !s.is_empty()),
         username: form.get("username"),
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),

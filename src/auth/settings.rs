@@ -14,6 +14,7 @@ use crate::auth::claims::check_account_values;
 use crate::auth::issuers::{IssuerSettings, RawTrustedIssuer};
 use crate::auth::keys::{JWKS_MAX_AGE, KeyAlg};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
+use crate::auth::paths::{EndpointPaths, RawPaths};
 use crate::auth::session::settings::{RawSession, SessionConfig};
 // The validator's own defaults, defined once there.
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
@@ -69,6 +70,7 @@ pub const MIN_PUBLISH_AHEAD: Duration = JWKS_MAX_AGE.saturating_add(Duration::fr
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     pub prefix: String,
+    pub paths: RawPaths,
     pub issuer: String,
     pub audience: String,
     pub algorithm: String,
@@ -99,6 +101,7 @@ impl Default for RawAuth {
     fn default() -> Self {
         Self {
             prefix: DEFAULT_AUTH_PREFIX.into(),
+            paths: RawPaths::default(),
             issuer: DEFAULT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
             algorithm: DEFAULT_ALGORITHM.into(),
@@ -131,7 +134,11 @@ impl Default for RawAuth {
 /// built from.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
+    /// The base of the endpoints' default paths and, unless `""` (the root), a catch-all the
+    /// gateway answers itself.
     pub prefix: String,
+    /// `[auth.paths]`: every endpoint's path, the table stage 4 looks requests up in.
+    pub paths: EndpointPaths,
     pub issuer: String,
     pub audience: String,
     pub algorithm: KeyAlg,
@@ -171,16 +178,21 @@ pub struct AuthConfig {
 
 impl RawAuth {
     pub fn validate(self) -> Result<AuthConfig, ConfigError> {
+        // `""` and `"/"` are the root: the endpoints' default paths are `/token` and so on, and
+        // nothing else is kept from the routes.
         let prefix = self.prefix.trim_end_matches('/').to_owned();
-        if !prefix.starts_with('/')
-            || prefix.len() < 2
-            || path::normalize(&prefix).as_deref() != Ok(&prefix)
+        if !prefix.is_empty()
+            && (!prefix.starts_with('/') || path::normalize(&prefix).as_deref() != Ok(&prefix))
         {
             return Err(invalid(
                 "auth.prefix",
-                format!("{:?} must be a normalised path like \"/auth\"", self.prefix),
+                format!(
+                    "{:?} must be a normalised path like \"/auth\", or \"/\" for the root",
+                    self.prefix
+                ),
             ));
         }
+        let paths = self.paths.validate(&prefix)?;
         for (key, value) in [
             ("auth.issuer", &self.issuer),
             ("auth.audience", &self.audience),
@@ -293,6 +305,7 @@ impl RawAuth {
         }
         Ok(AuthConfig {
             prefix,
+            paths,
             issuer: self.issuer,
             audience: self.audience,
             algorithm,

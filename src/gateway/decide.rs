@@ -16,7 +16,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Version};
 
 use crate::auth::authenticator::{Authenticator, Carrier};
 use crate::auth::claims::Identity;
-use crate::auth::endpoints::{Endpoint, SIGN_IN, endpoint_for};
+use crate::auth::endpoints::Endpoint;
+use crate::auth::paths::EndpointPaths;
 use crate::config::Config;
 use crate::cors::{self, CorsPolicy};
 use crate::error::Rejection;
@@ -64,7 +65,8 @@ impl Target {
 pub struct Router {
     routes: RouteTable,
     scrubber: IdentityScrubber,
-    auth_prefix: String,
+    /// Stage 4's table: the gateway's own endpoint paths.
+    endpoints: EndpointPaths,
     max_body_bytes: u64,
     /// Origins besides the request's own whose cookie-authenticated requests to the gateway's
     /// own endpoints may change state: `[auth] trusted_origins` and `[auth.cors]`'s
@@ -105,7 +107,7 @@ impl Router {
             endpoint_cors: config.auth.cors.clone(),
             routes,
             scrubber: IdentityScrubber::new(&ids.all_names(), &ids.strip_prefixes)?,
-            auth_prefix: config.auth.prefix.clone(),
+            endpoints: config.auth.paths.clone(),
             max_body_bytes: config.server.max_body_bytes,
         })
     }
@@ -130,6 +132,11 @@ impl Router {
         &self.routes
     }
 
+    /// Where the gateway's own endpoints live.
+    pub fn endpoints(&self) -> &EndpointPaths {
+        &self.endpoints
+    }
+
     /// Stage 1: methods never proxied, then the target.
     pub fn target<B>(&self, req: &Request<B>) -> Result<Target, Rejection> {
         check_method(req.method())?;
@@ -147,7 +154,9 @@ impl Router {
         let upgrade = scrub(req.headers_mut(), &self.scrubber)
             // RFC 6455 §4.1: the opening handshake is a GET.
             .filter(|_| req.method() == Method::GET);
-        if let Some(endpoint) = endpoint_for(&self.auth_prefix, &target.path) {
+        // Endpoints before routes: an endpoint's exact path is the gateway's even under a
+        // route's prefix (config validation refuses a route whose own prefix it would hide).
+        if let Some(endpoint) = self.endpoints.endpoint_for(&target.path) {
             return Ok((Choice::Endpoint(endpoint), upgrade));
         }
         let index = self
@@ -550,7 +559,7 @@ impl Router {
         let query =
             serde_urlencoded::to_string([("return_to", wanted.as_str())]).unwrap_or_default();
         Rejection::LoginRedirect {
-            location: format!("{}{SIGN_IN}?{query}", self.auth_prefix),
+            location: format!("{}?{query}", self.endpoints.path(Endpoint::SignIn)),
         }
     }
 }

@@ -7,6 +7,7 @@ mod chromium;
 mod cli;
 mod cluster;
 mod cors;
+mod fastapi;
 mod forward_auth;
 mod identity;
 mod issuers;
