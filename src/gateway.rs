@@ -103,6 +103,7 @@ struct RouteState {
     settings: ClientSettings,
     metrics: RouteMetrics,
     stalls: Arc<StallLog>,
+    failures: forward::FailureLog,
     /// The route's upstream address and path mapping, unless it turned rewriting off.
     redirects: Option<redirects::Rewriter>,
 }
@@ -142,6 +143,7 @@ impl Gateway {
                     route: route.name.clone(),
                     count: crate::metrics::upstream_body_timeouts(&route.name),
                 }),
+                failures: forward::FailureLog::new(route),
                 redirects: redirects::Rewriter::for_route(route),
             });
         }
@@ -384,6 +386,9 @@ impl Gateway {
         )
         .await;
         access.upstream = Some(started.elapsed());
+        if let Err(Rejection::Upstream(error)) = &result {
+            state.failures.record(error);
+        }
         result
     }
 
