@@ -653,6 +653,57 @@ async fn serve_connection<H, F>(
     }
 }
 
+/// What a plain-HTTP request on the TLS port is told (as nginx does), then the connection closes.
+const PLAIN_HTTP_ON_TLS_PORT: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 55\r\n\
+Connection: close\r\n\
+\r\n\
+400 The plain HTTP request was sent to the HTTPS port.\n";
+
+/// The most of a plain-HTTP request read (and dropped) after the answer, so that closing with
+/// unread bytes does not reset the connection before the client reads the answer.
+const PLAIN_HTTP_DRAIN_BYTES: usize = 16 * 1024;
+
+/// The first byte a client sent, without consuming it; `None` when it closed first. A TLS
+/// handshake starts with 0x16 (a handshake record); an HTTP/1 request with a method's
+/// uppercase ASCII letter.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut probe = [0u8; 1];
+    match stream.peek(&mut probe).await {
+        Ok(1) => Some(probe[0]),
+        _ => None,
+    }
+}
+
+/// How long the rest of a plain-HTTP request is read (and dropped) after the answer.
+const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a plain-HTTP request on the TLS port with [`PLAIN_HTTP_ON_TLS_PORT`] and closes:
+/// the answer written within `limit`, the request never parsed, and at most
+/// [`PLAIN_HTTP_DRAIN_BYTES`] of it read within [`PLAIN_HTTP_LINGER`].
+async fn refuse_plain_http(stream: &mut TcpStream, limit: Duration) {
+    use tokio::io::AsyncWriteExt as _;
+    let answer = async {
+        stream.write_all(PLAIN_HTTP_ON_TLS_PORT).await?;
+        stream.shutdown().await
+    };
+    if !matches!(tokio::time::timeout(limit, answer).await, Ok(Ok(()))) {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < PLAIN_HTTP_DRAIN_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PLAIN_HTTP_LINGER.min(limit), drain).await;
+}
+
 async fn serve_tls<H, F>(
     io: Permitted<TcpStream>,
     peer: SocketAddr,
@@ -667,7 +718,27 @@ async fn serve_tls<H, F>(
     let Some(acceptor) = &shared.tls else {
         return;
     };
-    let handshake = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(io));
+    let mut io = io;
+    // One deadline for the first byte and the handshake together.
+    let deadline = Instant::now() + shared.tls_handshake_timeout;
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(deadline, first_byte(&io.io)) => first,
+        _ = stop.changed() => return,
+    };
+    match first {
+        Ok(Some(byte)) if byte.is_ascii_uppercase() => {
+            debug!(%peer, "plain HTTP request on the TLS port; answered 400");
+            refuse_plain_http(&mut io.io, shared.tls_handshake_timeout).await;
+            return;
+        }
+        Ok(Some(_)) => {}
+        // Closed before a byte, or silent past the handshake timeout.
+        Ok(None) | Err(_) => {
+            debug!(%peer, "TLS connection closed or silent before the handshake");
+            return;
+        }
+    }
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(io));
     let stream = tokio::select! {
         finished = handshake => match finished {
             Ok(Ok(stream)) => stream,

@@ -35,6 +35,46 @@ fn tls_client(ca_pem: &str, http1_only: bool) -> reqwest::Client {
     b.build().unwrap()
 }
 
+/// A plain-HTTP request to the HTTPS port is told so in a short 400 (as nginx does), not
+/// met with a silent close; a TLS client on the same port is still served.
+#[tokio::test]
+async fn a_plain_http_request_to_the_tls_port_gets_a_400_saying_it_speaks_https() {
+    let pki = pki();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
+    let gw = GatewayBuilder::route("all", "/", &up.url(), "auth = \"public\"")
+        .and(&format!(
+            "[server.tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",
+            dir.path().display()
+        ))
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let out = crate::support::raw(
+        gw.addr,
+        b"GET /secure HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(crate::support::raw_status(&out), 400, "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+    assert!(out.contains("HTTPS port"), "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "closed promptly"
+    );
+    up.assert_untouched();
+    let url = format!("https://127.0.0.1:{}/secure", gw.addr.port());
+    let r = tls_client(&pki.cert_pem, true)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn https_listener_negotiates_h2_and_http1_with_alpn() {
     let pki = pki();
