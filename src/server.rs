@@ -195,6 +195,11 @@ pub enum ServerError {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// The key file may be read or written by group or others.
+    #[error(
+        "the TLS private key {path} is accessible by group or others (mode {mode:o}); chmod 600 it"
+    )]
+    InsecureKey { path: PathBuf, mode: u32 },
     /// rustls refused the pair (unsupported key type, key not matching the certificate...).
     #[error("the TLS certificate {cert} and key {key} are not usable together: {source}")]
     CertifiedKey {
@@ -278,6 +283,16 @@ fn read_certified_key(
     if chain.is_empty() {
         return Err(ServerError::NoCertificate {
             path: cert.to_owned(),
+        });
+    }
+    let meta = std::fs::metadata(key).map_err(|e| ServerError::KeyFile {
+        path: key.to_owned(),
+        source: rustls_pki_types::pem::Error::Io(e),
+    })?;
+    if let Some(mode) = crate::auth::keys::exposed_mode(&meta) {
+        return Err(ServerError::InsecureKey {
+            path: key.to_owned(),
+            mode,
         });
     }
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::KeyFile {
@@ -1825,6 +1840,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.path().join("key.pem"), private).unwrap();
+        }
         TestPki {
             dir,
             ca_pem: ca.pem(),
@@ -2724,8 +2744,48 @@ mod tests {
             matches!(error, ServerError::NoCertificate { .. }),
             "{error}"
         );
-        let error = tls_config(&pki.cert(), &pki.cert()).unwrap_err();
+        // A certificate where the key should be (kept private, so the PEM check is what refuses).
+        let cert_as_key = pki.dir.path().join("cert-as-key.pem");
+        std::fs::copy(pki.cert(), &cert_as_key).unwrap();
+        set_mode(&cert_as_key, 0o600);
+        let error = tls_config(&pki.cert(), &cert_as_key).unwrap_err();
         assert!(matches!(error, ServerError::KeyFile { .. }), "{error}");
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_world_readable_tls_private_key_is_refused_naming_the_file_and_the_fix() {
+        let pki = test_pki();
+        for mode in [0o644, 0o604, 0o640, 0o620] {
+            set_mode(&pki.key(), mode);
+            let error = CertStore::load(&pki.cert(), &pki.key()).unwrap_err();
+            assert!(
+                matches!(&error, ServerError::InsecureKey { path, mode: m } if path == &pki.key() && *m == mode),
+                "{mode:o}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(&pki.key().display().to_string()),
+                "{message}"
+            );
+            assert!(message.contains("chmod 600"), "{message}");
+        }
+        // A reload refuses it too, and keeps the pair in use.
+        set_mode(&pki.key(), 0o600);
+        let store = CertStore::load(&pki.cert(), &pki.key()).unwrap();
+        set_mode(&pki.key(), 0o644);
+        assert!(matches!(
+            store.reload(),
+            Err(ServerError::InsecureKey { .. })
+        ));
+        for mode in [0o600, 0o400] {
+            set_mode(&pki.key(), mode);
+            CertStore::load(&pki.cert(), &pki.key()).unwrap();
+        }
     }
 
     #[test]
