@@ -219,6 +219,10 @@ fn load(c: &ConfigArg) -> anyhow::Result<Config> {
 
 fn check_config(c: &ConfigArg) -> anyhow::Result<()> {
     let config = load(c)?;
+    // The TLS pair as `serve` loads it: files readable, private, and belonging together.
+    if let Some(tls) = &config.server.tls {
+        crate::server::CertStore::load(&tls.cert, &tls.key)?;
+    }
     println!("configuration OK");
     for warning in config.warnings() {
         println!("warning   {warning}");

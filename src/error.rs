@@ -267,9 +267,12 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
             response
         }
         Rejection::Upstream(e) => upstream(e),
-        Rejection::UnexpectedUpgrade => plain(
+        Rejection::UnexpectedUpgrade => with_json(
             StatusCode::BAD_GATEWAY,
-            "upstream switched protocols unasked",
+            json!({
+                "error": "upstream_error",
+                "error_description": "the upstream switched protocols unasked",
+            }),
         ),
         // 302, not 303: the browser repeats the GET or HEAD it made, at the sign-in page.
         Rejection::LoginRedirect { location } => match HeaderValue::from_str(location) {
@@ -326,25 +329,56 @@ fn no_store(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
+/// An upstream failure in the shape of every other error: a stable `error` code and a short
+/// `error_description` (the cause, naming no address, goes to the log).
 fn upstream(e: &ProxyError) -> Response<Body> {
-    match e {
-        ProxyError::Timeout { .. } => plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
-        ProxyError::BodyTooLarge { .. } => {
-            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-        }
-        ProxyError::BodyTimeout { .. } => {
-            plain(StatusCode::REQUEST_TIMEOUT, "request body too slow")
-        }
-        ProxyError::ClientBody(_) => plain(StatusCode::BAD_REQUEST, "request body unreadable"),
-        ProxyError::Connect(_) => plain(StatusCode::BAD_GATEWAY, "upstream unreachable"),
-        ProxyError::Upstream(_) | ProxyError::NotUpgraded { .. } => {
-            plain(StatusCode::BAD_GATEWAY, "upstream error")
-        }
+    let (status, error, description) = match e {
+        ProxyError::Timeout { .. } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        ),
+        ProxyError::BodyTooLarge { .. } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body too large",
+        ),
+        ProxyError::BodyTimeout { .. } => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "request body too slow",
+        ),
+        ProxyError::ClientBody(_) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "request body unreadable",
+        ),
+        ProxyError::Connect(_) => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_unreachable",
+            "the upstream cannot be reached",
+        ),
+        ProxyError::Upstream(_) => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream request failed",
+        ),
+        ProxyError::NotUpgraded { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream refused the protocol upgrade",
+        ),
         // Start-up errors; should one reach a request, the upstream is unusable.
-        ProxyError::CaFile { .. } | ProxyError::NoCaCertificate { .. } | ProxyError::Tls(_) => {
-            plain(StatusCode::BAD_GATEWAY, "upstream misconfigured")
-        }
-    }
+        ProxyError::CaFile { .. } | ProxyError::NoCaCertificate { .. } | ProxyError::Tls(_) => (
+            StatusCode::BAD_GATEWAY,
+            "upstream_misconfigured",
+            "the upstream is misconfigured",
+        ),
+    };
+    with_json(
+        status,
+        json!({"error": error, "error_description": description}),
+    )
 }
 
 /// Seconds a client is told to wait when the hashing pool is full.
@@ -672,6 +706,119 @@ mod tests {
         };
         assert_eq!(status(Rejection::Upstream(not_upgraded)).0, 502);
         assert_eq!(status(Rejection::UnexpectedUpgrade).0, 502);
+    }
+
+    /// Every upstream failure answers in the JSON shape of every other error, with its stable
+    /// code. The match makes a new variant a compile error here until it is given a row.
+    #[tokio::test]
+    async fn every_upstream_failure_answers_json_with_a_stable_code() {
+        use http_body_util::BodyExt as _;
+        fn listed(e: &ProxyError) {
+            match e {
+                ProxyError::Connect(_)
+                | ProxyError::Timeout { .. }
+                | ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyTimeout { .. }
+                | ProxyError::ClientBody(_)
+                | ProxyError::Upstream(_)
+                | ProxyError::NotUpgraded { .. }
+                | ProxyError::CaFile { .. }
+                | ProxyError::NoCaCertificate { .. }
+                | ProxyError::Tls(_) => {}
+            }
+        }
+        let d = std::time::Duration::from_secs(1);
+        let refused = || crate::proxy::PoolError::Connect {
+            origin: "http://127.0.0.1:9".into(),
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        let not_absolute = || crate::proxy::PoolError::NotAbsolute(http::Uri::from_static("/"));
+        let table: Vec<(Rejection, u16, &str)> = vec![
+            (
+                Rejection::Upstream(ProxyError::Connect(refused())),
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                Rejection::Upstream(ProxyError::Timeout { after: d }),
+                504,
+                "upstream_timeout",
+            ),
+            (
+                Rejection::Upstream(ProxyError::BodyTooLarge { max: 1 }),
+                413,
+                "payload_too_large",
+            ),
+            (
+                Rejection::Upstream(ProxyError::BodyTimeout { idle: d }),
+                408,
+                "request_timeout",
+            ),
+            (
+                Rejection::Upstream(ProxyError::ClientBody("x".into())),
+                400,
+                "invalid_request",
+            ),
+            (
+                Rejection::Upstream(ProxyError::Upstream(not_absolute())),
+                502,
+                "upstream_error",
+            ),
+            (
+                Rejection::Upstream(ProxyError::NotUpgraded {
+                    status: StatusCode::OK,
+                }),
+                502,
+                "upstream_error",
+            ),
+            (
+                Rejection::Upstream(ProxyError::CaFile {
+                    path: "/ca.pem".into(),
+                    source: rustls_pki_types::pem::Error::NoItemsFound,
+                }),
+                502,
+                "upstream_misconfigured",
+            ),
+            (
+                Rejection::Upstream(ProxyError::NoCaCertificate {
+                    path: "/ca.pem".into(),
+                }),
+                502,
+                "upstream_misconfigured",
+            ),
+            (
+                Rejection::Upstream(ProxyError::Tls(rustls::Error::General("x".into()))),
+                502,
+                "upstream_misconfigured",
+            ),
+            (Rejection::UnexpectedUpgrade, 502, "upstream_error"),
+        ];
+        for (rejection, status, code) in table {
+            if let Rejection::Upstream(e) = &rejection {
+                listed(e);
+            }
+            let label = rejection.to_string();
+            let response = respond(&rejection);
+            assert_eq!(response.status().as_u16(), status, "{label}");
+            assert_eq!(
+                response.headers()[http::header::CONTENT_TYPE],
+                "application/json",
+                "{label}"
+            );
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body["error"], code, "{label}");
+            assert!(
+                body["error_description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{label}: {body}"
+            );
+            assert!(
+                !body.to_string().contains("127.0.0.1"),
+                "no address: {body}"
+            );
+        }
     }
 
     #[test]

@@ -105,6 +105,7 @@ struct RouteState {
     settings: ClientSettings,
     metrics: RouteMetrics,
     stalls: Arc<StallLog>,
+    failures: forward::FailureLog,
     /// The route's upstream address and path mapping, unless it turned rewriting off.
     redirects: Option<redirects::Rewriter>,
 }
@@ -144,6 +145,7 @@ impl Gateway {
                     route: route.name.clone(),
                     count: crate::metrics::upstream_body_timeouts(&route.name),
                 }),
+                failures: forward::FailureLog::new(route),
                 redirects: redirects::Rewriter::for_route(route),
             });
         }
@@ -386,6 +388,9 @@ impl Gateway {
         )
         .await;
         access.upstream = Some(started.elapsed());
+        if let Err(Rejection::Upstream(error)) = &result {
+            state.failures.record(error);
+        }
         result
     }
 

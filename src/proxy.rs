@@ -157,6 +157,60 @@ pub enum ProxyError {
     Tls(#[source] rustls::Error),
 }
 
+impl ProxyError {
+    /// Whether this is the upstream's failure (logged per route), not the client's body.
+    pub fn is_upstream_failure(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyTimeout { .. }
+                | ProxyError::ClientBody(_)
+        )
+    }
+
+    /// The cause in a few words, for the log (bounded set): found in the error chain, where
+    /// an I/O error's own payload (rustls' error in tokio-rustls) is looked into too.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ProxyError::Timeout { .. } => return "timed out",
+            ProxyError::NotUpgraded { .. } => return "protocol error",
+            ProxyError::CaFile { .. } | ProxyError::NoCaCertificate { .. } | ProxyError::Tls(_) => {
+                return "misconfigured";
+            }
+            _ => {}
+        }
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        let mut hyper_seen = false;
+        while let Some(error) = next {
+            if error.is::<rustls::Error>() {
+                return "TLS failure";
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return "connection refused",
+                    std::io::ErrorKind::TimedOut => return "timed out",
+                    _ => {}
+                }
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+                {
+                    return "TLS failure";
+                }
+                next = io.get_ref().map(|inner| inner as _);
+                continue;
+            }
+            hyper_seen |= error.is::<hyper::Error>();
+            next = error.source();
+        }
+        match self {
+            ProxyError::Connect(_) => "connection failed",
+            _ if hyper_seen => "protocol error",
+            _ => "request failed",
+        }
+    }
+}
+
 /// A pooled HTTP/1.1 and HTTP/2 client for upstreams. Clone is cheap and shares the pool.
 ///
 /// `https` upstreams offer ALPN `h2` then `http/1.1`; `http` upstreams get HTTP/1.1.
@@ -1135,6 +1189,7 @@ mod tests {
             .unwrap();
         let error = client.send(request, GUARD).await.unwrap_err();
         assert!(matches!(error, ProxyError::Connect(_)), "{error:?}");
+        assert_eq!(error.cause(), "TLS failure", "{error:?}");
     }
 
     #[test]
@@ -1173,6 +1228,8 @@ mod tests {
             .unwrap();
         let error = client.send(request, GUARD).await.unwrap_err();
         assert!(matches!(error, ProxyError::Connect(_)), "{error:?}");
+        assert_eq!(error.cause(), "connection refused", "{error:?}");
+        assert!(error.is_upstream_failure());
     }
 
     #[tokio::test]
@@ -1195,6 +1252,7 @@ mod tests {
             .expect("send ignored its timeout")
             .unwrap_err();
         assert!(matches!(error, ProxyError::Timeout { after } if after == SHORT));
+        assert_eq!(error.cause(), "timed out");
         assert!(started.elapsed() >= SHORT);
         held.abort();
     }

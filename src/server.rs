@@ -195,6 +195,11 @@ pub enum ServerError {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// The key file may be read or written by group or others.
+    #[error(
+        "the TLS private key {path} is accessible by group or others (mode {mode:o}); chmod 600 it"
+    )]
+    InsecureKey { path: PathBuf, mode: u32 },
     /// rustls refused the pair (unsupported key type, key not matching the certificate...).
     #[error("the TLS certificate {cert} and key {key} are not usable together: {source}")]
     CertifiedKey {
@@ -278,6 +283,16 @@ fn read_certified_key(
     if chain.is_empty() {
         return Err(ServerError::NoCertificate {
             path: cert.to_owned(),
+        });
+    }
+    let meta = std::fs::metadata(key).map_err(|e| ServerError::KeyFile {
+        path: key.to_owned(),
+        source: rustls_pki_types::pem::Error::Io(e),
+    })?;
+    if let Some(mode) = crate::auth::keys::exposed_mode(&meta) {
+        return Err(ServerError::InsecureKey {
+            path: key.to_owned(),
+            mode,
         });
     }
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::KeyFile {
@@ -653,6 +668,57 @@ async fn serve_connection<H, F>(
     }
 }
 
+/// What a plain-HTTP request on the TLS port is told (as nginx does), then the connection closes.
+const PLAIN_HTTP_ON_TLS_PORT: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 55\r\n\
+Connection: close\r\n\
+\r\n\
+400 The plain HTTP request was sent to the HTTPS port.\n";
+
+/// The most of a plain-HTTP request read (and dropped) after the answer, so that closing with
+/// unread bytes does not reset the connection before the client reads the answer.
+const PLAIN_HTTP_DRAIN_BYTES: usize = 16 * 1024;
+
+/// The first byte a client sent, without consuming it; `None` when it closed first. A TLS
+/// handshake starts with 0x16 (a handshake record); an HTTP/1 request with a method's
+/// uppercase ASCII letter.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut probe = [0u8; 1];
+    match stream.peek(&mut probe).await {
+        Ok(1) => Some(probe[0]),
+        _ => None,
+    }
+}
+
+/// How long the rest of a plain-HTTP request is read (and dropped) after the answer.
+const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a plain-HTTP request on the TLS port with [`PLAIN_HTTP_ON_TLS_PORT`] and closes:
+/// the answer written within `limit`, the request never parsed, and at most
+/// [`PLAIN_HTTP_DRAIN_BYTES`] of it read within [`PLAIN_HTTP_LINGER`].
+async fn refuse_plain_http(stream: &mut TcpStream, limit: Duration) {
+    use tokio::io::AsyncWriteExt as _;
+    let answer = async {
+        stream.write_all(PLAIN_HTTP_ON_TLS_PORT).await?;
+        stream.shutdown().await
+    };
+    if !matches!(tokio::time::timeout(limit, answer).await, Ok(Ok(()))) {
+        return;
+    }
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < PLAIN_HTTP_DRAIN_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PLAIN_HTTP_LINGER.min(limit), drain).await;
+}
+
 async fn serve_tls<H, F>(
     io: Permitted<TcpStream>,
     peer: SocketAddr,
@@ -667,7 +733,27 @@ async fn serve_tls<H, F>(
     let Some(acceptor) = &shared.tls else {
         return;
     };
-    let handshake = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(io));
+    let mut io = io;
+    // One deadline for the first byte and the handshake together.
+    let deadline = Instant::now() + shared.tls_handshake_timeout;
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(deadline, first_byte(&io.io)) => first,
+        _ = stop.changed() => return,
+    };
+    match first {
+        Ok(Some(byte)) if byte.is_ascii_uppercase() => {
+            debug!(%peer, "plain HTTP request on the TLS port; answered 400");
+            refuse_plain_http(&mut io.io, shared.tls_handshake_timeout).await;
+            return;
+        }
+        Ok(Some(_)) => {}
+        // Closed before a byte, or silent past the handshake timeout.
+        Ok(None) | Err(_) => {
+            debug!(%peer, "TLS connection closed or silent before the handshake");
+            return;
+        }
+    }
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(io));
     let stream = tokio::select! {
         finished = handshake => match finished {
             Ok(Ok(stream)) => stream,
@@ -1754,6 +1840,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.path().join("key.pem"), private).unwrap();
+        }
         TestPki {
             dir,
             ca_pem: ca.pem(),
@@ -2653,8 +2744,48 @@ mod tests {
             matches!(error, ServerError::NoCertificate { .. }),
             "{error}"
         );
-        let error = tls_config(&pki.cert(), &pki.cert()).unwrap_err();
+        // A certificate where the key should be (kept private, so the PEM check is what refuses).
+        let cert_as_key = pki.dir.path().join("cert-as-key.pem");
+        std::fs::copy(pki.cert(), &cert_as_key).unwrap();
+        set_mode(&cert_as_key, 0o600);
+        let error = tls_config(&pki.cert(), &cert_as_key).unwrap_err();
         assert!(matches!(error, ServerError::KeyFile { .. }), "{error}");
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_world_readable_tls_private_key_is_refused_naming_the_file_and_the_fix() {
+        let pki = test_pki();
+        for mode in [0o644, 0o604, 0o640, 0o620] {
+            set_mode(&pki.key(), mode);
+            let error = CertStore::load(&pki.cert(), &pki.key()).unwrap_err();
+            assert!(
+                matches!(&error, ServerError::InsecureKey { path, mode: m } if path == &pki.key() && *m == mode),
+                "{mode:o}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(&pki.key().display().to_string()),
+                "{message}"
+            );
+            assert!(message.contains("chmod 600"), "{message}");
+        }
+        // A reload refuses it too, and keeps the pair in use.
+        set_mode(&pki.key(), 0o600);
+        let store = CertStore::load(&pki.cert(), &pki.key()).unwrap();
+        set_mode(&pki.key(), 0o644);
+        assert!(matches!(
+            store.reload(),
+            Err(ServerError::InsecureKey { .. })
+        ));
+        for mode in [0o600, 0o400] {
+            set_mode(&pki.key(), mode);
+            CertStore::load(&pki.cert(), &pki.key()).unwrap();
+        }
     }
 
     #[test]

@@ -1122,6 +1122,14 @@ fn parse_key(alg: KeyAlg, pem: &[u8]) -> Result<LoadedKey, &'static str> {
     })
 }
 
+/// The mode (permission bits) of a private key file that group or others may access at all,
+/// `None` when only its owner can: the one check for every private key file read from disk
+/// (signing keys here, the TLS key in `server`). The fix to tell is `chmod 600`.
+pub fn exposed_mode(meta: &fs::Metadata) -> Option<u32> {
+    let mode = meta.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
 fn load_key_file(dir: &Path, entry: &ManifestEntry) -> Result<LoadedKey, KeyError> {
     let path = key_path(dir, &entry.kid);
     let file_err = |reason| KeyError::KeyFile {
@@ -1129,12 +1137,8 @@ fn load_key_file(dir: &Path, entry: &ManifestEntry) -> Result<LoadedKey, KeyErro
         reason,
     };
     let meta = fs::metadata(&path).map_err(io_err(&path))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(KeyError::InsecurePermissions {
-            path,
-            mode: mode & 0o7777,
-        });
+    if let Some(mode) = exposed_mode(&meta) {
+        return Err(KeyError::InsecurePermissions { path, mode });
     }
     let pem = read_bounded(&path, MAX_KEY_FILE_BYTES)?.ok_or(file_err("key file missing"))?;
     let loaded = parse_key(entry.alg, &pem).map_err(file_err)?;

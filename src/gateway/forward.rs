@@ -11,6 +11,8 @@
 //! way, so a client's `Host` can never pick the upstream or weaken its verification.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -21,7 +23,7 @@ use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::error::Rejection;
 use crate::proxy::headers::{self, IdentityHeaders};
-use crate::proxy::{self, UpstreamClient};
+use crate::proxy::{self, ProxyError, UpstreamClient};
 use crate::routes::Route;
 
 use super::redirects::{Public, Rewriter};
@@ -32,6 +34,84 @@ use super::redirects::{Public, Rewriter};
 pub struct StallLog {
     pub route: String,
     pub count: metrics::Counter,
+}
+
+/// At most one upstream-failure warn line per route in this long: an upstream that is down
+/// fails every request, and one line per burst (with the count of the failures it stood for)
+/// says as much as thousands.
+pub const UPSTREAM_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a route logs its upstream's failures (refused, timed out, TLS, protocol): the first
+/// at warn, with the route, the upstream's address and the cause, then at most one line per
+/// [`UPSTREAM_FAILURE_LOG_INTERVAL`], counting the failures left out since the last one. Two
+/// atomics, no lock: a failing upstream is when the hot path is hottest.
+pub struct FailureLog {
+    route: String,
+    upstream: String,
+    since: Instant,
+    /// Milliseconds after `since` (plus one) of the last line; 0 before the first.
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl FailureLog {
+    pub fn new(route: &Route) -> Self {
+        Self {
+            route: route.name.clone(),
+            upstream: format!("{}://{}", route.upstream.scheme, route.upstream.authority),
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one failure; logs it unless a line went out less than the interval ago.
+    pub fn record(&self, error: &ProxyError) {
+        if !error.is_upstream_failure() {
+            return;
+        }
+        let now = (self.since.elapsed().as_millis() as u64).saturating_add(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let interval = UPSTREAM_FAILURE_LOG_INTERVAL.as_millis() as u64;
+        let due = last == 0 || now.saturating_sub(last) >= interval;
+        if !due
+            || self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            route = self.route.as_str(),
+            upstream = self.upstream.as_str(),
+            cause = error.cause(),
+            error = %chain(error),
+            suppressed,
+            "upstream failed: {}",
+            error.cause(),
+        );
+    }
+}
+
+/// An error and its sources, `: `-separated (an I/O error's payload included).
+fn chain(error: &ProxyError) -> String {
+    let mut text = error.to_string();
+    let mut next = std::error::Error::source(error);
+    while let Some(e) = next {
+        let shown = e.to_string();
+        if !text.ends_with(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().and_then(|inner| inner.source()),
+            None => e.source(),
+        };
+    }
+    text
 }
 
 /// Stage 8: drop the credentials unless forwarded on purpose, then inject the identity.

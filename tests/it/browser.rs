@@ -472,11 +472,10 @@ mod tls {
         let up = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(
+        crate::support::write_private(
             dir.path().join("key.pem"),
             certified.signing_key.serialize_pem(),
-        )
-        .unwrap();
+        );
         let gw = GatewayBuilder::route("api", "/api", &up.url(), "")
             .and(SESSIONS_ON)
             .and(&format!(

@@ -383,7 +383,7 @@ async fn certificate_reload_serves_new_handshakes_with_the_new_certificate() {
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, &cert_a).unwrap();
-    std::fs::write(&key_path, &key_a).unwrap();
+    crate::support::write_private(&key_path, &key_a);
     let file = dir.path().join("gatehouse.toml");
     let text = route("pub", "/", &up.url(), "auth = \"public\"")
         + &format!(

@@ -290,6 +290,71 @@ async fn refused_upstream_gives_502_and_other_routes_keep_working() {
     );
 }
 
+/// An upstream that is down fails every request: each answers in the JSON error shape, and the
+/// log says so once per burst (route, address, cause), not once per request.
+#[tokio::test]
+async fn a_refused_upstream_is_logged_once_per_burst_and_every_answer_is_json() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display();
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[auth]\nkeys_dir = \"{data}/keys\"\n[store]\npath = \"{data}/db\"\n{}",
+            route("down", "/down", &format!("http://{dead}"), PUBLIC)
+        ),
+    )
+    .unwrap();
+    let gw = tokio::task::spawn_blocking(move || crate::support::serve_binary(&file))
+        .await
+        .unwrap();
+    let http = client();
+    for _ in 0..50 {
+        let r = http
+            .get(format!("http://{}/down/x", gw.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "upstream_unreachable", "{body}");
+        assert!(body["error_description"].is_string(), "{body}");
+    }
+    // The access lines of all 50 requests are out once the last one is: the warn lines with them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("/down/x"))
+        .count()
+        < 50
+    {
+        assert!(std::time::Instant::now() < deadline, "access lines missing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = gw.lines.lock().unwrap().clone();
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("upstream failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "one line per burst: {failures:#?}");
+    let line = failures[0];
+    assert!(line.contains("WARN") || line.contains("warn"), "{line}");
+    assert!(line.contains("down"), "names the route: {line}");
+    assert!(
+        line.contains(&dead.to_string()),
+        "names the upstream: {line}"
+    );
+    assert!(line.contains("refused"), "names the cause: {line}");
+}
+
 #[tokio::test]
 async fn slow_upstream_gives_504_after_the_route_timeout() {
     let slow = Upstream::with(Behaviour::Delay(Duration::from_secs(30))).await;

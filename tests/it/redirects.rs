@@ -90,7 +90,7 @@ async fn redirect_over_the_gateways_tls_is_rewritten_to_https() {
     let up = Upstream::with(Behaviour::Respond(307, FASTAPI_TRAILING_SLASH)).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
-    std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
+    crate::support::write_private(dir.path().join("key.pem"), &pki.key_pem);
     let base = format!("{}/v1", up.url());
     let gw = GatewayBuilder::route(
         "api",

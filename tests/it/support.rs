@@ -445,6 +445,21 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes a private key file as an operator must: readable by its owner only (mode 600).
+pub fn write_private(path: impl AsRef<std::path::Path>, contents: impl AsRef<[u8]>) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap()
+        .write_all(contents.as_ref())
+        .unwrap();
+}
+
 /// The status code of the first response in raw output.
 pub fn raw_status(out: &str) -> u16 {
     out.split_whitespace()

@@ -35,13 +35,108 @@ fn tls_client(ca_pem: &str, http1_only: bool) -> reqwest::Client {
     b.build().unwrap()
 }
 
+/// A plain-HTTP request to the HTTPS port is told so in a short 400 (as nginx does), not
+/// met with a silent close; a TLS client on the same port is still served.
+#[tokio::test]
+async fn a_plain_http_request_to_the_tls_port_gets_a_400_saying_it_speaks_https() {
+    let pki = pki();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
+    crate::support::write_private(dir.path().join("key.pem"), &pki.key_pem);
+    let gw = GatewayBuilder::route("all", "/", &up.url(), "auth = \"public\"")
+        .and(&format!(
+            "[server.tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",
+            dir.path().display()
+        ))
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let out = crate::support::raw(
+        gw.addr,
+        b"GET /secure HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(crate::support::raw_status(&out), 400, "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+    assert!(out.contains("HTTPS port"), "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "closed promptly"
+    );
+    up.assert_untouched();
+    let url = format!("https://127.0.0.1:{}/secure", gw.addr.port());
+    let r = tls_client(&pki.cert_pem, true)
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A TLS private key others can read is refused like a signing key: at start and by
+/// `check-config`, naming the file and the fix.
+#[tokio::test]
+async fn a_world_readable_tls_private_key_is_refused_at_start_and_by_check_config() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
+    crate::support::write_private(&key, &pki.key_pem);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data = dir.path().display();
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{data}/cert.pem\"\nkey = \"{data}/key.pem\"\n[admin]\nenabled = false\n[auth]\nkeys_dir = \"{data}/keys\"\n[store]\npath = \"{data}/db\"\n{}",
+            crate::support::route("all", "/", "http://127.0.0.1:9", "auth = \"public\"")
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .env_remove("GATEHOUSE_CONFIG")
+            .env_remove("GATEHOUSE_LOG")
+            .args([command, "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{command} started with a world-readable TLS key");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{command}: {text}");
+        assert!(
+            text.contains(&key.display().to_string()),
+            "{command}: {text}"
+        );
+        assert!(text.contains("chmod 600"), "{command}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn https_listener_negotiates_h2_and_http1_with_alpn() {
     let pki = pki();
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
-    std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
+    crate::support::write_private(dir.path().join("key.pem"), &pki.key_pem);
     let gw = GatewayBuilder::route("all", "/", &up.url(), "auth = \"public\"")
         .and(&format!(
             "[server.tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"",

@@ -71,11 +71,10 @@ fn pki() -> Pki {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(
+    crate::support::write_private(
         dir.path().join("key.pem"),
         certified.signing_key.serialize_pem(),
-    )
-    .unwrap();
+    );
     Pki {
         dir,
         cert_pem: certified.cert.pem(),
