@@ -245,8 +245,41 @@ fn env_provider() -> Env {
             !ENV_NOT_CONFIG
                 .iter()
                 .any(|k| key.as_str().eq_ignore_ascii_case(k))
+                && !is_service_link(key.as_str())
         })
         .split("__")
+}
+
+/// Whether `key` (a variable's name after `GATEHOUSE_`) is one of the service-link variables
+/// Kubernetes injects into every pod for a Service named `gatehouse`:
+/// `PORT`, `SERVICE_HOST`, `SERVICE_PORT`, `SERVICE_PORT_<NAME>`, `PORT_<n>_<PROTO>` and
+/// `PORT_<n>_<PROTO>_{PROTO,PORT,ADDR}` with `<PROTO>` one of `TCP`, `UDP`, `SCTP`. These are
+/// ignored, not refused. No configuration key can look like them: a real key is a section and
+/// a field joined by `__`, and no section is called `port` or `service_*`
+/// (`no_config_key_looks_like_a_service_link` holds that).
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    if key == "PORT" || key == "SERVICE_HOST" || key == "SERVICE_PORT" {
+        return true;
+    }
+    if let Some(name) = key.strip_prefix("SERVICE_PORT_") {
+        return !name.is_empty() && !name.contains("__");
+    }
+    let Some(rest) = key.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = rest.split('_');
+    let port_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let proto_ok = parts
+        .next()
+        .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    let field_ok = match parts.next() {
+        None => true,
+        Some(f) => matches!(f, "PROTO" | "PORT" | "ADDR"),
+    };
+    port_ok && proto_ok && field_ok && parts.next().is_none()
 }
 
 impl RawConfig {
@@ -492,6 +525,58 @@ mod tests {
         for bad in [0, 65_536] {
             let e = err(&format!("[server]\nlisten_backlog = {bad}\n"));
             assert!(e.contains("server.listen_backlog"), "{e}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_recognised_exactly() {
+        for yes in [
+            "PORT",
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_HTTP",
+            "service_port_admin_api",
+            "PORT_8080_TCP",
+            "PORT_8080_TCP_PROTO",
+            "PORT_8080_TCP_PORT",
+            "PORT_8080_TCP_ADDR",
+            "PORT_53_UDP_ADDR",
+            "PORT_9_SCTP",
+        ] {
+            assert!(is_service_link(yes), "{yes}");
+        }
+        for no in [
+            "PORTS",
+            "SERVICE",
+            "SERVICE_PORT_",
+            "PORT_8080",
+            "PORT_X_TCP",
+            "PORT_8080_HTTP",
+            "PORT_8080_TCP_HOST",
+            "PORT_8080_TCP_ADDR_X",
+            "SERVER__LISTEN",
+            "SERVICE_PORT_A__B",
+        ] {
+            assert!(!is_service_link(no), "{no}");
+        }
+    }
+
+    /// The service-link variables are ignored only because no configuration key has their
+    /// shape: no section (a top-level key) is named `port` or `service_...`.
+    #[test]
+    fn no_config_key_looks_like_a_service_link() {
+        let value = figment::Figment::from(Serialized::defaults(RawConfig::default()))
+            .extract::<figment::value::Value>()
+            .unwrap();
+        let dict = value.into_dict().unwrap();
+        assert!(dict.contains_key("server"), "{dict:?}");
+        for section in dict.keys() {
+            assert!(!is_service_link(section), "{section}");
+            let s = section.to_ascii_uppercase();
+            assert!(
+                s != "PORT" && !s.starts_with("PORT_") && !s.starts_with("SERVICE"),
+                "{s}"
+            );
         }
     }
 

@@ -55,6 +55,55 @@ fn stray_environment_variable_is_reported_by_name() {
     assert!(stderr.to_lowercase().contains("listn"), "{stderr}");
 }
 
+/// The variables Kubernetes injects into every pod for a Service named `gatehouse` (the
+/// docker-links shape): the strict environment check must not crash the pod on them, and must
+/// still refuse a misspelt real key.
+#[test]
+fn kubernetes_service_link_variables_do_not_crash_the_gateway() {
+    let links = [
+        ("GATEHOUSE_PORT", "tcp://10.0.0.1:8080"),
+        ("GATEHOUSE_SERVICE_HOST", "10.0.0.1"),
+        ("GATEHOUSE_SERVICE_PORT", "8080"),
+        ("GATEHOUSE_SERVICE_PORT_HTTP", "8080"),
+        ("GATEHOUSE_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ("GATEHOUSE_PORT_8080_TCP_PROTO", "tcp"),
+        ("GATEHOUSE_PORT_8080_TCP_PORT", "8080"),
+        ("GATEHOUSE_PORT_8080_TCP_ADDR", "10.0.0.1"),
+        ("GATEHOUSE_PORT_9901_UDP_ADDR", "10.0.0.1"),
+    ];
+    let out = gatehouse()
+        .args(["check-config", "--config", "config/gatehouse.example.toml"])
+        .envs(links)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gatehouse()
+        .args(["check-config", "--config", "config/gatehouse.example.toml"])
+        .envs(links)
+        .env("GATEHOUSE_SERVER__LISTNE", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("listne"), "{stderr}");
+    for near_miss in [
+        "GATEHOUSE_PORTS",
+        "GATEHOUSE_PORT_8080",
+        "GATEHOUSE_PORT_8080_TCP_HOST",
+    ] {
+        let out = gatehouse()
+            .args(["check-config", "--config", "config/gatehouse.example.toml"])
+            .env(near_miss, "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{near_miss} was accepted");
+    }
+}
+
 #[test]
 fn environment_overrides_the_file() {
     let out = gatehouse()
