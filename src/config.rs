@@ -213,7 +213,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(figment.merge(env_provider()))
+        let mut raw = extract(figment.merge(env_provider()))?;
+        if let Some(dir) = path.and_then(Path::parent) {
+            raw.rebase(dir);
+        }
+        raw.validate()
     }
 
     /// What a valid configuration still deserves a warning for, one line each: the shadowings
@@ -232,10 +236,20 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let raw: RawConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        raw.validate()
+        extract(figment)?.validate()
+    }
+}
+
+fn extract(figment: Figment) -> Result<RawConfig, ConfigError> {
+    figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))
+}
+
+/// `path` made relative to `dir` (the config file's directory) when it is relative.
+fn rebased(dir: &Path, path: &mut PathBuf) {
+    if path.is_relative() && !path.as_os_str().is_empty() {
+        *path = dir.join(&*path);
     }
 }
 
@@ -283,6 +297,33 @@ fn is_service_link(key: &str) -> bool {
 }
 
 impl RawConfig {
+    /// Makes every relative file and directory path the configuration names (defaults
+    /// included) relative to `dir`, the directory of the file it was read from, so that the
+    /// process's working directory does not decide where keys, store and certificates are.
+    pub fn rebase(&mut self, dir: &Path) {
+        let mut each: Vec<&mut PathBuf> = vec![&mut self.auth.keys_dir, &mut self.store.path];
+        if let Some(tls) = &mut self.server.tls {
+            each.push(&mut tls.cert);
+            each.push(&mut tls.key);
+        }
+        each.extend(self.upstream.ca_file.as_mut());
+        each.extend(self.auth.kek_file.as_mut());
+        for issuer in &mut self.auth.trusted_issuers {
+            each.extend(issuer.jwks_file.as_mut());
+        }
+        if let Some(pg) = &mut self.store.postgres {
+            each.extend(pg.password_file.as_mut());
+            each.extend(pg.ca_file.as_mut());
+        }
+        if let Some(redis) = &mut self.auth.limits.redis {
+            each.extend(redis.password_file.as_mut());
+            each.extend(redis.ca_file.as_mut());
+        }
+        for path in each {
+            rebased(dir, path);
+        }
+    }
+
     pub fn validate(self) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;

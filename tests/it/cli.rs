@@ -600,3 +600,52 @@ fn user_management_commands_never_create_a_store() {
     ));
     assert!(ok(&user_cmd(&config, &["list"], "")).contains("alice"));
 }
+
+/// Relative paths in a config file are relative to the file's directory: run from elsewhere,
+/// the binary keeps its store and keys next to the file, and creates nothing where it runs.
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let config = a.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        "[store]\npath = \"state/gatehouse.db\"\n\n[auth]\nkeys_dir = \"state/keys\"\n\n\
+         [auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = operator(b.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        ok(&child.wait_with_output().unwrap())
+    };
+    let summary = run(&["check-config"], "");
+    let keys = a.path().join("state/keys");
+    assert!(summary.contains(&keys.display().to_string()), "{summary}");
+    run(
+        &["user", "add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    );
+    run(&["keys", "generate"], "");
+    assert!(a.path().join("state/gatehouse.db").is_file());
+    assert!(
+        std::fs::read_dir(&keys).unwrap().next().is_some(),
+        "no key in {keys:?}"
+    );
+    assert!(
+        !b.path().join("state").exists(),
+        "created under the working directory"
+    );
+    assert!(run(&["user", "list"], "").contains("alice"));
+}
