@@ -241,9 +241,81 @@ impl Config {
 }
 
 fn extract(figment: Figment) -> Result<RawConfig, ConfigError> {
-    figment
-        .extract()
-        .map_err(|e| ConfigError::Load(Box::new(e)))
+    figment.extract().map_err(|errors: figment::Error| {
+        let shown: Vec<String> = errors.into_iter().map(|e| describe(&figment, &e)).collect();
+        ConfigError::Load(shown.join("; "))
+    })
+}
+
+/// One loading error as an operator reads it: the key without figment's profile name, a route
+/// by its `name` (or 1-based number), a "did you mean" for a near-miss key, and the source.
+fn describe(figment: &Figment, e: &figment::Error) -> String {
+    let mut key = String::new();
+    let mut parts = e.path.iter().peekable();
+    while let Some(part) = parts.next() {
+        let indexed = part == "routes" && key.is_empty();
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(part);
+        if indexed && let Some(n) = parts.peek().and_then(|n| n.parse::<usize>().ok()) {
+            parts.next();
+            let name = figment
+                .find_value("routes")
+                .ok()
+                .and_then(|v| v.into_array())
+                .and_then(|routes| routes.into_iter().nth(n))
+                .and_then(|r| r.find("name"))
+                .and_then(|v| v.into_string());
+            match name {
+                Some(name) => key.push_str(&format!("[{name}]")),
+                None => key.push_str(&format!("[#{}]", n + 1)),
+            }
+        }
+    }
+    let mut reason = match &e.kind {
+        figment::error::Kind::UnknownField(found, expected) => {
+            let mut r = format!("unknown key `{found}`");
+            if let Some(near) = expected
+                .iter()
+                .filter(|k| edit_distance(found, k) <= MAX_SUGGESTION_DISTANCE)
+                .min_by_key(|k| edit_distance(found, k))
+            {
+                r.push_str(&format!(" (did you mean `{near}`?)"));
+            }
+            r
+        }
+        kind => kind.to_string(),
+    };
+    if let Some(source) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        reason.push_str(&format!(" (in {source})"));
+    }
+    if key.is_empty() {
+        reason
+    } else {
+        format!("{key}: {reason}")
+    }
+}
+
+/// The largest edit distance between an unknown key and a known one that is suggested.
+const MAX_SUGGESTION_DISTANCE: usize = 2;
+
+/// Levenshtein distance (insertions, deletions, substitutions), on characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// `path` made relative to `dir` (the config file's directory) when it is relative.
@@ -619,6 +691,28 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn config_errors_name_routes_suggest_near_misses_and_hide_the_profile() {
+        let e = err(&format!(
+            "{}[[routes]]\nname = \"api\"\npath_prefx = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n",
+            route("")
+        ));
+        assert!(e.contains("routes[api].path_prefx"), "{e}");
+        assert!(e.contains("did you mean `path_prefix`?"), "{e}");
+        assert!(!e.contains("default."), "{e}");
+        let e = err("[[routes]]\npath_prefx = \"/api\"\n");
+        assert!(e.contains("routes[#1].path_prefx"), "{e}");
+        let e = err("[server]\nlistne = 3\n");
+        assert!(
+            e.contains("server.listne") && e.contains("`listen`?"),
+            "{e}"
+        );
+        let e = err("[server]\ncompletely_else = 3\n");
+        assert!(!e.contains("did you mean"), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("path_prefx", "path_prefix"), 1);
     }
 
     #[test]
