@@ -59,9 +59,18 @@ pub fn install_crypto_provider() {
 /// Opens the configured store: the SQLite file, or the PostgreSQL database (connected and
 /// migrated; an unreachable server is an error here, bounded by the connect timeout).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    open_store_with(config, true).await
+}
+
+/// Opens the configured store; with `create` false a SQLite file that does not exist is an
+/// error naming it (the operator's commands never create a store).
+pub async fn open_store_with(config: &Config, create: bool) -> Result<Arc<dyn Store>, AppError> {
     let opened = match &config.store {
-        StoreConfig::Sqlite { path } => {
+        StoreConfig::Sqlite { path } if create => {
             SqliteStore::open(path).map(|s| Arc::new(s) as Arc<dyn Store>)
+        }
+        StoreConfig::Sqlite { path } => {
+            SqliteStore::open_existing(path).map(|s| Arc::new(s) as Arc<dyn Store>)
         }
         StoreConfig::Postgres(pg) => PgStore::open(pg)
             .await

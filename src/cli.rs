@@ -37,9 +37,71 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// The TOML configuration file (GATEHOUSE_* variables override it).
-    #[arg(long, short, env = "GATEHOUSE_CONFIG", global = true)]
+    /// The TOML configuration file (GATEHOUSE_* variables override it). Without it the first
+    /// of $GATEHOUSE_CONFIG, ./gatehouse.toml and /etc/gatehouse/gatehouse.toml is used.
+    #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
+}
+
+/// The variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "GATEHOUSE_CONFIG";
+/// Where the configuration file is looked for, in order, after `--config` and
+/// [`CONFIG_ENV`].
+pub const CONFIG_SEARCH_PATH: &[&str] = &["./gatehouse.toml", "/etc/gatehouse/gatehouse.toml"];
+
+/// The configuration file a command reads and how it was found.
+#[derive(Debug)]
+pub struct Located {
+    /// `None`: no file anywhere; built-in defaults and `GATEHOUSE_` variables only.
+    pub path: Option<PathBuf>,
+    /// How it was found, for the one line on stderr.
+    pub how: String,
+}
+
+impl ConfigArg {
+    /// `--config`, else `GATEHOUSE_CONFIG`, else the first of [`CONFIG_SEARCH_PATH`] that is
+    /// a file. A file named by the option or the variable is used (and fails to load) even
+    /// when it does not exist.
+    pub fn locate(&self) -> Located {
+        if let Some(path) = &self.config {
+            return Located {
+                path: Some(path.clone()),
+                how: "from --config".into(),
+            };
+        }
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+            return Located {
+                path: Some(PathBuf::from(path)),
+                how: format!("from {CONFIG_ENV}"),
+            };
+        }
+        for candidate in CONFIG_SEARCH_PATH {
+            let path = Path::new(candidate);
+            if path.is_file() {
+                return Located {
+                    path: Some(path.to_owned()),
+                    how: "found".into(),
+                };
+            }
+        }
+        Located {
+            path: None,
+            how: format!(
+                "no configuration file: no --config, {CONFIG_ENV} unset, and none of {} exists",
+                CONFIG_SEARCH_PATH.join(", ")
+            ),
+        }
+    }
+}
+
+impl Located {
+    /// The one line saying which configuration is used.
+    fn announce(&self) {
+        match &self.path {
+            Some(path) => eprintln!("gatehouse: configuration {} ({})", path.display(), self.how),
+            None => eprintln!("gatehouse: {}; using the built-in defaults", self.how),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +153,10 @@ pub enum UserAction {
         /// Read the password from the first line of stdin.
         #[arg(long)]
         password_stdin: bool,
+        /// Create the configured SQLite store if it does not exist yet (the first user of a
+        /// new installation); without it a missing store is an error.
+        #[arg(long)]
+        create_store: bool,
     },
     /// Replace a user's roles and scopes (the password stays); no flag clears the list.
     Update {
@@ -159,7 +225,12 @@ pub enum RoutesAction {
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
     /// Create the first signing key if there is none.
-    Generate,
+    Generate {
+        /// With `[auth] kek_file`: create the configured SQLite store if it does not exist yet;
+        /// without it a missing store is an error.
+        #[arg(long)]
+        create_store: bool,
+    },
     /// Make a new signing key; the old ones verify until their tokens expire. With
     /// `[auth] kek_file`, in the store: published at once, signing after `publish_ahead`.
     Rotate,
@@ -173,16 +244,30 @@ pub enum KeysAction {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let c = &cli.config;
     let _log = match cli.command {
         Command::Serve => None,
         _ => Some(crate::logging::init(crate::logging::LogFormat::Text)),
+    };
+    // Only the commands that read a configuration look for one (and say which they use).
+    let c = &match &cli.command {
+        Command::Demo { .. }
+        | Command::Keys {
+            action: KeysAction::NewKek { .. },
+        } => Located {
+            path: None,
+            how: String::new(),
+        },
+        _ => {
+            let located = cli.config.locate();
+            located.announce();
+            located
+        }
     };
     match cli.command {
         Command::Serve => {
             let config = load(c)?;
             let _log = crate::logging::init(config.log.format);
-            app::run(config, c.config.clone()).await?;
+            app::run(config, c.path.clone()).await?;
             Ok(())
         }
         Command::CheckConfig => check_config(c),
@@ -210,14 +295,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load(c: &ConfigArg) -> anyhow::Result<Config> {
-    Config::load(c.config.as_deref()).with_context(|| match &c.config {
+fn load(c: &Located) -> anyhow::Result<Config> {
+    Config::load(c.path.as_deref()).with_context(|| match &c.path {
         Some(p) => format!("invalid configuration {}", p.display()),
         None => "invalid configuration (defaults and GATEHOUSE_ variables)".into(),
     })
 }
 
-fn check_config(c: &ConfigArg) -> anyhow::Result<()> {
+fn check_config(c: &Located) -> anyhow::Result<()> {
+    if c.path.is_none() {
+        // "OK" about the built-in defaults would pass a forgotten --config.
+        bail!("nothing checked: {}", c.how);
+    }
     let config = load(c)?;
     // The TLS pair as `serve` loads it: files readable, private, and belonging together.
     if let Some(tls) = &config.server.tls {
@@ -514,13 +603,21 @@ fn pool(config: &Config) -> anyhow::Result<PasswordPool> {
 }
 
 async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = app::open_store(&config).await?;
+    let create = matches!(
+        action,
+        UserAction::Add {
+            create_store: true,
+            ..
+        }
+    );
+    let store: Arc<dyn Store> = app::open_store_with(&config, create).await?;
     match action {
         UserAction::Add {
             name,
             roles,
             scopes,
             password_stdin,
+            create_store: _,
         } => {
             let username = Username::parse(&name)?;
             check_account_values(&roles, &scopes)?;
@@ -660,7 +757,7 @@ async fn keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
     let a = &config.auth;
     let retain = key_retention(a);
     match action {
-        KeysAction::Generate => {
+        KeysAction::Generate { .. } => {
             let ring = KeyRing::load_or_generate(&a.keys_dir, a.algorithm, retain)?;
             println!("current key {}", ring.signing().kid);
         }
@@ -680,10 +777,11 @@ async fn stored_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
     let retain = key_retention(a);
     let kek_file = a.kek_file.as_deref().context("no kek_file")?;
     let kek = Kek::load(kek_file)?;
-    let store: Arc<dyn Store> = app::open_store(&config).await?;
+    let create = matches!(action, KeysAction::Generate { create_store: true });
+    let store: Arc<dyn Store> = app::open_store_with(&config, create).await?;
     let now = crate::clock::unix_now();
     match action {
-        KeysAction::Generate => {
+        KeysAction::Generate { .. } => {
             let ring =
                 keystore::load_or_create_ring(&*store, &kek, a.algorithm, retain, now).await?;
             println!("current key {}", ring.signing().kid);
@@ -756,7 +854,7 @@ fn audit_cli(event: Event, user: &Username, outcome: Outcome, reason: &str) {
 }
 
 async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = app::open_store(&config).await?;
+    let store: Arc<dyn Store> = app::open_store_with(&config, false).await?;
     let now = crate::clock::unix_now();
     match action {
         SessionsAction::List { user } => {

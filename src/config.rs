@@ -213,7 +213,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(figment.merge(env_provider()))
+        let mut raw = extract(figment.merge(env_provider()))?;
+        if let Some(dir) = path.and_then(Path::parent) {
+            raw.rebase(dir);
+        }
+        raw.validate()
     }
 
     /// What a valid configuration still deserves a warning for, one line each: the shadowings
@@ -232,10 +236,92 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let raw: RawConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        raw.validate()
+        extract(figment)?.validate()
+    }
+}
+
+fn extract(figment: Figment) -> Result<RawConfig, ConfigError> {
+    figment.extract().map_err(|errors: figment::Error| {
+        let shown: Vec<String> = errors.into_iter().map(|e| describe(&figment, &e)).collect();
+        ConfigError::Load(shown.join("; "))
+    })
+}
+
+/// One loading error as an operator reads it: the key without figment's profile name, a route
+/// by its `name` (or 1-based number), a "did you mean" for a near-miss key, and the source.
+fn describe(figment: &Figment, e: &figment::Error) -> String {
+    let mut key = String::new();
+    let mut parts = e.path.iter().peekable();
+    while let Some(part) = parts.next() {
+        let indexed = part == "routes" && key.is_empty();
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(part);
+        if indexed && let Some(n) = parts.peek().and_then(|n| n.parse::<usize>().ok()) {
+            parts.next();
+            let name = figment
+                .find_value("routes")
+                .ok()
+                .and_then(|v| v.into_array())
+                .and_then(|routes| routes.into_iter().nth(n))
+                .and_then(|r| r.find("name"))
+                .and_then(|v| v.into_string());
+            match name {
+                Some(name) => key.push_str(&format!("[{name}]")),
+                None => key.push_str(&format!("[#{}]", n + 1)),
+            }
+        }
+    }
+    let mut reason = match &e.kind {
+        figment::error::Kind::UnknownField(found, expected) => {
+            let mut r = format!("unknown key `{found}`");
+            if let Some(near) = expected
+                .iter()
+                .filter(|k| edit_distance(found, k) <= MAX_SUGGESTION_DISTANCE)
+                .min_by_key(|k| edit_distance(found, k))
+            {
+                r.push_str(&format!(" (did you mean `{near}`?)"));
+            }
+            r
+        }
+        kind => kind.to_string(),
+    };
+    if let Some(source) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        reason.push_str(&format!(" (in {source})"));
+    }
+    if key.is_empty() {
+        reason
+    } else {
+        format!("{key}: {reason}")
+    }
+}
+
+/// The largest edit distance between an unknown key and a known one that is suggested.
+const MAX_SUGGESTION_DISTANCE: usize = 2;
+
+/// Levenshtein distance (insertions, deletions, substitutions), on characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `path` made relative to `dir` (the config file's directory) when it is relative.
+fn rebased(dir: &Path, path: &mut PathBuf) {
+    if path.is_relative() && !path.as_os_str().is_empty() {
+        *path = dir.join(&*path);
     }
 }
 
@@ -245,11 +331,71 @@ fn env_provider() -> Env {
             !ENV_NOT_CONFIG
                 .iter()
                 .any(|k| key.as_str().eq_ignore_ascii_case(k))
+                && !is_service_link(key.as_str())
         })
         .split("__")
 }
 
+/// Whether `key` (a variable's name after `GATEHOUSE_`) is one of the service-link variables
+/// Kubernetes injects into every pod for a Service named `gatehouse`:
+/// `PORT`, `SERVICE_HOST`, `SERVICE_PORT`, `SERVICE_PORT_<NAME>`, `PORT_<n>_<PROTO>` and
+/// `PORT_<n>_<PROTO>_{PROTO,PORT,ADDR}` with `<PROTO>` one of `TCP`, `UDP`, `SCTP`. These are
+/// ignored, not refused. No configuration key can look like them: a real key is a section and
+/// a field joined by `__`, and no section is called `port` or `service_*`
+/// (`no_config_key_looks_like_a_service_link` holds that).
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    if key == "PORT" || key == "SERVICE_HOST" || key == "SERVICE_PORT" {
+        return true;
+    }
+    if let Some(name) = key.strip_prefix("SERVICE_PORT_") {
+        return !name.is_empty() && !name.contains("__");
+    }
+    let Some(rest) = key.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = rest.split('_');
+    let port_ok = parts
+        .next()
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let proto_ok = parts
+        .next()
+        .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    let field_ok = match parts.next() {
+        None => true,
+        Some(f) => matches!(f, "PROTO" | "PORT" | "ADDR"),
+    };
+    port_ok && proto_ok && field_ok && parts.next().is_none()
+}
+
 impl RawConfig {
+    /// Makes every relative file and directory path the configuration names (defaults
+    /// included) relative to `dir`, the directory of the file it was read from, so that the
+    /// process's working directory does not decide where keys, store and certificates are.
+    pub fn rebase(&mut self, dir: &Path) {
+        let mut each: Vec<&mut PathBuf> = vec![&mut self.auth.keys_dir, &mut self.store.path];
+        if let Some(tls) = &mut self.server.tls {
+            each.push(&mut tls.cert);
+            each.push(&mut tls.key);
+        }
+        each.extend(self.upstream.ca_file.as_mut());
+        each.extend(self.auth.kek_file.as_mut());
+        for issuer in &mut self.auth.trusted_issuers {
+            each.extend(issuer.jwks_file.as_mut());
+        }
+        if let Some(pg) = &mut self.store.postgres {
+            each.extend(pg.password_file.as_mut());
+            each.extend(pg.ca_file.as_mut());
+        }
+        if let Some(redis) = &mut self.auth.limits.redis {
+            each.extend(redis.password_file.as_mut());
+            each.extend(redis.ca_file.as_mut());
+        }
+        for path in each {
+            rebased(dir, path);
+        }
+    }
+
     pub fn validate(self) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
@@ -493,6 +639,80 @@ mod tests {
             let e = err(&format!("[server]\nlisten_backlog = {bad}\n"));
             assert!(e.contains("server.listen_backlog"), "{e}");
         }
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_recognised_exactly() {
+        for yes in [
+            "PORT",
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_HTTP",
+            "service_port_admin_api",
+            "PORT_8080_TCP",
+            "PORT_8080_TCP_PROTO",
+            "PORT_8080_TCP_PORT",
+            "PORT_8080_TCP_ADDR",
+            "PORT_53_UDP_ADDR",
+            "PORT_9_SCTP",
+        ] {
+            assert!(is_service_link(yes), "{yes}");
+        }
+        for no in [
+            "PORTS",
+            "SERVICE",
+            "SERVICE_PORT_",
+            "PORT_8080",
+            "PORT_X_TCP",
+            "PORT_8080_HTTP",
+            "PORT_8080_TCP_HOST",
+            "PORT_8080_TCP_ADDR_X",
+            "SERVER__LISTEN",
+            "SERVICE_PORT_A__B",
+        ] {
+            assert!(!is_service_link(no), "{no}");
+        }
+    }
+
+    /// The service-link variables are ignored only because no configuration key has their
+    /// shape: no section (a top-level key) is named `port` or `service_...`.
+    #[test]
+    fn no_config_key_looks_like_a_service_link() {
+        let value = figment::Figment::from(Serialized::defaults(RawConfig::default()))
+            .extract::<figment::value::Value>()
+            .unwrap();
+        let dict = value.into_dict().unwrap();
+        assert!(dict.contains_key("server"), "{dict:?}");
+        for section in dict.keys() {
+            assert!(!is_service_link(section), "{section}");
+            let s = section.to_ascii_uppercase();
+            assert!(
+                s != "PORT" && !s.starts_with("PORT_") && !s.starts_with("SERVICE"),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_errors_name_routes_suggest_near_misses_and_hide_the_profile() {
+        let e = err(&format!(
+            "{}[[routes]]\nname = \"api\"\npath_prefx = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n",
+            route("")
+        ));
+        assert!(e.contains("routes[api].path_prefx"), "{e}");
+        assert!(e.contains("did you mean `path_prefix`?"), "{e}");
+        assert!(!e.contains("default."), "{e}");
+        let e = err("[[routes]]\npath_prefx = \"/api\"\n");
+        assert!(e.contains("routes[#1].path_prefx"), "{e}");
+        let e = err("[server]\nlistne = 3\n");
+        assert!(
+            e.contains("server.listne") && e.contains("`listen`?"),
+            "{e}"
+        );
+        let e = err("[server]\ncompletely_else = 3\n");
+        assert!(!e.contains("did you mean"), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("path_prefx", "path_prefix"), 1);
     }
 
     #[test]

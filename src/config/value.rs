@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file or environment could not be read into the settings: every problem, with the
+    /// key as an operator writes it (routes by name) and where it came from.
     #[error("{0}")]
-    Load(Box<figment::Error>),
+    Load(String),
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
 }

@@ -303,6 +303,20 @@ impl SqliteStore {
         })
     }
 
+    /// Opens the database at `path` like [`SqliteStore::open`], but only when the file is
+    /// already there: for the operator's commands, which must never leave an empty store behind
+    /// a forgotten `--config`.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "{} does not exist (`gatehouse serve` creates it, or `gatehouse user add \
+                 --create-store`)",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

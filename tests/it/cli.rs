@@ -55,6 +55,55 @@ fn stray_environment_variable_is_reported_by_name() {
     assert!(stderr.to_lowercase().contains("listn"), "{stderr}");
 }
 
+/// The variables Kubernetes injects into every pod for a Service named `gatehouse` (the
+/// docker-links shape): the strict environment check must not crash the pod on them, and must
+/// still refuse a misspelt real key.
+#[test]
+fn kubernetes_service_link_variables_do_not_crash_the_gateway() {
+    let links = [
+        ("GATEHOUSE_PORT", "tcp://10.0.0.1:8080"),
+        ("GATEHOUSE_SERVICE_HOST", "10.0.0.1"),
+        ("GATEHOUSE_SERVICE_PORT", "8080"),
+        ("GATEHOUSE_SERVICE_PORT_HTTP", "8080"),
+        ("GATEHOUSE_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+        ("GATEHOUSE_PORT_8080_TCP_PROTO", "tcp"),
+        ("GATEHOUSE_PORT_8080_TCP_PORT", "8080"),
+        ("GATEHOUSE_PORT_8080_TCP_ADDR", "10.0.0.1"),
+        ("GATEHOUSE_PORT_9901_UDP_ADDR", "10.0.0.1"),
+    ];
+    let out = gatehouse()
+        .args(["check-config", "--config", "config/gatehouse.example.toml"])
+        .envs(links)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gatehouse()
+        .args(["check-config", "--config", "config/gatehouse.example.toml"])
+        .envs(links)
+        .env("GATEHOUSE_SERVER__LISTNE", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("listne"), "{stderr}");
+    for near_miss in [
+        "GATEHOUSE_PORTS",
+        "GATEHOUSE_PORT_8080",
+        "GATEHOUSE_PORT_8080_TCP_HOST",
+    ] {
+        let out = gatehouse()
+            .args(["check-config", "--config", "config/gatehouse.example.toml"])
+            .env(near_miss, "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{near_miss} was accepted");
+    }
+}
+
 #[test]
 fn environment_overrides_the_file() {
     let out = gatehouse()
@@ -205,7 +254,7 @@ fn roles_no_token_can_carry_are_refused_before_they_break_every_login() {
         ["--role", ""],
         ["--scope", "read write"],
     ] {
-        let mut args = vec!["add", "alice", "--password-stdin"];
+        let mut args = vec!["add", "alice", "--password-stdin", "--create-store"];
         args.extend(bad);
         let out = user_cmd(&config, &args, "correct horse\n");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -309,7 +358,11 @@ async fn locked_out_owner_is_let_back_in_by_unlock_and_by_passwd() {
 fn cli_passwords_shorter_than_registration_allows_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = user_config(dir.path(), "");
-    let out = user_cmd(&config, &["add", "bob", "--password-stdin"], "1234567\n");
+    let out = user_cmd(
+        &config,
+        &["add", "bob", "--password-stdin", "--create-store"],
+        "1234567\n",
+    );
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("shorter than 8 characters"),
@@ -326,7 +379,7 @@ fn cli_passwords_shorter_than_registration_allows_are_refused() {
     let config = user_config(dir.path(), "min_password_chars = 12");
     ok(&user_cmd(
         &config,
-        &["add", "bob", "--password-stdin"],
+        &["add", "bob", "--password-stdin", "--create-store"],
         "123456789012\n",
     ));
     let out = user_cmd(
@@ -377,7 +430,10 @@ fn keys_rotate_with_a_kek_file_publishes_in_the_store_before_it_signs() {
     assert_eq!(std::fs::read(&kek).unwrap(), written);
 
     let config = user_config(dir.path(), &format!("kek_file = {kek:?}"));
-    let first = ok(&keys(&config, &["generate"]));
+    let missing = keys(&config, &["generate"]);
+    assert!(!missing.status.success(), "{missing:?}");
+    assert!(!dir.path().join("store.db").exists(), "a store was created");
+    let first = ok(&keys(&config, &["generate", "--create-store"]));
     let first = first
         .trim()
         .strip_prefix("current key ")
@@ -407,4 +463,189 @@ fn keys_rotate_with_a_kek_file_publishes_in_the_store_before_it_signs() {
         String::from_utf8_lossy(&refused.stderr).contains("chmod 600"),
         "{refused:?}"
     );
+}
+
+/// The binary in `cwd` as an operator runs it: `HOME` there too, no `GATEHOUSE_CONFIG`.
+fn operator(cwd: &std::path::Path) -> Command {
+    let mut c = gatehouse();
+    c.current_dir(cwd)
+        .env("HOME", cwd)
+        .env_remove("GATEHOUSE_LOG");
+    c
+}
+
+/// Whether this machine has a system-wide configuration, which the search would find.
+fn system_config() -> bool {
+    let there = std::path::Path::new("/etc/gatehouse/gatehouse.toml").exists();
+    if there {
+        eprintln!("skipped: /etc/gatehouse/gatehouse.toml exists on this machine");
+    }
+    there
+}
+
+#[test]
+fn check_config_without_a_config_file_does_not_call_the_defaults_ok() {
+    if system_config() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = operator(dir.path()).arg("check-config").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("configuration OK"), "{stdout}");
+    assert!(stderr.contains("no configuration file"), "{stderr}");
+    for looked in [
+        "GATEHOUSE_CONFIG",
+        "./gatehouse.toml",
+        "/etc/gatehouse/gatehouse.toml",
+    ] {
+        assert!(stderr.contains(looked), "{looked}: {stderr}");
+    }
+}
+
+#[test]
+fn the_cli_finds_its_config_in_order_and_says_which_it_used() {
+    if system_config() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let listen = |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(dir.path().join("gatehouse.toml"), listen(18001)).unwrap();
+    std::fs::write(dir.path().join("env.toml"), listen(18002)).unwrap();
+    std::fs::write(dir.path().join("flag.toml"), listen(18003)).unwrap();
+    let run = |c: &mut Command, port: u16, used: &str| {
+        let out = c.arg("check-config").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(stdout.contains(&format!("127.0.0.1:{port}")), "{stdout}");
+        let announced: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("gatehouse: configuration"))
+            .collect();
+        assert_eq!(announced.len(), 1, "{stderr}");
+        assert!(announced[0].contains(used), "{used}: {stderr}");
+    };
+    run(&mut operator(dir.path()), 18001, "./gatehouse.toml (found)");
+    run(
+        operator(dir.path()).env("GATEHOUSE_CONFIG", "env.toml"),
+        18002,
+        "env.toml (from GATEHOUSE_CONFIG)",
+    );
+    run(
+        operator(dir.path())
+            .env("GATEHOUSE_CONFIG", "env.toml")
+            .args(["--config", "flag.toml"]),
+        18003,
+        "flag.toml (from --config)",
+    );
+}
+
+#[test]
+fn user_management_commands_never_create_a_store() {
+    if system_config() {
+        return;
+    }
+    // No configuration at all: the default store is not created in the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["user", "list"][..],
+        &["sessions", "list"],
+        &["user", "remove", "bob"],
+    ] {
+        let out = operator(dir.path()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("data/gatehouse.db does not exist"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("no configuration file"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("data").exists(), "a store was created");
+
+    // A configuration naming a store that is not there yet.
+    let config = user_config(dir.path(), "");
+    let db = dir.path().join("store.db");
+    for args in [&["user", "list"][..], &["sessions", "list"]] {
+        let out = operator(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} does not exist", db.display())),
+            "{stderr}"
+        );
+    }
+    let out = user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin"],
+        "correct horse\n",
+    );
+    assert!(!out.status.success());
+    assert!(!db.exists(), "a store was created");
+    // Asked for by name, the first user creates it.
+    ok(&user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    ));
+    assert!(ok(&user_cmd(&config, &["list"], "")).contains("alice"));
+}
+
+/// Relative paths in a config file are relative to the file's directory: run from elsewhere,
+/// the binary keeps its store and keys next to the file, and creates nothing where it runs.
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let config = a.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        "[store]\npath = \"state/gatehouse.db\"\n\n[auth]\nkeys_dir = \"state/keys\"\n\n\
+         [auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = operator(b.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        ok(&child.wait_with_output().unwrap())
+    };
+    let summary = run(&["check-config"], "");
+    let keys = a.path().join("state/keys");
+    assert!(summary.contains(&keys.display().to_string()), "{summary}");
+    run(
+        &["user", "add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    );
+    run(&["keys", "generate"], "");
+    assert!(a.path().join("state/gatehouse.db").is_file());
+    assert!(
+        std::fs::read_dir(&keys).unwrap().next().is_some(),
+        "no key in {keys:?}"
+    );
+    assert!(
+        !b.path().join("state").exists(),
+        "created under the working directory"
+    );
+    assert!(run(&["user", "list"], "").contains("alice"));
 }

@@ -501,7 +501,14 @@ async fn access_log_contains_no_secrets() {
     .unwrap();
     let password = "correct-horse-battery-staple";
     let mut add = gatehouse()
-        .args(["user", "add", "alice", "--password-stdin", "--config"])
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--create-store",
+            "--config",
+        ])
         .arg(&file)
         .stdin(Stdio::piped())
         .spawn()

@@ -416,7 +416,7 @@ async fn every_login_refresh_logout_and_lockout_leaves_an_audit_event_naming_use
     for name in ["alice", "bob"] {
         cli(
             &config,
-            &["user", "add", name, "--password-stdin"],
+            &["user", "add", name, "--password-stdin", "--create-store"],
             Some("right-password\n"),
         )
         .await;
