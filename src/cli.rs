@@ -113,7 +113,7 @@ pub enum ClientAction {
         json: bool,
     },
     /// Generate and print a new secret; the old one stops working at once (tokens already
-    /// issued live on: disable the client to end them).
+    /// issued live on, and a later disable still ends them).
     RotateSecret {
         /// The client_id.
         name: String,
@@ -849,12 +849,7 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
             let name = client_name(&name)?;
             let secret = clients::new_secret();
             store
-                .rotate_client_secret(
-                    &name,
-                    clients::secret_digest(&name, &secret),
-                    &clients::new_epoch(),
-                    now,
-                )
+                .rotate_client_secret(&name, clients::secret_digest(&name, &secret), now)
                 .await?;
             println!("new secret for client {}", name.as_str());
             println!("client_secret: {}", secret.as_str());

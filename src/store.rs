@@ -600,8 +600,8 @@ pub struct Client {
     pub jwks_url: Option<String>,
     pub disabled: bool,
     /// The id its access tokens carry as `sid`: disabling or removing the client revokes it (one
-    /// change in the feed, so every gateway refuses those tokens at its next poll); enabling and
-    /// rotating the secret give the client a new one.
+    /// change in the feed, so every gateway refuses those tokens at its next poll); enabling
+    /// gives the client a new one (rotating the secret does not).
     pub epoch: String,
     pub created_at: i64,
     pub rotated_at: i64,
@@ -666,14 +666,13 @@ pub trait Clients: Send + Sync + 'static {
     /// All clients, ordered by name.
     async fn list_clients(&self) -> Result<Vec<Client>, StoreError>;
 
-    /// Replaces the secret digest and the epoch, `rotated_at = now`. The old secret stops
-    /// working at once; tokens already issued live on (disable the client to end them).
+    /// Replaces the secret digest, `rotated_at = now`. The old secret stops working at once;
+    /// tokens already issued live on, under the same epoch, so a later disable still ends them.
     /// `ClientNotFound` if absent.
     async fn rotate_client_secret(
         &self,
         name: &Username,
         secret_digest: [u8; 32],
-        epoch: &str,
         now: i64,
     ) -> Result<(), StoreError>;
 

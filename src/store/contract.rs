@@ -1665,19 +1665,22 @@ pub(crate) async fn clients_round_trip_and_a_taken_name_is_a_conflict(store: &dy
     assert_eq!(names, ["backup", "ci"]);
 
     store
-        .rotate_client_secret(&name("ci"), digest(8), "c.e4", NOW + 5)
+        .rotate_client_secret(&name("ci"), digest(8), NOW + 5)
         .await
         .unwrap();
     let rotated = store.client(&name("ci")).await.unwrap().unwrap();
     assert_eq!(rotated.secret_digest, digest(8));
-    assert_eq!(rotated.epoch, "c.e4");
+    assert_eq!(
+        rotated.epoch, "c.e1",
+        "a rotation keeps the epoch a disable revokes"
+    );
     assert_eq!((rotated.created_at, rotated.rotated_at), (NOW, NOW + 5));
     assert_eq!(rotated.scopes, created.scopes);
     assert_eq!(rotated.jwks_url, created.jwks_url);
 
     for missing in [
         store
-            .rotate_client_secret(&name("nobody"), digest(1), "x", NOW)
+            .rotate_client_secret(&name("nobody"), digest(1), NOW)
             .await,
         store
             .set_client_disabled(&name("nobody"), true, "x", NOW)

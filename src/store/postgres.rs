@@ -790,15 +790,13 @@ impl Clients for PgStore {
         &self,
         name: &Username,
         secret_digest: [u8; 32],
-        epoch: &str,
         now: i64,
     ) -> Result<(), StoreError> {
         on_connection!(self, |c| {
             let changed = c
                 .exec(
-                    "UPDATE clients SET secret_digest = $1, epoch = $2, rotated_at = $3 \
-                     WHERE name = $4",
-                    &[&&secret_digest[..], &epoch, &now, &name.as_str()],
+                    "UPDATE clients SET secret_digest = $1, rotated_at = $2 WHERE name = $3",
+                    &[&&secret_digest[..], &now, &name.as_str()],
                 )
                 .await?;
             match changed {

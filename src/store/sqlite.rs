@@ -1520,15 +1520,13 @@ impl Clients for SqliteStore {
         &self,
         name: &Username,
         secret_digest: [u8; 32],
-        epoch: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let (name, epoch) = (name.clone(), epoch.to_owned());
+        let name = name.clone();
         self.call(move |conn| {
             let changed = conn.execute(
-                "UPDATE clients SET secret_digest = ?1, epoch = ?2, rotated_at = ?3 \
-                 WHERE name = ?4",
-                params![&secret_digest[..], epoch, now, name.as_str()],
+                "UPDATE clients SET secret_digest = ?1, rotated_at = ?2 WHERE name = ?3",
+                params![&secret_digest[..], now, name.as_str()],
             )?;
             match changed {
                 0 => Err(StoreError::ClientNotFound(name.as_str().to_owned())),

@@ -436,6 +436,17 @@ async fn client_cli_lists_rotates_and_never_shows_a_secret_again() {
     access_token(token_basic(&c.gw, "ci", &rotated, &[]).await).await;
 }
 
+#[tokio::test]
+async fn a_disable_after_a_secret_rotation_still_ends_the_tokens_issued_before_it() {
+    let c = gateway("").await;
+    let secret = add_client(&c.config, "ci", &[]).await;
+    let before = access_token(token_basic(&c.gw, "ci", &secret, &[]).await).await;
+    cli(&c.config, &["client", "rotate-secret", "ci"], None).await;
+    assert_eq!(api_status(&c.gw, &before).await, StatusCode::OK);
+    cli(&c.config, &["client", "disable", "ci"], None).await;
+    refused_within(&c.gw, &before, PROPAGATION).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_is_never_logged() {
     let up = Upstream::start().await;
