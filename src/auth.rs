@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod authenticator;
 pub mod claims;
+pub mod clients;
 pub mod endpoints;
 pub mod grants;
 pub mod import;

@@ -1,5 +1,5 @@
 //! Subcommands: `serve`, `check-config`, `demo`, `user ...`, `sessions ...`, `routes ...`,
-//! `keys ...`.
+//! `keys ...`, `client ...`.
 
 use std::future::Future as _;
 use std::io::{BufRead, IsTerminal, Read};
@@ -138,6 +138,67 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         action: KeysAction,
+    },
+    /// Manage machine clients (OAuth2 clients with a secret: `client_credentials`, and the
+    /// password grant under `[auth] password_grant_clients`).
+    Client {
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientAction {
+    /// Register a client; its secret is generated and printed once (only a digest is stored).
+    Add {
+        /// The client_id: 1-64 characters from a-z 0-9 . _ @ + -.
+        name: String,
+        /// A scope the client may ask for (repeat for several); none: its tokens carry none.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// An audience (RFC 8707 resource) its tokens may be for, the first being the default
+        /// (repeat for several); none: only the gateway's own `[auth] audience`.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// A grant type it may use: client_credentials or password (repeat for both; default
+        /// client_credentials).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Reserved for private_key_jwt: the URL of the client's JWKS (stored, not used yet).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// Create the configured SQLite store if it does not exist yet; without it a missing
+        /// store is an error.
+        #[arg(long)]
+        create_store: bool,
+    },
+    /// Clients with their scopes, audiences, grants, state and times.
+    List {
+        /// One JSON object per client, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate and print a new secret; the old one stops working at once (tokens already
+    /// issued live on, and a later disable still ends them).
+    RotateSecret {
+        /// The client_id.
+        name: String,
+    },
+    /// Refuse the client's authentication and, within a second on every gateway of the store,
+    /// every access token it was issued.
+    Disable {
+        /// The client_id.
+        name: String,
+    },
+    /// Accept the client again (tokens refused by the disable stay refused).
+    Enable {
+        /// The client_id.
+        name: String,
+    },
+    /// Remove the client; its access tokens are refused as for a disable.
+    Remove {
+        /// The client_id.
+        name: String,
     },
 }
 
@@ -285,6 +346,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { action } => keys(load(c)?, action).await,
+        Command::Client { action } => client(load(c)?, action).await,
         Command::Routes {
             action: RoutesAction::Explain { method, url },
         } => {
@@ -851,6 +913,140 @@ fn audit_cli(event: Event, user: &Username, outcome: Outcome, reason: &str) {
         reason,
         None,
     );
+}
+
+/// A client name in canonical form (the CLI refuses to silently fold one, as it would name
+/// another client than the operator typed).
+fn client_name(name: &str) -> anyhow::Result<Username> {
+    let parsed = Username::parse(name)?;
+    if parsed.as_str() != name {
+        bail!(
+            "client name {name:?} is not canonical: use {:?}",
+            parsed.as_str()
+        );
+    }
+    Ok(parsed)
+}
+
+async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
+    use crate::auth::clients;
+    use crate::auth::settings::MAX_CLIENT_TOKEN_TTL;
+    let create = matches!(
+        action,
+        ClientAction::Add {
+            create_store: true,
+            ..
+        }
+    );
+    let store: Arc<dyn Store> = app::open_store_with(&config, create).await?;
+    let now = crate::clock::unix_now();
+    // Every token a client was issued has expired by then (client_token_ttl is at most this).
+    let revoke_until = now.saturating_add(MAX_CLIENT_TOKEN_TTL.as_secs() as i64);
+    match action {
+        ClientAction::Add {
+            name,
+            scopes,
+            audiences,
+            mut grants,
+            jwks_url,
+            create_store: _,
+        } => {
+            let name = client_name(&name)?;
+            check_account_values(&[], &scopes)?;
+            check_account_values(&[], &audiences).context("invalid --audience")?;
+            if grants.is_empty() {
+                grants.push(clients::GRANT_CLIENT_CREDENTIALS.to_owned());
+            }
+            for g in &grants {
+                if !clients::GRANTS.contains(&g.as_str()) {
+                    bail!("--grant {g:?}: use client_credentials or password");
+                }
+            }
+            grants.dedup();
+            let secret = clients::new_secret();
+            store
+                .create_client(
+                    crate::store::NewClient {
+                        secret_digest: clients::secret_digest(&name, &secret),
+                        name: name.clone(),
+                        scopes,
+                        audiences,
+                        grants,
+                        jwks_url,
+                        epoch: clients::new_epoch(),
+                    },
+                    now,
+                )
+                .await?;
+            println!("added client {}", name.as_str());
+            println!("client_secret: {}", secret.as_str());
+            println!("(shown once: only a digest is stored)");
+        }
+        ClientAction::List { json } => {
+            for c in store.list_clients().await? {
+                if json {
+                    let line = serde_json::json!({
+                        "client_id": c.name.as_str(),
+                        "scopes": c.scopes,
+                        "audiences": c.audiences,
+                        "grants": c.grants,
+                        "jwks_url": c.jwks_url,
+                        "disabled": c.disabled,
+                        "created_at": c.created_at,
+                        "rotated_at": c.rotated_at,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{}\t{}\tscopes={}\taudiences={}\tgrants={}\tcreated={}\trotated={}",
+                        c.name.as_str(),
+                        if c.disabled { "disabled" } else { "enabled" },
+                        c.scopes.join(","),
+                        c.audiences.join(","),
+                        c.grants.join(","),
+                        rfc3339_utc(c.created_at),
+                        rfc3339_utc(c.rotated_at),
+                    );
+                }
+            }
+        }
+        ClientAction::RotateSecret { name } => {
+            let name = client_name(&name)?;
+            let secret = clients::new_secret();
+            store
+                .rotate_client_secret(&name, clients::secret_digest(&name, &secret), now)
+                .await?;
+            println!("new secret for client {}", name.as_str());
+            println!("client_secret: {}", secret.as_str());
+            println!("(shown once: the old secret no longer works)");
+        }
+        ClientAction::Disable { name } => {
+            let name = client_name(&name)?;
+            store
+                .set_client_disabled(&name, true, "", revoke_until)
+                .await?;
+            println!(
+                "disabled client {}; its access tokens are refused",
+                name.as_str()
+            );
+        }
+        ClientAction::Enable { name } => {
+            let name = client_name(&name)?;
+            store
+                .set_client_disabled(&name, false, &clients::new_epoch(), revoke_until)
+                .await?;
+            println!("enabled client {}", name.as_str());
+        }
+        ClientAction::Remove { name } => {
+            let name = client_name(&name)?;
+            store.remove_client(&name, revoke_until).await?;
+            println!(
+                "removed client {}; its access tokens are refused",
+                name.as_str()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn sessions(config: Config, action: SessionsAction) -> anyhow::Result<()> {

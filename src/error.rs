@@ -153,6 +153,8 @@ static RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ra
 static RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
 const REALM: &str = "Bearer realm=\"gatehouse\"";
+/// The challenge of a failed client authentication (RFC 6749 §5.2, `client_secret_basic`).
+const BASIC_REALM: &str = "Basic realm=\"gatehouse\"";
 
 /// `Vary` of every forward-auth decision, allowing or refusing: the same original request is
 /// decided differently for other credentials, and a browser's navigation (`Accept: text/html`)
@@ -412,7 +414,12 @@ fn grant_status(e: &GrantError) -> StatusCode {
         | GrantError::BadCredentials
         | GrantError::InvalidRefresh(_)
         | GrantError::InvalidScope
+        | GrantError::UnauthorizedClient
+        | GrantError::InvalidTarget
         | GrantError::WeakPassword(_) => StatusCode::BAD_REQUEST,
+        // RFC 6749 §5.2: a failed client authentication is 401 with a challenge for the
+        // scheme the client may use (see `oauth`).
+        GrantError::InvalidClient => StatusCode::UNAUTHORIZED,
         GrantError::Busy | GrantError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         GrantError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
         GrantError::Server => StatusCode::INTERNAL_SERVER_ERROR,
@@ -456,7 +463,9 @@ fn oauth(e: &EndpointError) -> Response<Body> {
             HeaderValue::from(refusal.retry_after),
         );
     }
-    if status == StatusCode::UNAUTHORIZED {
+    if let EndpointError::Grant(GrantError::InvalidClient) = e {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_REALM));
+    } else if status == StatusCode::UNAUTHORIZED {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
     }
     response
@@ -876,6 +885,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_client_authentication_is_401_with_a_basic_challenge() {
+        let response = respond(&Rejection::Endpoint(EndpointError::Grant(
+            GrantError::InvalidClient,
+        )));
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Basic realm=\"gatehouse\""
+        );
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
     fn oauth_errors_carry_no_store_and_limits_carry_retry_after() {
         let response = respond(&Rejection::Endpoint(EndpointError::Grant(
             GrantError::BadCredentials,
@@ -914,6 +936,9 @@ mod tests {
                     | GrantError::BadCredentials
                     | GrantError::InvalidRefresh(_)
                     | GrantError::InvalidScope
+                    | GrantError::InvalidClient
+                    | GrantError::UnauthorizedClient
+                    | GrantError::InvalidTarget
                     | GrantError::WeakPassword(_)
                     | GrantError::Busy
                     | GrantError::StoreUnavailable
@@ -946,6 +971,9 @@ mod tests {
                 400,
             ),
             (GrantError::InvalidScope.into(), 400),
+            (GrantError::InvalidClient.into(), 401),
+            (GrantError::UnauthorizedClient.into(), 400),
+            (GrantError::InvalidTarget.into(), 400),
             (GrantError::WeakPassword("x").into(), 400),
             (GrantError::Busy.into(), 503),
             (GrantError::StoreUnavailable.into(), 503),
@@ -968,7 +996,7 @@ mod tests {
                 400,
             ),
         ];
-        assert_eq!(table.len(), 19, "one row per variant");
+        assert_eq!(table.len(), 22, "one row per variant");
         for (error, expected) in table {
             listed(&error);
             let label = error.to_string();

@@ -6,7 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `sessions`, `keys` |
+//! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `sessions`, `keys`, `client` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `app` | assembles store, auth service, pipeline and listener; signals |
 //! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
@@ -30,7 +30,7 @@
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::signin` | the browser's sign-in and sign-out pages: escaped HTML and the headers that keep it out of frames and caches |
 //! | `auth::signin::return_to` | where a browser may be sent after signing in (no open redirect) |
-//! | `auth::grants` | the endpoint path: password and refresh grants, logout, revoke, register, limits |
+//! | `auth::grants` | the endpoint path: password, refresh and client-credentials grants, client authentication, logout, revoke, register, limits |
 //! | `auth::authenticator` | the proxy path: the presented token, verify cache, refusals, revocations |
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
 //! | `auth::session` | browser sessions: the cookie's value and digest, the access tokens held for them and their renewal |
@@ -38,12 +38,13 @@
 //! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
+//! | `auth::clients` | machine clients' credentials: generated secrets, their digest and check, client epochs, Basic and body client authentication |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
 //! | `store` | the state interface, by kind of state; the `[store]` settings |
-//! | `auth::username` | canonical usernames |
 //! | `auth::settings` | the `[auth]` settings, with the subsections other modules own assembled in |
 //! | `auth::paths` | the gateway's endpoints and where they live: the `[auth.paths]` settings, the path table stage 4 looks up |
+//! | `auth::username` | canonical usernames |
 //! | `cors` | CORS: the `[routes.cors]` and `[auth.cors]` settings, preflight verdicts, `Access-Control-*` response headers |
 //! | `auth::session::settings` | the `[auth.session]` settings: on or off, the cookie's name, idle and absolute lifetime |
 //! | `gateway::forward_auth::settings` | the `[forward_auth]` settings: trusted fronting proxies, the decision cache's lifetime |

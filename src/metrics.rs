@@ -171,7 +171,7 @@ pub fn login(outcome: &'static str) {
     counter!("gatehouse_logins_total", "outcome" => outcome).increment(1);
 }
 
-/// `kind`: address, user, lockout.
+/// `kind`: address, refresh_address, user, client (a client name's budget), lockout.
 pub fn limit_refusal(kind: &'static str) {
     counter!("gatehouse_limit_refusals_total", "kind" => kind).increment(1);
 }

@@ -2,8 +2,8 @@
 //! the gateways' signing keys.
 //!
 //! One trait per kind of state ([`Users`], [`RefreshFamilies`], [`Revocations`],
-//! [`LoginFailures`], [`SigningKeys`]); [`Store`] is all five plus what spans them, and is what
-//! the gateway holds.
+//! [`LoginFailures`], [`SigningKeys`], [`Clients`]); [`Store`] is all six plus what spans them,
+//! and is what the gateway holds.
 //! `sqlite` is the embedded backend, `postgres` the shared one that several gateways use at
 //! once. Everything a backend must guarantee is written on the traits and their methods, so a
 //! second backend can be checked against this text alone (and `contract` checks it).
@@ -58,6 +58,10 @@ pub enum StoreError {
     /// A signing key's kid was stored twice: a generated key collided, which is a bug.
     #[error("signing key {0} is already stored")]
     DuplicateKey(String),
+    #[error("client {0} already exists")]
+    ClientConflict(String),
+    #[error("client {0} not found")]
+    ClientNotFound(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("corrupt record: {0}")]
@@ -580,10 +584,119 @@ pub trait SigningKeys: Send + Sync + 'static {
     async fn add_and_retire(&self, key: StoredKey, forget_before: i64) -> Result<(), StoreError>;
 }
 
+/// A registered machine client (OAuth2 client): who it is, what it may ask for, and the digest of
+/// its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The `client_id`; as canonical as a [`Username`] (the same syntax).
+    pub name: Username,
+    /// A keyed digest of the secret (the caller computes it; the store never sees a secret).
+    pub secret_digest: [u8; 32],
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    /// Grant types it may use (`client_credentials`, `password`).
+    pub grants: Vec<String>,
+    /// Reserved for `private_key_jwt`: where the client's keys are published. Stored, unused.
+    pub jwks_url: Option<String>,
+    pub disabled: bool,
+    /// The id its access tokens carry as `sid`: disabling or removing the client revokes it (one
+    /// change in the feed, so every gateway refuses those tokens at its next poll); enabling
+    /// gives the client a new one (rotating the secret does not).
+    pub epoch: String,
+    pub created_at: i64,
+    pub rotated_at: i64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("secret_digest", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("audiences", &self.audiences)
+            .field("grants", &self.grants)
+            .field("jwks_url", &self.jwks_url)
+            .field("disabled", &self.disabled)
+            .field("epoch", &self.epoch)
+            .field("created_at", &self.created_at)
+            .field("rotated_at", &self.rotated_at)
+            .finish()
+    }
+}
+
+/// What [`Clients::create_client`] needs; the store adds the times and `disabled = false`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewClient {
+    pub name: Username,
+    pub secret_digest: [u8; 32],
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub grants: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub epoch: String,
+}
+
+impl fmt::Debug for NewClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewClient")
+            .field("name", &self.name)
+            .field("secret_digest", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .field("audiences", &self.audiences)
+            .field("grants", &self.grants)
+            .field("jwks_url", &self.jwks_url)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+/// The client registry. A client's name space is its own: a client and a user may share a name.
+///
+/// Disabling and removing revoke the client's current epoch (see [`Client::epoch`]) as
+/// [`Revocations::revoke_id`] does, in the same transaction, so the refusal of its tokens
+/// reaches every gateway through the change feed.
+#[async_trait]
+pub trait Clients: Send + Sync + 'static {
+    /// Adds a client, enabled, with `created_at = rotated_at = now`. `ClientConflict` if the
+    /// name is taken.
+    async fn create_client(&self, client: NewClient, now: i64) -> Result<Client, StoreError>;
+
+    async fn client(&self, name: &Username) -> Result<Option<Client>, StoreError>;
+
+    /// All clients, ordered by name.
+    async fn list_clients(&self) -> Result<Vec<Client>, StoreError>;
+
+    /// Replaces the secret digest, `rotated_at = now`. The old secret stops working at once;
+    /// tokens already issued live on, under the same epoch, so a later disable still ends them.
+    /// `ClientNotFound` if absent.
+    async fn rotate_client_secret(
+        &self,
+        name: &Username,
+        secret_digest: [u8; 32],
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Disabling revokes the current epoch until `revoke_until` (and appends it to the feed);
+    /// enabling sets `epoch` (a fresh one, so tokens refused at the disable stay refused).
+    /// `ClientNotFound` if absent.
+    async fn set_client_disabled(
+        &self,
+        name: &Username,
+        disabled: bool,
+        epoch: &str,
+        revoke_until: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Removes the client and revokes its epoch until `revoke_until`. `ClientNotFound` if absent.
+    async fn remove_client(&self, name: &Username, revoke_until: i64) -> Result<(), StoreError>;
+}
+
 /// Persistent state: every kind, plus what spans them. Implementations are shared as
 /// `Arc<dyn Store>`; callers bring the kind's trait into scope to call its methods.
 #[async_trait]
-pub trait Store: Users + RefreshFamilies + Revocations + LoginFailures + SigningKeys {
+pub trait Store:
+    Users + RefreshFamilies + Revocations + LoginFailures + SigningKeys + Clients
+{
     /// Deletes refresh tokens and denylisted ids expired at `now` (a used token past its expiry
     /// can no longer be presented, so reuse detection loses nothing), sessions without tokens,
     /// changes older than [`CHANGE_RETENTION`] and login bookkeeping that no longer counts
@@ -793,7 +906,30 @@ mod tests {
             issued_at: 1,
             expires_at: 2,
         };
+        let client = Client {
+            name: alice(),
+            secret_digest: [0xAB; 32],
+            scopes: vec![],
+            audiences: vec![],
+            grants: vec![],
+            jwks_url: None,
+            disabled: false,
+            epoch: "c.e".into(),
+            created_at: 1,
+            rotated_at: 1,
+        };
+        let new_client = NewClient {
+            name: alice(),
+            secret_digest: [0xAB; 32],
+            scopes: vec![],
+            audiences: vec![],
+            grants: vec![],
+            jwks_url: None,
+            epoch: "c.e".into(),
+        };
         for shown in [
+            format!("{client:?}"),
+            format!("{new_client:?}"),
             format!("{user:?}"),
             format!("{new:?}"),
             format!("{record:?}"),

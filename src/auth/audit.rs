@@ -28,6 +28,8 @@ pub enum Event {
     Unlock,
     /// A user's sessions cut by an operator (disable, remove, passwd, `sessions revoke`).
     SessionsRevoked,
+    /// A machine client's token request (`client_credentials`); `user` is the client's name.
+    ClientToken,
 }
 
 impl Event {
@@ -40,6 +42,7 @@ impl Event {
             Event::Lockout => "lockout",
             Event::Unlock => "unlock",
             Event::SessionsRevoked => "sessions_revoked",
+            Event::ClientToken => "client_token",
         }
     }
 }

@@ -25,7 +25,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, PRAGMA, SET_COOKIE, USER_AGENT,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, PRAGMA, SET_COOKIE,
+    USER_AGENT,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -34,7 +35,7 @@ use serde_json::{Value, json};
 
 use crate::auth::authenticator::CredentialError;
 use crate::auth::claims::Identity;
-use crate::auth::grants::{Grant, GrantError, Grants, Issued, TokenRequest};
+use crate::auth::grants::{ClientToken, Grant, GrantError, Grants, Issued, TokenRequest};
 // Where each endpoint lives is `crate::auth::paths`'s; its users name it from here.
 pub use crate::auth::paths::Endpoint;
 use crate::auth::session;
@@ -95,7 +96,9 @@ impl EndpointError {
             EndpointError::Credential(CredentialError::Malformed(d))
             | EndpointError::InvalidRequest(d) => d,
             EndpointError::Credential(CredentialError::Invalid(e)) => e.description(),
-            EndpointError::UnsupportedGrantType => "grant_type must be password or refresh_token",
+            EndpointError::UnsupportedGrantType => {
+                "grant_type must be password, refresh_token or client_credentials"
+            }
             EndpointError::UnsupportedMediaType => {
                 "send application/x-www-form-urlencoded or application/json"
             }
@@ -145,6 +148,7 @@ pub async fn serve(
         }
         Endpoint::Token => {
             let agent = req.headers().get(USER_AGENT).cloned();
+            let authorization = req.headers().get(AUTHORIZATION).cloned();
             let form = read_form(req).await;
             match &form {
                 Ok(form) if form.get("grant_type") == Some("refresh_token") => {
@@ -156,6 +160,9 @@ pub async fn serve(
             let grant = match form.get("grant_type").filter(|g| !g.is_empty()) {
                 Some("password") => Grant::Password,
                 Some("refresh_token") => Grant::Refresh,
+                Some("client_credentials") => {
+                    return client_credentials(grants, &form, authorization.as_ref(), client).await;
+                }
                 Some(_) => return Err(EndpointError::UnsupportedGrantType),
                 // FastAPI's `OAuth2PasswordRequestForm` makes grant_type optional: a username
                 // and a password say which grant is meant. Nothing else is guessed.
@@ -164,7 +171,7 @@ pub async fn serve(
                 }
                 None => return Err(EndpointError::InvalidRequest("grant_type is required")),
             };
-            token_from(grants, grant, &form, client, agent).await
+            token_from(grants, grant, &form, client, agent, authorization.as_ref()).await
         }
         Endpoint::Login => token(grants, Grant::Password, req, client).await,
         Endpoint::Refresh => token(grants, Grant::Refresh, req, client).await,
@@ -363,8 +370,9 @@ async fn token(
     client: IpAddr,
 ) -> Result<Response<Body>, EndpointError> {
     let agent = req.headers().get(USER_AGENT).cloned();
+    let authorization = req.headers().get(AUTHORIZATION).cloned();
     let form = read_form(req).await?;
-    token_from(grants, grant, &form, client, agent).await
+    token_from(grants, grant, &form, client, agent, authorization.as_ref()).await
 }
 
 async fn token_from(
@@ -373,6 +381,7 @@ async fn token_from(
     form: &Form,
     client: IpAddr,
     agent: Option<HeaderValue>,
+    authorization: Option<&HeaderValue>,
 ) -> Result<Response<Body>, EndpointError> {
     let request = TokenRequest {
         // Swagger UI sends an empty `client_id=`: no client named, not a client named "".
@@ -383,11 +392,55 @@ async fn token_from(
         username: form.get("username"),
         password: form.get("password"),
         refresh_token: form.get("refresh_token"),
+        client_secret: form.get("client_secret"),
+        basic: basic_of(authorization),
+        resource: None,
+        audience: None,
         user_agent: agent.as_ref().map(HeaderValue::as_bytes),
         browser: false,
     };
     let issued = grants.token(grant, request, client).await?;
     Ok(no_store(with_json(StatusCode::OK, tokens_json(issued))))
+}
+
+/// The credentials of an `Authorization: Basic` header (client authentication); another scheme
+/// is not client authentication and is left alone.
+fn basic_of(authorization: Option<&HeaderValue>) -> Option<&[u8]> {
+    authorization.and_then(|v| crate::auth::clients::basic_credentials(v.as_bytes()))
+}
+
+/// `grant_type=client_credentials` (RFC 6749 §4.4): a token for the authenticated client, with
+/// no refresh token.
+async fn client_credentials(
+    grants: &Grants,
+    form: &Form,
+    authorization: Option<&HeaderValue>,
+    client: IpAddr,
+) -> Result<Response<Body>, EndpointError> {
+    let request = TokenRequest {
+        client_id: form.get("client_id"),
+        client_secret: form.get("client_secret"),
+        basic: basic_of(authorization),
+        scope: form.get("scope"),
+        resource: form.get("resource"),
+        audience: form.get("audience"),
+        ..TokenRequest::default()
+    };
+    let token = grants.client_credentials(request, client).await?;
+    Ok(no_store(with_json(
+        StatusCode::OK,
+        client_token_json(token),
+    )))
+}
+
+/// RFC 6749 §4.4.3: no refresh token.
+fn client_token_json(token: ClientToken) -> Value {
+    json!({
+        "access_token": token.access_token,
+        "token_type": "Bearer",
+        "expires_in": token.expires_in,
+        "scope": token.scopes.join(" "),
+    })
 }
 
 /// RFC 6749 §5.1.

@@ -1,5 +1,13 @@
-//! The endpoint path's grants: the password and refresh-token grants, logout, revocation and
-//! registration, with the brute-force limits and the lockout in front of them. Inputs are the
+//! The endpoint path's grants: the password, refresh-token and client-credentials grants, client
+//! authentication, logout, revocation and registration, with the brute-force limits and the
+//! lockout in front of them.
+//!
+//! Client authentication (`client_secret_basic` or `client_secret_post`, see
+//! [`crate::auth::clients`]) is limited like a login: the per-address budget (spent by the
+//! endpoint) and the per-name budget, keyed `client:NAME` so a client and a user of one name
+//! do not share it. A failure answers `invalid_client` (401); while a name's budget is spent the
+//! answer is 429 `too_many_attempts` with `Retry-After`, whether or not the secret was right,
+//! exactly as for a login. Inputs are the
 //! parameters as the client sent them; answers are tokens or a [`GrantError`], never HTTP (the
 //! endpoints render them, `crate::error` decides statuses).
 
@@ -12,6 +20,7 @@ use crate::auth::audit::{self, Event, Outcome, Source};
 use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
+use crate::auth::clients::{self, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD, Presented};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError, PasswordPool};
 use crate::auth::session;
 use crate::auth::settings::AuthConfig;
@@ -47,6 +56,15 @@ pub enum GrantError {
     InvalidRefresh(RefreshRefusal),
     #[error("invalid_scope")]
     InvalidScope,
+    /// Client authentication failed: unknown, disabled, wrong secret, or none where required.
+    #[error("invalid_client")]
+    InvalidClient,
+    /// The client may not use this grant type.
+    #[error("unauthorized_client")]
+    UnauthorizedClient,
+    /// An audience (RFC 8707 `resource`) the client is not allowed.
+    #[error("invalid_target")]
+    InvalidTarget,
     #[error("invalid password: {0}")]
     WeakPassword(&'static str),
     #[error("temporarily unavailable")]
@@ -66,6 +84,9 @@ impl GrantError {
             GrantError::InvalidRequest(_) | GrantError::WeakPassword(_) => "invalid_request",
             GrantError::BadCredentials | GrantError::InvalidRefresh(_) => "invalid_grant",
             GrantError::InvalidScope => "invalid_scope",
+            GrantError::InvalidClient => "invalid_client",
+            GrantError::UnauthorizedClient => "unauthorized_client",
+            GrantError::InvalidTarget => "invalid_target",
             GrantError::Busy | GrantError::StoreUnavailable => "temporarily_unavailable",
             GrantError::Limited(_) => "too_many_attempts",
             GrantError::Server => "server_error",
@@ -78,6 +99,9 @@ impl GrantError {
             GrantError::InvalidRefresh(_) => "invalid refresh token",
             GrantError::BadCredentials => "invalid username or password",
             GrantError::InvalidScope => "the requested scope exceeds what was granted",
+            GrantError::InvalidClient => "client authentication failed",
+            GrantError::UnauthorizedClient => "the client may not use this grant type",
+            GrantError::InvalidTarget => "the requested audience is not allowed for this client",
             GrantError::Busy => "too many logins in progress, retry shortly",
             GrantError::StoreUnavailable => "state store unavailable, retry shortly",
             GrantError::Limited(_) => "too many attempts, retry later",
@@ -124,6 +148,9 @@ impl GrantError {
                 (Outcome::Failure, "invalid_request")
             }
             GrantError::InvalidScope => (Outcome::Failure, "invalid_scope"),
+            GrantError::InvalidClient => (Outcome::Failure, "invalid_client"),
+            GrantError::UnauthorizedClient => (Outcome::Failure, "unauthorized_client"),
+            GrantError::InvalidTarget => (Outcome::Failure, "invalid_target"),
             GrantError::Limited(_) => (Outcome::Refused, "limited"),
             GrantError::Busy => (Outcome::Refused, "busy"),
             GrantError::StoreUnavailable => (Outcome::Refused, "store_unavailable"),
@@ -170,6 +197,13 @@ pub struct TokenRequest<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a str>,
     pub refresh_token: Option<&'a str>,
+    /// `client_secret` from the body (`client_secret_post`).
+    pub client_secret: Option<&'a str>,
+    /// The credentials of `Authorization: Basic` (`client_secret_basic`), still encoded.
+    pub basic: Option<&'a [u8]>,
+    /// RFC 8707 `resource`, or `audience` as several servers name it.
+    pub resource: Option<&'a str>,
+    pub audience: Option<&'a str>,
     /// Recorded with a new session for operators (`gatehouse sessions list`).
     pub user_agent: Option<&'a [u8]>,
     /// A browser's sign-in: the family's one token is a session cookie value
@@ -228,6 +262,14 @@ pub struct LoggedOut {
     pub access_token: bool,
     /// A session (refresh family) that was still live was ended, with its access tokens.
     pub session: bool,
+}
+
+/// A machine client's token (`client_credentials`): no refresh token (RFC 6749 §4.4.3).
+pub struct ClientToken {
+    pub client: Username,
+    pub access_token: String,
+    pub expires_in: u64,
+    pub scopes: Vec<String>,
 }
 
 /// Tokens granted: a new access token and the refresh token that continues the family.
@@ -384,6 +426,7 @@ impl Grants {
         };
         match grant {
             Grant::Password => {
+                let client_id = self.password_client(&form, client, client_id).await?;
                 let username = form
                     .username
                     .ok_or(GrantError::InvalidRequest("username is required"))?;
@@ -409,6 +452,192 @@ impl Grants {
                     .await
             }
         }
+    }
+
+    /// The client of a password grant. With `[auth] password_grant_clients` empty, the grant is
+    /// open as before: `client_id` is free text and client credentials are not examined (tools
+    /// send an empty Basic secret for public clients). With it set, the client must be one of
+    /// those, authenticated and registered for the password grant; the browser's sign-in is the
+    /// gateway's own client and exempt. Returns the `client_id` to stamp.
+    async fn password_client(
+        &self,
+        form: &TokenRequest<'_>,
+        addr: IpAddr,
+        named: String,
+    ) -> Result<String, GrantError> {
+        let required = &self.config.password_grant_clients;
+        if form.browser || required.is_empty() {
+            return Ok(named);
+        }
+        let presented = clients::presented(form.basic, form.client_id, form.client_secret)
+            .map_err(|e| match e {
+                clients::PresentError::Ambiguous(d) | clients::PresentError::Malformed(d) => {
+                    GrantError::InvalidRequest(d)
+                }
+            })?
+            .ok_or(GrantError::InvalidClient)?;
+        let registered = self.authenticate_client(&presented, addr).await?;
+        if !registered.grants.iter().any(|g| g == GRANT_PASSWORD)
+            || !required.contains(&registered.name)
+        {
+            return Err(GrantError::UnauthorizedClient);
+        }
+        Ok(registered.name.as_str().to_owned())
+    }
+
+    /// Checks a client's secret, limited like a login (see the module text). Unknown, disabled
+    /// and wrong all answer `InvalidClient` after the same digest work.
+    async fn authenticate_client(
+        &self,
+        presented: &Presented,
+        addr: IpAddr,
+    ) -> Result<crate::store::Client, GrantError> {
+        let name = Username::parse(&presented.id).ok();
+        let limit_key = format!(
+            "client:{}",
+            name.as_ref().map_or_else(
+                || presented
+                    .id
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
+                    .to_ascii_lowercase(),
+                |n| n.as_str().to_owned()
+            )
+        );
+        self.limits.check_user(&limit_key).await.map_err(|r| {
+            crate::metrics::limit_refusal("client");
+            GrantError::Limited(r)
+        })?;
+        let found = match &name {
+            Some(name) if presented.secret.len() <= clients::MAX_SECRET_BYTES => {
+                self.store.client(name).await?
+            }
+            _ => None,
+        };
+        // Client names are not secrets as passwords are, and a digest costs microseconds: no
+        // dummy work for an unknown name.
+        let ok = found
+            .as_ref()
+            .is_some_and(|c| clients::secret_matches(&c.secret_digest, &c.name, &presented.secret));
+        match found {
+            Some(c) if ok && !c.disabled => {
+                self.limits.give_back_user(&limit_key).await;
+                Ok(c)
+            }
+            _ => {
+                audit::record(
+                    Event::ClientToken,
+                    Some(&audit::shown_user(&presented.id)),
+                    Source::Client(addr),
+                    Outcome::Failure,
+                    "invalid_client",
+                    None,
+                );
+                Err(GrantError::InvalidClient)
+            }
+        }
+    }
+
+    /// The `client_credentials` grant (RFC 6749 §4.4): a token for the authenticated client
+    /// itself, `sub` = `client_id` = its name, its epoch as `sid` (so disabling it refuses the
+    /// token everywhere), the requested scopes within its own (never silently narrowed or
+    /// widened: asking for one it lacks is `invalid_scope`), and one audience: the one asked
+    /// for (RFC 8707 `resource` or `audience`) if the client is allowed it, otherwise its first
+    /// allowed one; a client registered without audiences gets only the gateway's.
+    pub async fn client_credentials(
+        &self,
+        form: TokenRequest<'_>,
+        addr: IpAddr,
+    ) -> Result<ClientToken, GrantError> {
+        let result = self.client_grant(form, addr).await;
+        let source = Source::Client(addr);
+        match &result {
+            Ok(t) => audit::record(
+                Event::ClientToken,
+                Some(t.client.as_str()),
+                source,
+                Outcome::Success,
+                "-",
+                None,
+            ),
+            Err(GrantError::InvalidClient) => {} // Recorded where it was found.
+            Err(e) => {
+                let (outcome, reason) = e.audited();
+                let shown = form.client_id.map(audit::shown_user);
+                audit::record(
+                    Event::ClientToken,
+                    shown.as_deref(),
+                    source,
+                    outcome,
+                    reason,
+                    None,
+                );
+            }
+        }
+        result
+    }
+
+    async fn client_grant(
+        &self,
+        form: TokenRequest<'_>,
+        addr: IpAddr,
+    ) -> Result<ClientToken, GrantError> {
+        let requested = form.scope.map(parse_scope).transpose()?;
+        let asked = match (form.resource, form.audience) {
+            (Some(r), Some(a)) if r != a => {
+                return Err(GrantError::InvalidRequest(
+                    "resource and audience name different audiences",
+                ));
+            }
+            (r, a) => r.or(a),
+        };
+        let presented = clients::presented(form.basic, form.client_id, form.client_secret)
+            .map_err(|e| match e {
+                clients::PresentError::Ambiguous(d) | clients::PresentError::Malformed(d) => {
+                    GrantError::InvalidRequest(d)
+                }
+            })?
+            .ok_or(GrantError::InvalidClient)?;
+        let client = self.authenticate_client(&presented, addr).await?;
+        if !client.grants.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) {
+            return Err(GrantError::UnauthorizedClient);
+        }
+        let scopes = narrow_scopes(&client.scopes, requested)?;
+        let gateway = [self.config.audience.clone()];
+        let allowed: &[String] = if client.audiences.is_empty() {
+            &gateway
+        } else {
+            &client.audiences
+        };
+        let audience = match asked {
+            Some(a) if allowed.iter().any(|x| x == a) => a.to_owned(),
+            Some(_) => return Err(GrantError::InvalidTarget),
+            None => allowed[0].clone(),
+        };
+        let spec = AccessTokenSpec {
+            audience,
+            lifetime: self.config.client_token_ttl,
+            ..self.spec.clone()
+        };
+        let subject = TokenSubject {
+            sub: client.name.as_str(),
+            roles: &[],
+            scopes: &scopes,
+            client_id: client.name.as_str(),
+            sid: Some(&client.epoch),
+        };
+        let keys = self.authenticator.keys();
+        let minted = mint_access(&keys.ring, &spec, &subject, now()).map_err(|e| {
+            tracing::error!(error = %e, "minting a client's access token failed");
+            GrantError::Server
+        })?;
+        Ok(ClientToken {
+            client: client.name,
+            access_token: minted.token,
+            expires_in: spec.lifetime.as_secs(),
+            scopes,
+        })
     }
 
     /// Checks the password. Unknown, disabled and wrong all cost one real verification and give
@@ -787,10 +1016,14 @@ impl Grants {
         }
         let mut ended = LoggedOut::default();
         let mut user = identity.map(|id| id.sub.clone());
-        let mut session = identity.and_then(|id| id.sid.clone());
+        let mut session = identity
+            .and_then(|id| id.sid.clone())
+            .filter(|s| !clients::is_epoch(s));
         if let Some(identity) = identity {
             ended.access_token = self.authenticator.revoke_access(identity).await?;
-            if let Some(sid) = &identity.sid
+            // A client's epoch is not a session: its tokens end when the client is disabled,
+            // never because one holder logged out.
+            if let Some(sid) = identity.sid.as_ref().filter(|s| !clients::is_epoch(s))
                 && let Ok(owner) = Username::parse(&identity.sub)
             {
                 ended.session = self.store.revoke_session(&owner, sid, now()).await?;

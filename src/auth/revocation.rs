@@ -89,7 +89,7 @@ impl FollowSchedule {
 /// Seconds after a cut or a session's revocation until no access token it reaches can still be
 /// valid: the longest lifetime plus the skew allowed on both ends, plus a margin.
 pub fn token_horizon(config: &AuthConfig) -> i64 {
-    let horizon = config.access_token_lifetime + 2 * config.leeway;
+    let horizon = config.longest_access_lifetime() + 2 * config.leeway;
     i64::try_from(horizon.as_secs()).unwrap_or(i64::MAX / 2) + EXPIRY_MARGIN
 }
 

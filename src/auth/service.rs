@@ -261,7 +261,7 @@ impl AuthService {
 
 /// How long a retired key still verifies: until every token it signed has expired.
 pub fn key_retention(config: &AuthConfig) -> Duration {
-    config.access_token_lifetime + config.leeway + Duration::from_secs(60)
+    config.longest_access_lifetime() + config.leeway + Duration::from_secs(60)
 }
 
 fn load_keys(config: &AuthConfig, generate: bool) -> Result<KeyState, KeyError> {
@@ -281,7 +281,7 @@ fn key_state(config: &AuthConfig, ring: KeyRing) -> KeyState {
         audiences: vec![config.audience.clone()],
         types: vec![crate::auth::verify::ACCESS_TOKEN_TYP.to_owned()],
         leeway: config.leeway,
-        max_lifetime: config.access_token_lifetime + config.leeway,
+        max_lifetime: config.longest_access_lifetime() + config.leeway,
         max_token_bytes: config.max_token_bytes,
         identity_claims: IdentityClaims::Standard,
     };
@@ -405,6 +405,7 @@ mod tests {
             refresh_token: None,
             user_agent: None,
             browser: false,
+            ..TokenRequest::default()
         };
         let issued = auth
             .grants

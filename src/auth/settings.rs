@@ -16,6 +16,7 @@ use crate::auth::keys::{JWKS_MAX_AGE, KeyAlg};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
 use crate::auth::paths::{EndpointPaths, RawPaths};
 use crate::auth::session::settings::{RawSession, SessionConfig};
+use crate::auth::username::Username;
 // The validator's own defaults, defined once there.
 use crate::auth::verify::{DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES};
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
@@ -53,6 +54,13 @@ pub const MAX_STALENESS_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(3600));
 /// Largest leeway the validator accepts.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
+/// Default lifetime of access tokens minted for machine clients (`client_credentials`): that of
+/// users' access tokens, so key retention and the verifier's lifetime cap stay as they were.
+pub const DEFAULT_CLIENT_TOKEN_TTL: &str = "15m";
+/// Longest `client_token_ttl` accepted. A disabled or removed client's epoch is revoked for this
+/// long, so every token it was issued is refused until it has expired.
+pub const MAX_CLIENT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Default signing algorithm of the gateway's keys.
 pub const DEFAULT_ALGORITHM: &str = "EdDSA";
 /// Default directory of the gateway's signing keys.
@@ -80,6 +88,8 @@ pub struct RawAuth {
     pub access_token_lifetime: RawDuration,
     pub refresh_token_lifetime: RawDuration,
     pub refresh_reuse_grace: RawDuration,
+    pub client_token_ttl: RawDuration,
+    pub password_grant_clients: Vec<String>,
     pub max_staleness: RawDuration,
     pub leeway: RawDuration,
     pub max_token_bytes: usize,
@@ -111,6 +121,8 @@ impl Default for RawAuth {
             access_token_lifetime: DEFAULT_ACCESS_TOKEN_LIFETIME.into(),
             refresh_token_lifetime: DEFAULT_REFRESH_TOKEN_LIFETIME.into(),
             refresh_reuse_grace: DEFAULT_REFRESH_REUSE_GRACE.into(),
+            client_token_ttl: DEFAULT_CLIENT_TOKEN_TTL.into(),
+            password_grant_clients: Vec::new(),
             max_staleness: DEFAULT_MAX_STALENESS.into(),
             leeway: DEFAULT_LEEWAY.into(),
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
@@ -153,6 +165,10 @@ pub struct AuthConfig {
     /// After a rotation, how long the rotated token may be presented again for a sibling pair
     /// in its session (racing tabs, a retried request) before a reuse revokes the session.
     pub refresh_reuse_grace: Duration,
+    /// Lifetime of access tokens minted for machine clients.
+    pub client_token_ttl: Duration,
+    /// When not empty, the password grant requires one of these clients, authenticated.
+    pub password_grant_clients: Vec<Username>,
     /// How long proxied requests are served from the in-memory revocations while the store's
     /// change feed does not answer; then they are refused with 503.
     pub max_staleness: Duration,
@@ -174,6 +190,14 @@ pub struct AuthConfig {
     pub limits: LimitsConfig,
     /// Browser sessions: the sign-in page and its cookie.
     pub session: SessionConfig,
+}
+
+impl AuthConfig {
+    /// The longest lifetime of an access token the gateway mints (users' or clients'): what the
+    /// verifier's lifetime cap, key retention and revocation horizons must cover.
+    pub fn longest_access_lifetime(&self) -> Duration {
+        self.access_token_lifetime.max(self.client_token_ttl)
+    }
 }
 
 impl RawAuth {
@@ -241,6 +265,26 @@ impl RawAuth {
         if refresh_reuse_grace > MAX_REFRESH_REUSE_GRACE {
             return Err(invalid("auth.refresh_reuse_grace", "must be at most 60s"));
         }
+        let client_token_ttl = nonzero("auth.client_token_ttl", &self.client_token_ttl)?;
+        if client_token_ttl > MAX_CLIENT_TOKEN_TTL {
+            return Err(invalid("auth.client_token_ttl", "must be at most 24h"));
+        }
+        let password_grant_clients = self
+            .password_grant_clients
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                Username::parse(name)
+                    .ok()
+                    .filter(|n| n.as_str() == name)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("auth.password_grant_clients[{i}]"),
+                            format!("{name:?} is not a client name (a-z 0-9 . _ @ + -)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let max_staleness = self.max_staleness.parse("auth.max_staleness")?;
         let (low, high) = MAX_STALENESS_RANGE;
         if !(low..=high).contains(&max_staleness) {
@@ -315,6 +359,8 @@ impl RawAuth {
             access_token_lifetime,
             refresh_token_lifetime,
             refresh_reuse_grace,
+            client_token_ttl,
+            password_grant_clients,
             max_staleness,
             leeway,
             max_token_bytes: self.max_token_bytes,
@@ -353,6 +399,17 @@ mod tests {
         );
         let e = err("[auth]\nkek_file = \"\"\n");
         assert!(e.contains("auth.kek_file"), "{e}");
+    }
+
+    #[test]
+    fn a_client_token_ttl_past_a_day_or_a_bad_client_name_is_refused() {
+        let e = err("[auth]\nclient_token_ttl = \"25h\"\n");
+        assert!(e.contains("auth.client_token_ttl"), "{e}");
+        let e = err("[auth]\npassword_grant_clients = [\"Web App\"]\n");
+        assert!(e.contains("auth.password_grant_clients[0]"), "{e}");
+        let c = crate::config::Config::from_toml("[auth]\npassword_grant_clients = [\"web\"]\n")
+            .unwrap();
+        assert_eq!(c.auth.password_grant_clients[0].as_str(), "web");
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use super::{
     CHANGE_RETENTION, Change, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts,
-    LoginAdmission, LoginVerdict, NewUser, RefreshRecord, RefreshState, RefreshSuccessor,
-    RotateError, SessionOrigin, Store, StoreError, StoredKey,
+    LoginAdmission, LoginVerdict, NewClient, NewUser, RefreshRecord, RefreshState,
+    RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError, StoredKey,
 };
 use crate::auth::keys::KeyAlg;
 use crate::auth::username::Username;
@@ -66,6 +66,8 @@ macro_rules! contract_tests {
             a_first_key_is_stored_only_into_an_empty_store,
             a_rotation_publishes_the_new_key_and_retires_the_signing_ones_at_its_activation,
             a_rotation_with_a_taken_kid_changes_nothing,
+            clients_round_trip_and_a_taken_name_is_a_conflict,
+            a_disabled_or_removed_client_epoch_is_revoked_through_the_feed,
         );
         $crate::store::contract::contract_tests!(@each $fixture, [tokio::test], shared:
             usable_as_shared_trait_object,
@@ -1618,4 +1620,137 @@ pub(crate) async fn key_changes_reach_the_other_handle_through_the_feed(
         ]
     );
     assert_eq!(kids(&*reader, 0).await, ["a", "b"]);
+}
+
+fn new_client(s: &str, epoch: &str) -> NewClient {
+    NewClient {
+        name: name(s),
+        secret_digest: digest(7),
+        scopes: vec!["read".into(), "write".into()],
+        audiences: vec!["api".into()],
+        grants: vec!["client_credentials".into()],
+        jwks_url: Some("https://ci.example/jwks.json".into()),
+        epoch: epoch.into(),
+    }
+}
+
+pub(crate) async fn clients_round_trip_and_a_taken_name_is_a_conflict(store: &dyn Store) {
+    let created = store
+        .create_client(new_client("ci", "c.e1"), NOW)
+        .await
+        .unwrap();
+    assert!(!created.disabled);
+    assert_eq!((created.created_at, created.rotated_at), (NOW, NOW));
+    assert_eq!(
+        store.client(&name("ci")).await.unwrap(),
+        Some(created.clone())
+    );
+    assert!(matches!(
+        store.create_client(new_client("ci", "c.e2"), NOW).await,
+        Err(StoreError::ClientConflict(n)) if n == "ci"
+    ));
+    // A user of the same name is another name space.
+    store.create_user(new_user("ci")).await.unwrap();
+    store
+        .create_client(new_client("backup", "c.e3"), NOW)
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list_clients()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, ["backup", "ci"]);
+
+    store
+        .rotate_client_secret(&name("ci"), digest(8), NOW + 5)
+        .await
+        .unwrap();
+    let rotated = store.client(&name("ci")).await.unwrap().unwrap();
+    assert_eq!(rotated.secret_digest, digest(8));
+    assert_eq!(
+        rotated.epoch, "c.e1",
+        "a rotation keeps the epoch a disable revokes"
+    );
+    assert_eq!((rotated.created_at, rotated.rotated_at), (NOW, NOW + 5));
+    assert_eq!(rotated.scopes, created.scopes);
+    assert_eq!(rotated.jwks_url, created.jwks_url);
+
+    for missing in [
+        store
+            .rotate_client_secret(&name("nobody"), digest(1), NOW)
+            .await,
+        store
+            .set_client_disabled(&name("nobody"), true, "x", NOW)
+            .await,
+        store.remove_client(&name("nobody"), NOW).await,
+    ] {
+        assert!(
+            matches!(missing, Err(StoreError::ClientNotFound(_))),
+            "{missing:?}"
+        );
+    }
+    assert!(store.user(&name("ci")).await.unwrap().is_some());
+}
+
+pub(crate) async fn a_disabled_or_removed_client_epoch_is_revoked_through_the_feed(
+    store: &dyn Store,
+) {
+    store
+        .create_client(new_client("ci", "c.e1"), NOW)
+        .await
+        .unwrap();
+    let seq = store.change_seq().await.unwrap();
+    store
+        .set_client_disabled(&name("ci"), true, "unused", NOW + TTL)
+        .await
+        .unwrap();
+    assert!(store.client(&name("ci")).await.unwrap().unwrap().disabled);
+    let batch = store.changes_since(seq, 10).await.unwrap();
+    assert_eq!(
+        batch.changes,
+        [Change::Revoked {
+            id: "c.e1".into(),
+            expires_at: NOW + TTL
+        }]
+    );
+    assert!(
+        store
+            .revoked_ids(NOW)
+            .await
+            .unwrap()
+            .contains(&("c.e1".to_owned(), NOW + TTL))
+    );
+
+    // Enabling gives a new epoch: the tokens refused at the disable stay refused.
+    store
+        .set_client_disabled(&name("ci"), false, "c.e2", 0)
+        .await
+        .unwrap();
+    let enabled = store.client(&name("ci")).await.unwrap().unwrap();
+    assert!(!enabled.disabled);
+    assert_eq!(enabled.epoch, "c.e2");
+    // Enabling an enabled client keeps its epoch.
+    store
+        .set_client_disabled(&name("ci"), false, "c.e3", 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.client(&name("ci")).await.unwrap().unwrap().epoch,
+        "c.e2"
+    );
+
+    let seq = store.change_seq().await.unwrap();
+    store.remove_client(&name("ci"), NOW + TTL).await.unwrap();
+    assert_eq!(store.client(&name("ci")).await.unwrap(), None);
+    let batch = store.changes_since(seq, 10).await.unwrap();
+    assert_eq!(
+        batch.changes,
+        [Change::Revoked {
+            id: "c.e2".into(),
+            expires_at: NOW + TTL
+        }]
+    );
 }

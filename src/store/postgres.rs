@@ -57,10 +57,10 @@ use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
-    Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord,
-    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys,
-    Store, StoreError, StoredKey, User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, Client, Clients, LOGIN_ATTEMPT_TTL, LockScope, Lockout,
+    LockoutPolicy, Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewClient, NewUser,
+    RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations, RotateError,
+    Session, SessionOrigin, SigningKeys, Store, StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -297,7 +297,7 @@ impl Tls {
 }
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The version this build writes (a handful of migrations always fits in `i32`).
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -399,6 +399,22 @@ ALTER TABLE changes DROP CONSTRAINT changes_kind_check,
     ADD CONSTRAINT changes_kind_check CHECK (kind IN ('revoked', 'cut', 'keys'));
 ";
 
+/// Version 3: the client registry (SQLite's version 7).
+const SCHEMA_V3: &str = "
+CREATE TABLE clients (
+    name          text PRIMARY KEY,
+    secret_digest bytea NOT NULL CHECK (octet_length(secret_digest) = 32),
+    scopes        text[] NOT NULL,
+    audiences     text[] NOT NULL,
+    grants        text[] NOT NULL,
+    jwks_url      text,
+    disabled      boolean NOT NULL DEFAULT false,
+    epoch         text NOT NULL,
+    created_at    bigint NOT NULL,
+    rotated_at    bigint NOT NULL
+);
+";
+
 /// Where the schema version lives (created by the first migration run, outside the versions).
 const SCHEMA_TABLE: &str = "
 CREATE TABLE gatehouse_schema (
@@ -414,6 +430,8 @@ const FAILURE_ROW_TTL: i64 = 86_400;
 
 const USER_COLUMNS: &str =
     "username, password_hash, roles, scopes, disabled, created_at, updated_at";
+const CLIENT_COLUMNS: &str = "name, secret_digest, scopes, audiences, grants, jwks_url, disabled, \
+     epoch, created_at, rotated_at";
 
 /// The PostgreSQL store; share it behind an `Arc`. Dropping it stops its listener.
 pub struct PgStore {
@@ -655,6 +673,180 @@ fn read_refresh(row: &Row) -> Result<(RefreshRecord, RefreshState), StoreError> 
         revoked_at: col(row, 7)?,
     };
     Ok((record, state))
+}
+
+fn read_client(row: &Row) -> Result<Client, StoreError> {
+    let digest: &[u8] = col(row, 1)?;
+    Ok(Client {
+        name: stored_username(col(row, 0)?)?,
+        secret_digest: <[u8; 32]>::try_from(digest)
+            .map_err(|_| StoreError::Corrupt("client secret digest is not 32 bytes".into()))?,
+        scopes: col(row, 2)?,
+        audiences: col(row, 3)?,
+        grants: col(row, 4)?,
+        jwks_url: col(row, 5)?,
+        disabled: col(row, 6)?,
+        epoch: col(row, 7)?,
+        created_at: col(row, 8)?,
+        rotated_at: col(row, 9)?,
+    })
+}
+
+/// Denylists a client's epoch inside `tx`, as [`Revocations::revoke_id`] does.
+async fn revoke_epoch_in(tx: &Tx<'_>, epoch: &str, until: i64) -> Result<(), Fail> {
+    let kept = tx
+        .opt(
+            "INSERT INTO revoked_ids (id, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE \
+             SET expires_at = GREATEST(revoked_ids.expires_at, excluded.expires_at) \
+             RETURNING expires_at",
+            &[&epoch.as_bytes(), &until],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("revocation not returned".into()))?;
+    let kept: i64 = col(&kept, 0)?;
+    record_change(tx, "revoked", epoch.as_bytes(), kept).await
+}
+
+/// Locks client `name`'s row; its current epoch.
+async fn lock_client(tx: &Tx<'_>, name: &Username) -> Result<String, Fail> {
+    let row = tx
+        .opt(
+            "SELECT epoch FROM clients WHERE name = $1 FOR UPDATE",
+            &[&name.as_str()],
+        )
+        .await?
+        .ok_or_else(|| StoreError::ClientNotFound(name.as_str().to_owned()))?;
+    Ok(col(&row, 0)?)
+}
+
+#[async_trait]
+impl Clients for PgStore {
+    async fn create_client(&self, client: NewClient, now: i64) -> Result<Client, StoreError> {
+        let inserted = on_connection!(self, |c| {
+            let sql = format!(
+                "INSERT INTO clients ({CLIENT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, false, $7, $8, $8)"
+            );
+            match c
+                .exec(
+                    &sql,
+                    &[
+                        &client.name.as_str(),
+                        &&client.secret_digest[..],
+                        &client.scopes,
+                        &client.audiences,
+                        &client.grants,
+                        &client.jwks_url,
+                        &client.epoch,
+                        &now,
+                    ],
+                )
+                .await
+                .map_err(Fail::from)
+            {
+                Err(e) if has_code(&e, &SqlState::UNIQUE_VIOLATION) => {
+                    Err(StoreError::ClientConflict(client.name.as_str().to_owned()).into())
+                }
+                other => other.map(drop),
+            }
+        });
+        inserted?;
+        Ok(Client {
+            name: client.name,
+            secret_digest: client.secret_digest,
+            scopes: client.scopes,
+            audiences: client.audiences,
+            grants: client.grants,
+            jwks_url: client.jwks_url,
+            disabled: false,
+            epoch: client.epoch,
+            created_at: now,
+            rotated_at: now,
+        })
+    }
+
+    async fn client(&self, name: &Username) -> Result<Option<Client>, StoreError> {
+        on_connection!(self, |c| {
+            let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE name = $1");
+            match c.opt(&sql, &[&name.as_str()]).await? {
+                Some(row) => Ok(Some(read_client(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn list_clients(&self) -> Result<Vec<Client>, StoreError> {
+        on_connection!(self, |c| {
+            let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY name COLLATE \"C\"");
+            let rows = c.rows(&sql, &[]).await?;
+            rows.iter()
+                .map(|row| read_client(row).map_err(Fail::from))
+                .collect()
+        })
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        name: &Username,
+        secret_digest: [u8; 32],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        on_connection!(self, |c| {
+            let changed = c
+                .exec(
+                    "UPDATE clients SET secret_digest = $1, rotated_at = $2 WHERE name = $3",
+                    &[&&secret_digest[..], &now, &name.as_str()],
+                )
+                .await?;
+            match changed {
+                0 => Err(StoreError::ClientNotFound(name.as_str().to_owned()).into()),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    async fn set_client_disabled(
+        &self,
+        name: &Username,
+        disabled: bool,
+        epoch: &str,
+        revoke_until: i64,
+    ) -> Result<(), StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            let current = lock_client(&tx, name).await?;
+            if disabled {
+                tx.exec(
+                    "UPDATE clients SET disabled = true WHERE name = $1",
+                    &[&name.as_str()],
+                )
+                .await?;
+                revoke_epoch_in(&tx, &current, revoke_until).await?;
+            } else {
+                tx.exec(
+                    "UPDATE clients SET disabled = false, epoch = $1 \
+                     WHERE name = $2 AND disabled",
+                    &[&epoch, &name.as_str()],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }))
+    }
+
+    async fn remove_client(&self, name: &Username, revoke_until: i64) -> Result<(), StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            let current = lock_client(&tx, name).await?;
+            tx.exec("DELETE FROM clients WHERE name = $1", &[&name.as_str()])
+                .await?;
+            revoke_epoch_in(&tx, &current, revoke_until).await?;
+            tx.commit().await?;
+            Ok(())
+        }))
+    }
 }
 
 impl PgStore {
@@ -2035,7 +2227,7 @@ mod tests {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[tokio::test]

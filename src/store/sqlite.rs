@@ -24,10 +24,10 @@ use rusqlite::{
 };
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
-    Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewUser, RefreshFamilies, RefreshRecord,
-    RefreshState, RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys,
-    Store, StoreError, StoredKey, User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, Client, Clients, LOGIN_ATTEMPT_TTL, LockScope, Lockout,
+    LockoutPolicy, Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewClient, NewUser,
+    RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations, RotateError,
+    Session, SessionOrigin, SigningKeys, Store, StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -38,7 +38,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
 ];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
@@ -185,6 +185,22 @@ DROP TABLE changes;
 ALTER TABLE changes_v6 RENAME TO changes;
 ";
 
+/// Version 7: the client registry. Lists are JSON arrays of strings, as for users.
+const SCHEMA_V7: &str = "
+CREATE TABLE clients (
+    name          TEXT PRIMARY KEY NOT NULL,
+    secret_digest BLOB NOT NULL CHECK (length(secret_digest) = 32),
+    scopes        TEXT NOT NULL,
+    audiences     TEXT NOT NULL,
+    grants        TEXT NOT NULL,
+    jwks_url      TEXT,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    epoch         TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    rotated_at    INTEGER NOT NULL
+) STRICT;
+";
+
 /// Failure rows untouched for this long are purged (longer than any sensible find_time).
 const FAILURE_ROW_TTL: i64 = 86_400;
 
@@ -192,6 +208,9 @@ const USER_COLUMNS: &str =
     "username, password_hash, roles, scopes, disabled, created_at, updated_at";
 const REFRESH_COLUMNS: &str =
     "digest, family, username, scopes, issued_at, expires_at, used_at, revoked_at";
+
+const CLIENT_COLUMNS: &str = "name, secret_digest, scopes, audiences, grants, jwks_url, disabled, \
+     epoch, created_at, rotated_at";
 
 /// The SQLite store; cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -1383,6 +1402,190 @@ impl SigningKeys for SqliteStore {
             )?;
             insert_key(&tx, &key)?;
             record_change(&tx, "keys", &key.kid, key.active_from)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn read_client(row: &Row<'_>) -> rusqlite::Result<Result<Client, StoreError>> {
+    let name: String = row.get(0)?;
+    let digest: Vec<u8> = row.get(1)?;
+    let scopes: String = row.get(2)?;
+    let audiences: String = row.get(3)?;
+    let grants: String = row.get(4)?;
+    let jwks_url: Option<String> = row.get(5)?;
+    let disabled: bool = row.get(6)?;
+    let epoch: String = row.get(7)?;
+    let created_at: i64 = row.get(8)?;
+    let rotated_at: i64 = row.get(9)?;
+    Ok((|| {
+        Ok(Client {
+            name: stored_username(&name)?,
+            secret_digest: <[u8; 32]>::try_from(digest.as_slice())
+                .map_err(|_| StoreError::Corrupt("client secret digest is not 32 bytes".into()))?,
+            scopes: from_json(&scopes, "client scopes")?,
+            audiences: from_json(&audiences, "client audiences")?,
+            grants: from_json(&grants, "client grants")?,
+            jwks_url,
+            disabled,
+            epoch,
+            created_at,
+            rotated_at,
+        })
+    })())
+}
+
+/// Denylists a client's epoch inside `tx`, as [`Revocations::revoke_id`] does.
+fn revoke_epoch_in(tx: &Transaction<'_>, epoch: &str, until: i64) -> Result<(), StoreError> {
+    let until: i64 = tx.query_row(
+        "INSERT INTO revoked_jtis (jti, expires_at) VALUES (?1, ?2) \
+         ON CONFLICT (jti) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at) \
+         RETURNING expires_at",
+        params![epoch, until],
+        |r| r.get(0),
+    )?;
+    record_change(tx, "revoked", epoch, until)
+}
+
+fn client_epoch(tx: &Transaction<'_>, name: &Username) -> Result<String, StoreError> {
+    tx.query_row(
+        "SELECT epoch FROM clients WHERE name = ?1",
+        [name.as_str()],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::ClientNotFound(name.as_str().to_owned()))
+}
+
+#[async_trait]
+impl Clients for SqliteStore {
+    async fn create_client(&self, client: NewClient, now: i64) -> Result<Client, StoreError> {
+        self.call(move |conn| {
+            let inserted = conn.execute(
+                &format!(
+                    "INSERT INTO clients ({CLIENT_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?8)"
+                ),
+                params![
+                    client.name.as_str(),
+                    &client.secret_digest[..],
+                    to_json(&client.scopes)?,
+                    to_json(&client.audiences)?,
+                    to_json(&client.grants)?,
+                    client.jwks_url,
+                    client.epoch,
+                    now,
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(Client {
+                    name: client.name,
+                    secret_digest: client.secret_digest,
+                    scopes: client.scopes,
+                    audiences: client.audiences,
+                    grants: client.grants,
+                    jwks_url: client.jwks_url,
+                    disabled: false,
+                    epoch: client.epoch,
+                    created_at: now,
+                    rotated_at: now,
+                }),
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                    Err(StoreError::ClientConflict(client.name.as_str().to_owned()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn client(&self, name: &Username) -> Result<Option<Client>, StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            conn.query_row(
+                &format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE name = ?1"),
+                [name.as_str()],
+                read_client,
+            )
+            .optional()?
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_clients(&self) -> Result<Vec<Client>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CLIENT_COLUMNS} FROM clients ORDER BY name"
+            ))?;
+            let rows = stmt.query_map([], read_client)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        name: &Username,
+        secret_digest: [u8; 32],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            let changed = conn.execute(
+                "UPDATE clients SET secret_digest = ?1, rotated_at = ?2 WHERE name = ?3",
+                params![&secret_digest[..], now, name.as_str()],
+            )?;
+            match changed {
+                0 => Err(StoreError::ClientNotFound(name.as_str().to_owned())),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn set_client_disabled(
+        &self,
+        name: &Username,
+        disabled: bool,
+        epoch: &str,
+        revoke_until: i64,
+    ) -> Result<(), StoreError> {
+        let (name, epoch) = (name.clone(), epoch.to_owned());
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = client_epoch(&tx, &name)?;
+            if disabled {
+                tx.execute(
+                    "UPDATE clients SET disabled = 1 WHERE name = ?1",
+                    [name.as_str()],
+                )?;
+                revoke_epoch_in(&tx, &current, revoke_until)?;
+            } else {
+                tx.execute(
+                    "UPDATE clients SET disabled = 0, epoch = ?1 WHERE name = ?2 AND disabled = 1",
+                    params![epoch, name.as_str()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_client(&self, name: &Username, revoke_until: i64) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = client_epoch(&tx, &name)?;
+            tx.execute("DELETE FROM clients WHERE name = ?1", [name.as_str()])?;
+            revoke_epoch_in(&tx, &current, revoke_until)?;
             tx.commit()?;
             Ok(())
         })

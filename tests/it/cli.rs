@@ -553,6 +553,8 @@ fn user_management_commands_never_create_a_store() {
         &["user", "list"][..],
         &["sessions", "list"],
         &["user", "remove", "bob"],
+        &["client", "list"],
+        &["client", "add", "ci"],
     ] {
         let out = operator(dir.path()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -571,7 +573,11 @@ fn user_management_commands_never_create_a_store() {
     // A configuration naming a store that is not there yet.
     let config = user_config(dir.path(), "");
     let db = dir.path().join("store.db");
-    for args in [&["user", "list"][..], &["sessions", "list"]] {
+    for args in [
+        &["user", "list"][..],
+        &["sessions", "list"],
+        &["client", "list"],
+    ] {
         let out = operator(dir.path())
             .arg("--config")
             .arg(&config)

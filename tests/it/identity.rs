@@ -177,7 +177,7 @@ async fn token_endpoint_error_codes() {
     type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
     let cases: &[Case] = &[
         (
-            &[("grant_type", "client_credentials")],
+            &[("grant_type", "urn:ietf:params:oauth:grant-type:device_code")],
             400,
             "unsupported_grant_type",
         ),
@@ -185,6 +185,13 @@ async fn token_endpoint_error_codes() {
         // (issue 17, FastAPI's form; tests/it/fastapi.rs): one of them alone is still refused.
         (&[("username", "alice")], 400, "invalid_request"),
         (&[("password", "secret")], 400, "invalid_request"),
+        // A client-credentials request without client authentication (tests/it/clients.rs
+        // has the rest).
+        (
+            &[("grant_type", "client_credentials")],
+            401,
+            "invalid_client",
+        ),
         (
             &[("grant_type", "password"), ("username", "alice")],
             400,
@@ -780,7 +787,7 @@ async fn bcrypt_import_logs_in_and_is_rehashed_to_argon2id() {
 
 /// The Python interpreter with PyJWT and authlib (set by `.ci/run`). Outside CI the checks are
 /// skipped with a notice; in CI (`CI` set) a missing interpreter fails the test.
-fn python() -> Option<String> {
+pub(crate) fn python() -> Option<String> {
     match std::env::var("INTEROP_PYTHON") {
         Ok(p) => Some(p),
         Err(_) if std::env::var_os("CI").is_some() => {
@@ -795,7 +802,7 @@ fn python() -> Option<String> {
     }
 }
 
-async fn run_python(script: &str, args: &[&str]) {
+pub(crate) async fn run_python(script: &str, args: &[&str]) {
     let Some(python) = python() else { return };
     let script_path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();

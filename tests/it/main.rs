@@ -5,6 +5,7 @@ mod support;
 mod browser;
 mod chromium;
 mod cli;
+mod clients;
 mod cluster;
 mod cors;
 mod fastapi;
