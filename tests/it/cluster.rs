@@ -563,10 +563,11 @@ async fn postgres_stopped_under_load_fails_closed_and_recovers_without_a_restart
         .send()
         .await
         .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
     assert_eq!(
-        r.status(),
-        200,
-        "the refresh refused during the outage works now"
+        status, 200,
+        "the refresh refused during the outage works now: {body}"
     );
     eprintln!("recovered {:?} after the restart", back.elapsed());
     done.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -2,7 +2,11 @@
 //! the process ends, however it ends.
 //!
 //! `initdb` into a temporary directory and `pg_ctl start` on a free 127.0.0.1 port, its unix
-//! socket in that directory, `fsync=off`, TLS on with a CA made here; as the unprivileged
+//! socket in that directory, `fsync=off` (nothing waits for the disk) but `synchronous_commit=on`
+//! (a commit is in the kernel's page cache before it is acknowledged, so the outage tests'
+//! `stop -m immediate`, a crash of the server and not of the machine, loses no acknowledged
+//! commit, as in production; with it off, a login made just before the stop was lost and its
+//! refresh token later `Unknown`), TLS on with a CA made here; as the unprivileged
 //! `postgres` user when the tests run as root (PostgreSQL refuses root). TCP logins need the
 //! superuser's password (SCRAM), logins on the socket are trusted. Each test gets a database of
 //! its own ([`Server::create_database`]).
@@ -295,7 +299,7 @@ impl Server {
         writeln!(
             conf,
             "\n# gatehouse tests\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             fsync = off\nsynchronous_commit = on\nfull_page_writes = off\n\
              max_connections = 300\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
             dir.display(),
             dir.join("server.crt").display(),
