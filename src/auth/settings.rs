@@ -14,7 +14,7 @@ use crate::auth::claims::check_account_values;
 use crate::auth::issuers::{IssuerSettings, RawTrustedIssuer};
 use crate::auth::keys::{JWKS_MAX_AGE, KeyAlg};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordConfig, RawPassword};
-use crate::auth::paths::{EndpointPaths, RawPaths};
+use crate::auth::paths::{Endpoint, EndpointPaths, RawPaths};
 use crate::auth::session::settings::{RawSession, SessionConfig};
 use crate::auth::username::Username;
 // The validator's own defaults, defined once there.
@@ -80,6 +80,7 @@ pub struct RawAuth {
     pub prefix: String,
     pub paths: RawPaths,
     pub issuer: String,
+    pub public_url: Option<String>,
     pub audience: String,
     pub algorithm: String,
     pub keys_dir: PathBuf,
@@ -113,6 +114,7 @@ impl Default for RawAuth {
             prefix: DEFAULT_AUTH_PREFIX.into(),
             paths: RawPaths::default(),
             issuer: DEFAULT_ISSUER.into(),
+            public_url: None,
             audience: DEFAULT_AUDIENCE.into(),
             algorithm: DEFAULT_ALGORITHM.into(),
             keys_dir: DEFAULT_KEYS_DIR.into(),
@@ -152,6 +154,11 @@ pub struct AuthConfig {
     /// `[auth.paths]`: every endpoint's path, the table stage 4 looks requests up in.
     pub paths: EndpointPaths,
     pub issuer: String,
+    /// The origin clients reach the gateway at (`scheme://host[:port]`), when configured: the
+    /// base of the absolute endpoint URLs the metadata documents publish, and of the token
+    /// endpoint URL a `private_key_jwt` assertion may name as its audience. Never derived from
+    /// a request's `Host`, which the client chooses.
+    pub public_url: Option<Origin>,
     pub audience: String,
     pub algorithm: KeyAlg,
     pub keys_dir: PathBuf,
@@ -198,6 +205,12 @@ impl AuthConfig {
     pub fn longest_access_lifetime(&self) -> Duration {
         self.access_token_lifetime.max(self.client_token_ttl)
     }
+
+    /// The absolute URL of one of the gateway's endpoints under `public_url`, if that is set.
+    pub fn endpoint_url(&self, endpoint: Endpoint) -> Option<String> {
+        let base = self.public_url.as_ref()?;
+        Some(format!("{base}{}", self.paths.path(endpoint)))
+    }
 }
 
 impl RawAuth {
@@ -228,6 +241,18 @@ impl RawAuth {
                 return Err(invalid(key, "must be 1-256 printable ASCII characters"));
             }
         }
+        let public_url = self
+            .public_url
+            .as_deref()
+            .map(|text| {
+                Origin::parse(text.trim_end_matches('/')).map_err(|e| {
+                    invalid(
+                        "auth.public_url",
+                        format!("{text:?}: {e} (the URL clients reach the gateway at)"),
+                    )
+                })
+            })
+            .transpose()?;
         let algorithm: KeyAlg = self.algorithm.parse().map_err(|_| {
             invalid(
                 "auth.algorithm",
@@ -351,6 +376,7 @@ impl RawAuth {
             prefix,
             paths,
             issuer: self.issuer,
+            public_url,
             audience: self.audience,
             algorithm,
             keys_dir: self.keys_dir,
@@ -399,6 +425,40 @@ mod tests {
         );
         let e = err("[auth]\nkek_file = \"\"\n");
         assert!(e.contains("auth.kek_file"), "{e}");
+    }
+
+    #[test]
+    fn a_public_url_is_an_origin_and_builds_the_endpoint_urls() {
+        use crate::auth::paths::Endpoint;
+        let c = crate::config::Config::from_toml(
+            "[auth]\npublic_url = \"HTTPS://Auth.Example.com:443/\"\n[auth.paths]\ntoken = \"/token\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.endpoint_url(Endpoint::Token).as_deref(),
+            Some("https://auth.example.com/token")
+        );
+        assert_eq!(
+            c.auth.endpoint_url(Endpoint::Jwks).as_deref(),
+            Some(
+                format!(
+                    "https://auth.example.com{}",
+                    crate::auth::paths::DEFAULT_JWKS_PATH
+                )
+                .as_str()
+            )
+        );
+        let unset = crate::config::Config::from_toml("").unwrap();
+        assert_eq!(unset.auth.endpoint_url(Endpoint::Token), None);
+        for bad in [
+            "auth.example.com",
+            "https://a.example/base",
+            "ftp://a.example",
+            "https://u@a",
+        ] {
+            let e = err(&format!("[auth]\npublic_url = \"{bad}\"\n"));
+            assert!(e.contains("auth.public_url"), "{bad}: {e}");
+        }
     }
 
     #[test]
