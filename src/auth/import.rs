@@ -27,8 +27,8 @@ pub const MAX_IMPORT_USERS: usize = 10_000;
 pub const FORMAT_HELP: &str = "\
 Import users with existing password hashes, all or nothing.
 
-Every line is checked first; one refused line, or (without --skip-existing) one name that is \
-already taken, means nothing is written. The command prints how many users were imported, \
+Every line is checked first; one refused line, or (without --skip-existing) one name that is
+already taken, means nothing is written. The command prints how many users were imported,
 skipped and refused, and names each refused line by its number and reason.
 
 Formats, chosen by the first line that is neither empty nor a # comment:
