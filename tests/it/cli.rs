@@ -655,3 +655,248 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     );
     assert!(run(&["user", "list"], "").contains("alice"));
 }
+
+/// A bcrypt hash as passlib writes it (cost 4: the tests never log in with it).
+fn bcrypt_hash() -> String {
+    bcrypt::hash("imported password", 4).unwrap()
+}
+
+fn import(
+    config: &std::path::Path,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["import", file.to_str().unwrap()];
+    args.extend(extra);
+    user_cmd(config, &args, "")
+}
+
+/// An import that stops half-way leaves half the users in: the operator cannot simply run it
+/// again. One taken name refuses the whole file, naming its line, unless `--skip-existing`.
+#[test]
+fn user_import_writes_nothing_when_a_name_is_taken_unless_told_to_skip_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    ok(&user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    ));
+    let h = bcrypt_hash();
+    let file = dir.path().join("users.csv");
+    std::fs::write(
+        &file,
+        format!("username,password_hash,roles\nbob,{h},user\nalice,{h}\ncarol,{h}\n"),
+    )
+    .unwrap();
+
+    let out = import(&config, &file, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("refused   line 3: user alice already exists"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("imported 0, skipped 0, refused 1"),
+        "{stdout}"
+    );
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(
+        !list.contains("bob") && !list.contains("carol"),
+        "a refused import wrote users:\n{list}"
+    );
+
+    let stdout = ok(&import(&config, &file, &["--skip-existing"]));
+    assert!(
+        stdout.contains("skipped   line 3: user alice already exists, left as it is"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("imported 2, skipped 1, refused 0"),
+        "{stdout}"
+    );
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(list.contains("bob\tenabled\troles=user"), "{list}");
+    assert!(list.contains("carol"), "{list}");
+    assert!(
+        !std::fs::read(dir.path().join("store.db"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Every bad line of a file is reported at once, by line number and reason, and none of the
+/// good lines is written.
+#[test]
+fn user_import_reports_every_refused_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    ok(&user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    ));
+    let h = bcrypt_hash();
+    let file = dir.path().join("users.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"username\": \"dave\", \"password_hash\": \"{h}\"}}\n\
+             {{\"username\": \"erin\", \"password_hash\": \"hunter2\"}}\n\
+             {{\"username\": \"-x\", \"password_hash\": \"{h}\"}}\n\
+             {{\"username\": \"Dave\", \"password_hash\": \"{h}\", \"roles\": [\"a\"]}}\n\
+             {{\"username\": \"frank\", \"password_hash\": \"{h}\", \"groups\": []}}\n"
+        ),
+    )
+    .unwrap();
+    let out = import(&config, &file, &["--skip-existing"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    for expected in [
+        "refused   line 2: password_hash must be",
+        "refused   line 3: username \"-x\"",
+        "refused   line 4: username dave is already on line 1",
+        "refused   line 5: unknown field `groups`",
+        "imported 0, skipped 0, refused 4",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("hunter2"),
+        "a refusal echoed a hash: {stdout}"
+    );
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(!list.contains("dave"), "{list}");
+}
+
+#[test]
+fn user_import_help_documents_the_accepted_fields() {
+    let out = gatehouse()
+        .args(["user", "import", "--help"])
+        .output()
+        .unwrap();
+    let help = ok(&out);
+    for field in [
+        "JSON lines",
+        "CSV",
+        "username",
+        "password_hash",
+        "roles",
+        "scopes",
+        "$2b$",
+        "$argon2id$",
+        "--skip-existing",
+        "all or nothing",
+    ] {
+        assert!(help.contains(field), "no {field:?} in\n{help}");
+    }
+}
+
+/// `user list` and `keys list` print times an operator can read (RFC 3339, UTC), and with
+/// `--json` one JSON object per line, as `client list --json` does.
+#[test]
+fn user_and_keys_lists_print_readable_times_and_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    ok(&user_cmd(
+        &config,
+        &[
+            "add",
+            "alice",
+            "--password-stdin",
+            "--create-store",
+            "--role",
+            "ops",
+        ],
+        "correct horse\n",
+    ));
+    let rfc3339 = |text: &str, after: &str| -> bool {
+        text.split(after).nth(1).is_some_and(|rest| {
+            let t = rest.get(..20).unwrap_or("");
+            t.len() == 20
+                && t.as_bytes()[4] == b'-'
+                && t.as_bytes()[10] == b'T'
+                && t.ends_with('Z')
+                && t[..4].parse::<u32>().is_ok_and(|y| y >= 2024)
+        })
+    };
+
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(rfc3339(&list, "created="), "{list}");
+    let json = ok(&user_cmd(&config, &["list", "--json"], ""));
+    let users: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(users.len(), 1, "{json}");
+    assert_eq!(users[0]["username"], "alice");
+    assert_eq!(users[0]["roles"], serde_json::json!(["ops"]));
+    assert_eq!(users[0]["disabled"], false);
+    assert!(users[0]["created_at"].is_i64(), "{json}");
+    assert_eq!(users[0]["locked_everywhere_until"], serde_json::Value::Null);
+    assert_eq!(users[0]["locked_networks"], serde_json::json!([]));
+
+    let keys = |args: &[&str]| {
+        ok(&gatehouse()
+            .arg("--config")
+            .arg(&config)
+            .arg("keys")
+            .args(args)
+            .output()
+            .unwrap())
+    };
+    keys(&["generate"]);
+    let list = keys(&["list"]);
+    assert!(rfc3339(&list, "created "), "{list}");
+    assert!(list.trim_end().ends_with("current"), "{list}");
+    let json = keys(&["list", "--json"]);
+    let key: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(key["state"], "current");
+    assert!(key["created_at"].is_i64(), "{json}");
+    assert!(list.starts_with(key["kid"].as_str().unwrap()), "{list}");
+}
+
+/// Completions and the man page come from the command-line definition and need no
+/// configuration (packaging runs them at build time).
+#[test]
+fn completions_and_man_page_are_generated_without_a_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            &["completions", "bash"][..],
+            &["user", "import", "check-config", "--skip-existing"][..],
+        ),
+        (&["completions", "zsh"], &["user", "import", "check-config"]),
+        (
+            &["completions", "fish"],
+            &["user", "import", "check-config"],
+        ),
+        (
+            &["man"],
+            &[".TH gatehouse", "user", "check\\-config", "completions"],
+        ),
+    ] {
+        let out = operator(dir.path()).args(args).output().unwrap();
+        let stdout = ok(&out);
+        for name in expected {
+            assert!(stdout.contains(name), "{args:?}: no {name}");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("configuration"), "{args:?}: {stderr}");
+    }
+    let pages = dir.path().join("man1");
+    std::fs::create_dir(&pages).unwrap();
+    ok(&operator(dir.path())
+        .args(["man", "--dir"])
+        .arg(&pages)
+        .output()
+        .unwrap());
+    let import = std::fs::read_to_string(pages.join("gatehouse-user-import.1")).unwrap();
+    assert!(import.contains("password_hash"), "{import}");
+    let out = operator(dir.path())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

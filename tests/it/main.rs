@@ -16,6 +16,7 @@ mod layout;
 mod limits;
 mod listener;
 mod ops;
+mod packaging;
 mod parking;
 mod proxy;
 mod redirects;
