@@ -342,3 +342,38 @@ async fn authlib_discovers_the_endpoints_and_introspects_a_live_then_revoked_tok
     )
     .await;
 }
+
+/// A trusted issuer's token opens this gateway's routes, but it is that issuer's to introspect:
+/// here it is inactive, and asking never makes the gateway look its key up.
+#[tokio::test]
+async fn a_trusted_issuers_token_is_inactive_here_though_the_routes_accept_it() {
+    let idp = GatewayBuilder::new("[auth]\nissuer = \"idp\"\n")
+        .start()
+        .await;
+    idp.add_user("carol", "pw-of-carol", &[], &["read"]).await;
+    let external = idp.access_token("carol", "pw-of-carol").await;
+    let jwks = client()
+        .get(idp.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let jwks_file = files.path().join("idp-jwks.json");
+    std::fs::write(&jwks_file, jwks).unwrap();
+    let i = gateway(&format!(
+        "[[auth.trusted_issuers]]\nissuer = \"idp\"\naudiences = [\"gatehouse\"]\njwks_file = \"{}\"\n",
+        jwks_file.display()
+    ))
+    .await;
+    let api = client()
+        .get(i.gw.url("/api/x"))
+        .bearer_auth(&external)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::OK, "the routes accept it");
+    assert_eq!(i.introspect(&external).await, json!({"active": false}));
+}
