@@ -175,8 +175,8 @@ pub enum ClientAction {
         /// (repeat for several); none: only the gateway's own `[auth] audience`.
         #[arg(long = "audience")]
         audiences: Vec<String>,
-        /// A grant type it may use: client_credentials or password (repeat for both; default
-        /// client_credentials).
+        /// A grant type it may use: client_credentials or password, or introspection to call
+        /// the token introspection endpoint (repeat for several; default client_credentials).
         #[arg(long = "grant")]
         grants: Vec<String>,
         /// Reserved for private_key_jwt: the URL of the client's JWKS (stored, not used yet).
@@ -1196,7 +1196,7 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
             }
             for g in &grants {
                 if !clients::GRANTS.contains(&g.as_str()) {
-                    bail!("--grant {g:?}: use client_credentials or password");
+                    bail!("--grant {g:?}: use client_credentials, password or introspection");
                 }
             }
             grants.dedup();

@@ -28,6 +28,8 @@
 //! | `cors::tests` | the CORS policy and its settings, against the example config too (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
+//! | `auth::discovery` | the RFC 8414 and OpenID discovery documents: what the gateway supports, its endpoints' absolute URLs |
+//! | `auth::introspection` | RFC 7662 token introspection: the calling client authenticated and registered for it, the token decided by the proxy path's verification and revocations |
 //! | `auth::signin` | the browser's sign-in and sign-out pages: escaped HTML and the headers that keep it out of frames and caches |
 //! | `auth::signin::return_to` | where a browser may be sent after signing in (no open redirect) |
 //! | `auth::grants` | the endpoint path: password, refresh and client-credentials grants, client authentication, logout, revoke, register, limits |

@@ -614,7 +614,7 @@ pub struct Client {
     pub secret_digest: [u8; 32],
     pub scopes: Vec<String>,
     pub audiences: Vec<String>,
-    /// Grant types it may use (`client_credentials`, `password`).
+    /// Grant types it may use (`client_credentials`, `password`), and `introspection`.
     pub grants: Vec<String>,
     /// Reserved for `private_key_jwt`: where the client's keys are published. Stored, unused.
     pub jwks_url: Option<String>,
