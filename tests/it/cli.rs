@@ -510,7 +510,8 @@ fn the_cli_finds_its_config_in_order_and_says_which_it_used() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let listen = |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    let listen =
+        |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\nallow_no_routes = true\n");
     std::fs::write(dir.path().join("gatehouse.toml"), listen(18001)).unwrap();
     std::fs::write(dir.path().join("env.toml"), listen(18002)).unwrap();
     std::fs::write(dir.path().join("flag.toml"), listen(18003)).unwrap();
@@ -616,8 +617,8 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     let config = a.path().join("gatehouse.toml");
     std::fs::write(
         &config,
-        "[store]\npath = \"state/gatehouse.db\"\n\n[auth]\nkeys_dir = \"state/keys\"\n\n\
-         [auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
+        "[server]\nallow_no_routes = true\n\n[store]\npath = \"state/gatehouse.db\"\n\n\
+         [auth]\nkeys_dir = \"state/keys\"\n\n[auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
     )
     .unwrap();
     let run = |args: &[&str], stdin: &str| {
