@@ -19,6 +19,7 @@ mod ops;
 mod parking;
 mod proxy;
 mod redirects;
+mod reload;
 mod security;
 mod sessions;
 mod tls;
