@@ -55,8 +55,9 @@ pub enum AppError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// Not a source: the message holds the whole list already.
     #[error("the configuration cannot run: {0}")]
-    Preflight(#[from] preflight::Problems),
+    Preflight(preflight::Problems),
     #[error("reload refused: {0}")]
     Reload(#[from] reload::ReloadError),
 }
@@ -177,7 +178,7 @@ impl App {
         };
         let running = self.current();
         reload::refuse_restart_only(running.config(), &config)?;
-        preflight::check(&config)?;
+        preflight::check(&config).map_err(AppError::Preflight)?;
         let gateway = build_gateway(config, self.store.clone(), Some(&running)).await?;
         if let Some(certs) = &self.certs {
             certs.reload()?;
@@ -316,7 +317,7 @@ pub fn limits(config: &Config) -> Limits {
 
 /// Binds the configured listeners and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError> {
-    preflight::check(&config)?;
+    preflight::check(&config).map_err(AppError::Preflight)?;
     let addr = config.server.listen;
     let admin_addr = config.admin.listen;
     let backlog = config.server.listen_backlog;
