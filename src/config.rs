@@ -236,7 +236,7 @@ impl Config {
         if let Some(dir) = path.parent() {
             raw.rebase(dir);
         }
-        raw.validate()
+        raw.validate().map_err(|e| located(e, &figment, path, text))
     }
 
     /// A configuration without routes answers every proxied request 404: refused unless
@@ -356,6 +356,73 @@ fn describe(figment: &Figment, e: &figment::Error, text: Option<&str>) -> String
     } else {
         format!("{key}: {reason}")
     }
+}
+
+/// A validation error `e` with the line and column of its key in the file at `path`, when
+/// the value came from the file (not from a default or a `GATEHOUSE_` variable).
+fn located(e: ConfigError, figment: &Figment, path: &Path, text: &str) -> ConfigError {
+    let ConfigError::Invalid { key, reason } = e else {
+        return e;
+    };
+    let at = key_path(figment, &key).and_then(|parts| {
+        let value = value_at(figment, &parts)?;
+        let from_file = figment
+            .get_metadata(value.tag())
+            .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))));
+        from_file.then(|| source::locate(text, &parts)).flatten()
+    });
+    let reason = match at {
+        Some((line, column)) => format!("{reason} (in {}:{line}:{column})", path.display()),
+        None => reason,
+    };
+    ConfigError::Invalid { key, reason }
+}
+
+/// A validation error's key (`server.listen`, `routes[api].timeout`, `routes[#2]`,
+/// `auth.trusted_issuers[0].issuer`) as figment's path of table keys and array indexes.
+fn key_path(figment: &Figment, key: &str) -> Option<Vec<String>> {
+    let mut path = Vec::new();
+    for segment in key.split('.') {
+        let Some((name, rest)) = segment.split_once('[') else {
+            path.push(segment.to_owned());
+            continue;
+        };
+        let inner = rest.strip_suffix(']')?;
+        path.push(name.to_owned());
+        let index = if let Some(n) = inner.strip_prefix('#') {
+            n.parse::<usize>().ok()?.checked_sub(1)?
+        } else if let Ok(i) = inner.parse::<usize>() {
+            i
+        } else {
+            let Value::Array(_, items) = value_at(figment, &path)? else {
+                return None;
+            };
+            items
+                .iter()
+                .position(|r| r.find_ref("name").and_then(|n| n.as_str()) == Some(inner))?
+        };
+        path.push(index.to_string());
+    }
+    Some(path)
+}
+
+/// The value figment holds at `path` (table keys and array indexes), with its tag.
+fn value_at(figment: &Figment, path: &[String]) -> Option<Value> {
+    let mut value = figment.find_value(path.first()?).ok()?;
+    for part in &path[1..] {
+        value = match value {
+            Value::Dict(_, mut dict) => dict.remove(part)?,
+            Value::Array(_, mut items) => {
+                let i: usize = part.parse().ok()?;
+                if i >= items.len() {
+                    return None;
+                }
+                items.swap_remove(i)
+            }
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 /// The largest edit distance between an unknown key and a known one that is suggested.

@@ -773,7 +773,8 @@ fn check_config_refuses_a_mismatched_tls_pair_an_exposed_signing_key_and_no_rout
     );
 }
 
-/// A key of the wrong type or an unknown key is cited with the file's line and column.
+/// A key of the wrong type, an unknown key or a refused value is cited with the file's line and
+/// column.
 #[test]
 fn config_errors_give_the_line_and_column_of_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -785,6 +786,11 @@ fn config_errors_give_the_line_and_column_of_the_key() {
              [[routes]]\nname = \"b\"\n  path_prefx = \"/b\"\n",
             ":8:3)",
         ),
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\n\nupstream = \"ftp://x\"\n",
+            ":5:1)",
+        ),
+        ("[server]\nlisten = \"nowhere\"\n", ":2:1)"),
     ] {
         std::fs::write(&path, text).unwrap();
         let out = gatehouse()
@@ -799,4 +805,18 @@ fn config_errors_give_the_line_and_column_of_the_key() {
             "{at}: {stderr}"
         );
     }
+    // A value from the environment is not blamed on a line of the file.
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("GATEHOUSE_SERVER__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && !stderr.contains("gatehouse.toml:"),
+        "{stderr}"
+    );
 }
