@@ -327,3 +327,46 @@ async fn sighup_logs_what_a_reload_changed_or_which_key_needs_a_restart() {
         404
     );
 }
+
+/// `keys rotate` then a reload: the change names the new key as added and the old one as
+/// retired (it still verifies the tokens it signed), with the routes and settings changed.
+#[tokio::test]
+async fn a_reload_after_a_key_rotation_names_the_keys_added_and_retired() {
+    use gatehouse::app::reload::Changes;
+    let up = Upstream::start().await;
+    let (gw, file, token) = gateway(&up).await;
+    let old_kid = gw
+        .gateway
+        .auth()
+        .authenticator()
+        .keys()
+        .ring
+        .signing()
+        .kid
+        .clone();
+    let rotated = crate::support::cli(&file, &["keys", "rotate"], None).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text.replacen("[auth]\n", "[auth]\nleeway = \"3s\"\n", 1)
+        + &route("c", "/c", &up.url(), "auth = \"public\"");
+    std::fs::write(&file, text).unwrap();
+    gw.app.reload().await.unwrap();
+    let changes = Changes::between(&gw.gateway, &gw.app.current());
+    let new_kid = gw
+        .app
+        .current()
+        .auth()
+        .authenticator()
+        .keys()
+        .ring
+        .signing()
+        .kid
+        .clone();
+    assert!(rotated.contains(&new_kid), "{rotated}");
+    assert_eq!(changes.keys_added, [new_kid]);
+    assert_eq!(changes.keys_retired, [old_kid]);
+    assert!(changes.keys_removed.is_empty(), "{changes:?}");
+    assert_eq!(changes.routes_added, ["c"]);
+    assert!(changes.routes_removed.is_empty() && changes.routes_changed.is_empty());
+    assert_eq!(changes.settings, ["auth.leeway"]);
+    still_running(&gw, &token).await;
+}
