@@ -121,6 +121,10 @@ pub struct App {
     /// Held by the reload under way: two at once (SIGHUP during a file-change reload) could
     /// swap in the older file last.
     reloading: tokio::sync::Mutex<()>,
+    /// SIGHUP, listened to from the start: one arriving before the background task runs must
+    /// reload, not end the process (the default action) nor be lost.
+    #[cfg(unix)]
+    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
 }
 
 impl App {
@@ -141,6 +145,8 @@ impl App {
             certs,
             issuer_refresh: std::sync::Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
+            #[cfg(unix)]
+            hangup: std::sync::Mutex::new(hangup_signal()),
         }))
     }
 
@@ -359,7 +365,12 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError
 /// on a change of the config file.
 async fn background(app: Arc<App>) {
     #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = app
+        .hangup
+        .lock()
+        .ok()
+        .and_then(|mut h| h.take())
+        .or_else(hangup_signal);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut follow = FollowSchedule::new(&*app.store);
     let mut follow_failing = false;
@@ -418,6 +429,11 @@ async fn follow_changes(app: &App, failing: &mut bool) {
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

@@ -8,9 +8,8 @@ pub mod value;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
@@ -264,7 +263,7 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         Self::from_figment(
             Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(text)),
-            Some(text),
+            None,
         )
     }
 
