@@ -451,9 +451,9 @@ fn check_config(c: &Located) -> anyhow::Result<()> {
         bail!("nothing checked: {}", c.how);
     }
     let config = load(c)?;
-    // The TLS pair as `serve` loads it: files readable, private, and belonging together.
-    if let Some(tls) = &config.server.tls {
-        crate::server::CertStore::load(&tls.cert, &tls.key)?;
+    // What `serve` demands beyond validation (routes, every file it names), all listed at once.
+    if let Err(problems) = app::preflight::check(&config) {
+        bail!("configuration not usable: {problems}");
     }
     println!("configuration OK");
     for warning in config.warnings() {

@@ -510,7 +510,8 @@ fn the_cli_finds_its_config_in_order_and_says_which_it_used() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let listen = |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    let listen =
+        |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\nallow_no_routes = true\n");
     std::fs::write(dir.path().join("gatehouse.toml"), listen(18001)).unwrap();
     std::fs::write(dir.path().join("env.toml"), listen(18002)).unwrap();
     std::fs::write(dir.path().join("flag.toml"), listen(18003)).unwrap();
@@ -616,8 +617,8 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     let config = a.path().join("gatehouse.toml");
     std::fs::write(
         &config,
-        "[store]\npath = \"state/gatehouse.db\"\n\n[auth]\nkeys_dir = \"state/keys\"\n\n\
-         [auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
+        "[server]\nallow_no_routes = true\n\n[store]\npath = \"state/gatehouse.db\"\n\n\
+         [auth]\nkeys_dir = \"state/keys\"\n\n[auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
     )
     .unwrap();
     let run = |args: &[&str], stdin: &str| {
@@ -899,4 +900,168 @@ fn completions_and_man_page_are_generated_without_a_configuration() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// `check-config` used to pass a config naming files that do not exist (and `serve` then
+/// failed), and stopped at the first bad file it did look at. Now it checks every file the
+/// config names and lists every problem at once; `serve` refuses with the same list before it
+/// binds anything.
+#[test]
+fn check_config_and_serve_list_every_unusable_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(dir.path().join("plain"), "a file, not a directory").unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{d}/none/cert.pem\"\nkey = \"{d}/none/key.pem\"\n\
+             [upstream]\nca_file = \"{d}/none/ca.pem\"\n\
+             [store]\npath = \"{d}/plain/gatehouse.db\"\n\
+             [auth]\nkeys_dir = \"{d}/plain\"\n\
+             [[auth.trusted_issuers]]\nissuer = \"https://idp.example\"\naudiences = [\"api\"]\njwks_file = \"{d}/none/jwks.json\"\n\
+             [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n"
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = gatehouse()
+            .arg(command)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stdout}{stderr}");
+        assert!(!stdout.contains("configuration OK"), "{command}: {stdout}");
+        assert!(!stderr.contains("listening on"), "{command}: {stderr}");
+        for problem in [
+            "6 problems",
+            "none/cert.pem",
+            "none/key.pem",
+            "upstream.ca_file",
+            "auth.trusted_issuers[0].jwks_file",
+            "auth.keys_dir",
+            "store.path",
+        ] {
+            assert!(stderr.contains(problem), "{command}: {problem}: {stderr}");
+        }
+    }
+}
+
+/// The files exist but are not what `serve` can use: a TLS key that belongs to another
+/// certificate, a signing key others may read, and no routes at all.
+#[test]
+fn check_config_refuses_a_mismatched_tls_pair_an_exposed_signing_key_and_no_routes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b.test".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), a.cert.pem()).unwrap();
+    crate::support::write_private(dir.path().join("key.pem"), b.signing_key.serialize_pem());
+    let config = dir.path().join("gatehouse.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+                 [store]\npath = \"{d}/db\"\n[auth]\nkeys_dir = \"{d}/keys\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let keys = gatehouse()
+        .args(["keys", "generate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        keys.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keys.stderr)
+    );
+    for entry in std::fs::read_dir(dir.path().join("keys")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "pem") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for problem in [
+        "3 problems",
+        "allow_no_routes",
+        "not usable together",
+        "auth.keys_dir",
+        "644",
+    ] {
+        assert!(stderr.contains(problem), "{problem}: {stderr}");
+    }
+    write("allow_no_routes = true");
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 problems") && !stderr.contains("allow_no_routes"),
+        "{stderr}"
+    );
+}
+
+/// A key of the wrong type, an unknown key or a refused value is cited with the file's line and
+/// column.
+#[test]
+fn config_errors_give_the_line_and_column_of_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    for (text, at) in [
+        ("[server]\n\nlisten = 3\n", ":3:1)"),
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n\n\
+             [[routes]]\nname = \"b\"\n  path_prefx = \"/b\"\n",
+            ":8:3)",
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\n\nupstream = \"ftp://x\"\n",
+            ":5:1)",
+        ),
+        ("[server]\nlisten = \"nowhere\"\n", ":2:1)"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = gatehouse()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("gatehouse.toml{at}")),
+            "{at}: {stderr}"
+        );
+    }
+    // A value from the environment is not blamed on a line of the file.
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("GATEHOUSE_SERVER__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && !stderr.contains("gatehouse.toml:"),
+        "{stderr}"
+    );
 }

@@ -22,6 +22,7 @@ mod packaging;
 mod parking;
 mod proxy;
 mod redirects;
+mod reload;
 mod security;
 mod sessions;
 mod tls;

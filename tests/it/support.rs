@@ -492,6 +492,13 @@ pub struct ServedBinary {
     pub lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+impl ServedBinary {
+    /// The process, to signal it by its PID (SIGHUP).
+    pub fn child(&self) -> &std::process::Child {
+        &self.child
+    }
+}
+
 impl Drop for ServedBinary {
     fn drop(&mut self) {
         let _ = self.child.kill();
