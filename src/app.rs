@@ -270,9 +270,10 @@ impl App {
 
     async fn admin(&self, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return with_json(
+            return crate::error::plain(
                 StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method not allowed"}),
+                "method_not_allowed",
+                "the admin listener answers GET and HEAD",
             );
         }
         match req.uri().path() {
@@ -296,12 +297,13 @@ impl App {
                     );
                     r
                 }
-                None => with_json(
+                None => crate::error::plain(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": "another metrics recorder is installed"}),
+                    "metrics_unavailable",
+                    "another metrics recorder is installed",
                 ),
             },
-            _ => with_json(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            _ => crate::error::plain(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
     }
 }

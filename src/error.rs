@@ -171,29 +171,45 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
         | Rejection::MissingHost
         | Rejection::DuplicateHost
         | Rejection::HostMismatch
-        | Rejection::BadHost => plain(StatusCode::BAD_REQUEST, &rejection.to_string()),
+        | Rejection::BadHost => plain(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &rejection.to_string(),
+        ),
         // The body was not read as the client framed it: nothing after it on this connection can
         // be trusted to start a request (RFC 9112 §6.3), so the connection closes. (HTTP/2 has
         // no connection header; hyper leaves it out there.)
-        Rejection::BadFraming | Rejection::BodyNotAllowed => {
-            closing(plain(StatusCode::BAD_REQUEST, &rejection.to_string()))
-        }
+        Rejection::BadFraming | Rejection::BodyNotAllowed => closing(plain(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &rejection.to_string(),
+        )),
         Rejection::BadPath(e) => plain(
             StatusCode::BAD_REQUEST,
+            "invalid_request",
             &format!("invalid request path: {e}"),
         ),
-        Rejection::Unforwardable => {
-            plain(StatusCode::BAD_REQUEST, "the forwarded URI cannot be built")
-        }
-        Rejection::MethodNotAllowed => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        Rejection::Unforwardable => plain(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the forwarded URI cannot be built",
+        ),
+        Rejection::MethodNotAllowed => plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        ),
         Rejection::UnsupportedTransferCoding => closing(plain(
             StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
             "only the chunked transfer coding is accepted",
         )),
-        Rejection::PayloadTooLarge => {
-            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
-        }
-        Rejection::NoRoute => plain(StatusCode::NOT_FOUND, "no route"),
+        Rejection::PayloadTooLarge => plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body too large",
+        ),
+        Rejection::NoRoute => plain(StatusCode::NOT_FOUND, "not_found", "no route"),
         // RFC 6750 §3.1: no authentication information, so no error code.
         Rejection::NoToken => bearer(
             StatusCode::UNAUTHORIZED,
@@ -209,6 +225,7 @@ pub fn respond(rejection: &Rejection) -> Response<Body> {
         Rejection::InvalidToken(VerifyError::Unconfirmed) => {
             let mut response = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
                 "revocations cannot be confirmed: the store does not answer",
             );
             response
@@ -481,8 +498,12 @@ fn closing(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
-fn plain(status: StatusCode, message: &str) -> Response<Body> {
-    with_json(status, json!({ "error": message }))
+/// An error answer in the one shape every error has: a code for programs, a sentence for people.
+pub fn plain(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+    with_json(
+        status,
+        json!({ "error": code, "error_description": description }),
+    )
 }
 
 fn bearer(status: StatusCode, challenge: String, body: serde_json::Value) -> Response<Body> {
@@ -718,6 +739,37 @@ mod tests {
         };
         assert_eq!(status(Rejection::Upstream(not_upgraded)).0, 502);
         assert_eq!(status(Rejection::UnexpectedUpgrade).0, 502);
+    }
+
+    /// The gateway's own refusals of a request's form answer in the one JSON shape too: a
+    /// code for programs in `error`, a sentence in `error_description` (once, `error` held the
+    /// sentence and there was no description).
+    #[tokio::test]
+    async fn request_form_refusals_answer_a_code_and_a_description() {
+        use http_body_util::BodyExt as _;
+        let table: Vec<(Rejection, u16, &str)> = vec![
+            (Rejection::MissingHost, 400, "invalid_request"),
+            (Rejection::BadFraming, 400, "invalid_request"),
+            (Rejection::Unforwardable, 400, "invalid_request"),
+            (Rejection::MethodNotAllowed, 405, "method_not_allowed"),
+            (Rejection::UnsupportedTransferCoding, 501, "not_implemented"),
+            (Rejection::PayloadTooLarge, 413, "payload_too_large"),
+            (Rejection::NoRoute, 404, "not_found"),
+            (
+                Rejection::InvalidToken(VerifyError::Unconfirmed),
+                503,
+                "temporarily_unavailable",
+            ),
+        ];
+        for (rejection, code, error) in table {
+            let response = respond(&rejection);
+            assert_eq!(response.status().as_u16(), code, "{rejection:?}");
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body["error"], error, "{rejection:?}: {body}");
+            let description = body["error_description"].as_str().unwrap_or_default();
+            assert!(description.contains(' '), "{rejection:?}: {body}");
+        }
     }
 
     /// Every upstream failure answers in the JSON shape of every other error, with its stable
