@@ -120,6 +120,7 @@ impl App {
             None => None,
         };
         let gateway = build_gateway(config, store.clone(), None).await?;
+        crate::metrics::routes_added(route_names(&gateway));
         Ok(Arc::new(App {
             current: ArcSwap::from_pointee(gateway),
             store,
@@ -172,7 +173,16 @@ impl App {
         if self.issuer_refresh_running() {
             self.restart_issuer_refresh(&gateway);
         }
+        let only_in = |a: &Gateway, b: &Gateway| -> Vec<String> {
+            route_names(a)
+                .filter(|name| !route_names(b).any(|other| other == *name))
+                .map(str::to_owned)
+                .collect()
+        };
+        let (added, removed) = (only_in(&gateway, &running), only_in(&running, &gateway));
         self.current.store(gateway);
+        crate::metrics::routes_added(added.iter().map(String::as_str));
+        crate::metrics::routes_removed(removed.iter().map(String::as_str));
         Ok(())
     }
 
@@ -282,6 +292,16 @@ impl App {
             _ => with_json(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         }
     }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        crate::metrics::routes_removed(route_names(&self.current.load()));
+    }
+}
+
+fn route_names(gateway: &Gateway) -> impl Iterator<Item = &str> {
+    gateway.config().routes.iter().map(|r| r.name.as_str())
 }
 
 pub fn limits(config: &Config) -> Limits {

@@ -143,7 +143,6 @@ impl Gateway {
                 metrics: RouteMetrics::new(&route.name),
                 stalls: Arc::new(StallLog {
                     route: route.name.clone(),
-                    count: crate::metrics::upstream_body_timeouts(&route.name),
                 }),
                 failures: forward::FailureLog::new(route),
                 redirects: redirects::Rewriter::for_route(route),

@@ -52,7 +52,8 @@
 //! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
 //! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |
 //! | `limits::shared::tests` | the shared limits against a private `redis-server` (tests only) |
-//! | `metrics` | Prometheus recorder and the events it counts |
+//! | `metrics` | Prometheus recorder and the events it counts; the series of removed routes left out |
+//! | `metrics::process` | the standard `process_*` metrics, read from `/proc/self` at each scrape |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
