@@ -21,6 +21,7 @@ use crate::logging::{LogConfig, RawLog};
 use crate::proxy::{RawUpstream, UpstreamConfig};
 use crate::routes::{RawRoute, Route, shadowings, validate_routes};
 use crate::store::{RawStore, StoreConfig};
+use crate::trace::{RawTracing, TracingConfig};
 
 /// Default public listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -71,6 +72,7 @@ pub struct RawConfig {
     pub store: RawStore,
     pub log: RawLog,
     pub admin: RawAdmin,
+    pub tracing: Option<RawTracing>,
 }
 
 /// Default address of the admin listener (health, readiness, metrics).
@@ -160,6 +162,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    /// `None`: no spans exported (trace context is still propagated).
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -450,6 +454,7 @@ impl RawConfig {
             store,
             log: self.log.validate()?,
             admin,
+            tracing: self.tracing.map(RawTracing::validate).transpose()?,
         })
     }
 }

@@ -26,6 +26,7 @@
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `limits::tests` | the limits in process and shared through a private `redis-server` (tests only) |
 //! | `cors::tests` | the CORS policy and its settings, against the example config too (tests only) |
+//! | `trace::tests` | trace-context parsing, the sampling rule and the `[tracing]` settings, against the example config too (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::signin` | the browser's sign-in and sign-out pages: escaped HTML and the headers that keep it out of frames and caches |
@@ -35,6 +36,8 @@
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
 //! | `auth::session` | browser sessions: the cookie's value and digest, the access tokens held for them and their renewal |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `trace` | W3C trace context: `traceparent`/`tracestate` read, decided (sampling is ours) and forwarded; the `[tracing]` settings |
+//! | `trace::export` | spans over OTLP/HTTP: a bounded queue, batches, every wait bounded, on the gateway's own client |
 //! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
@@ -86,3 +89,4 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod trace;

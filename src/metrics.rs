@@ -191,6 +191,10 @@ fn describe() {
         "gatehouse_listener_refusals_total",
         "Requests the listener answered itself, before the pipeline, by reason."
     );
+    describe_counter!(
+        "gatehouse_trace_spans_total",
+        "Finished spans by outcome: exported, failed, dropped (export queue full); with [tracing] only."
+    );
     describe_gauge!(
         "gatehouse_build_info",
         "Always 1; the running build's version as a label."
@@ -325,6 +329,12 @@ pub fn listener_refusal(status: u16, reason: &'static str) {
     let class = STATUS_CLASSES[status_class(status)];
     counter!("gatehouse_requests_total", "route" => "-", "status" => class).increment(1);
     counter!("gatehouse_listener_refusals_total", "reason" => reason).increment(1);
+}
+
+/// Finished spans by `outcome`: exported, failed (the collector refused or did not answer in
+/// time), dropped (the export queue was full).
+pub fn trace_spans(outcome: &'static str, count: u64) {
+    counter!("gatehouse_trace_spans_total", "outcome" => outcome).increment(count);
 }
 
 /// `outcome`: ok, invalid.

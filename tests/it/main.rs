@@ -22,4 +22,5 @@ mod redirects;
 mod security;
 mod sessions;
 mod tls;
+mod trace_context;
 mod verify;
