@@ -17,7 +17,8 @@
 //!   [`MAX_TRACESTATE_BYTES`] and [`MAX_TRACESTATE_MEMBERS`], and dropped otherwise.
 //!
 //! Cost on the request path with export off: one or two draws from the request-id random pool,
-//! 55 bytes of hex and one header value; no lock, no span object.
+//! 55 bytes of hex on the stack, and one header value for a request that is forwarded; no lock,
+//! no span object.
 
 use std::time::Duration;
 
@@ -335,8 +336,9 @@ pub struct TraceContext {
     /// The caller's span, when a valid `traceparent` came.
     pub parent_id: Option<[u8; 8]>,
     pub sampled: bool,
-    /// `00-{trace id}-{span id}-{flags}`, what the upstream receives.
-    traceparent: HeaderValue,
+    /// `00-{trace id}-{span id}-{flags}`, what the upstream receives: kept as bytes, so a
+    /// request that is never forwarded allocates nothing for it.
+    traceparent: [u8; 55],
     tracestate: Option<HeaderValue>,
 }
 
@@ -378,36 +380,34 @@ impl TraceContext {
         write_hex(&trace_id, &mut text[3..35]);
         write_hex(&span_id, &mut text[36..52]);
         text[54] = if sampled { b'1' } else { b'0' };
-        let traceparent = HeaderValue::from_bytes(&text).unwrap_or_else(|_| {
-            HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00")
-        });
         TraceContext {
             trace_id,
             span_id,
             parent_id,
             sampled,
-            traceparent,
+            traceparent: text,
             tracestate,
         }
     }
 
     /// The trace id as 32 lowercase hex digits (for the access log).
     pub fn trace_id_hex(&self) -> &str {
-        self.traceparent
-            .to_str()
-            .ok()
-            .and_then(|s| s.get(3..35))
-            .unwrap_or("-")
+        self.traceparent().get(3..35).unwrap_or("-")
     }
 
     /// The `traceparent` the upstream receives.
-    pub fn traceparent(&self) -> &HeaderValue {
-        &self.traceparent
+    pub fn traceparent(&self) -> &str {
+        // Written from ASCII only (digits, hex, dashes).
+        std::str::from_utf8(&self.traceparent).unwrap_or("-")
     }
 
     /// Replaces whatever trace headers the request carries with the gateway's.
     pub fn write(&self, headers: &mut HeaderMap) {
-        headers.insert(&TRACEPARENT, self.traceparent.clone());
+        if let Ok(value) = HeaderValue::from_bytes(&self.traceparent) {
+            headers.insert(&TRACEPARENT, value);
+        } else {
+            headers.remove(&TRACEPARENT);
+        }
         match &self.tracestate {
             Some(state) => {
                 headers.insert(&TRACESTATE, state.clone());

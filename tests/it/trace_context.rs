@@ -421,6 +421,15 @@ async fn a_collector_that_never_answers_does_not_slow_requests() {
         "[tracing]\nendpoint = \"http://{collector}/v1/traces\"\nqueue_size = 4\nbatch_size = 2\nbatch_interval = \"50ms\"\nexport_timeout = \"300ms\"\n"
     ))
     .await;
+    let spans = |outcome: &str| -> f64 {
+        let series = format!("gatehouse_trace_spans_total{{outcome=\"{outcome}\"}} ");
+        gatehouse::metrics::render()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (dropped, failed) = (spans("dropped"), spans("failed"));
     let started = std::time::Instant::now();
     for _ in 0..40 {
         through(&gw, &up, &[]).await;
@@ -430,5 +439,15 @@ async fn a_collector_that_never_answers_does_not_slow_requests() {
         "40 requests took {:?}",
         started.elapsed()
     );
+    // Two spans per 300 ms leave: the queue of 4 overflowed, and exports gave up in time.
+    assert!(spans("dropped") > dropped, "no span was dropped");
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while spans("failed") <= failed {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no export gave up within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     held.abort();
 }
