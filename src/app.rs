@@ -138,6 +138,7 @@ impl App {
             None => None,
         };
         let gateway = build_gateway(config, store.clone(), None).await?;
+        crate::metrics::routes_added(route_names(&gateway));
         Ok(Arc::new(App {
             current: ArcSwap::from_pointee(gateway),
             store,
@@ -194,7 +195,16 @@ impl App {
             self.restart_issuer_refresh(&gateway);
         }
         let changes = reload::Changes::between(&running, &gateway);
+        let only_in = |a: &Gateway, b: &Gateway| -> Vec<String> {
+            route_names(a)
+                .filter(|name| !route_names(b).any(|other| other == *name))
+                .map(str::to_owned)
+                .collect()
+        };
+        let (added, removed) = (only_in(&gateway, &running), only_in(&running, &gateway));
         self.current.store(gateway);
+        crate::metrics::routes_added(added.iter().map(String::as_str));
+        crate::metrics::routes_removed(removed.iter().map(String::as_str));
         Ok(changes)
     }
 
@@ -306,6 +316,16 @@ impl App {
             _ => crate::error::plain(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
         }
     }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        crate::metrics::routes_removed(route_names(&self.current.load()));
+    }
+}
+
+fn route_names(gateway: &Gateway) -> impl Iterator<Item = &str> {
+    gateway.config().routes.iter().map(|r| r.name.as_str())
 }
 
 pub fn limits(config: &Config) -> Limits {

@@ -24,6 +24,7 @@ use crate::logging::{LogConfig, RawLog};
 use crate::proxy::{RawUpstream, UpstreamConfig};
 use crate::routes::{RawRoute, Route, shadowings, validate_routes};
 use crate::store::{RawStore, StoreConfig};
+use crate::trace::{RawTracing, TracingConfig};
 
 /// Default public listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -77,6 +78,7 @@ pub struct RawConfig {
     pub store: RawStore,
     pub log: RawLog,
     pub admin: RawAdmin,
+    pub tracing: Option<RawTracing>,
 }
 
 /// Default address of the admin listener (health, readiness, metrics).
@@ -171,6 +173,8 @@ pub struct Config {
     /// Every key with its value as loaded (defaults, file, environment; paths rebased), before
     /// validation: what a reload compares to tell what changed and what needs a restart.
     pub loaded: Arc<Dict>,
+    /// `None`: no spans exported (trace context is still propagated).
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -582,6 +586,7 @@ impl RawConfig {
             log: self.log.validate()?,
             admin,
             loaded,
+            tracing: self.tracing.map(RawTracing::validate).transpose()?,
         })
     }
 }

@@ -18,7 +18,9 @@
 //! 6. **authenticate**: the route's auth mode decides whether a token is required; the token is
 //!    taken from exactly one place and verified.
 //! 7. **authorise**: the route's required scopes and roles.
-//! 8. **inject**: the verified identity as headers; the token removed unless the route forwards it.
+//! 8. **inject**: the verified identity as headers; the token removed unless the route forwards it;
+//!    the request id and the trace context ([`crate::trace`], read before stage 1: the
+//!    gateway's span as the upstream's parent) written over whatever the client sent.
 //! 9. **forward**: upstream URI from the route's base URL, the upstream's own `Host` (the
 //!    client's with `preserve_host`), forwarding headers, bounded body, response timeout; the
 //!    response streams back with its hop-by-hop headers removed, its `Location`,
@@ -28,8 +30,9 @@
 //! 10. **cors**: on a route or endpoint with a CORS policy, every response but a preflight's
 //!     (the upstream's and the gateway's own refusals alike) loses the upstream's
 //!     `Access-Control-*` headers and gets the policy's for the request's origin, if allowed.
-//! 11. **log**: one access-log line (and a warn line with the same request id if the response
-//!     body is later cut).
+//! 11. **log**: one access-log line with the request and trace ids (and a warn line with the
+//!     same request id if the response body is later cut); with `[tracing]`, a sampled request's
+//!     span queued for export.
 //!
 //! Stages 1-7 live in [`decide`] ([`Router::decide`], the one place they are decided: `routes
 //! explain` calls it too), stages 8-9 in [`forward`], the CORS headers in [`crate::cors`]; this
@@ -43,7 +46,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -63,6 +66,8 @@ use crate::origin::Origin;
 use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID, request_id};
 use crate::proxy::{ClientSettings, ProxyError, UpstreamClient};
 use crate::server::ConnInfo;
+use crate::trace::export::{ExportError, Exporter, FinishedSpan};
+use crate::trace::{Sampler, TraceContext};
 
 pub mod csrf;
 pub mod decide;
@@ -80,6 +85,8 @@ pub enum BuildError {
     Proxy(#[from] ProxyError),
     #[error("identity headers: {0}")]
     Headers(#[from] headers::HeaderError),
+    #[error("tracing: {0}")]
+    Tracing(#[from] ExportError),
 }
 
 /// Everything the pipeline needs, built once from a validated [`Config`].
@@ -97,6 +104,10 @@ pub struct Gateway {
     authenticator: Arc<Authenticator>,
     /// The routes' hosts, where a browser may be sent after signing in.
     route_hosts: Arc<[String]>,
+    /// Where sampled spans go, with `[tracing]`; kept across reloads that leave it unchanged.
+    tracer: Option<Arc<Exporter>>,
+    /// The sampling decision for new traces and untrusted callers.
+    sampler: Sampler,
 }
 
 /// What each route needs beside its config: its own pooled client (each route has its own
@@ -145,12 +156,24 @@ impl Gateway {
                 metrics: RouteMetrics::new(&route.name),
                 stalls: Arc::new(StallLog {
                     route: route.name.clone(),
-                    count: crate::metrics::upstream_body_timeouts(&route.name),
                 }),
                 failures: forward::FailureLog::new(route),
                 redirects: redirects::Rewriter::for_route(route),
             });
         }
+        let (tracer, sampler) = match &config.tracing {
+            None => (None, Sampler::NEVER),
+            Some(settings) => {
+                let kept = running
+                    .and_then(|g| g.tracer.clone())
+                    .filter(|exporter| exporter.config == *settings);
+                let exporter = match kept {
+                    Some(exporter) => exporter,
+                    None => Arc::new(Exporter::start(settings)?),
+                };
+                (Some(exporter), Sampler::ratio(settings.sampling_ratio))
+            }
+        };
         let route_hosts = router
             .routes()
             .iter()
@@ -168,6 +191,8 @@ impl Gateway {
             unrouted_metrics: RouteMetrics::new(UNROUTED),
             authenticator: auth.authenticator().clone(),
             auth,
+            tracer,
+            sampler,
         })
     }
 
@@ -193,10 +218,21 @@ impl Gateway {
         let trusted = &self.config.server.trusted_proxies;
         let client = headers::client_ip(conn.peer.ip(), req.headers(), trusted);
         let request_id = request_id(req.headers(), conn.peer.ip(), trusted);
+        let trace = TraceContext::start(
+            req.headers(),
+            headers::is_trusted(conn.peer.ip().to_canonical(), trusted),
+            self.sampler,
+        );
+        // The wall clock only for a span that will be exported.
+        let span_start = self
+            .tracer
+            .as_ref()
+            .filter(|_| trace.sampled)
+            .map(|_| SystemTime::now());
         let origin = cors::request_origin(req.headers());
         let mut access = AccessLog::default();
         let mut response = match self
-            .pipeline(req, &conn, client, &request_id, &mut access)
+            .pipeline(req, &conn, client, &request_id, &trace, &mut access)
             .await
         {
             Ok(response) => response,
@@ -222,6 +258,7 @@ impl Gateway {
         tracing::info!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),
+            trace_id = trace.trace_id_hex(),
             client = %client,
             method = %method,
             path = access
@@ -235,6 +272,19 @@ impl Gateway {
             sub = access.identity.as_ref().map_or("-", |identity| identity.sub.as_str()),
             rejected = access.rejection.unwrap_or("-"),
         );
+        if let (Some(tracer), Some(start)) = (&self.tracer, span_start) {
+            tracer.record(FinishedSpan {
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                parent_id: trace.parent_id,
+                start,
+                end: SystemTime::now(),
+                method,
+                route: route.to_owned(),
+                status,
+                request_id: request_id.to_str().unwrap_or("-").to_owned(),
+            });
+        }
         response
     }
 
@@ -244,6 +294,7 @@ impl Gateway {
         conn: &ConnInfo,
         client: IpAddr,
         request_id: &HeaderValue,
+        trace: &TraceContext,
         access: &mut AccessLog<'g>,
     ) -> Result<Response<Body>, Rejection> {
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -346,8 +397,9 @@ impl Gateway {
             .ok_or(Rejection::NoRoute)?;
         access.identity.clone_from(&identity);
 
-        // After scrubbing, so no Connection header can remove it.
+        // After scrubbing, so no Connection header can remove them.
         req.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+        trace.write(req.headers_mut());
         forward::prepare_upstream_headers(
             req.headers_mut(),
             route,

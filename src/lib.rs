@@ -28,6 +28,7 @@
 //! | `store::contract` | the backend-neutral tests every store backend must pass (tests only) |
 //! | `limits::tests` | the limits in process and shared through a private `redis-server` (tests only) |
 //! | `cors::tests` | the CORS policy and its settings, against the example config too (tests only) |
+//! | `trace::tests` | trace-context parsing, the sampling rule and the `[tracing]` settings, against the example config too (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
 //! | `auth::discovery` | the RFC 8414 and OpenID discovery documents: what the gateway supports, its endpoints' absolute URLs |
@@ -40,6 +41,8 @@
 //! | `auth::session` | browser sessions: the cookie's value and digest, the access tokens held for them and their renewal |
 //! | `config` | raw TOML/env configuration validated into `Config` |
 //! | `config::source` | the config file read whole and bounded; the line and column of a key |
+//! | `trace` | W3C trace context: `traceparent`/`tracestate` read, decided (sampling is ours) and forwarded; the `[tracing]` settings |
+//! | `trace::export` | spans over OTLP/HTTP: a bounded queue, batches, every wait bounded, on the gateway's own client |
 //! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
@@ -57,7 +60,8 @@
 //! | `limits::shared` | the same limits shared by several gateways: GCRA in one Redis script |
 //! | `limits::shared::testing` | private `redis-server`s for tests, stopped when the test process ends (tests only) |
 //! | `limits::shared::tests` | the shared limits against a private `redis-server` (tests only) |
-//! | `metrics` | Prometheus recorder and the events it counts |
+//! | `metrics` | Prometheus recorder and the events it counts; the series of removed routes left out |
+//! | `metrics::process` | the standard `process_*` metrics, read from `/proc/self` at each scrape |
 //! | `logging` | tracing subscriber setup; the `[log]` settings |
 //! | `auth::password` | argon2id/bcrypt hashing on a bounded blocking pool; the `[auth.password]` settings |
 //! | `auth::runtime` | the endpoint runtime: its own thread (and priority) for login work |
@@ -90,3 +94,4 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod trace;

@@ -1,12 +1,22 @@
 //! Prometheus metrics: the process-wide recorder and one small function per event, so call sites
 //! stay one line and label values stay bounded (route names and fixed reasons, never paths,
 //! users or tokens).
+//!
+//! A series exists once something happened to it: a route's series are registered at its first
+//! request of each kind (and cached in [`RouteMetrics`]), so a gateway with hundreds of routes
+//! scrapes small before traffic. The recorder cannot forget a series, so the series of a route
+//! that a reload removed are left out of [`render`] from then on ([`routes_removed`]; a route of
+//! that name that comes back carries on counting where it was). Beside the recorder's series, [`render`] adds `gatehouse_build_info` and the standard `process_*` metrics
+//! ([`process`]).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub mod process;
 
 /// Latency buckets in seconds: sub-millisecond proxying up to slow upstreams.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -34,6 +44,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            gauge!("gatehouse_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             let upkeep = handle.clone();
             let started = std::thread::Builder::new()
                 .name("gatehouse-metrics".into())
@@ -52,9 +63,76 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// The exposition text.
+/// The exposition text: the recorder's series but those of gone routes, then the process's.
 pub fn render() -> Option<String> {
-    install().map(PrometheusHandle::render)
+    let text = install()?.render();
+    let mut out = {
+        let routes = ROUTES.read().unwrap_or_else(|e| e.into_inner());
+        match routes
+            .as_ref()
+            .filter(|r| r.values().any(|&live| live == 0))
+        {
+            Some(routes) => without_gone_routes(&text, routes),
+            None => text,
+        }
+    };
+    process::render(&mut out);
+    Some(out)
+}
+
+/// Every route name a running configuration has had, with how many running configurations have
+/// it now (one in a gateway process; tests run several side by side). A name at 0 is gone: its
+/// series are left out of [`render`]. Touched only when a configuration is built or replaced and
+/// at a scrape, never per request.
+static ROUTES: RwLock<Option<HashMap<String, usize>>> = RwLock::new(None);
+
+/// A running configuration now has these routes (the first one built, or a reload added them):
+/// their series are shown (again).
+pub fn routes_added<'a>(routes: impl IntoIterator<Item = &'a str>) {
+    let mut map = ROUTES.write().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    for route in routes {
+        *map.entry(route.to_owned()).or_insert(0) += 1;
+    }
+}
+
+/// A running configuration no longer has these routes (a reload removed them, or it stopped):
+/// once no configuration has a route, its series are left out of [`render`].
+pub fn routes_removed<'a>(routes: impl IntoIterator<Item = &'a str>) {
+    let mut map = ROUTES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(map) = map.as_mut() {
+        for route in routes {
+            if let Some(live) = map.get_mut(route) {
+                *live = live.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// `text` without the sample lines whose `route` label names a gone route. Route names are
+/// `[A-Za-z0-9._-]` (the route table checks), so the label's value needs no unescaping.
+fn without_gone_routes(text: &str, routes: &HashMap<String, usize>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let gone = route_label(line).is_some_and(|route| routes.get(route) == Some(&0));
+        if !gone {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// The value of a sample line's `route` label.
+fn route_label(line: &str) -> Option<&str> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (_, labels) = line.split_once('{')?;
+    let (labels, _) = labels.split_once('}')?;
+    labels.split(',').find_map(|pair| {
+        pair.strip_prefix("route=\"")
+            .and_then(|value| value.strip_suffix('"'))
+    })
 }
 
 fn describe() {
@@ -113,6 +191,14 @@ fn describe() {
         "gatehouse_listener_refusals_total",
         "Requests the listener answered itself, before the pipeline, by reason."
     );
+    describe_counter!(
+        "gatehouse_trace_spans_total",
+        "Finished spans by outcome: exported, failed, dropped (export queue full); with [tracing] only."
+    );
+    describe_gauge!(
+        "gatehouse_build_info",
+        "Always 1; the running build's version as a label."
+    );
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -127,33 +213,51 @@ fn status_class(status: u16) -> usize {
     }
 }
 
-/// One route's request metrics, registered when the gateway is built so that a proxied request
-/// records them without label allocations or registry lookups.
+/// One route's request metrics. Each series is registered at the route's first request of its
+/// kind and its handle kept, so later requests record without label allocations or registry
+/// lookups (one atomic load to find the handle), and a route nobody called adds nothing to the
+/// exposition.
 pub struct RouteMetrics {
-    requests: [Counter; 5],
-    duration: Histogram,
-    upstream: Histogram,
+    route: String,
+    requests: [OnceLock<Counter>; 5],
+    duration: OnceLock<Histogram>,
+    upstream: OnceLock<Histogram>,
 }
 
 impl RouteMetrics {
     pub fn new(route: &str) -> Self {
         install();
-        let route = route.to_owned();
         Self {
-            requests: STATUS_CLASSES.map(|class| {
-                counter!("gatehouse_requests_total", "route" => route.clone(), "status" => class)
-            }),
-            duration: histogram!("gatehouse_request_duration_seconds", "route" => route.clone()),
-            upstream: histogram!("gatehouse_upstream_duration_seconds", "route" => route),
+            route: route.to_owned(),
+            requests: Default::default(),
+            duration: OnceLock::new(),
+            upstream: OnceLock::new(),
         }
     }
 
     /// One finished request on this route.
     pub fn request(&self, status: u16, total: Duration, upstream: Option<Duration>) {
-        self.requests[status_class(status)].increment(1);
-        self.duration.record(total.as_secs_f64());
+        let class = status_class(status);
+        self.requests[class]
+            .get_or_init(|| {
+                counter!(
+                    "gatehouse_requests_total",
+                    "route" => self.route.clone(),
+                    "status" => STATUS_CLASSES[class]
+                )
+            })
+            .increment(1);
+        self.duration
+            .get_or_init(
+                || histogram!("gatehouse_request_duration_seconds", "route" => self.route.clone()),
+            )
+            .record(total.as_secs_f64());
         if let Some(upstream) = upstream {
-            self.upstream.record(upstream.as_secs_f64());
+            self.upstream
+                .get_or_init(|| {
+                    histogram!("gatehouse_upstream_duration_seconds", "route" => self.route.clone())
+                })
+                .record(upstream.as_secs_f64());
         }
     }
 }
@@ -212,11 +316,10 @@ pub fn upstream_error(kind: &'static str) {
     counter!("gatehouse_upstream_errors_total", "kind" => kind).increment(1);
 }
 
-/// The handle a proxied route counts its stalled upstream response bodies with, registered
-/// when the gateway is built so the series exists (at 0) before the first stall.
-pub fn upstream_body_timeouts(route: &str) -> Counter {
-    install();
-    counter!("gatehouse_upstream_body_timeouts_total", "route" => route.to_owned())
+/// How a proxied route counts its stalled upstream response bodies: the series is registered at
+/// the first stall (a stall is rare; the lookup then costs nothing that matters).
+pub fn upstream_body_timeout(route: &str) {
+    counter!("gatehouse_upstream_body_timeouts_total", "route" => route.to_owned()).increment(1);
 }
 
 /// A request the listener answered itself (a head the HTTP/1 parser refused, an HTTP/2 header list
@@ -226,6 +329,12 @@ pub fn listener_refusal(status: u16, reason: &'static str) {
     let class = STATUS_CLASSES[status_class(status)];
     counter!("gatehouse_requests_total", "route" => "-", "status" => class).increment(1);
     counter!("gatehouse_listener_refusals_total", "reason" => reason).increment(1);
+}
+
+/// Finished spans by `outcome`: exported, failed (the collector refused or did not answer in
+/// time), dropped (the export queue was full).
+pub fn trace_spans(outcome: &'static str, count: u64) {
+    counter!("gatehouse_trace_spans_total", "outcome" => outcome).increment(count);
 }
 
 /// `outcome`: ok, invalid, needs_restart (a restart-only key changed), unsettled (the file

@@ -33,7 +33,6 @@ use super::redirects::{Public, Rewriter};
 /// request id, so the two join) and a counter.
 pub struct StallLog {
     pub route: String,
-    pub count: metrics::Counter,
 }
 
 /// At most one upstream-failure warn line per route in this long: an upstream that is down
@@ -282,7 +281,7 @@ pub async fn send(
     let request_id = request_id.clone();
     let idle = route.body_timeout;
     let on_stall = move |body_bytes: u64| {
-        stalls.count.increment(1);
+        crate::metrics::upstream_body_timeout(&stalls.route);
         tracing::warn!(
             target: "access",
             request_id = request_id.to_str().unwrap_or("-"),

@@ -636,9 +636,9 @@ pub fn request_id(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// 16 bytes from the system CSPRNG for one request id. The generator is asked for a block of ids
+/// 16 bytes from the system CSPRNG for one request id (or trace and span id). The generator is asked for a block of ids
 /// at a time per thread: per call, its fixed cost was most of the id's cost.
-fn random_id_bytes() -> [u8; 16] {
+pub fn random_id_bytes() -> [u8; 16] {
     const IDS_PER_FILL: usize = 64;
     thread_local! {
         static POOL: std::cell::RefCell<([u8; 16 * IDS_PER_FILL], usize)> =

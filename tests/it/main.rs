@@ -26,4 +26,5 @@ mod reload;
 mod security;
 mod sessions;
 mod tls;
+mod trace_context;
 mod verify;

@@ -194,6 +194,148 @@ async fn metrics_exposition_parses_and_counts_what_happened() {
     );
 }
 
+async fn scrape(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A reload that removes a route takes the route's series off `/metrics`; a kept route's counts
+/// carry on across it.
+#[tokio::test]
+async fn metrics_of_a_route_removed_by_a_reload_disappear() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    let gone = route("reload-gone", "/gone", &up.url(), "auth = \"public\"");
+    let kept = route("reload-kept", "/kept", &up.url(), "auth = \"public\"");
+    let gw = GatewayBuilder::new(&format!("{gone}{kept}"))
+        .start_from_file(dir, &file)
+        .await;
+    for path in ["/gone/x", "/kept/x"] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let base = admin(&gw).await;
+    let before = scrape(&base).await;
+    assert!(before.contains("route=\"reload-gone\""), "{before}");
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace(&gone, "")).unwrap();
+    gw.app.reload().await.unwrap();
+    assert_eq!(
+        client()
+            .get(gw.url("/kept/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let after = scrape(&base).await;
+    let left: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("route=\"reload-gone\""))
+        .collect();
+    assert!(left.is_empty(), "series of the removed route: {left:#?}");
+    let series = parse_exposition(&after);
+    assert_eq!(
+        value(
+            &series,
+            "gatehouse_requests_total",
+            &["route=\"reload-kept\"", "status=\"2xx\""]
+        ),
+        2.0
+    );
+}
+
+/// Routes nobody called add nothing to the exposition (no zero series per status class, no
+/// empty histograms): a gateway of 200 routes scrapes no larger than one of none, and a request
+/// adds its route's series alone. The recorder is the process's, shared by every test in this
+/// binary, so the bound is on the lines naming this test's routes.
+#[tokio::test]
+async fn metrics_of_two_hundred_routes_stay_small_before_traffic() {
+    let up = Upstream::start().await;
+    let routes: String = (0..200)
+        .map(|i| {
+            route(
+                &format!("many-{i}"),
+                &format!("/many/{i}"),
+                &up.url(),
+                "auth = \"public\"",
+            )
+        })
+        .collect();
+    let gw = GatewayBuilder::new(&routes).start().await;
+    let base = admin(&gw).await;
+    let ours = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("route=\"many-"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = ours(&scrape(&base).await);
+    assert!(before.is_empty(), "series before traffic: {before:#?}");
+
+    assert_eq!(
+        client()
+            .get(gw.url("/many/7/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let after = ours(&scrape(&base).await);
+    assert!(
+        after.iter().all(|l| l.contains("route=\"many-7\"")),
+        "{after:#?}"
+    );
+    let requests: Vec<&String> = after
+        .iter()
+        .filter(|l| l.starts_with("gatehouse_requests_total{"))
+        .collect();
+    assert_eq!(requests.len(), 1, "one status class seen: {requests:#?}");
+    let bytes: usize = after.iter().map(|l| l.len() + 1).sum();
+    assert!(bytes < 8 * 1024, "{bytes} bytes for one request's series");
+}
+
+#[tokio::test]
+async fn metrics_name_the_build_and_the_process() {
+    let up = Upstream::start().await;
+    let gw = GatewayBuilder::route("built", "/", &up.url(), "auth = \"public\"")
+        .start()
+        .await;
+    let text = scrape(&admin(&gw).await).await;
+    let series = parse_exposition(&text);
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(value(&series, "gatehouse_build_info", &[&version]), 1.0);
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter"),
+        "{text}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(value(&series, name, &[]) >= 1.0, "{name} in {text}");
+    }
+    assert!(value(&series, "process_cpu_seconds_total", &[]) > 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value(&series, "process_start_time_seconds", &[]);
+    assert!(started <= now + 1.0 && started > now - 3600.0, "{started}");
+}
+
 #[tokio::test]
 async fn request_id_is_generated_forwarded_and_returned_and_client_ids_are_not_trusted() {
     let up = Upstream::start().await;
