@@ -394,6 +394,8 @@ async fn token_from(
         refresh_token: form.get("refresh_token"),
         client_secret: form.get("client_secret"),
         basic: basic_of(authorization),
+        client_assertion_type: form.get("client_assertion_type"),
+        client_assertion: form.get("client_assertion"),
         resource: None,
         audience: None,
         user_agent: agent.as_ref().map(HeaderValue::as_bytes),
@@ -421,6 +423,8 @@ async fn client_credentials(
         client_id: form.get("client_id"),
         client_secret: form.get("client_secret"),
         basic: basic_of(authorization),
+        client_assertion_type: form.get("client_assertion_type"),
+        client_assertion: form.get("client_assertion"),
         scope: form.get("scope"),
         resource: form.get("resource"),
         audience: form.get("audience"),
@@ -475,6 +479,7 @@ async fn read_form(req: Request<Incoming>) -> Result<Form, EndpointError> {
             "username",
             "refresh_token",
             "client_secret",
+            "client_assertion",
             "token",
         ];
         if query
