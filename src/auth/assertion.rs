@@ -412,7 +412,7 @@ enum Source {
 struct Cached {
     keys: Option<KeyLookup>,
     fetched: Option<Instant>,
-    /// The last fetch started for an unknown kid.
+    /// The last fetch for an unknown kid, or that failed: the next such waits for the cooldown.
     refetched: Option<Instant>,
 }
 
@@ -493,18 +493,26 @@ impl ClientKeys {
         if !fetch {
             return;
         }
-        cached.refetched = Some(now);
         match self.fetch(name, url).await {
             Ok(keys) => {
                 tracing::debug!(client = name, keys = keys.len(), "client key set fetched");
                 cached.keys = Some(keys);
                 cached.fetched = Some(Instant::now());
+                // A refetch for an unknown kid starts the cooldown; the first fetch does not,
+                // so a key published right after it is still found.
+                if lacks_kid {
+                    cached.refetched = Some(now);
+                }
             }
-            Err(e) => tracing::warn!(
-                client = name,
-                error = %e,
-                "fetching the client's key set failed; keeping the last good set, if any"
-            ),
+            Err(e) => {
+                // A failing source is not asked again before the cooldown either.
+                cached.refetched = Some(now);
+                tracing::warn!(
+                    client = name,
+                    error = %e,
+                    "fetching the client's key set failed; keeping the last good set, if any"
+                );
+            }
         }
     }
 

@@ -289,7 +289,9 @@ impl Drop for TestGateway {
 }
 
 /// Builds a gateway from TOML. `{data}` in the text is replaced by the test's data directory; the
-/// store and keys go there unless the text says otherwise.
+/// store and keys go there unless the text says otherwise. `{gateway}` is replaced by the origin
+/// the gateway will listen at (`http://127.0.0.1:PORT`, bound before the config is read), for
+/// settings that must name it, such as `[auth] public_url`.
 pub struct GatewayBuilder {
     toml: String,
 }
@@ -343,32 +345,46 @@ impl GatewayBuilder {
     }
 
     /// Starts with an existing data directory (restart tests).
-    pub async fn start_in(self, dir: tempfile::TempDir) -> TestGateway {
+    pub async fn start_in(mut self, dir: tempfile::TempDir) -> TestGateway {
+        let listener = self.bind().await;
         let config = self.config(dir.path());
         let app = gatehouse::app::App::new(config, None)
             .await
             .expect("gateway builds");
-        self.serve(app, dir).await
+        self.serve(app, dir, listener).await
+    }
+
+    /// The gateway's listener, bound now so that `{gateway}` can name its address.
+    async fn bind(&mut self) -> TcpListener {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        self.toml = self.toml.replace("{gateway}", &origin);
+        listener
     }
 
     /// Starts from a config file in `dir`, so that reloads re-read it.
     pub async fn start_from_file(
-        self,
+        mut self,
         dir: tempfile::TempDir,
         file: &std::path::Path,
     ) -> TestGateway {
+        let listener = self.bind().await;
         std::fs::write(file, self.text(dir.path())).unwrap();
         let config =
             Config::load(Some(file)).unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let app = gatehouse::app::App::new(config, Some(file.to_owned()))
             .await
             .expect("gateway builds");
-        self.serve(app, dir).await
+        self.serve(app, dir, listener).await
     }
 
-    async fn serve(self, app: Arc<gatehouse::app::App>, dir: tempfile::TempDir) -> TestGateway {
+    async fn serve(
+        self,
+        app: Arc<gatehouse::app::App>,
+        dir: tempfile::TempDir,
+        listener: TcpListener,
+    ) -> TestGateway {
         let gateway = app.current();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let a = app.clone();
