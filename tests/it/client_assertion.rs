@@ -590,3 +590,70 @@ fn rsa_key() -> (String, Value) {
     let jwk = json!({"kty": "RSA", "n": B64.encode(&parts.n), "e": B64.encode(&parts.e), "kid": "reporting-1"});
     (pem, jwk)
 }
+
+#[tokio::test]
+async fn an_assertion_is_never_logged() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    let text = GatewayBuilder::new(&route("api", "/api", &up.url(), ""))
+        .and(&format!("[auth]\nissuer = \"{ISSUER}\"\n"))
+        .and("[server]\nlisten = \"127.0.0.1:0\"\n")
+        .text(dir.path());
+    std::fs::write(&config, text).unwrap();
+    let key = IdpKey::new("ci-key-1");
+    let file = config.with_file_name("ci.jwks.json");
+    std::fs::write(&file, json!({"keys": [key.jwk()]}).to_string()).unwrap();
+    let file = file.display().to_string();
+    cli(
+        &config,
+        &[
+            "client",
+            "add",
+            "ci",
+            "--jwks-file",
+            &file,
+            "--create-store",
+        ],
+        None,
+    )
+    .await;
+    let served = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || crate::support::serve_binary(&config))
+            .await
+            .unwrap()
+    };
+    let url = format!("http://{}/auth/token", served.addr);
+    let good = key.sign(&assertion_claims(ISSUER));
+    let wrong_aud = key.sign(&assertion_claims("https://evil.example/token"));
+    let mut statuses = Vec::new();
+    // Accepted, replayed, refused.
+    for assertion in [&good, &good, &wrong_aud] {
+        let response = client()
+            .post(&url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 401, 401]);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let lines = served.lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("replayed")),
+        "the log says why: {lines:?}"
+    );
+    for line in &lines {
+        for assertion in [&good, &wrong_aud] {
+            // Not the whole assertion, nor its signature.
+            let signature = assertion.rsplit('.').next().unwrap();
+            assert!(!line.contains(signature), "assertion logged: {line}");
+        }
+    }
+}
