@@ -1860,6 +1860,34 @@ mod tests {
         assert_eq!(batch.last, 4);
     }
 
+    /// Version 8: clients registered before it keep authenticating by their secret.
+    #[tokio::test]
+    async fn clients_from_before_schema_v8_keep_their_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..7] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 7).unwrap();
+            tx.execute(
+                "INSERT INTO clients (name, secret_digest, scopes, audiences, grants, jwks_url, \
+                 disabled, epoch, created_at, rotated_at) \
+                 VALUES ('ci', ?1, '[]', '[]', '[\"client_credentials\"]', NULL, 0, 'c.e', 1, 1)",
+                [&[7u8; 32][..]],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let ci = store.client(&name("ci")).await.unwrap().unwrap();
+        assert_eq!(ci.auth_method, ClientAuthMethod::Secret);
+        assert_eq!(ci.jwks, None);
+        assert_eq!(ci.secret_digest, [7u8; 32]);
+    }
+
     #[test]
     fn database_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
