@@ -2,8 +2,14 @@
 //! service, pipeline, listeners, hot reload (SIGHUP and config-file changes), the admin listener,
 //! background pruning and graceful shutdown.
 //!
+//! A reload takes only a settled file that changes nothing a restart must apply, and passes
+//! the same checks as `serve` ([`reload`], [`preflight`]).
+//!
 //! The pipeline lives behind an `ArcSwap`: each request takes the current [`Gateway`] once, so a
 //! reload never changes the configuration under a request in flight.
+
+pub mod preflight;
+pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +55,11 @@ pub enum AppError {
     },
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// Not a source: the message holds the whole list already.
+    #[error("the configuration cannot run: {0}")]
+    Preflight(preflight::Problems),
+    #[error("reload refused: {0}")]
+    Reload(#[from] reload::ReloadError),
 }
 
 /// Installs the one rustls crypto provider (aws-lc-rs); harmless when already installed.
@@ -107,6 +118,13 @@ pub struct App {
     certs: Option<Arc<CertStore>>,
     /// The trusted issuers' background JWKS refresh of the current pipeline.
     issuer_refresh: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held by the reload under way: two at once (SIGHUP during a file-change reload) could
+    /// swap in the older file last.
+    reloading: tokio::sync::Mutex<()>,
+    /// SIGHUP, listened to from the start: one arriving before the background task runs must
+    /// reload, not end the process (the default action) nor be lost.
+    #[cfg(unix)]
+    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
 }
 
 impl App {
@@ -126,6 +144,9 @@ impl App {
             source,
             certs,
             issuer_refresh: std::sync::Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            #[cfg(unix)]
+            hangup: std::sync::Mutex::new(hangup_signal()),
         }))
     }
 
@@ -137,33 +158,33 @@ impl App {
     /// Re-reads the config file (and the keys and TLS certificate it names) and swaps in a new
     /// pipeline. On any error the running one stays and the error is returned.
     pub async fn reload(&self) -> Result<(), AppError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let result = self.try_reload().await;
         match &result {
-            Ok(()) => {
+            Ok(changes) => {
                 crate::metrics::reload("ok");
-                tracing::info!("configuration reloaded");
+                changes.log();
             }
             Err(e) => {
-                crate::metrics::reload("invalid");
+                let outcome = match e {
+                    AppError::Reload(e) => e.outcome(),
+                    _ => "invalid",
+                };
+                crate::metrics::reload(outcome);
                 tracing::error!(error = %e, "reload refused; keeping the running configuration");
             }
         }
-        result
+        result.map(|_| ())
     }
 
-    async fn try_reload(&self) -> Result<(), AppError> {
+    async fn try_reload(&self) -> Result<reload::Changes, AppError> {
         let config = match &self.source {
-            Some(path) => Config::load(Some(path))?,
+            Some(path) => reload::load_settled(path).await?,
             None => (*self.current().config().as_ref()).clone(),
         };
         let running = self.current();
-        let old = &running.config().server;
-        if config.server.listen != old.listen || config.server.tls.is_some() != old.tls.is_some() {
-            tracing::warn!("listener address or TLS on/off changed: takes effect after a restart");
-        }
-        if config.store != running.config().store {
-            tracing::warn!("store settings changed: take effect after a restart");
-        }
+        reload::refuse_restart_only(running.config(), &config)?;
+        preflight::check(&config).map_err(AppError::Preflight)?;
         let gateway = build_gateway(config, self.store.clone(), Some(&running)).await?;
         if let Some(certs) = &self.certs {
             certs.reload()?;
@@ -172,8 +193,9 @@ impl App {
         if self.issuer_refresh_running() {
             self.restart_issuer_refresh(&gateway);
         }
+        let changes = reload::Changes::between(&running, &gateway);
         self.current.store(gateway);
-        Ok(())
+        Ok(changes)
     }
 
     fn issuer_refresh_running(&self) -> bool {
@@ -301,6 +323,7 @@ pub fn limits(config: &Config) -> Limits {
 
 /// Binds the configured listeners and serves until SIGTERM or Ctrl-C.
 pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError> {
+    preflight::check(&config).map_err(AppError::Preflight)?;
     let addr = config.server.listen;
     let admin_addr = config.admin.listen;
     let backlog = config.server.listen_backlog;
@@ -342,7 +365,12 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> Result<(), AppError
 /// on a change of the config file.
 async fn background(app: Arc<App>) {
     #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = app
+        .hangup
+        .lock()
+        .ok()
+        .and_then(|mut h| h.take())
+        .or_else(hangup_signal);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut follow = FollowSchedule::new(&*app.store);
     let mut follow_failing = false;
@@ -401,6 +429,11 @@ async fn follow_changes(app: &App, failing: &mut bool) {
             }
         }
     }
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

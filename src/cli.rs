@@ -1,5 +1,6 @@
 //! Subcommands: `serve`, `check-config`, `demo`, `user ...`, `sessions ...`, `routes ...`,
-//! `keys ...`, `client ...`.
+//! `keys ...`, `client ...`, and `completions SHELL` and `man`, which render this one definition
+//! for shells and `man` (every subcommand and option has a help text; a test holds that).
 
 use std::future::Future as _;
 use std::io::{BufRead, IsTerminal, Read};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::app;
@@ -146,6 +147,20 @@ pub enum Command {
         #[command(subcommand)]
         action: ClientAction,
     },
+    /// Print a completion script for SHELL, generated from this command line's definition
+    /// (e.g. `gatehouse completions bash > /etc/bash_completion.d/gatehouse`).
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page gatehouse(1) (roff), or write it and one page per subcommand
+    /// into a directory; generated from this command line's definition.
+    Man {
+        /// Write gatehouse.1 and gatehouse-SUBCOMMAND.1 (e.g. gatehouse-user-import.1) into
+        /// this directory instead of printing gatehouse.1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,8 +178,8 @@ pub enum ClientAction {
         /// (repeat for several); none: only the gateway's own `[auth] audience`.
         #[arg(long = "audience")]
         audiences: Vec<String>,
-        /// A grant type it may use: client_credentials or password (repeat for both; default
-        /// client_credentials).
+        /// A grant type it may use: client_credentials or password, or introspection to call
+        /// the token introspection endpoint (repeat for several; default client_credentials).
         #[arg(long = "grant")]
         grants: Vec<String>,
         /// private_key_jwt: a file with the client's public keys (a JWKS, or one JWK), stored
@@ -180,9 +195,9 @@ pub enum ClientAction {
         #[arg(long)]
         create_store: bool,
     },
-    /// Clients with their scopes, audiences, grants, state and times.
+    /// Clients with their scopes, audiences, grants, state and times (RFC 3339, UTC).
     List {
-        /// One JSON object per client, one per line.
+        /// One JSON object per client, one per line (times as unix seconds).
         #[arg(long)]
         json: bool,
     },
@@ -214,9 +229,12 @@ pub enum ClientAction {
 pub enum UserAction {
     /// Add a user; the password is read from the terminal (twice) or stdin.
     Add {
+        /// The username (canonicalised: NFKC, lowercase; 1-64 of a-z 0-9 . _ @ + -).
         name: String,
+        /// A role its tokens carry (repeat for several).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// A scope its tokens may carry (repeat for several).
         #[arg(long = "scope")]
         scopes: Vec<String>,
         /// Read the password from the first line of stdin.
@@ -229,39 +247,60 @@ pub enum UserAction {
     },
     /// Replace a user's roles and scopes (the password stays); no flag clears the list.
     Update {
+        /// The username.
         name: String,
+        /// A role its tokens carry (repeat for several; none clears them).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// A scope its tokens may carry (repeat for several; none clears them).
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
     /// Set a new password; ends the user's sessions and lifts a lockout.
     Passwd {
+        /// The username.
         name: String,
+        /// Read the password from the first line of stdin.
         #[arg(long)]
         password_stdin: bool,
     },
     /// End every login lockout of a name (from every network, and everywhere) and forget the
     /// failures that led to them.
     Unlock {
+        /// The username (it need not exist: unknown names lock out too).
         name: String,
     },
     /// Refuse the user's logins and end its sessions, access tokens included.
     Disable {
+        /// The username.
         name: String,
     },
+    /// Accept the user's logins again (sessions ended by the disable stay ended).
     Enable {
+        /// The username.
         name: String,
     },
-    List,
+    /// Users with their state, roles, scopes, times and lockouts (RFC 3339, UTC).
+    List {
+        /// One JSON object per user, one per line (times as unix seconds), as `client list`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the user; its sessions end, access tokens included.
     Remove {
+        /// The username.
         name: String,
     },
-    /// Import users with existing hashes (argon2 PHC or bcrypt) from JSON lines or CSV
-    /// (`username,password_hash,roles,scopes` with roles/scopes separated by spaces).
+    /// Import users with existing password hashes (argon2 or bcrypt) from JSON lines or CSV,
+    /// all or nothing.
+    #[command(long_about = crate::auth::import::FORMAT_HELP)]
     Import {
+        /// The JSON lines or CSV file (formats above).
         file: PathBuf,
+        /// Leave users whose name is already taken as they are and import the others; without
+        /// it one taken name means nothing is imported.
+        #[arg(long)]
+        skip_existing: bool,
     },
 }
 
@@ -269,10 +308,14 @@ pub enum UserAction {
 pub enum SessionsAction {
     /// Live sessions, of USER or of everyone: id, user, started, last refreshed, expiry, client
     /// address and user agent at login.
-    List { user: Option<String> },
+    List {
+        /// Only this user's sessions.
+        user: Option<String>,
+    },
     /// End USER's session FAMILY, or every session of USER; their access tokens are refused by
     /// every gateway on this store within a second.
     Revoke {
+        /// The username.
         user: String,
         /// A session id as `sessions list` shows it; one in eight starts with `-` (base64url).
         #[arg(allow_hyphen_values = true)]
@@ -284,9 +327,10 @@ pub enum SessionsAction {
 pub enum RoutesAction {
     /// Which route matches, the path and URL that would be forwarded, and the auth policy.
     Explain {
-        /// e.g. GET
+        /// The request's method, e.g. GET.
         method: String,
-        /// e.g. http://api.example.com/api/items?x=1 (the host selects host-specific routes)
+        /// The request's URL, e.g. http://api.example.com/api/items?x=1 (the host selects
+        /// host-specific routes).
         url: String,
     },
 }
@@ -303,10 +347,16 @@ pub enum KeysAction {
     /// Make a new signing key; the old ones verify until their tokens expire. With
     /// `[auth] kek_file`, in the store: published at once, signing after `publish_ahead`.
     Rotate,
-    List,
+    /// Signing keys with their algorithm, times (RFC 3339, UTC) and state.
+    List {
+        /// One JSON object per key, one per line (times as unix seconds), as `client list`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a new key-encryption key (for `[auth] kek_file`) to PATH, mode 0600; an existing
     /// file is never overwritten.
     NewKek {
+        /// Where to write it (a new file).
         path: PathBuf,
     },
 }
@@ -320,6 +370,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // Only the commands that read a configuration look for one (and say which they use).
     let c = &match &cli.command {
         Command::Demo { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Keys {
             action: KeysAction::NewKek { .. },
         } => Located {
@@ -355,6 +407,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { action } => keys(load(c)?, action).await,
         Command::Client { action } => client(load(c)?, action).await,
+        Command::Completions { shell } => {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &completions(shell))?;
+            Ok(())
+        }
+        Command::Man { dir: Some(dir) } => write_man_pages(&dir),
+        Command::Man { dir: None } => {
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &man_page()?)?;
+            Ok(())
+        }
         Command::Routes {
             action: RoutesAction::Explain { method, url },
         } => {
@@ -363,6 +424,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "gatehouse", &mut out);
+    out
+}
+
+/// `gatehouse(1)`: the synopsis, the global options and the list of subcommands.
+pub fn man_page() -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// `gatehouse.1` and one page per subcommand (`gatehouse-user-import.1`, ...) into `dir`.
+pub fn write_man_pages(dir: &Path) -> anyhow::Result<()> {
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing manual pages to {}", dir.display()))
 }
 
 fn load(c: &Located) -> anyhow::Result<Config> {
@@ -378,9 +459,9 @@ fn check_config(c: &Located) -> anyhow::Result<()> {
         bail!("nothing checked: {}", c.how);
     }
     let config = load(c)?;
-    // The TLS pair as `serve` loads it: files readable, private, and belonging together.
-    if let Some(tls) = &config.server.tls {
-        crate::server::CertStore::load(&tls.cert, &tls.key)?;
+    // What `serve` demands beyond validation (routes, every file it names), all listed at once.
+    if let Err(problems) = app::preflight::check(&config) {
+        bail!("configuration not usable: {problems}");
     }
     println!("configuration OK");
     for warning in config.warnings() {
@@ -778,16 +859,23 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
                 .await?;
             println!("enabled {name}");
         }
-        UserAction::List => {
+        UserAction::List { json } => {
             let now = crate::clock::unix_now();
             for u in store.list_users().await? {
-                let lock = lock_summary(&store.lockouts(&u.username, now).await?);
+                let lockouts = store.lockouts(&u.username, now).await?;
+                if json {
+                    println!("{}", user_json(&u, &lockouts));
+                    continue;
+                }
                 println!(
-                    "{}\t{}\troles={}\tscopes={}{lock}",
+                    "{}\t{}\troles={}\tscopes={}\tcreated={}\tupdated={}{}",
                     u.username.as_str(),
                     if u.disabled { "disabled" } else { "enabled" },
                     u.roles.join(","),
-                    u.scopes.join(",")
+                    u.scopes.join(","),
+                    rfc3339_utc(u.created_at),
+                    rfc3339_utc(u.updated_at),
+                    lock_summary(&lockouts),
                 );
             }
         }
@@ -803,19 +891,10 @@ async fn user(config: Config, action: UserAction) -> anyhow::Result<()> {
             );
             println!("removed {name}; its sessions ended");
         }
-        UserAction::Import { file } => {
-            let users = crate::auth::import::read_file(&file)?;
-            let mut added = 0;
-            for u in users {
-                let name = u.username.as_str().to_owned();
-                store
-                    .create_user(u)
-                    .await
-                    .with_context(|| format!("importing {name}"))?;
-                added += 1;
-            }
-            println!("imported {added} users");
-        }
+        UserAction::Import {
+            file,
+            skip_existing,
+        } => import_users(&*store, &config, &file, skip_existing).await?,
     }
     Ok(())
 }
@@ -835,7 +914,16 @@ async fn keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
             let kid = KeyRing::rotate(&a.keys_dir, a.algorithm, retain)?;
             println!("new signing key {kid}; send SIGHUP to running gateways to use it");
         }
-        KeysAction::List => print_keys(&a.keys_dir)?,
+        KeysAction::List { json } => {
+            for k in KeyRing::list(&a.keys_dir)? {
+                let state = match k.retired {
+                    None if k.current => KeyState::Current,
+                    None => KeyState::Active,
+                    Some(t) => KeyState::Retired(t),
+                };
+                print_key(&k.kid, k.alg, k.created, None, state, json);
+            }
+        }
         KeysAction::NewKek { .. } => unreachable!("handled before the configuration is read"),
     }
     Ok(())
@@ -868,7 +956,7 @@ async fn stored_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
                 rfc3339_utc(key.active_from)
             );
         }
-        KeysAction::List => {
+        KeysAction::List { json } => {
             let ring = keystore::load_ring(&*store, &kek, retain, now).await?;
             let signing = &ring.signing().kid;
             for k in store
@@ -876,19 +964,19 @@ async fn stored_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
                 .await?
             {
                 let state = match k.retired_at {
-                    _ if k.kid == *signing => "current".to_owned(),
-                    None if k.active_from > now => {
-                        format!("published, signs from {}", rfc3339_utc(k.active_from))
-                    }
-                    None => "active".to_owned(),
-                    Some(t) if t > now => format!("signs until {}", rfc3339_utc(t)),
-                    Some(t) => format!("retired at {}", rfc3339_utc(t)),
+                    _ if k.kid == *signing => KeyState::Current,
+                    None if k.active_from > now => KeyState::Published(k.active_from),
+                    None => KeyState::Active,
+                    Some(t) if t > now => KeyState::SignsUntil(t),
+                    Some(t) => KeyState::Retired(t),
                 };
-                println!(
-                    "{}\t{}\tcreated {}\t{state}",
-                    k.kid,
+                print_key(
+                    &k.kid,
                     k.alg,
-                    rfc3339_utc(k.created_at)
+                    k.created_at,
+                    Some(k.active_from),
+                    state,
+                    json,
                 );
             }
         }
@@ -897,20 +985,169 @@ async fn stored_keys(config: Config, action: KeysAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_keys(dir: &Path) -> anyhow::Result<()> {
-    for k in KeyRing::list(dir)? {
-        let state = match k.retired {
-            None if k.current => "current".to_owned(),
-            None => "active".to_owned(),
-            Some(t) => format!("retired at {t}"),
-        };
-        println!("{}\t{}\tcreated {}\t{state}", k.kid, k.alg, k.created);
+/// Where a key is in its life, as `keys list` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyState {
+    /// The key the gateways sign with.
+    Current,
+    /// In the JWKS, signing from the time given.
+    Published(i64),
+    /// Verifies (and would sign, were it current).
+    Active,
+    /// Signs until the time given (a rotation's successor takes over then).
+    SignsUntil(i64),
+    /// Verifies only, retired at the time given.
+    Retired(i64),
+}
+
+impl KeyState {
+    /// The word `keys list --json` gives.
+    fn name(self) -> &'static str {
+        match self {
+            KeyState::Current => "current",
+            KeyState::Published(_) => "published",
+            KeyState::Active => "active",
+            KeyState::SignsUntil(_) => "retiring",
+            KeyState::Retired(_) => "retired",
+        }
     }
+
+    fn retired_at(self) -> Option<i64> {
+        match self {
+            KeyState::SignsUntil(t) | KeyState::Retired(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// One line of `keys list`: tab-separated with RFC 3339 times, or a JSON object.
+fn key_line(
+    kid: &str,
+    alg: crate::auth::keys::KeyAlg,
+    created_at: i64,
+    active_from: Option<i64>,
+    state: KeyState,
+    json: bool,
+) -> String {
+    if json {
+        return serde_json::json!({
+            "kid": kid,
+            "alg": alg.name(),
+            "state": state.name(),
+            "created_at": created_at,
+            "active_from": active_from,
+            "retired_at": state.retired_at(),
+        })
+        .to_string();
+    }
+    let state = match state {
+        KeyState::Current => "current".to_owned(),
+        KeyState::Published(t) => format!("published, signs from {}", rfc3339_utc(t)),
+        KeyState::Active => "active".to_owned(),
+        KeyState::SignsUntil(t) => format!("signs until {}", rfc3339_utc(t)),
+        KeyState::Retired(t) => format!("retired at {}", rfc3339_utc(t)),
+    };
+    format!("{kid}\t{alg}\tcreated {}\t{state}", rfc3339_utc(created_at))
+}
+
+fn print_key(
+    kid: &str,
+    alg: crate::auth::keys::KeyAlg,
+    created_at: i64,
+    active_from: Option<i64>,
+    state: KeyState,
+    json: bool,
+) {
+    println!(
+        "{}",
+        key_line(kid, alg, created_at, active_from, state, json)
+    );
+}
+
+/// One user of `user list --json`: the fields `client list --json` has for a client, and the
+/// lockouts running now.
+fn user_json(u: &crate::store::User, lockouts: &Lockouts) -> serde_json::Value {
+    let networks: Vec<serde_json::Value> = lockouts
+        .networks
+        .iter()
+        .map(|(network, until)| serde_json::json!({"network": network, "until": until}))
+        .collect();
+    serde_json::json!({
+        "username": u.username.as_str(),
+        "roles": u.roles,
+        "scopes": u.scopes,
+        "disabled": u.disabled,
+        "created_at": u.created_at,
+        "updated_at": u.updated_at,
+        "locked_everywhere_until": lockouts.everywhere,
+        "locked_networks": networks,
+    })
+}
+
+/// `user import`: every line judged first, then one transaction; a refused line or (without
+/// `--skip-existing`) a taken name writes nothing.
+async fn import_users(
+    store: &dyn Store,
+    config: &Config,
+    file: &Path,
+    skip_existing: bool,
+) -> anyhow::Result<()> {
+    let p = &config.auth.password;
+    let configured = HashParams {
+        m_kib: p.memory_kib,
+        t: p.iterations,
+        p: p.parallelism,
+    };
+    let parsed = crate::auth::import::read_file(file, &configured)?;
+    if !parsed.refused.is_empty() {
+        for refusal in &parsed.refused {
+            println!("refused   {refusal}");
+        }
+        let n = parsed.refused.len();
+        println!("imported 0, skipped 0, refused {n}");
+        bail!(
+            "{n} lines of {} refused; nothing was imported",
+            file.display()
+        );
+    }
+    let lines: std::collections::HashMap<Username, usize> = parsed
+        .users
+        .iter()
+        .map(|e| (e.user.username.clone(), e.line))
+        .collect();
+    let line_of = |name: &Username| lines.get(name).copied().unwrap_or(0);
+    let users = parsed.users.into_iter().map(|e| e.user).collect();
+    let outcome = store.import_users(users, skip_existing).await?;
+    if !skip_existing && !outcome.existing.is_empty() {
+        for name in &outcome.existing {
+            println!(
+                "refused   line {}: user {} already exists",
+                line_of(name),
+                name.as_str()
+            );
+        }
+        let n = outcome.existing.len();
+        println!("imported 0, skipped 0, refused {n}");
+        bail!(
+            "{n} users of {} already exist; nothing was imported (--skip-existing imports the others and leaves those as they are)",
+            file.display()
+        );
+    }
+    for name in &outcome.existing {
+        println!(
+            "skipped   line {}: user {} already exists, left as it is",
+            line_of(name),
+            name.as_str()
+        );
+    }
+    println!(
+        "imported {}, skipped {}, refused 0",
+        outcome.added,
+        outcome.existing.len()
+    );
     Ok(())
 }
 
-/// Unix seconds as RFC 3339 in UTC. UTC rather than local time: no time crate is a dependency,
-/// and the zone database is not worth one for a column in `user list`.
 /// An operator's action in the audit trail (client `cli`).
 fn audit_cli(event: Event, user: &Username, outcome: Outcome, reason: &str) {
     crate::auth::audit::record(
@@ -990,7 +1227,7 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
             }
             for g in &grants {
                 if !clients::GRANTS.contains(&g.as_str()) {
-                    bail!("--grant {g:?}: use client_credentials or password");
+                    bail!("--grant {g:?}: use client_credentials, password or introspection");
                 }
             }
             grants.dedup();
@@ -1187,6 +1424,8 @@ fn lock_summary(lockouts: &Lockouts) -> String {
     shown
 }
 
+/// Unix seconds as RFC 3339 in UTC. UTC rather than local time: no time crate is a dependency,
+/// and the zone database is not worth one for a column in `user list`.
 fn rfc3339_utc(unix: i64) -> String {
     // Days to civil date: H. Hinnant, "chrono-Compatible Low-Level Date Algorithms".
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
@@ -1253,6 +1492,118 @@ mod tests {
             panic!("not a revoke");
         };
         assert_eq!(family.as_deref(), Some("-TCZN5Hg"));
+    }
+
+    /// Every subcommand (at any depth) and every argument, positional ones included, has a
+    /// help text: `--help`, the completions and the man pages are generated from them.
+    #[test]
+    fn every_subcommand_and_argument_has_a_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if command.get_about().is_none() && command.get_long_about().is_none() {
+                missing.push(format!("{path}: subcommand without about"));
+            }
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument {} without help", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut command = <super::Cli as clap::CommandFactory>::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "gatehouse", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    fn subcommand_names() -> Vec<String> {
+        let command = <super::Cli as clap::CommandFactory>::command();
+        command
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn completions_name_every_subcommand_in_every_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+            clap_complete::Shell::Elvish,
+            clap_complete::Shell::PowerShell,
+        ] {
+            let script = String::from_utf8(super::completions(shell)).unwrap();
+            for name in subcommand_names()
+                .iter()
+                .map(String::as_str)
+                .chain(["import", "skip-existing"])
+            {
+                assert!(script.contains(name), "{shell}: no {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_man_page_names_every_subcommand_and_each_gets_a_page() {
+        let page = String::from_utf8(super::man_page().unwrap()).unwrap();
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH gatehouse"),
+            "{page}"
+        );
+        for name in subcommand_names() {
+            let roff = name.replace('-', "\\-");
+            assert!(page.contains(&roff), "no {name} in\n{page}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        super::write_man_pages(dir.path()).unwrap();
+        let import = std::fs::read_to_string(dir.path().join("gatehouse-user-import.1")).unwrap();
+        assert!(import.contains("password_hash"), "{import}");
+        assert!(import.contains("skip\\-existing"), "{import}");
+        assert!(dir.path().join("gatehouse.1").is_file());
+    }
+
+    /// The limits `user import --help` states are the ones the importer applies.
+    #[test]
+    fn the_import_help_states_the_importers_limits() {
+        use crate::auth::import::{FORMAT_HELP, MAX_IMPORT_BYTES, MAX_IMPORT_USERS};
+        use crate::auth::password::MAX_BCRYPT_COST;
+        assert!(FORMAT_HELP.contains(&format!("At most {MAX_IMPORT_USERS} users")));
+        assert!(FORMAT_HELP.contains(&format!("{} MiB", MAX_IMPORT_BYTES / 1024 / 1024)));
+        assert!(FORMAT_HELP.contains(&format!("cost\n                 at most {MAX_BCRYPT_COST}")));
+    }
+
+    #[test]
+    fn keys_list_lines_have_rfc3339_times_and_json_has_them_as_numbers() {
+        use super::{KeyState, key_line};
+        use crate::auth::keys::KeyAlg;
+        let text = key_line(
+            "k1",
+            KeyAlg::EdDSA,
+            0,
+            None,
+            KeyState::Retired(86_400),
+            false,
+        );
+        assert_eq!(
+            text,
+            "k1\tEdDSA\tcreated 1970-01-01T00:00:00Z\tretired at 1970-01-02T00:00:00Z"
+        );
+        let json: serde_json::Value = serde_json::from_str(&key_line(
+            "k2",
+            KeyAlg::ES256,
+            5,
+            Some(60),
+            KeyState::Published(60),
+            true,
+        ))
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kid": "k2", "alg": "ES256", "state": "published", "created_at": 5, "active_from": 60, "retired_at": null})
+        );
     }
 
     use super::{lock_summary, rfc3339_utc, summary};

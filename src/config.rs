@@ -3,14 +3,17 @@
 //!
 //! Every default is a named constant below and is echoed in `config/gatehouse.example.toml`.
 
+pub mod source;
 pub mod value;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +53,9 @@ pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// Largest `listen_backlog` accepted.
 pub const MAX_LISTEN_BACKLOG: u32 = 65_535;
+/// Default of `[server] allow_no_routes`: a configuration without a route is refused, since it
+/// answers every proxied request 404 (the usual sign of an empty or truncated file).
+pub const DEFAULT_ALLOW_NO_ROUTES: bool = false;
 
 /// Environment variables with this prefix override file values; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "GATEHOUSE_";
@@ -115,6 +121,7 @@ pub struct RawServer {
     pub h2_max_concurrent_streams: u32,
     pub trusted_proxies: Vec<String>,
     pub listen_backlog: u32,
+    pub allow_no_routes: bool,
 }
 
 impl Default for RawServer {
@@ -134,6 +141,7 @@ impl Default for RawServer {
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             trusted_proxies: Vec::new(),
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            allow_no_routes: DEFAULT_ALLOW_NO_ROUTES,
         }
     }
 }
@@ -160,6 +168,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    /// Every key with its value as loaded (defaults, file, environment; paths rebased), before
+    /// validation: what a reload compares to tell what changed and what needs a restart.
+    pub loaded: Arc<Dict>,
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +199,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// The requested `listen(2)` backlog, 1..=65535 (lowered to `net.core.somaxconn` at bind).
     pub listen_backlog: u32,
+    /// Whether a configuration without routes is accepted (see [`Config::require_routes`]).
+    pub allow_no_routes: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -203,21 +216,39 @@ pub struct TlsFiles {
 impl Config {
     /// Reads `path` (when given) then `GATEHOUSE_*` overrides, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
-        if let Some(path) = path {
-            if !path.is_file() {
-                return Err(invalid(
-                    "--config",
-                    format!("{} is not a readable file", path.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file_exact(path));
+        match path {
+            Some(path) => Self::from_file_text(path, &source::read(path)?),
+            None => Self::from_figment(
+                Figment::from(Serialized::defaults(RawConfig::default())).merge(env_provider()),
+                None,
+            ),
         }
-        let mut raw = extract(figment.merge(env_provider()))?;
-        if let Some(dir) = path.and_then(Path::parent) {
+    }
+
+    /// Validates `text`, read from the file `path` (which decides where relative paths
+    /// point and what errors cite, with line and column), then `GATEHOUSE_*` overrides.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(RawConfig::default()))
+            .merge(FileText { path, text })
+            .merge(env_provider());
+        let mut raw = extract(&figment, Some(text))?;
+        if let Some(dir) = path.parent() {
             raw.rebase(dir);
         }
-        raw.validate()
+        raw.validate().map_err(|e| located(e, &figment, path, text))
+    }
+
+    /// A configuration without routes answers every proxied request 404: refused unless
+    /// `[server] allow_no_routes` says it is meant (`serve`, `check-config` and reloads ask).
+    pub fn require_routes(&self) -> Result<(), ConfigError> {
+        if self.routes.is_empty() && !self.server.allow_no_routes {
+            return Err(invalid(
+                "routes",
+                "no [[routes]]: every proxied request would get 404; add a route, or set \
+                 [server] allow_no_routes = true if the gateway only serves its own endpoints",
+            ));
+        }
+        Ok(())
     }
 
     /// What a valid configuration still deserves a warning for, one line each: the shadowings
@@ -232,24 +263,47 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         Self::from_figment(
             Figment::from(Serialized::defaults(RawConfig::default())).merge(Toml::string(text)),
+            None,
         )
     }
 
-    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        extract(figment)?.validate()
+    fn from_figment(figment: Figment, text: Option<&str>) -> Result<Config, ConfigError> {
+        extract(&figment, text)?.validate()
     }
 }
 
-fn extract(figment: Figment) -> Result<RawConfig, ConfigError> {
+/// A configuration file's text (read once by the caller) as a figment provider that cites the
+/// file: figment's own file provider would read the file a second time.
+struct FileText<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Provider for FileText<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("TOML file", self.path)
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, Dict>, figment::Error> {
+        Toml::string(self.text).data()
+    }
+}
+
+/// `text`: the file's, so that errors about its keys can say where they are.
+fn extract(figment: &Figment, text: Option<&str>) -> Result<RawConfig, ConfigError> {
     figment.extract().map_err(|errors: figment::Error| {
-        let shown: Vec<String> = errors.into_iter().map(|e| describe(&figment, &e)).collect();
+        let shown: Vec<String> = errors
+            .into_iter()
+            .map(|e| describe(figment, &e, text))
+            .collect();
         ConfigError::Load(shown.join("; "))
     })
 }
 
 /// One loading error as an operator reads it: the key without figment's profile name, a route
-/// by its `name` (or 1-based number), a "did you mean" for a near-miss key, and the source.
-fn describe(figment: &Figment, e: &figment::Error) -> String {
+/// by its `name` (or 1-based number), a "did you mean" for a near-miss key, and the source
+/// (for the file, with the line and column of the key).
+fn describe(figment: &Figment, e: &figment::Error, text: Option<&str>) -> String {
     let mut key = String::new();
     let mut parts = e.path.iter().peekable();
     while let Some(part) = parts.next() {
@@ -288,13 +342,86 @@ fn describe(figment: &Figment, e: &figment::Error) -> String {
         kind => kind.to_string(),
     };
     if let Some(source) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-        reason.push_str(&format!(" (in {source})"));
+        let at = match (source, text) {
+            (figment::Source::File(_), Some(text)) => source::locate(text, &e.path)
+                .map(|(line, column)| format!(":{line}:{column}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        reason.push_str(&format!(" (in {source}{at})"));
     }
     if key.is_empty() {
         reason
     } else {
         format!("{key}: {reason}")
     }
+}
+
+/// A validation error `e` with the line and column of its key in the file at `path`, when
+/// the value came from the file (not from a default or a `GATEHOUSE_` variable).
+fn located(e: ConfigError, figment: &Figment, path: &Path, text: &str) -> ConfigError {
+    let ConfigError::Invalid { key, reason } = e else {
+        return e;
+    };
+    let at = key_path(figment, &key).and_then(|parts| {
+        let value = value_at(figment, &parts)?;
+        let from_file = figment
+            .get_metadata(value.tag())
+            .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))));
+        from_file.then(|| source::locate(text, &parts)).flatten()
+    });
+    let reason = match at {
+        Some((line, column)) => format!("{reason} (in {}:{line}:{column})", path.display()),
+        None => reason,
+    };
+    ConfigError::Invalid { key, reason }
+}
+
+/// A validation error's key (`server.listen`, `routes[api].timeout`, `routes[#2]`,
+/// `auth.trusted_issuers[0].issuer`) as figment's path of table keys and array indexes.
+fn key_path(figment: &Figment, key: &str) -> Option<Vec<String>> {
+    let mut path = Vec::new();
+    for segment in key.split('.') {
+        let Some((name, rest)) = segment.split_once('[') else {
+            path.push(segment.to_owned());
+            continue;
+        };
+        let inner = rest.strip_suffix(']')?;
+        path.push(name.to_owned());
+        let index = if let Some(n) = inner.strip_prefix('#') {
+            n.parse::<usize>().ok()?.checked_sub(1)?
+        } else if let Ok(i) = inner.parse::<usize>() {
+            i
+        } else {
+            let Value::Array(_, items) = value_at(figment, &path)? else {
+                return None;
+            };
+            items
+                .iter()
+                .position(|r| r.find_ref("name").and_then(|n| n.as_str()) == Some(inner))?
+        };
+        path.push(index.to_string());
+    }
+    Some(path)
+}
+
+/// The value figment holds at `path` (table keys and array indexes), with its tag.
+fn value_at(figment: &Figment, path: &[String]) -> Option<Value> {
+    let mut value = figment.find_value(path.first()?).ok()?;
+    for part in &path[1..] {
+        value = match value {
+            Value::Dict(_, mut dict) => dict.remove(part)?,
+            Value::Array(_, mut items) => {
+                let i: usize = part.parse().ok()?;
+                if i >= items.len() {
+                    return None;
+                }
+                items.swap_remove(i)
+            }
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 /// The largest edit distance between an unknown key and a known one that is suggested.
@@ -397,6 +524,10 @@ impl RawConfig {
     }
 
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let loaded = match Value::serialize(&self) {
+            Ok(Value::Dict(_, dict)) => Arc::new(dict),
+            _ => return Err(ConfigError::Load("the settings cannot be listed".into())),
+        };
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
         let auth = self.auth.validate()?;
@@ -450,6 +581,7 @@ impl RawConfig {
             store,
             log: self.log.validate()?,
             admin,
+            loaded,
         })
     }
 }
@@ -514,6 +646,7 @@ impl RawServer {
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             trusted_proxies,
             listen_backlog: self.listen_backlog,
+            allow_no_routes: self.allow_no_routes,
         })
     }
 }

@@ -420,6 +420,9 @@ fn grant_status(e: &GrantError) -> StatusCode {
         // RFC 6749 §5.2: a failed client authentication is 401 with a challenge for the
         // scheme the client may use (see `oauth`).
         GrantError::InvalidClient => StatusCode::UNAUTHORIZED,
+        // Authenticated, but not allowed to call the introspection endpoint (RFC 7662 §2.3
+        // leaves the code open; 403 says "who you are is known, and it is not enough").
+        GrantError::IntrospectionDenied => StatusCode::FORBIDDEN,
         GrantError::Busy | GrantError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         GrantError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
         GrantError::Server => StatusCode::INTERNAL_SERVER_ERROR,
@@ -898,6 +901,16 @@ mod tests {
     }
 
     #[test]
+    fn a_client_not_registered_for_introspection_is_403_without_a_challenge() {
+        let response = respond(&Rejection::Endpoint(EndpointError::Grant(
+            GrantError::IntrospectionDenied,
+        )));
+        assert_eq!(response.status(), 403);
+        assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
     fn oauth_errors_carry_no_store_and_limits_carry_retry_after() {
         let response = respond(&Rejection::Endpoint(EndpointError::Grant(
             GrantError::BadCredentials,
@@ -938,6 +951,7 @@ mod tests {
                     | GrantError::InvalidScope
                     | GrantError::InvalidClient
                     | GrantError::UnauthorizedClient
+                    | GrantError::IntrospectionDenied
                     | GrantError::InvalidTarget
                     | GrantError::WeakPassword(_)
                     | GrantError::Busy
@@ -973,6 +987,7 @@ mod tests {
             (GrantError::InvalidScope.into(), 400),
             (GrantError::InvalidClient.into(), 401),
             (GrantError::UnauthorizedClient.into(), 400),
+            (GrantError::IntrospectionDenied.into(), 403),
             (GrantError::InvalidTarget.into(), 400),
             (GrantError::WeakPassword("x").into(), 400),
             (GrantError::Busy.into(), 503),
@@ -996,7 +1011,7 @@ mod tests {
                 400,
             ),
         ];
-        assert_eq!(table.len(), 22, "one row per variant");
+        assert_eq!(table.len(), 23, "one row per variant");
         for (error, expected) in table {
             listed(&error);
             let label = error.to_string();

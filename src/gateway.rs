@@ -50,6 +50,7 @@ use hyper::body::Incoming;
 
 use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
+use crate::auth::discovery::RequestOrigin;
 use crate::auth::endpoints::Endpoint;
 use crate::auth::service::AuthService;
 use crate::auth::signin::BrowserContext;
@@ -58,6 +59,7 @@ use crate::config::Config;
 use crate::cors::{self, CorsPolicy};
 use crate::error::Rejection;
 use crate::metrics::RouteMetrics;
+use crate::origin::Origin;
 use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID, request_id};
 use crate::proxy::{ClientSettings, ProxyError, UpstreamClient};
 use crate::server::ConnInfo;
@@ -316,6 +318,21 @@ impl Gateway {
                         host: target.host().to_owned(),
                         route_hosts: Arc::clone(&self.route_hosts),
                     });
+                }
+                // The discovery documents' base when `[auth] public_url` is unset: the scheme
+                // decided as for the session cookie, and the Host stage 1 validated.
+                if matches!(
+                    endpoint,
+                    Endpoint::AuthorizationServerMetadata | Endpoint::OpenIdConfiguration
+                ) && self.config.auth.public_url.is_none()
+                {
+                    let authority = target
+                        .authority()
+                        .to_str()
+                        .map_err(|_| Rejection::BadHost)?;
+                    let origin = Origin::from_parts(scheme.as_str(), authority)
+                        .map_err(|_| Rejection::BadHost)?;
+                    req.extensions_mut().insert(RequestOrigin(origin));
                 }
                 return Ok(self.auth.serve_apart(endpoint, req, client).await?);
             }

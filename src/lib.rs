@@ -9,6 +9,8 @@
 //! | `cli` | subcommands: `serve`, `check-config`, `demo`, `user`, `sessions`, `keys`, `client` |
 //! | `demo` | the one-command quick start: echo upstream, gateway, seeded user |
 //! | `app` | assembles store, auth service, pipeline and listener; signals |
+//! | `app::reload` | what a reload may take (a settled file, no restart-only change) and the line saying what it changed |
+//! | `app::preflight` | what `serve`, `check-config` and reloads demand beyond validation: routes, every named file usable, all problems at once |
 //! | `gateway` | the request pipeline, its stages listed in order; runs them, logs, counts |
 //! | `server` | listeners, accept loop, TLS handshake, connection limits, graceful shutdown |
 //! | `gateway::forward` | stages 8-9: identity injected, credentials dropped, the upstream's `Host` decided, sent upstream, streamed back |
@@ -28,6 +30,8 @@
 //! | `cors::tests` | the CORS policy and its settings, against the example config too (tests only) |
 //! | `error` | the one mapping from errors to HTTP responses |
 //! | `auth::endpoints` | `/auth/*` and JWKS over HTTP: parsing requests, rendering answers |
+//! | `auth::discovery` | the RFC 8414 and OpenID discovery documents: what the gateway supports, its endpoints' absolute URLs |
+//! | `auth::introspection` | RFC 7662 token introspection: the calling client authenticated and registered for it, the token decided by the proxy path's verification and revocations |
 //! | `auth::signin` | the browser's sign-in and sign-out pages: escaped HTML and the headers that keep it out of frames and caches |
 //! | `auth::signin::return_to` | where a browser may be sent after signing in (no open redirect) |
 //! | `auth::grants` | the endpoint path: password, refresh and client-credentials grants, client authentication, logout, revoke, register, limits |
@@ -35,6 +39,7 @@
 //! | `auth::revocation` | revoked token and session ids and session cuts, following the store's change feed |
 //! | `auth::session` | browser sessions: the cookie's value and digest, the access tokens held for them and their renewal |
 //! | `config` | raw TOML/env configuration validated into `Config` |
+//! | `config::source` | the config file read whole and bounded; the line and column of a key |
 //! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |

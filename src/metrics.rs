@@ -228,7 +228,8 @@ pub fn listener_refusal(status: u16, reason: &'static str) {
     counter!("gatehouse_listener_refusals_total", "reason" => reason).increment(1);
 }
 
-/// `outcome`: ok, invalid.
+/// `outcome`: ok, invalid, needs_restart (a restart-only key changed), unsettled (the file
+/// kept changing while read).
 pub fn reload(outcome: &'static str) {
     counter!("gatehouse_config_reloads_total", "outcome" => outcome).increment(1);
 }

@@ -292,7 +292,9 @@ fn tls_builder()
         .map_err(ProxyError::Tls)
 }
 
-fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, ProxyError> {
+/// The CA certificates of `ca_file`: at least one usable, else an error naming the file (also
+/// what `check-config` runs).
+pub fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, ProxyError> {
     let certificates = CertificateDer::pem_file_iter(path)
         .and_then(|blocks| blocks.collect::<Result<Vec<_>, _>>())
         .map_err(|source| ProxyError::CaFile {

@@ -274,6 +274,28 @@ fn read_certified_key(
     key: &Path,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<CertifiedKey, ServerError> {
+    let chain = read_chain(cert)?;
+    let private_key = read_private_key(key)?;
+    certify(cert, key, chain, private_key, provider)
+}
+
+/// Every problem of a TLS pair as [`CertStore::load`] would meet it, each file checked even
+/// when the other one fails (for `check-config`'s list), the pair's match when both read.
+pub fn tls_problems(cert: &Path, key: &Path) -> Vec<ServerError> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    match (read_chain(cert), read_private_key(key)) {
+        (Ok(chain), Ok(private_key)) => certify(cert, key, chain, private_key, &provider)
+            .err()
+            .into_iter()
+            .collect(),
+        (chain, private_key) => [chain.err(), private_key.err()]
+            .into_iter()
+            .flatten()
+            .collect(),
+    }
+}
+
+fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|blocks| blocks.collect::<Result<Vec<_>, _>>())
         .map_err(|source| ServerError::CertificateFile {
@@ -285,6 +307,10 @@ fn read_certified_key(
             path: cert.to_owned(),
         });
     }
+    Ok(chain)
+}
+
+fn read_private_key(key: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
     let meta = std::fs::metadata(key).map_err(|e| ServerError::KeyFile {
         path: key.to_owned(),
         source: rustls_pki_types::pem::Error::Io(e),
@@ -295,10 +321,20 @@ fn read_certified_key(
             mode,
         });
     }
-    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::KeyFile {
+    PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::KeyFile {
         path: key.to_owned(),
         source,
-    })?;
+    })
+}
+
+/// The pair as rustls serves it; refused when the key does not belong to the certificate.
+fn certify(
+    cert: &Path,
+    key: &Path,
+    chain: Vec<CertificateDer<'static>>,
+    private_key: PrivateKeyDer<'static>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, ServerError> {
     CertifiedKey::from_der(chain, private_key, provider).map_err(|source| {
         ServerError::CertifiedKey {
             cert: cert.to_owned(),

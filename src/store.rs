@@ -359,6 +359,26 @@ pub trait Users: Send + Sync + 'static {
     /// tokens find nothing), and cuts its sessions at `now`: the mark stays, so a new account
     /// under the same name is not reached by the old one's access tokens. `NotFound` if absent.
     async fn remove_user(&self, name: &Username, now: i64) -> Result<(), StoreError>;
+
+    /// Adds `users`, enabled, in one transaction: all of them or none (an error part-way rolls
+    /// back those added before it). A name already taken (by a stored user, or by an earlier
+    /// entry of `users`) is left as it is and listed in [`Imported::existing`], in input order.
+    /// Without `skip_existing`, one taken name means nothing is added (`added` is 0): the
+    /// caller reports every conflict at once and the operator decides.
+    async fn import_users(
+        &self,
+        users: Vec<NewUser>,
+        skip_existing: bool,
+    ) -> Result<Imported, StoreError>;
+}
+
+/// What [`Users::import_users`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Users added (0 when the import was refused for a taken name).
+    pub added: u64,
+    /// Names already taken, left untouched: skipped, or the reason nothing was added.
+    pub existing: Vec<Username>,
 }
 
 /// Refresh-token families, by digest.
@@ -594,7 +614,7 @@ pub struct Client {
     pub secret_digest: [u8; 32],
     pub scopes: Vec<String>,
     pub audiences: Vec<String>,
-    /// Grant types it may use (`client_credentials`, `password`).
+    /// Grant types it may use (`client_credentials`, `password`), and `introspection`.
     pub grants: Vec<String>,
     /// How it authenticates: a secret, or assertions signed with its keys (`private_key_jwt`).
     pub auth_method: ClientAuthMethod,

@@ -3,17 +3,22 @@
 #![no_main]
 
 use gatehouse::auth::import::parse;
+use gatehouse::auth::password::HashParams;
 use gatehouse::auth::username::Username;
 use libfuzzer_sys::fuzz_target;
+
+const PARAMS: HashParams = HashParams {
+    m_kib: 19_456,
+    t: 2,
+    p: 1,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(users) = parse(text) else {
-        return;
-    };
-    for user in users {
+    for entry in parse(text, &PARAMS).users {
+        let user = entry.user;
         let name = user.username.as_str();
         assert_eq!(
             Username::parse(name)

@@ -31,8 +31,17 @@ pub const MAX_SECRET_BYTES: usize = 128;
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// The grant type a client needs to send users' passwords (`[auth] password_grant_clients`).
 pub const GRANT_PASSWORD: &str = "password";
-/// The grant types a client may be registered for.
-pub const GRANTS: [&str; 2] = [GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD];
+/// Not a grant type but kept with them: the permission to call the RFC 7662 introspection
+/// endpoint. A client authenticates there like at the token endpoint, and only a client
+/// registered for this may learn what a token it was handed says (RFC 7662 §4: the endpoint
+/// tells whoever may call it which tokens are live).
+pub const GRANT_INTROSPECTION: &str = "introspection";
+/// The grant types (and permissions) a client may be registered for.
+pub const GRANTS: [&str; 3] = [
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_PASSWORD,
+    GRANT_INTROSPECTION,
+];
 /// What a client epoch starts with. Refresh-family ids are plain base64url, which has no `.`,
 /// so a `sid` names a client epoch exactly when it starts with this.
 pub const EPOCH_PREFIX: &str = "c.";

@@ -8,6 +8,9 @@
 //! ([`crate::auth::session`]) instead of JSON and tokens, with the same password grant, limits
 //! and lockout as `/login` behind them. They answer 404 unless `[auth.session] enabled`.
 //!
+//! `introspect` is RFC 7662 token introspection ([`crate::auth::introspection`]); the two
+//! discovery documents ([`crate::auth::discovery`]) answer at their well-known paths.
+//!
 //! One implementation sits behind `/token`, `/login` and `/refresh`. A `/token` request without
 //! `grant_type` but with `username` and `password` is the password grant (FastAPI's
 //! `OAuth2PasswordRequestForm`); an empty `client_id` names no client (Swagger UI sends one).
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, PRAGMA, SET_COOKIE,
-    USER_AGENT,
+    USER_AGENT, VARY,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -35,8 +38,10 @@ use serde_json::{Value, json};
 
 use crate::auth::authenticator::CredentialError;
 use crate::auth::claims::Identity;
+use crate::auth::discovery;
 use crate::auth::grants::{ClientToken, Grant, GrantError, Grants, Issued, TokenRequest};
 // Where each endpoint lives is `crate::auth::paths`'s; its users name it from here.
+use crate::auth::introspection;
 pub use crate::auth::paths::Endpoint;
 use crate::auth::session;
 use crate::auth::signin::{self, BrowserContext, return_to};
@@ -121,7 +126,10 @@ pub async fn serve(
     let allowed: &[Method] = match endpoint {
         // The gateway answers /verify in the pipeline; reaching here means nobody should.
         Endpoint::Unknown | Endpoint::Verify => return Err(EndpointError::NotFound),
-        Endpoint::Me | Endpoint::Jwks => &[Method::GET, Method::HEAD],
+        Endpoint::Me
+        | Endpoint::Jwks
+        | Endpoint::AuthorizationServerMetadata
+        | Endpoint::OpenIdConfiguration => &[Method::GET, Method::HEAD],
         Endpoint::SignIn | Endpoint::SignOut => &[Method::GET, Method::HEAD, Method::POST],
         _ => &[Method::POST],
     };
@@ -138,6 +146,24 @@ pub async fn serve(
         Endpoint::SignIn => sign_in(grants, req, client).await,
         Endpoint::SignOut => sign_out(grants, req, client).await,
         Endpoint::Jwks => Ok(jwks_response(grants.authenticator().keys().ring.jwks())),
+        Endpoint::AuthorizationServerMetadata => {
+            metadata(grants, &req, discovery::Document::AuthorizationServer)
+        }
+        Endpoint::OpenIdConfiguration => {
+            metadata(grants, &req, discovery::Document::OpenIdConfiguration)
+        }
+        Endpoint::Introspect => {
+            let authorization = req.headers().get(AUTHORIZATION).cloned();
+            let form = read_form(req).await?;
+            let answer = introspection::introspect(
+                grants,
+                &client_authentication(&form, authorization.as_ref()),
+                form.get("token"),
+                client,
+            )
+            .await?;
+            Ok(no_store(with_json(StatusCode::OK, answer)))
+        }
         Endpoint::Me => {
             let identity = grants
                 .authenticator()
@@ -420,21 +446,57 @@ async fn client_credentials(
     client: IpAddr,
 ) -> Result<Response<Body>, EndpointError> {
     let request = TokenRequest {
-        client_id: form.get("client_id"),
-        client_secret: form.get("client_secret"),
-        basic: basic_of(authorization),
-        client_assertion_type: form.get("client_assertion_type"),
-        client_assertion: form.get("client_assertion"),
         scope: form.get("scope"),
         resource: form.get("resource"),
         audience: form.get("audience"),
-        ..TokenRequest::default()
+        ..client_authentication(form, authorization)
     };
     let token = grants.client_credentials(request, client).await?;
     Ok(no_store(with_json(
         StatusCode::OK,
         client_token_json(token),
     )))
+}
+
+/// The client-authentication parameters of a request to the token or introspection endpoint,
+/// read the same way for both ([`Grants::authenticated_client`] checks them).
+fn client_authentication<'f>(
+    form: &'f Form,
+    authorization: Option<&'f HeaderValue>,
+) -> TokenRequest<'f> {
+    TokenRequest {
+        client_id: form.get("client_id"),
+        client_secret: form.get("client_secret"),
+        basic: basic_of(authorization),
+        client_assertion_type: form.get("client_assertion_type"),
+        client_assertion: form.get("client_assertion"),
+        ..TokenRequest::default()
+    }
+}
+
+/// A discovery document (see [`crate::auth::discovery`]), its URLs from `[auth] public_url`
+/// or else the request's origin (then varying with it).
+fn metadata(
+    grants: &Grants,
+    req: &Request<Incoming>,
+    which: discovery::Document,
+) -> Result<Response<Body>, EndpointError> {
+    let config = grants.config();
+    let request = req
+        .extensions()
+        .get::<discovery::RequestOrigin>()
+        .map(|o| &o.0);
+    let doc = discovery::document(config, request, which).ok_or(GrantError::Server)?;
+    let mut response = with_json(StatusCode::OK, doc);
+    let headers = response.headers_mut();
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(discovery::METADATA_CACHE_CONTROL),
+    );
+    if config.public_url.is_none() {
+        headers.insert(VARY, HeaderValue::from_static(discovery::METADATA_VARY));
+    }
+    Ok(response)
 }
 
 /// RFC 6749 §4.4.3: no refresh token.

@@ -69,6 +69,9 @@ pub enum GrantError {
     /// The client may not use this grant type.
     #[error("unauthorized_client")]
     UnauthorizedClient,
+    /// An authenticated client not registered for token introspection asked to introspect.
+    #[error("unauthorized_client: not registered for introspection")]
+    IntrospectionDenied,
     /// An audience (RFC 8707 `resource`) the client is not allowed.
     #[error("invalid_target")]
     InvalidTarget,
@@ -92,7 +95,9 @@ impl GrantError {
             GrantError::BadCredentials | GrantError::InvalidRefresh(_) => "invalid_grant",
             GrantError::InvalidScope => "invalid_scope",
             GrantError::InvalidClient => "invalid_client",
-            GrantError::UnauthorizedClient => "unauthorized_client",
+            GrantError::UnauthorizedClient | GrantError::IntrospectionDenied => {
+                "unauthorized_client"
+            }
             GrantError::InvalidTarget => "invalid_target",
             GrantError::Busy | GrantError::StoreUnavailable => "temporarily_unavailable",
             GrantError::Limited(_) => "too_many_attempts",
@@ -108,6 +113,9 @@ impl GrantError {
             GrantError::InvalidScope => "the requested scope exceeds what was granted",
             GrantError::InvalidClient => "client authentication failed",
             GrantError::UnauthorizedClient => "the client may not use this grant type",
+            GrantError::IntrospectionDenied => {
+                "the client is not registered for token introspection"
+            }
             GrantError::InvalidTarget => "the requested audience is not allowed for this client",
             GrantError::Busy => "too many logins in progress, retry shortly",
             GrantError::StoreUnavailable => "state store unavailable, retry shortly",
@@ -157,6 +165,7 @@ impl GrantError {
             GrantError::InvalidScope => (Outcome::Failure, "invalid_scope"),
             GrantError::InvalidClient => (Outcome::Failure, "invalid_client"),
             GrantError::UnauthorizedClient => (Outcome::Failure, "unauthorized_client"),
+            GrantError::IntrospectionDenied => (Outcome::Refused, "introspection_denied"),
             GrantError::InvalidTarget => (Outcome::Failure, "invalid_target"),
             GrantError::Limited(_) => (Outcome::Refused, "limited"),
             GrantError::Busy => (Outcome::Refused, "busy"),
@@ -482,14 +491,28 @@ impl Grants {
         if form.browser || required.is_empty() {
             return Ok(named);
         }
-        let presented = presented_client(form)?.ok_or(GrantError::InvalidClient)?;
-        let registered = self.authenticate_client(&presented, addr).await?;
+        let registered = self.authenticated_client(form, addr).await?;
         if !registered.grants.iter().any(|g| g == GRANT_PASSWORD)
             || !required.contains(&registered.name)
         {
             return Err(GrantError::UnauthorizedClient);
         }
         Ok(registered.name.as_str().to_owned())
+    }
+
+    /// The registered client a request authenticates as: the one client-authentication step of
+    /// the token endpoint (client credentials, a restricted password grant) and of token
+    /// introspection. The request's client authentication is read once
+    /// ([`presented_client`]) and checked by [`authenticate_client`](Self::authenticate_client);
+    /// none at all is `InvalidClient`. Whether the client may do what it asks is the caller's
+    /// to decide.
+    pub async fn authenticated_client(
+        &self,
+        form: &TokenRequest<'_>,
+        addr: IpAddr,
+    ) -> Result<crate::store::Client, GrantError> {
+        let presented = presented_client(form)?.ok_or(GrantError::InvalidClient)?;
+        self.authenticate_client(&presented, addr).await
     }
 
     /// Authenticates a client by its one registered method, limited like a login (see the
@@ -673,8 +696,7 @@ impl Grants {
             }
             (r, a) => r.or(a),
         };
-        let presented = presented_client(&form)?.ok_or(GrantError::InvalidClient)?;
-        let client = self.authenticate_client(&presented, addr).await?;
+        let client = self.authenticated_client(&form, addr).await?;
         if !client.grants.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) {
             return Err(GrantError::UnauthorizedClient);
         }

@@ -811,7 +811,8 @@ fn printable_kid(entry: &Value) -> Option<String> {
         .map(|k| k.chars().take(MAX_KID_BYTES).collect())
 }
 
-fn load_file(issuer: &str, path: &Path) -> Result<KeyLookup, IssuerError> {
+/// The key set of `jwks_file`, read as at start-up (also what `check-config` runs).
+pub fn load_file(issuer: &str, path: &Path) -> Result<KeyLookup, IssuerError> {
     let file_err = |source| IssuerError::File {
         issuer: issuer.to_owned(),
         path: path.to_path_buf(),

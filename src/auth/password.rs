@@ -542,6 +542,12 @@ impl Inner {
     }
 }
 
+/// Whether a login could verify a password against `stored` (the check `verify` makes before
+/// any work), for edges that store a hash someone else made (`user import`).
+pub fn check_stored(stored: &str, configured: &HashParams) -> Result<(), HashProblem> {
+    classify(stored, configured).map(drop)
+}
+
 /// Recognises the scheme of `stored` and refuses parameters above the ceilings before any
 /// expensive work is done.
 fn classify(stored: &str, configured: &HashParams) -> Result<Stored, HashProblem> {

@@ -3,6 +3,11 @@
 //! [`DEFAULT_JWKS_PATH`]) and [`EndpointPaths`], the table stage 4 looks a request's path up in,
 //! built once at config load.
 //!
+//! The two discovery documents are not configurable: RFC 8414 §3 and OpenID Connect Discovery
+//! §4 put them at [`AUTHORIZATION_SERVER_METADATA_PATH`] and [`OPENID_CONFIGURATION_PATH`] of
+//! the issuer's origin, and a client that finds them elsewhere is not discovering anything. No
+//! other endpoint may be moved onto them.
+//!
 //! Stage 4 asks, for every request and before any route: is the normalised path exactly one of
 //! the configured endpoint paths (case as written)? Then it is that endpoint. Otherwise, is it
 //! the prefix or under it (on a segment boundary)? Then it is [`Endpoint::Unknown`], a 404 from
@@ -16,6 +21,10 @@ use crate::proxy::path;
 
 /// Where the JWKS is published unless `[auth.paths] jwks` says otherwise.
 pub const DEFAULT_JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Where RFC 8414 §3 puts the authorization server's metadata (for an issuer without a path).
+pub const AUTHORIZATION_SERVER_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// Where OpenID Connect Discovery §4 puts the provider's configuration.
+pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 /// Longest endpoint path accepted.
 pub const MAX_ENDPOINT_PATH_BYTES: usize = 256;
 
@@ -37,6 +46,12 @@ pub enum Endpoint {
     /// The forward-auth decision for a fronting proxy, answered by the gateway itself
     /// (`crate::gateway::forward_auth`), never by `auth::endpoints`.
     Verify,
+    /// RFC 7662 token introspection, for authenticated clients.
+    Introspect,
+    /// RFC 8414 authorization server metadata, at its fixed well-known path.
+    AuthorizationServerMetadata,
+    /// OpenID Connect Discovery's provider configuration, at its fixed well-known path.
+    OpenIdConfiguration,
     /// Under the prefix but no such endpoint.
     Unknown,
 }
@@ -44,7 +59,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`), for per-endpoint state
     /// built once.
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::Token,
         Endpoint::Login,
         Endpoint::Refresh,
@@ -56,6 +71,9 @@ impl Endpoint {
         Endpoint::SignIn,
         Endpoint::SignOut,
         Endpoint::Verify,
+        Endpoint::Introspect,
+        Endpoint::AuthorizationServerMetadata,
+        Endpoint::OpenIdConfiguration,
         Endpoint::Unknown,
     ];
 
@@ -85,6 +103,9 @@ impl Endpoint {
             Endpoint::SignIn => "gatehouse:sign_in",
             Endpoint::SignOut => "gatehouse:sign_out",
             Endpoint::Verify => "gatehouse:verify",
+            Endpoint::Introspect => "gatehouse:introspect",
+            Endpoint::AuthorizationServerMetadata => "gatehouse:oauth_authorization_server",
+            Endpoint::OpenIdConfiguration => "gatehouse:openid_configuration",
             Endpoint::Unknown => "gatehouse:unknown",
         }
     }
@@ -92,6 +113,15 @@ impl Endpoint {
     /// Its key in `[auth.paths]`; also the last segment of its default path under the prefix.
     pub fn name(self) -> &'static str {
         self.label().trim_start_matches("gatehouse:")
+    }
+
+    /// The fixed path of an endpoint `[auth.paths]` cannot move (the discovery documents).
+    pub fn fixed_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::AuthorizationServerMetadata => Some(AUTHORIZATION_SERVER_METADATA_PATH),
+            Endpoint::OpenIdConfiguration => Some(OPENID_CONFIGURATION_PATH),
+            _ => None,
+        }
     }
 }
 
@@ -110,6 +140,7 @@ pub struct RawPaths {
     pub sign_in: Option<String>,
     pub sign_out: Option<String>,
     pub verify: Option<String>,
+    pub introspect: Option<String>,
 }
 
 impl RawPaths {
@@ -126,7 +157,10 @@ impl RawPaths {
             Endpoint::SignIn => self.sign_in.as_deref(),
             Endpoint::SignOut => self.sign_out.as_deref(),
             Endpoint::Verify => self.verify.as_deref(),
-            Endpoint::Unknown => None,
+            Endpoint::Introspect => self.introspect.as_deref(),
+            Endpoint::AuthorizationServerMetadata
+            | Endpoint::OpenIdConfiguration
+            | Endpoint::Unknown => None,
         }
     }
 
@@ -136,10 +170,11 @@ impl RawPaths {
         let mut by_endpoint: Vec<Box<str>> = Vec::with_capacity(Endpoint::NAMED.len());
         for endpoint in Endpoint::NAMED {
             let key = format!("auth.paths.{}", endpoint.name());
-            let path = match self.get(endpoint) {
-                Some(written) => checked_path(&key, written)?,
-                None if endpoint == Endpoint::Jwks => DEFAULT_JWKS_PATH.to_owned(),
-                None => format!("{prefix}/{}", endpoint.name()),
+            let path = match (endpoint.fixed_path(), self.get(endpoint)) {
+                (Some(fixed), _) => fixed.to_owned(),
+                (None, Some(written)) => checked_path(&key, written)?,
+                (None, None) if endpoint == Endpoint::Jwks => DEFAULT_JWKS_PATH.to_owned(),
+                (None, None) => format!("{prefix}/{}", endpoint.name()),
             };
             if let Some(other) = Endpoint::NAMED
                 .iter()
@@ -147,6 +182,16 @@ impl RawPaths {
                 .find(|(_, p)| p.eq_ignore_ascii_case(&path))
                 .map(|(e, _)| e)
             {
+                // The fixed paths come last: the key at fault is the other one's.
+                if endpoint.fixed_path().is_some() {
+                    return Err(invalid(
+                        format!("auth.paths.{}", other.name()),
+                        format!(
+                            "{path} is the well-known path of the {} document, which no endpoint can take",
+                            endpoint.name()
+                        ),
+                    ));
+                }
                 return Err(invalid(
                     key,
                     format!(
@@ -264,7 +309,16 @@ mod tests {
             ("/auth/sign_in", Endpoint::SignIn),
             ("/auth/sign_out", Endpoint::SignOut),
             ("/auth/verify", Endpoint::Verify),
+            ("/auth/introspect", Endpoint::Introspect),
             ("/.well-known/jwks.json", Endpoint::Jwks),
+            (
+                "/.well-known/oauth-authorization-server",
+                Endpoint::AuthorizationServerMetadata,
+            ),
+            (
+                "/.well-known/openid-configuration",
+                Endpoint::OpenIdConfiguration,
+            ),
         ] {
             assert_eq!(p.endpoint_for(path), Some(endpoint), "{path}");
             assert_eq!(p.path(endpoint), path);
@@ -312,6 +366,22 @@ mod tests {
         );
         let e = refusal("[auth.paths]\nme = \"/x\"\nsign_in = \"/X\"\n");
         assert!(e.contains("auth.paths.sign_in"), "{e}");
+    }
+
+    #[test]
+    fn the_discovery_documents_stay_at_their_well_known_paths() {
+        let p = paths("[auth]\nprefix = \"/\"\n");
+        assert_eq!(
+            p.endpoint_for("/.well-known/oauth-authorization-server"),
+            Some(Endpoint::AuthorizationServerMetadata)
+        );
+        let e = refusal("[auth.paths]\ntoken = \"/.well-known/openid-configuration\"\n");
+        assert!(
+            e.contains("auth.paths.token") && e.contains("openid_configuration"),
+            "{e}"
+        );
+        let e = refusal("[auth.paths]\noauth_authorization_server = \"/meta\"\n");
+        assert!(e.contains("oauth_authorization_server"), "{e}");
     }
 
     #[test]

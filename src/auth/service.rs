@@ -433,4 +433,72 @@ mod tests {
             Err(crate::auth::verify::VerifyError::Revoked)
         ));
     }
+
+    /// Introspection must not say "active" for a token whose revocation it cannot rule out, nor
+    /// "inactive" for a live one: while the store is silent past `max_staleness` it answers
+    /// 503, and once the store answers again, the truth.
+    #[tokio::test]
+    async fn an_introspection_the_gateway_cannot_confirm_answers_unavailable_not_active() {
+        use crate::auth::clients;
+        use crate::auth::grants::TokenRequest;
+        use crate::auth::introspection::introspect;
+        use crate::auth::username::Username;
+        use crate::store::NewClient;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[auth]\nkeys_dir = {:?}\n",
+            dir.path().join("keys").display().to_string()
+        );
+        let config = Config::from_toml(&text).unwrap().auth;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+        let auth = AuthService::new(config, store, None).await.unwrap();
+        let now = unix_now();
+        for (name, grant) in [
+            ("rs", clients::GRANT_INTROSPECTION),
+            ("ci", clients::GRANT_CLIENT_CREDENTIALS),
+        ] {
+            let name = Username::parse(name).unwrap();
+            auth.store()
+                .create_client(
+                    NewClient {
+                        secret_digest: clients::secret_digest(&name, "secret-of-it"),
+                        name,
+                        scopes: vec![],
+                        audiences: vec![],
+                        grants: vec![grant.to_owned()],
+                        auth_method: crate::store::ClientAuthMethod::Secret,
+                        jwks: None,
+                        jwks_url: None,
+                        epoch: clients::new_epoch(),
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+        }
+        let addr = std::net::IpAddr::from([127, 0, 0, 1]);
+        let as_client = |id| TokenRequest {
+            client_id: Some(id),
+            client_secret: Some("secret-of-it"),
+            ..TokenRequest::default()
+        };
+        let token = auth
+            .grants
+            .client_credentials(as_client("ci"), addr)
+            .await
+            .unwrap()
+            .access_token;
+        auth.authenticator().age_revocations(3600);
+        let answer = introspect(&auth.grants, &as_client("rs"), Some(&token), addr).await;
+        assert!(
+            matches!(answer, Err(GrantError::StoreUnavailable)),
+            "{answer:?}"
+        );
+        auth.authenticator().follow().await.unwrap();
+        let answer = introspect(&auth.grants, &as_client("rs"), Some(&token), addr)
+            .await
+            .unwrap();
+        assert_eq!(answer["active"], true, "{answer}");
+    }
 }

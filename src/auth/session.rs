@@ -278,9 +278,11 @@ impl Sessions {
     }
 
     /// Seconds before a held token's expiry at which it is replaced: a fifth of its lifetime,
-    /// at most [`MAX_REMINT_MARGIN`].
+    /// at most [`MAX_REMINT_MARGIN`], and at least one second: expiry is checked in whole
+    /// seconds after the token is handed out, so a token in its last second could expire
+    /// between this check and the verifier's.
     fn remint_margin(&self) -> i64 {
-        (self.spec.lifetime.as_secs() as i64 / 5).min(MAX_REMINT_MARGIN)
+        (self.spec.lifetime.as_secs() as i64 / 5).clamp(1, MAX_REMINT_MARGIN)
     }
 
     /// Checks the family in the store and mints a token for it: the user's roles of today, the

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use super::{
-    CHANGE_RETENTION, Change, ClientAuthMethod, LOGIN_ATTEMPT_TTL, LockScope, Lockout,
+    CHANGE_RETENTION, Change, ClientAuthMethod, Imported, LOGIN_ATTEMPT_TTL, LockScope, Lockout,
     LockoutPolicy, Lockouts, LoginAdmission, LoginVerdict, NewClient, NewUser, RefreshRecord,
     RefreshState, RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError, StoredKey,
 };
@@ -38,6 +38,8 @@ macro_rules! contract_tests {
             user_crud_round_trips,
             duplicate_user_is_a_conflict,
             changes_to_a_missing_user_are_not_found,
+            an_import_with_a_taken_name_adds_nothing_unless_told_to_skip_it,
+            a_name_twice_in_one_import_is_added_once,
             rotation_marks_old_used_and_stores_successor_in_family,
             stolen_refresh_token_replay_revokes_the_family,
             expired_refresh_token_is_refused,
@@ -245,6 +247,73 @@ pub(crate) async fn duplicate_user_is_a_conflict(store: &dyn Store) {
     );
     let kept = store.user(&name("alice")).await.unwrap().unwrap();
     assert_eq!(kept.password_hash, "$argon2id$hash-of-alice");
+}
+
+async fn hashes(store: &dyn Store) -> Vec<(String, String)> {
+    let users = store.list_users().await.unwrap();
+    users
+        .into_iter()
+        .map(|u| (u.username.as_str().to_owned(), u.password_hash))
+        .collect()
+}
+
+pub(crate) async fn an_import_with_a_taken_name_adds_nothing_unless_told_to_skip_it(
+    store: &dyn Store,
+) {
+    store.create_user(new_user("alice")).await.unwrap();
+    let mut taken = new_user("alice");
+    taken.password_hash = "$argon2id$imported".into();
+    // bob comes before the taken name: refusing must roll his insert back too.
+    let batch = || vec![new_user("bob"), taken.clone(), new_user("carol")];
+    let refused = store.import_users(batch(), false).await.unwrap();
+    assert_eq!(
+        refused,
+        Imported {
+            added: 0,
+            existing: vec![name("alice")],
+        }
+    );
+    let before = vec![("alice".to_owned(), "$argon2id$hash-of-alice".to_owned())];
+    assert_eq!(
+        hashes(store).await,
+        before,
+        "a refused import wrote something"
+    );
+
+    let skipped = store.import_users(batch(), true).await.unwrap();
+    assert_eq!(
+        skipped,
+        Imported {
+            added: 2,
+            existing: vec![name("alice")],
+        }
+    );
+    let after = hashes(store).await;
+    let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    assert_eq!(
+        after[0].1, "$argon2id$hash-of-alice",
+        "a skipped user was changed"
+    );
+    let bob = store.user(&name("bob")).await.unwrap().unwrap();
+    assert!(!bob.disabled);
+    assert_eq!(bob.created_at, bob.updated_at);
+}
+
+pub(crate) async fn a_name_twice_in_one_import_is_added_once(store: &dyn Store) {
+    let mut again = new_user("dave");
+    again.password_hash = "$argon2id$second".into();
+    let batch = vec![new_user("dave"), again];
+    let refused = store.import_users(batch.clone(), false).await.unwrap();
+    assert_eq!(refused.added, 0);
+    assert_eq!(refused.existing, [name("dave")]);
+    assert!(store.list_users().await.unwrap().is_empty());
+    let skipped = store.import_users(batch, true).await.unwrap();
+    assert_eq!(skipped.added, 1);
+    assert_eq!(
+        hashes(store).await,
+        [("dave".to_owned(), "$argon2id$hash-of-dave".to_owned())]
+    );
 }
 
 pub(crate) async fn changes_to_a_missing_user_are_not_found(store: &dyn Store) {

@@ -57,11 +57,11 @@ use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, Client, ClientAuthMethod, Clients, LOGIN_ATTEMPT_TTL,
-    LockScope, Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures, LoginVerdict,
-    NewClient, NewUser, RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor,
-    Revocations, RotateError, Session, SessionOrigin, SigningKeys, Store, StoreError, StoredKey,
-    User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, Client, ClientAuthMethod, Clients, Imported,
+    LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures,
+    LoginVerdict, NewClient, NewUser, RefreshFamilies, RefreshRecord, RefreshState,
+    RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys, Store,
+    StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -1470,6 +1470,50 @@ impl Users for PgStore {
             created_at: now,
             updated_at: now,
         })
+    }
+
+    async fn import_users(
+        &self,
+        users: Vec<NewUser>,
+        skip_existing: bool,
+    ) -> Result<Imported, StoreError> {
+        let now = unix_now();
+        // ON CONFLICT: a unique violation would abort the whole transaction, so a taken name is
+        // passed over by the statement itself; any other failure aborts it.
+        let sql = format!(
+            "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, false, $5, $5) \
+             ON CONFLICT (username) DO NOTHING"
+        );
+        on_connection!(self, |c| retrying!(async {
+            let tx = c.transaction().await?;
+            let mut imported = Imported::default();
+            for user in &users {
+                let inserted = tx
+                    .exec(
+                        &sql,
+                        &[
+                            &user.username.as_str(),
+                            &user.password_hash,
+                            &user.roles,
+                            &user.scopes,
+                            &now,
+                        ],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    imported.existing.push(user.username.clone());
+                } else {
+                    imported.added += 1;
+                }
+            }
+            if !skip_existing && !imported.existing.is_empty() {
+                tx.rollback().await?;
+                imported.added = 0;
+                return Ok(imported);
+            }
+            tx.commit().await?;
+            Ok(imported)
+        }))
     }
 
     async fn user(&self, name: &Username) -> Result<Option<User>, StoreError> {

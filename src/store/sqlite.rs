@@ -24,11 +24,11 @@ use rusqlite::{
 };
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, Client, ClientAuthMethod, Clients, LOGIN_ATTEMPT_TTL,
-    LockScope, Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures, LoginVerdict,
-    NewClient, NewUser, RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor,
-    Revocations, RotateError, Session, SessionOrigin, SigningKeys, Store, StoreError, StoredKey,
-    User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, Client, ClientAuthMethod, Clients, Imported,
+    LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures,
+    LoginVerdict, NewClient, NewUser, RefreshFamilies, RefreshRecord, RefreshState,
+    RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys, Store,
+    StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -772,6 +772,47 @@ impl Users for SqliteStore {
                 }
                 Err(e) => Err(e.into()),
             }
+        })
+        .await
+    }
+
+    async fn import_users(
+        &self,
+        users: Vec<NewUser>,
+        skip_existing: bool,
+    ) -> Result<Imported, StoreError> {
+        self.call(move |conn| {
+            let now = unix_now();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut imported = Imported::default();
+            {
+                // Only a taken name is passed over; any other failure aborts the transaction.
+                let mut insert = tx.prepare(&format!(
+                    "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
+                     ON CONFLICT (username) DO NOTHING"
+                ))?;
+                for user in users {
+                    let inserted = insert.execute(params![
+                        user.username.as_str(),
+                        user.password_hash,
+                        to_json(&user.roles)?,
+                        to_json(&user.scopes)?,
+                        now,
+                    ])?;
+                    if inserted == 0 {
+                        imported.existing.push(user.username);
+                    } else {
+                        imported.added += 1;
+                    }
+                }
+            }
+            if !skip_existing && !imported.existing.is_empty() {
+                // Dropping the transaction rolls every insert back.
+                imported.added = 0;
+                return Ok(imported);
+            }
+            tx.commit()?;
+            Ok(imported)
         })
         .await
     }

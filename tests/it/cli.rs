@@ -510,7 +510,8 @@ fn the_cli_finds_its_config_in_order_and_says_which_it_used() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let listen = |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    let listen =
+        |port: u16| format!("[server]\nlisten = \"127.0.0.1:{port}\"\nallow_no_routes = true\n");
     std::fs::write(dir.path().join("gatehouse.toml"), listen(18001)).unwrap();
     std::fs::write(dir.path().join("env.toml"), listen(18002)).unwrap();
     std::fs::write(dir.path().join("flag.toml"), listen(18003)).unwrap();
@@ -616,8 +617,8 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     let config = a.path().join("gatehouse.toml");
     std::fs::write(
         &config,
-        "[store]\npath = \"state/gatehouse.db\"\n\n[auth]\nkeys_dir = \"state/keys\"\n\n\
-         [auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
+        "[server]\nallow_no_routes = true\n\n[store]\npath = \"state/gatehouse.db\"\n\n\
+         [auth]\nkeys_dir = \"state/keys\"\n\n[auth.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n",
     )
     .unwrap();
     let run = |args: &[&str], stdin: &str| {
@@ -654,4 +655,413 @@ fn relative_paths_resolve_against_the_config_files_directory() {
         "created under the working directory"
     );
     assert!(run(&["user", "list"], "").contains("alice"));
+}
+
+/// A bcrypt hash as passlib writes it (cost 4: the tests never log in with it).
+fn bcrypt_hash() -> String {
+    bcrypt::hash("imported password", 4).unwrap()
+}
+
+fn import(
+    config: &std::path::Path,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["import", file.to_str().unwrap()];
+    args.extend(extra);
+    user_cmd(config, &args, "")
+}
+
+/// An import that stops half-way leaves half the users in: the operator cannot simply run it
+/// again. One taken name refuses the whole file, naming its line, unless `--skip-existing`.
+#[test]
+fn user_import_writes_nothing_when_a_name_is_taken_unless_told_to_skip_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    ok(&user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    ));
+    let h = bcrypt_hash();
+    let file = dir.path().join("users.csv");
+    std::fs::write(
+        &file,
+        format!("username,password_hash,roles\nbob,{h},user\nalice,{h}\ncarol,{h}\n"),
+    )
+    .unwrap();
+
+    let out = import(&config, &file, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("refused   line 3: user alice already exists"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("imported 0, skipped 0, refused 1"),
+        "{stdout}"
+    );
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(
+        !list.contains("bob") && !list.contains("carol"),
+        "a refused import wrote users:\n{list}"
+    );
+
+    let stdout = ok(&import(&config, &file, &["--skip-existing"]));
+    assert!(
+        stdout.contains("skipped   line 3: user alice already exists, left as it is"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("imported 2, skipped 1, refused 0"),
+        "{stdout}"
+    );
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(list.contains("bob\tenabled\troles=user"), "{list}");
+    assert!(list.contains("carol"), "{list}");
+    assert!(
+        !std::fs::read(dir.path().join("store.db"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Every bad line of a file is reported at once, by line number and reason, and none of the
+/// good lines is written.
+#[test]
+fn user_import_reports_every_refused_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    ok(&user_cmd(
+        &config,
+        &["add", "alice", "--password-stdin", "--create-store"],
+        "correct horse\n",
+    ));
+    let h = bcrypt_hash();
+    let file = dir.path().join("users.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"username\": \"dave\", \"password_hash\": \"{h}\"}}\n\
+             {{\"username\": \"erin\", \"password_hash\": \"hunter2\"}}\n\
+             {{\"username\": \"-x\", \"password_hash\": \"{h}\"}}\n\
+             {{\"username\": \"Dave\", \"password_hash\": \"{h}\", \"roles\": [\"a\"]}}\n\
+             {{\"username\": \"frank\", \"password_hash\": \"{h}\", \"groups\": []}}\n"
+        ),
+    )
+    .unwrap();
+    let out = import(&config, &file, &["--skip-existing"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    for expected in [
+        "refused   line 2: password_hash must be",
+        "refused   line 3: username \"-x\"",
+        "refused   line 4: username dave is already on line 1",
+        "refused   line 5: unknown field `groups`",
+        "imported 0, skipped 0, refused 4",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("hunter2"),
+        "a refusal echoed a hash: {stdout}"
+    );
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(!list.contains("dave"), "{list}");
+}
+
+#[test]
+fn user_import_help_documents_the_accepted_fields() {
+    let out = gatehouse()
+        .args(["user", "import", "--help"])
+        .output()
+        .unwrap();
+    let help = ok(&out);
+    for field in [
+        "JSON lines",
+        "CSV",
+        "username",
+        "password_hash",
+        "roles",
+        "scopes",
+        "$2b$",
+        "$argon2id$",
+        "--skip-existing",
+        "all or nothing",
+    ] {
+        assert!(help.contains(field), "no {field:?} in\n{help}");
+    }
+}
+
+/// `user list` and `keys list` print times an operator can read (RFC 3339, UTC), and with
+/// `--json` one JSON object per line, as `client list --json` does.
+#[test]
+fn user_and_keys_lists_print_readable_times_and_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = user_config(dir.path(), "");
+    ok(&user_cmd(
+        &config,
+        &[
+            "add",
+            "alice",
+            "--password-stdin",
+            "--create-store",
+            "--role",
+            "ops",
+        ],
+        "correct horse\n",
+    ));
+    let rfc3339 = |text: &str, after: &str| -> bool {
+        text.split(after).nth(1).is_some_and(|rest| {
+            let t = rest.get(..20).unwrap_or("");
+            t.len() == 20
+                && t.as_bytes()[4] == b'-'
+                && t.as_bytes()[10] == b'T'
+                && t.ends_with('Z')
+                && t[..4].parse::<u32>().is_ok_and(|y| y >= 2024)
+        })
+    };
+
+    let list = ok(&user_cmd(&config, &["list"], ""));
+    assert!(rfc3339(&list, "created="), "{list}");
+    let json = ok(&user_cmd(&config, &["list", "--json"], ""));
+    let users: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(users.len(), 1, "{json}");
+    assert_eq!(users[0]["username"], "alice");
+    assert_eq!(users[0]["roles"], serde_json::json!(["ops"]));
+    assert_eq!(users[0]["disabled"], false);
+    assert!(users[0]["created_at"].is_i64(), "{json}");
+    assert_eq!(users[0]["locked_everywhere_until"], serde_json::Value::Null);
+    assert_eq!(users[0]["locked_networks"], serde_json::json!([]));
+
+    let keys = |args: &[&str]| {
+        ok(&gatehouse()
+            .arg("--config")
+            .arg(&config)
+            .arg("keys")
+            .args(args)
+            .output()
+            .unwrap())
+    };
+    keys(&["generate"]);
+    let list = keys(&["list"]);
+    assert!(rfc3339(&list, "created "), "{list}");
+    assert!(list.trim_end().ends_with("current"), "{list}");
+    let json = keys(&["list", "--json"]);
+    let key: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(key["state"], "current");
+    assert!(key["created_at"].is_i64(), "{json}");
+    assert!(list.starts_with(key["kid"].as_str().unwrap()), "{list}");
+}
+
+/// Completions and the man page come from the command-line definition and need no
+/// configuration (packaging runs them at build time).
+#[test]
+fn completions_and_man_page_are_generated_without_a_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            &["completions", "bash"][..],
+            &["user", "import", "check-config", "--skip-existing"][..],
+        ),
+        (&["completions", "zsh"], &["user", "import", "check-config"]),
+        (
+            &["completions", "fish"],
+            &["user", "import", "check-config"],
+        ),
+        (
+            &["man"],
+            &[".TH gatehouse", "user", "check\\-config", "completions"],
+        ),
+    ] {
+        let out = operator(dir.path()).args(args).output().unwrap();
+        let stdout = ok(&out);
+        for name in expected {
+            assert!(stdout.contains(name), "{args:?}: no {name}");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("configuration"), "{args:?}: {stderr}");
+    }
+    let pages = dir.path().join("man1");
+    std::fs::create_dir(&pages).unwrap();
+    ok(&operator(dir.path())
+        .args(["man", "--dir"])
+        .arg(&pages)
+        .output()
+        .unwrap());
+    let import = std::fs::read_to_string(pages.join("gatehouse-user-import.1")).unwrap();
+    assert!(import.contains("password_hash"), "{import}");
+    let out = operator(dir.path())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// `check-config` used to pass a config naming files that do not exist (and `serve` then
+/// failed), and stopped at the first bad file it did look at. Now it checks every file the
+/// config names and lists every problem at once; `serve` refuses with the same list before it
+/// binds anything.
+#[test]
+fn check_config_and_serve_list_every_unusable_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(dir.path().join("plain"), "a file, not a directory").unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = \"{d}/none/cert.pem\"\nkey = \"{d}/none/key.pem\"\n\
+             [upstream]\nca_file = \"{d}/none/ca.pem\"\n\
+             [store]\npath = \"{d}/plain/gatehouse.db\"\n\
+             [auth]\nkeys_dir = \"{d}/plain\"\n\
+             [[auth.trusted_issuers]]\nissuer = \"https://idp.example\"\naudiences = [\"api\"]\njwks_file = \"{d}/none/jwks.json\"\n\
+             [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n"
+        ),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = gatehouse()
+            .arg(command)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {stdout}{stderr}");
+        assert!(!stdout.contains("configuration OK"), "{command}: {stdout}");
+        assert!(!stderr.contains("listening on"), "{command}: {stderr}");
+        for problem in [
+            "6 problems",
+            "none/cert.pem",
+            "none/key.pem",
+            "upstream.ca_file",
+            "auth.trusted_issuers[0].jwks_file",
+            "auth.keys_dir",
+            "store.path",
+        ] {
+            assert!(stderr.contains(problem), "{command}: {problem}: {stderr}");
+        }
+    }
+}
+
+/// The files exist but are not what `serve` can use: a TLS key that belongs to another
+/// certificate, a signing key others may read, and no routes at all.
+#[test]
+fn check_config_refuses_a_mismatched_tls_pair_an_exposed_signing_key_and_no_routes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["b.test".into()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), a.cert.pem()).unwrap();
+    crate::support::write_private(dir.path().join("key.pem"), b.signing_key.serialize_pem());
+    let config = dir.path().join("gatehouse.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+                 [store]\npath = \"{d}/db\"\n[auth]\nkeys_dir = \"{d}/keys\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let keys = gatehouse()
+        .args(["keys", "generate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        keys.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keys.stderr)
+    );
+    for entry in std::fs::read_dir(dir.path().join("keys")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "pem") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for problem in [
+        "3 problems",
+        "allow_no_routes",
+        "not usable together",
+        "auth.keys_dir",
+        "644",
+    ] {
+        assert!(stderr.contains(problem), "{problem}: {stderr}");
+    }
+    write("allow_no_routes = true");
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 problems") && !stderr.contains("allow_no_routes"),
+        "{stderr}"
+    );
+}
+
+/// A key of the wrong type, an unknown key or a refused value is cited with the file's line and
+/// column.
+#[test]
+fn config_errors_give_the_line_and_column_of_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    for (text, at) in [
+        ("[server]\n\nlisten = 3\n", ":3:1)"),
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n\n\
+             [[routes]]\nname = \"b\"\n  path_prefx = \"/b\"\n",
+            ":8:3)",
+        ),
+        (
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\n\nupstream = \"ftp://x\"\n",
+            ":5:1)",
+        ),
+        ("[server]\nlisten = \"nowhere\"\n", ":2:1)"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = gatehouse()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("gatehouse.toml{at}")),
+            "{at}: {stderr}"
+        );
+    }
+    // A value from the environment is not blamed on a line of the file.
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+    let out = gatehouse()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("GATEHOUSE_SERVER__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && !stderr.contains("gatehouse.toml:"),
+        "{stderr}"
+    );
 }

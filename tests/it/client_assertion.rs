@@ -32,12 +32,12 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// A gateway with `/api`, `public_url` its own address, `auth` in its `[auth]` table and
+/// A gateway with `/api`, `public_url` its own address (`{port}`, see the support), `auth` in its `[auth]` table and
 /// `extra` after.
 fn builder(up: &Upstream, auth: &str, extra: &str) -> GatewayBuilder {
     GatewayBuilder::new(&route("api", "/api", &up.url(), ""))
         .and(&format!(
-            "[auth]\nissuer = \"{ISSUER}\"\npublic_url = \"{{gateway}}\"\n{auth}\n"
+            "[auth]\nissuer = \"{ISSUER}\"\npublic_url = \"http://127.0.0.1:{{port}}\"\n{auth}\n"
         ))
         .and(extra)
 }
@@ -656,4 +656,52 @@ async fn an_assertion_is_never_logged() {
             assert!(!line.contains(signature), "assertion logged: {line}");
         }
     }
+}
+
+#[tokio::test]
+async fn introspection_authenticates_a_key_client_by_its_assertion_too() {
+    let k = keyed("").await;
+    let aud = token_url(&k.gw);
+    let rs = IdpKey::new("rs-key");
+    register(
+        &k.config,
+        "orders-api",
+        &[&rs],
+        &["--grant", "introspection"],
+    )
+    .await;
+    let token =
+        access_token(token_with(&k.gw, &k.key.sign(&assertion_claims(&aud)), &[]).await).await;
+    let claims = |sub: &str| {
+        let now = now();
+        let jti = B64.encode(gatehouse::auth::tokens::new_family_id());
+        json!({"iss": sub, "sub": sub, "aud": ISSUER, "iat": now, "exp": now + 60, "jti": jti})
+    };
+    let introspect = |assertion: String| {
+        let url = k.gw.url("/auth/introspect");
+        let token = token.clone();
+        async move {
+            client()
+                .post(url)
+                .form(&[
+                    ("token", token.as_str()),
+                    ("client_assertion_type", ASSERTION_TYPE),
+                    ("client_assertion", assertion.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let signed = rs.sign(&claims("orders-api"));
+    let response = introspect(signed.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["active"], true, "{body}");
+    assert_eq!(body["client_id"], "ci");
+    // The same path as the token endpoint: a replay is invalid_client here too.
+    assert_invalid_client(introspect(signed).await, "replayed at introspection").await;
+    // And a client not registered for introspection is refused after authenticating.
+    let response = introspect(k.key.sign(&claims("ci"))).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }

@@ -39,7 +39,7 @@ async fn gateway(extra: &str) -> Clients {
 }
 
 /// `gatehouse client add NAME ARGS...`; the secret it prints once.
-async fn add_client(config: &std::path::Path, name: &str, args: &[&str]) -> String {
+pub(crate) async fn add_client(config: &std::path::Path, name: &str, args: &[&str]) -> String {
     let mut all = vec!["client", "add", name];
     all.extend_from_slice(args);
     let out = cli(config, &all, None).await;
@@ -53,7 +53,7 @@ fn secret_in(out: &str) -> String {
         .to_owned()
 }
 
-fn basic(id: &str, secret: &str) -> String {
+pub(crate) fn basic(id: &str, secret: &str) -> String {
     let pair = format!("{id}:{secret}");
     format!(
         "Basic {}",

@@ -257,3 +257,44 @@ fn routes_explain_names_the_endpoint_at_its_configured_path_and_the_route_it_win
     );
     assert!(summary.contains("login=/auth/login"), "{summary}");
 }
+
+const RECIPE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/fastapi/gatehouse.toml"
+);
+
+/// The README's FastAPI recipe, as written: Swagger UI at `/docs` is useless unless the schema
+/// it fetches, `/openapi.json`, is public too; the rest of the app still needs a token.
+#[tokio::test]
+async fn the_readme_fastapi_recipe_serves_public_docs_with_their_schema() {
+    let up = Upstream::start().await;
+    let recipe = std::fs::read_to_string(RECIPE).unwrap();
+    assert!(recipe.contains("http://127.0.0.1:8000"));
+    let gw = GatewayBuilder::new(&recipe.replace("http://127.0.0.1:8000", &up.url()))
+        .start()
+        .await;
+    for path in ["/docs", "/docs/oauth2-redirect", "/openapi.json"] {
+        let status = client().get(gw.url(path)).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let status = client()
+        .get(gw.url("/items/"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(
+        targets,
+        ["/docs", "/docs/oauth2-redirect", "/openapi.json"],
+        "only the public paths reached the app"
+    );
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&recipe),
+        "README.md must include examples/fastapi/gatehouse.toml verbatim"
+    );
+}

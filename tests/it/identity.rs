@@ -760,13 +760,25 @@ async fn key_rotation_keeps_old_tokens_valid_and_publishes_both_keys() {
 async fn bcrypt_import_logs_in_and_is_rehashed_to_argon2id() {
     let (gw, _up) = gateway_with_alice().await;
     let hash = bcrypt::hash("hunter22", 4).unwrap();
-    let users = gatehouse::auth::import::parse(&format!(
-        "username,password_hash,roles,scopes\ndave,{hash},user,read\n"
-    ))
-    .unwrap();
-    for u in users {
-        gw.gateway.auth().store().create_user(u).await.unwrap();
-    }
+    let params = gatehouse::auth::password::HashParams {
+        m_kib: 8,
+        t: 1,
+        p: 1,
+    };
+    let parsed = gatehouse::auth::import::parse(
+        &format!("username,password_hash,roles,scopes\ndave,{hash},user,read\n"),
+        &params,
+    );
+    assert!(parsed.refused.is_empty(), "{:?}", parsed.refused);
+    let users = parsed.users.into_iter().map(|e| e.user).collect();
+    let imported = gw
+        .gateway
+        .auth()
+        .store()
+        .import_users(users, false)
+        .await
+        .unwrap();
+    assert_eq!(imported.added, 1);
     let name = gatehouse::auth::username::Username::parse("dave").unwrap();
     gw.login("dave", "hunter22").await;
     let stored = gw

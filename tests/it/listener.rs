@@ -69,7 +69,7 @@ fn serve_with(dir: &std::path::Path, server_keys: &str) -> ServedBinary {
     std::fs::write(
         &file,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server_keys}\n[admin]\nenabled = false\n[auth]\nkeys_dir = \"{data}/keys\"\n[store]\npath = \"{data}/db\"\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\nallow_no_routes = true\n{server_keys}\n[admin]\nenabled = false\n[auth]\nkeys_dir = \"{data}/keys\"\n[store]\npath = \"{data}/db\"\n"
         ),
     )
     .unwrap();

@@ -779,10 +779,12 @@ async fn reload_keeps_still_valid_verdicts_and_upstream_connections() {
     );
 }
 
-/// A verdict reached under one policy must not outlive it: after a reload that changes the
-/// audience, a token minted for the old audience is refused, however recently it was cached.
+/// A verdict reached under one policy must not outlive it: after a reload that shortens the
+/// accepted token lifetime, a token minted under the old one is refused, however recently it
+/// was cached. (The audience, which this test used to change, is now a restart-only key: see
+/// `reload::a_reload_changing_a_restart_only_key_is_refused_naming_it`.)
 #[tokio::test]
-async fn reload_with_a_new_audience_refuses_tokens_cached_under_the_old_one() {
+async fn reload_with_a_new_token_policy_refuses_tokens_cached_under_the_old_one() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gatehouse.toml");
@@ -796,7 +798,11 @@ async fn reload_with_a_new_audience_refuses_tokens_cached_under_the_old_one() {
     assert_eq!(get().await.unwrap().status(), 200);
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("[auth]\n"), "{text}");
-    let changed = text.replacen("[auth]\n", "[auth]\naudience = \"another-api\"\n", 1);
+    let changed = text.replacen(
+        "[auth]\n",
+        "[auth]\naccess_token_lifetime = \"1m\"\nclient_token_ttl = \"1m\"\n",
+        1,
+    );
     std::fs::write(&file, changed).unwrap();
     gw.app.reload().await.unwrap();
     let refused = get().await.unwrap();

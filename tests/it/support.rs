@@ -289,9 +289,9 @@ impl Drop for TestGateway {
 }
 
 /// Builds a gateway from TOML. `{data}` in the text is replaced by the test's data directory; the
-/// store and keys go there unless the text says otherwise. `{gateway}` is replaced by the origin
-/// the gateway will listen at (`http://127.0.0.1:PORT`, bound before the config is read), for
-/// settings that must name it, such as `[auth] public_url`.
+/// store and keys go there unless the text says otherwise. `{port}` is replaced by the port the
+/// gateway will listen on (bound before the config is read), for settings that name the
+/// gateway's own address, such as `[auth] public_url`.
 pub struct GatewayBuilder {
     toml: String,
 }
@@ -354,11 +354,11 @@ impl GatewayBuilder {
         self.serve(app, dir, listener).await
     }
 
-    /// The gateway's listener, bound now so that `{gateway}` can name its address.
+    /// The gateway's listener, its port put in for `{port}`.
     async fn bind(&mut self) -> TcpListener {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = format!("http://{}", listener.local_addr().unwrap());
-        self.toml = self.toml.replace("{gateway}", &origin);
+        let port = listener.local_addr().unwrap().port().to_string();
+        self.toml = self.toml.replace("{port}", &port);
         listener
     }
 
@@ -490,6 +490,13 @@ pub struct ServedBinary {
     child: std::process::Child,
     pub addr: SocketAddr,
     pub lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServedBinary {
+    /// The process, to signal it by its PID (SIGHUP).
+    pub fn child(&self) -> &std::process::Child {
+        &self.child
+    }
 }
 
 impl Drop for ServedBinary {
