@@ -1,5 +1,6 @@
 //! Identity: passwords, keys, tokens and their verification.
 
+pub mod assertion;
 pub mod audit;
 pub mod authenticator;
 pub mod claims;

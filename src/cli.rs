@@ -21,7 +21,7 @@ use crate::auth::service::key_retention;
 use crate::auth::username::Username;
 use crate::config::Config;
 use crate::routes::AuthMode;
-use crate::store::{Lockouts, NewUser, Store};
+use crate::store::{ClientAuthMethod, Lockouts, NewUser, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -140,8 +140,9 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
-    /// Manage machine clients (OAuth2 clients with a secret: `client_credentials`, and the
-    /// password grant under `[auth] password_grant_clients`).
+    /// Manage machine clients (OAuth2 clients with a secret or with their own keys for
+    /// private_key_jwt: `client_credentials`, and the password grant under `[auth]
+    /// password_grant_clients`).
     Client {
         #[command(subcommand)]
         action: ClientAction,
@@ -164,7 +165,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ClientAction {
-    /// Register a client; its secret is generated and printed once (only a digest is stored).
+    /// Register a client. Without keys its secret is generated and printed once (only a digest
+    /// is stored); with `--jwks-file` or `--jwks-url` it authenticates only by private_key_jwt
+    /// (RFC 7523), with assertions signed by one of those keys, and has no secret.
     Add {
         /// The client_id: 1-64 characters from a-z 0-9 . _ @ + -.
         name: String,
@@ -179,7 +182,12 @@ pub enum ClientAction {
         /// the token introspection endpoint (repeat for several; default client_credentials).
         #[arg(long = "grant")]
         grants: Vec<String>,
-        /// Reserved for private_key_jwt: the URL of the client's JWKS (stored, not used yet).
+        /// private_key_jwt: a file with the client's public keys (a JWKS, or one JWK), stored
+        /// in the store.
+        #[arg(long, conflicts_with = "jwks_url")]
+        jwks_file: Option<PathBuf>,
+        /// private_key_jwt: the URL where the client publishes its JWKS (fetched, bounded in
+        /// size and time, and cached).
         #[arg(long)]
         jwks_url: Option<String>,
         /// Create the configured SQLite store if it does not exist yet; without it a missing
@@ -1165,6 +1173,28 @@ fn client_name(name: &str) -> anyhow::Result<Username> {
     Ok(parsed)
 }
 
+/// The public keys in `path` for a private_key_jwt client, checked (see
+/// [`crate::auth::assertion::check_client_jwks`]): a JWKS, or one JWK made into one.
+fn read_client_jwks(path: &std::path::Path) -> anyhow::Result<String> {
+    use crate::auth::assertion::check_client_jwks;
+    use crate::auth::issuers::MAX_JWKS_BYTES;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_JWKS_BYTES as u64 + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading --jwks-file {}", path.display()))?;
+    // Strict (duplicate members refused) before anything is re-serialised.
+    let value = crate::auth::claims::parse_object(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--jwks-file {}: not a JSON object: {e}", path.display()))?;
+    let text = match value.contains_key("kty") {
+        true => serde_json::json!({ "keys": [value] }).to_string(),
+        false => serde_json::Value::Object(value).to_string(),
+    };
+    let keys =
+        check_client_jwks(&text).with_context(|| format!("--jwks-file {}", path.display()))?;
+    tracing::debug!(keys, "client key set checked");
+    Ok(text)
+}
+
 async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
     use crate::auth::clients;
     use crate::auth::settings::MAX_CLIENT_TOKEN_TTL;
@@ -1185,6 +1215,7 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
             scopes,
             audiences,
             mut grants,
+            jwks_file,
             jwks_url,
             create_store: _,
         } => {
@@ -1200,6 +1231,15 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
                 }
             }
             grants.dedup();
+            let jwks = jwks_file.as_deref().map(read_client_jwks).transpose()?;
+            if let Some(url) = &jwks_url {
+                crate::auth::assertion::check_jwks_url(url).context("invalid --jwks-url")?;
+            }
+            let auth_method = match (&jwks, &jwks_url) {
+                (None, None) => ClientAuthMethod::Secret,
+                _ => ClientAuthMethod::PrivateKeyJwt,
+            };
+            // A key client's digest is of a secret nobody is shown, and is never checked.
             let secret = clients::new_secret();
             store
                 .create_client(
@@ -1209,6 +1249,8 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
                         scopes,
                         audiences,
                         grants,
+                        auth_method,
+                        jwks,
                         jwks_url,
                         epoch: clients::new_epoch(),
                     },
@@ -1216,8 +1258,15 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
                 )
                 .await?;
             println!("added client {}", name.as_str());
-            println!("client_secret: {}", secret.as_str());
-            println!("(shown once: only a digest is stored)");
+            match auth_method {
+                ClientAuthMethod::Secret => {
+                    println!("client_secret: {}", secret.as_str());
+                    println!("(shown once: only a digest is stored)");
+                }
+                ClientAuthMethod::PrivateKeyJwt => {
+                    println!("authenticates by private_key_jwt with its registered keys");
+                }
+            }
         }
         ClientAction::List { json } => {
             for c in store.list_clients().await? {
@@ -1227,6 +1276,9 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
                         "scopes": c.scopes,
                         "audiences": c.audiences,
                         "grants": c.grants,
+                        "auth_method": c.auth_method.as_str(),
+                        "token_endpoint_auth_methods": c.auth_method.rfc7591_names(),
+                        "jwks": c.jwks.is_some(),
                         "jwks_url": c.jwks_url,
                         "disabled": c.disabled,
                         "created_at": c.created_at,
@@ -1235,9 +1287,10 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
                     println!("{line}");
                 } else {
                     println!(
-                        "{}\t{}\tscopes={}\taudiences={}\tgrants={}\tcreated={}\trotated={}",
+                        "{}\t{}\tauth={}\tscopes={}\taudiences={}\tgrants={}\tcreated={}\trotated={}",
                         c.name.as_str(),
                         if c.disabled { "disabled" } else { "enabled" },
+                        c.auth_method.as_str(),
                         c.scopes.join(","),
                         c.audiences.join(","),
                         c.grants.join(","),
@@ -1249,6 +1302,14 @@ async fn client(config: Config, action: ClientAction) -> anyhow::Result<()> {
         }
         ClientAction::RotateSecret { name } => {
             let name = client_name(&name)?;
+            if let Some(c) = store.client(&name).await?
+                && c.auth_method == ClientAuthMethod::PrivateKeyJwt
+            {
+                bail!(
+                    "client {} authenticates by private_key_jwt and has no secret",
+                    name.as_str()
+                );
+            }
             let secret = clients::new_secret();
             store
                 .rotate_client_secret(&name, clients::secret_digest(&name, &secret), now)

@@ -46,7 +46,9 @@
 //! | `routes` | the route table: the `[[routes]]` settings, their validation, the precedence rule and matching |
 //! | `proxy` | forwarding with the pooled upstream client, WebSocket tunnels; the `[upstream]` settings |
 //! | `proxy::pool` | the upstream connection pool on hyper's client connections |
-//! | `auth::clients` | machine clients' credentials: generated secrets, their digest and check, client epochs, Basic and body client authentication |
+//! | `auth::clients` | machine clients' credentials: generated secrets, their digest and check, client epochs, Basic, body and assertion client authentication |
+//! | `auth::assertion` | `private_key_jwt`: client assertions verified against the client's registered keys (inline or fetched JWKS), the checks of a registered key set |
+//! | `auth::assertion::tests` | the assertion rules, each broken alone (tests only) |
 //! | `auth::tokens` | minting access tokens and refresh tokens |
 //! | `auth::audit` | the audit trail: one event per login, refresh, logout, revocation, lockout, unlock, cut |
 //! | `store` | the state interface, by kind of state; the `[store]` settings |

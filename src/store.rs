@@ -616,7 +616,11 @@ pub struct Client {
     pub audiences: Vec<String>,
     /// Grant types it may use (`client_credentials`, `password`), and `introspection`.
     pub grants: Vec<String>,
-    /// Reserved for `private_key_jwt`: where the client's keys are published. Stored, unused.
+    /// How it authenticates: a secret, or assertions signed with its keys (`private_key_jwt`).
+    pub auth_method: ClientAuthMethod,
+    /// A `private_key_jwt` client's public keys, as a JWKS document (JSON text).
+    pub jwks: Option<String>,
+    /// Where a `private_key_jwt` client's keys are published, when not given inline.
     pub jwks_url: Option<String>,
     pub disabled: bool,
     /// The id its access tokens carry as `sid`: disabling or removing the client revokes it (one
@@ -635,12 +639,56 @@ impl fmt::Debug for Client {
             .field("scopes", &self.scopes)
             .field("audiences", &self.audiences)
             .field("grants", &self.grants)
+            .field("auth_method", &self.auth_method)
+            .field("jwks", &self.jwks)
             .field("jwks_url", &self.jwks_url)
             .field("disabled", &self.disabled)
             .field("epoch", &self.epoch)
             .field("created_at", &self.created_at)
             .field("rotated_at", &self.rotated_at)
             .finish()
+    }
+}
+
+/// How a client authenticates at the token endpoint: one method per client, fixed at
+/// registration (RFC 7591's `token_endpoint_auth_method`), so a key client's stolen database row
+/// or a secret client's leaked secret never opens the other door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    /// A generated secret, by `client_secret_basic` or `client_secret_post`.
+    Secret,
+    /// An assertion signed with one of its registered keys (RFC 7523 `private_key_jwt`). Its
+    /// secret digest is of a secret nobody was shown, and is never checked.
+    PrivateKeyJwt,
+}
+
+impl ClientAuthMethod {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::Secret => "client_secret",
+            ClientAuthMethod::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+
+    /// The stored name back; `Corrupt` for anything else.
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "client_secret" => Ok(ClientAuthMethod::Secret),
+            "private_key_jwt" => Ok(ClientAuthMethod::PrivateKeyJwt),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown client auth method {:?}",
+                other.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
+
+    /// The RFC 7591 `token_endpoint_auth_method` names it stands for.
+    pub fn rfc7591_names(self) -> &'static [&'static str] {
+        match self {
+            ClientAuthMethod::Secret => &["client_secret_basic", "client_secret_post"],
+            ClientAuthMethod::PrivateKeyJwt => &["private_key_jwt"],
+        }
     }
 }
 
@@ -652,6 +700,8 @@ pub struct NewClient {
     pub scopes: Vec<String>,
     pub audiences: Vec<String>,
     pub grants: Vec<String>,
+    pub auth_method: ClientAuthMethod,
+    pub jwks: Option<String>,
     pub jwks_url: Option<String>,
     pub epoch: String,
 }
@@ -664,6 +714,8 @@ impl fmt::Debug for NewClient {
             .field("scopes", &self.scopes)
             .field("audiences", &self.audiences)
             .field("grants", &self.grants)
+            .field("auth_method", &self.auth_method)
+            .field("jwks", &self.jwks)
             .field("jwks_url", &self.jwks_url)
             .field("epoch", &self.epoch)
             .finish()
@@ -709,6 +761,19 @@ pub trait Clients: Send + Sync + 'static {
 
     /// Removes the client and revokes its epoch until `revoke_until`. `ClientNotFound` if absent.
     async fn remove_client(&self, name: &Username, revoke_until: i64) -> Result<(), StoreError>;
+
+    /// Spends the `jti` of an assertion of `client` (`private_key_jwt`), remembered until
+    /// `expires_at`: `true` the first time, `false` while an earlier use has not expired at
+    /// `now` (a replay). One atomic insert, so of two gateways sharing the store that see the
+    /// same assertion at once exactly one gets `true`. Expired uses are purged by
+    /// [`Store::purge_expired`]; until then an expired one is taken over by the new use.
+    async fn spend_assertion(
+        &self,
+        client: &Username,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Persistent state: every kind, plus what spans them. Implementations are shared as
@@ -717,7 +782,7 @@ pub trait Clients: Send + Sync + 'static {
 pub trait Store:
     Users + RefreshFamilies + Revocations + LoginFailures + SigningKeys + Clients
 {
-    /// Deletes refresh tokens and denylisted ids expired at `now` (a used token past its expiry
+    /// Deletes refresh tokens, denylisted ids and spent assertion ids expired at `now` (a used token past its expiry
     /// can no longer be presented, so reuse detection loses nothing), sessions without tokens,
     /// changes older than [`CHANGE_RETENTION`] and login bookkeeping that no longer counts
     /// (reservations past their TTL, failure records long idle and unlocked).
@@ -932,6 +997,8 @@ mod tests {
             scopes: vec![],
             audiences: vec![],
             grants: vec![],
+            auth_method: ClientAuthMethod::Secret,
+            jwks: None,
             jwks_url: None,
             disabled: false,
             epoch: "c.e".into(),
@@ -944,6 +1011,8 @@ mod tests {
             scopes: vec![],
             audiences: vec![],
             grants: vec![],
+            auth_method: ClientAuthMethod::Secret,
+            jwks: None,
             jwks_url: None,
             epoch: "c.e".into(),
         };

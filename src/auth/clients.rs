@@ -1,6 +1,7 @@
 //! Machine clients' credentials: generating a secret, its stored digest and the check of a
 //! presented one, the epoch id a client's tokens carry, and reading the client authentication a
-//! token request presents (`client_secret_basic`, RFC 6749 §2.3.1, or `client_secret_post`).
+//! token request presents (`client_secret_basic`, RFC 6749 §2.3.1, `client_secret_post`, or
+//! `private_key_jwt`, RFC 7523 §2.2, whose assertion [`crate::auth::assertion`] checks).
 //!
 //! Secrets are generated here, 256 random bits, and never stored: the store keeps a digest.
 //! The digest is one domain-tagged SHA-256 over the client's name and the secret, not a
@@ -18,6 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use zeroize::Zeroizing;
 
+use crate::auth::assertion::{self, ASSERTION_TYPE};
 use crate::auth::keys::fill_random;
 use crate::auth::username::Username;
 
@@ -92,12 +94,22 @@ pub enum AuthMethod {
     SecretBasic,
     /// `client_id` and `client_secret` in the request body.
     SecretPost,
+    /// `client_assertion_type` (jwt-bearer) and `client_assertion` in the body (RFC 7523 §2.2).
+    PrivateKeyJwt,
 }
 
-/// A client's id and secret as presented; `Debug` never shows the secret.
+/// What proves the client's identity.
+pub enum Credential {
+    Secret(Zeroizing<String>),
+    /// A signed JWT, still unverified.
+    Assertion(String),
+}
+
+/// A client's id and credential as presented; `Debug` never shows the credential.
 pub struct Presented {
+    /// The body's `client_id`, or else (for an assertion) the assertion's unverified `sub`.
     pub id: String,
-    pub secret: Zeroizing<String>,
+    pub credential: Credential,
     pub method: AuthMethod,
 }
 
@@ -105,10 +117,17 @@ impl fmt::Debug for Presented {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Presented")
             .field("id", &self.id)
-            .field("secret", &"<redacted>")
+            .field("credential", &"<redacted>")
             .field("method", &self.method)
             .finish()
     }
+}
+
+/// The body's `client_assertion_type` and `client_assertion`, as sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AssertionParams<'a> {
+    pub assertion_type: Option<&'a str>,
+    pub assertion: Option<&'a str>,
 }
 
 /// Why the presented client authentication cannot even be checked.
@@ -123,13 +142,23 @@ pub enum PresentError {
 }
 
 /// The client authentication of a token request: `authorization` is the header's value if it is
-/// a Basic one (`None` for none, or for another scheme), `form_id`/`form_secret` the body's.
-/// `Ok(None)`: no client authentication (a body `client_id` alone names, never authenticates).
+/// a Basic one (`None` for none, or for another scheme), `form_id`/`form_secret` and `signed`
+/// the body's. `Ok(None)`: no client authentication (a body `client_id` alone names, never
+/// authenticates).
 pub fn presented(
     basic: Option<&[u8]>,
     form_id: Option<&str>,
     form_secret: Option<&str>,
+    signed: AssertionParams<'_>,
 ) -> Result<Option<Presented>, PresentError> {
+    if signed.assertion_type.is_some() || signed.assertion.is_some() {
+        if basic.is_some() || form_secret.is_some() {
+            return Err(PresentError::Ambiguous(
+                "use one client authentication method: a client_assertion, Basic or client_secret",
+            ));
+        }
+        return presented_assertion(form_id, signed).map(Some);
+    }
     match (basic, form_secret) {
         (Some(_), Some(_)) => Err(PresentError::Ambiguous(
             "use one client authentication method: Basic or client_secret in the body",
@@ -143,7 +172,7 @@ pub fn presented(
             }
             Ok(Some(Presented {
                 id,
-                secret,
+                credential: Credential::Secret(secret),
                 method: AuthMethod::SecretBasic,
             }))
         }
@@ -153,12 +182,41 @@ pub fn presented(
                 .ok_or(PresentError::Ambiguous("client_secret needs a client_id"))?;
             Ok(Some(Presented {
                 id: id.to_owned(),
-                secret: Zeroizing::new(secret.to_owned()),
+                credential: Credential::Secret(Zeroizing::new(secret.to_owned())),
                 method: AuthMethod::SecretPost,
             }))
         }
         (None, None) => Ok(None),
     }
+}
+
+/// RFC 7521 §4.2: both parameters, the jwt-bearer type, and a client named by `client_id` or by
+/// the assertion's `sub` (which verification then holds to the same name).
+fn presented_assertion(
+    form_id: Option<&str>,
+    signed: AssertionParams<'_>,
+) -> Result<Presented, PresentError> {
+    let (Some(kind), Some(assertion)) = (signed.assertion_type, signed.assertion) else {
+        return Err(PresentError::Malformed(
+            "client_assertion_type and client_assertion go together",
+        ));
+    };
+    if kind != ASSERTION_TYPE {
+        return Err(PresentError::Malformed(
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
+    }
+    let id = match form_id.filter(|id| !id.is_empty()) {
+        Some(id) => id.to_owned(),
+        None => assertion::unverified_subject(assertion).ok_or(PresentError::Malformed(
+            "client_assertion is not a JWT whose sub names the client",
+        ))?,
+    };
+    Ok(Presented {
+        id,
+        credential: Credential::Assertion(assertion.to_owned()),
+        method: AuthMethod::PrivateKeyJwt,
+    })
 }
 
 /// The credentials of `Authorization: Basic` (the bytes after the scheme): base64 of
@@ -213,6 +271,11 @@ pub fn basic_credentials(authorization: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
+    const NONE: AssertionParams<'static> = AssertionParams {
+        assertion_type: None,
+        assertion: None,
+    };
+
     fn ci() -> Username {
         Username::parse("ci").unwrap()
     }
@@ -235,15 +298,15 @@ mod tests {
     #[test]
     fn basic_credentials_are_form_decoded() {
         let header = STANDARD.encode("my+client%3A1:s%3Ac%25r+t");
-        let p = presented(Some(header.as_bytes()), None, None)
+        let p = presented(Some(header.as_bytes()), None, None, NONE)
             .unwrap()
             .unwrap();
         assert_eq!(p.id, "my client:1");
-        assert_eq!(*p.secret, "s:c%r t");
+        assert!(matches!(&p.credential, Credential::Secret(s) if **s == *"s:c%r t"));
         assert_eq!(p.method, AuthMethod::SecretBasic);
         for bad in ["!!", &STANDARD.encode("nocolon"), &STANDARD.encode(":x")] {
             assert!(
-                presented(Some(bad.as_bytes()), None, None).is_err(),
+                presented(Some(bad.as_bytes()), None, None, NONE).is_err(),
                 "{bad}"
             );
         }
@@ -255,21 +318,87 @@ mod tests {
     fn one_method_per_request() {
         let header = STANDARD.encode("ci:s");
         assert!(matches!(
-            presented(Some(header.as_bytes()), Some("ci"), Some("s")),
+            presented(Some(header.as_bytes()), Some("ci"), Some("s"), NONE),
             Err(PresentError::Ambiguous(_))
         ));
-        assert!(presented(None, None, Some("s")).is_err());
-        let p = presented(None, Some("ci"), Some("s")).unwrap().unwrap();
+        assert!(presented(None, None, Some("s"), NONE).is_err());
+        let p = presented(None, Some("ci"), Some("s"), NONE)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.method, AuthMethod::SecretPost);
-        assert!(presented(None, Some("ci"), None).unwrap().is_none());
+        assert!(presented(None, Some("ci"), None, NONE).unwrap().is_none());
+        // An assertion with a secret beside it, in either place, is two methods.
+        let signed = AssertionParams {
+            assertion_type: Some(ASSERTION_TYPE),
+            assertion: Some(ASSERTION),
+        };
+        for (basic, secret) in [(Some(header.as_bytes()), None), (None, Some("s"))] {
+            assert!(matches!(
+                presented(basic, Some("ci"), secret, signed),
+                Err(PresentError::Ambiguous(_))
+            ));
+        }
+    }
+
+    /// `{"alg":"EdDSA"}.{"sub":"ci"}.sig`: enough to be read, not to be verified.
+    const ASSERTION: &str = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJjaSJ9.c2ln";
+
+    #[test]
+    fn an_assertion_names_its_client_by_client_id_or_by_its_sub() {
+        let signed = AssertionParams {
+            assertion_type: Some(ASSERTION_TYPE),
+            assertion: Some(ASSERTION),
+        };
+        let p = presented(None, None, None, signed).unwrap().unwrap();
+        assert_eq!((p.id.as_str(), p.method), ("ci", AuthMethod::PrivateKeyJwt));
+        let p = presented(None, Some("other"), None, signed)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.id, "other",
+            "verification then refuses a sub that differs"
+        );
+        for bad in [
+            AssertionParams {
+                assertion_type: Some("urn:ietf:params:oauth:client-assertion-type:saml2-bearer"),
+                assertion: Some(ASSERTION),
+            },
+            AssertionParams {
+                assertion_type: Some(ASSERTION_TYPE),
+                assertion: None,
+            },
+            AssertionParams {
+                assertion_type: None,
+                assertion: Some(ASSERTION),
+            },
+            AssertionParams {
+                assertion_type: Some(ASSERTION_TYPE),
+                assertion: Some("not-a-jwt"),
+            },
+        ] {
+            assert!(
+                matches!(
+                    presented(None, None, None, bad),
+                    Err(PresentError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
     fn debug_never_shows_the_secret() {
-        let p = presented(None, Some("ci"), Some("TOPSECRET"))
+        let p = presented(None, Some("ci"), Some("TOPSECRET"), NONE)
             .unwrap()
             .unwrap();
         let shown = format!("{p:?}");
         assert!(!shown.contains("TOPSECRET"), "{shown}");
+        let signed = AssertionParams {
+            assertion_type: Some(ASSERTION_TYPE),
+            assertion: Some(ASSERTION),
+        };
+        let p = presented(None, None, None, signed).unwrap().unwrap();
+        let shown = format!("{p:?}");
+        assert!(!shown.contains(ASSERTION), "{shown}");
     }
 }

@@ -40,9 +40,9 @@ pub const METADATA_CACHE_CONTROL: &str = "public, max-age=300";
 pub const METADATA_VARY: &str = "Host, X-Forwarded-Proto";
 
 /// The signature algorithms a `private_key_jwt` client assertion may use (RFC 7523), at the
-/// token and introspection endpoints alike. Published here; the assertion check (h/pkjwt)
-/// must accept exactly these.
-pub const CLIENT_ASSERTION_SIGNING_ALGS: [&str; 4] = ["RS256", "PS256", "ES256", "EdDSA"];
+/// token and introspection endpoints alike: exactly those the assertion check accepts
+/// ([`crate::auth::assertion::ASSERTION_ALGORITHMS`], held to this by a test).
+pub const CLIENT_ASSERTION_SIGNING_ALGS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
 
 /// How clients authenticate at the token endpoint. `none`: a public client's password grant
 /// (open unless `[auth] password_grant_clients` is set) and every refresh grant, where the
@@ -122,6 +122,12 @@ pub fn document(config: &AuthConfig, request: Option<&Origin>, which: Document) 
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn the_published_assertion_algorithms_are_the_accepted_ones() {
+        let accepted = crate::auth::assertion::ASSERTION_ALGORITHMS.map(|a| a.name());
+        assert_eq!(accepted, CLIENT_ASSERTION_SIGNING_ALGS);
+    }
 
     fn auth(toml: &str) -> AuthConfig {
         Config::from_toml(toml).unwrap().auth

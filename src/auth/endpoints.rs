@@ -420,6 +420,8 @@ async fn token_from(
         refresh_token: form.get("refresh_token"),
         client_secret: form.get("client_secret"),
         basic: basic_of(authorization),
+        client_assertion_type: form.get("client_assertion_type"),
+        client_assertion: form.get("client_assertion"),
         resource: None,
         audience: None,
         user_agent: agent.as_ref().map(HeaderValue::as_bytes),
@@ -466,6 +468,8 @@ fn client_authentication<'f>(
         client_id: form.get("client_id"),
         client_secret: form.get("client_secret"),
         basic: basic_of(authorization),
+        client_assertion_type: form.get("client_assertion_type"),
+        client_assertion: form.get("client_assertion"),
         ..TokenRequest::default()
     }
 }
@@ -537,6 +541,7 @@ async fn read_form(req: Request<Incoming>) -> Result<Form, EndpointError> {
             "username",
             "refresh_token",
             "client_secret",
+            "client_assertion",
             "token",
         ];
         if query

@@ -2,12 +2,14 @@
 //! authentication, logout, revocation and registration, with the brute-force limits and the
 //! lockout in front of them.
 //!
-//! Client authentication (`client_secret_basic` or `client_secret_post`, see
-//! [`crate::auth::clients`]) is limited like a login: the per-address budget (spent by the
+//! Client authentication (`client_secret_basic`, `client_secret_post` or `private_key_jwt`, see
+//! [`crate::auth::clients`] and [`crate::auth::assertion`]; each client has one method) is
+//! limited like a login: the per-address budget (spent by the
 //! endpoint) and the per-name budget, keyed `client:NAME` so a client and a user of one name
 //! do not share it. A failure answers `invalid_client` (401); while a name's budget is spent the
 //! answer is 429 `too_many_attempts` with `Retry-After`, whether or not the secret was right,
-//! exactly as for a login. Inputs are the
+//! exactly as for a login. An assertion's `jti` is spent in the store, so a replay is refused by
+//! every gateway sharing it. Inputs are the
 //! parameters as the client sent them; answers are tokens or a [`GrantError`], never HTTP (the
 //! endpoints render them, `crate::error` decides statuses).
 
@@ -16,12 +18,16 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use crate::auth::assertion::{self, AssertionError, ClientKeys};
 use crate::auth::audit::{self, Event, Outcome, Source};
 use crate::auth::authenticator::Authenticator;
 use crate::auth::claims::Identity;
 use crate::auth::claims::{MAX_CLIENT_ID_BYTES, MAX_ROLE_BYTES, is_header_safe};
-use crate::auth::clients::{self, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD, Presented};
+use crate::auth::clients::{
+    self, AssertionParams, Credential, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD, Presented,
+};
 use crate::auth::password::{MAX_PASSWORD_BYTES, PasswordError, PasswordPool};
+use crate::auth::paths::Endpoint;
 use crate::auth::session;
 use crate::auth::settings::AuthConfig;
 use crate::auth::tokens::{
@@ -32,8 +38,9 @@ use crate::auth::verify::VerifyError;
 use crate::clock::unix_now as now;
 use crate::limits::{ClientNetwork, Limits, Refusal};
 use crate::store::{
-    LockScope, Lockout, LockoutPolicy, LoginAdmission, LoginAttempt, LoginVerdict, NewUser,
-    RefreshRecord, RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError,
+    ClientAuthMethod, LockScope, Lockout, LockoutPolicy, LoginAdmission, LoginAttempt,
+    LoginVerdict, NewUser, RefreshRecord, RefreshSuccessor, RotateError, SessionOrigin, Store,
+    StoreError,
 };
 
 /// `client_id` stamped on tokens when the client names none.
@@ -210,6 +217,9 @@ pub struct TokenRequest<'a> {
     pub client_secret: Option<&'a str>,
     /// The credentials of `Authorization: Basic` (`client_secret_basic`), still encoded.
     pub basic: Option<&'a [u8]>,
+    /// `client_assertion_type` and `client_assertion` from the body (`private_key_jwt`).
+    pub client_assertion_type: Option<&'a str>,
+    pub client_assertion: Option<&'a str>,
     /// RFC 8707 `resource`, or `audience` as several servers name it.
     pub resource: Option<&'a str>,
     pub audience: Option<&'a str>,
@@ -302,6 +312,8 @@ pub struct Grants {
     spec: AccessTokenSpec,
     /// Shared with the grants a reload replaces, so counters survive reloads.
     limits: Arc<Limits>,
+    /// `private_key_jwt` clients' keys (a reload starts afresh: at worst a refetch).
+    client_keys: ClientKeys,
 }
 
 impl Grants {
@@ -325,6 +337,7 @@ impl Grants {
             pool,
             spec,
             limits,
+            client_keys: ClientKeys::new(),
         }
     }
 
@@ -490,7 +503,7 @@ impl Grants {
     /// The registered client a request authenticates as: the one client-authentication step of
     /// the token endpoint (client credentials, a restricted password grant) and of token
     /// introspection. The request's client authentication is read once
-    /// ([`clients::presented`]) and checked by [`authenticate_client`](Self::authenticate_client);
+    /// ([`presented_client`]) and checked by [`authenticate_client`](Self::authenticate_client);
     /// none at all is `InvalidClient`. Whether the client may do what it asks is the caller's
     /// to decide.
     pub async fn authenticated_client(
@@ -498,19 +511,15 @@ impl Grants {
         form: &TokenRequest<'_>,
         addr: IpAddr,
     ) -> Result<crate::store::Client, GrantError> {
-        let presented = clients::presented(form.basic, form.client_id, form.client_secret)
-            .map_err(|e| match e {
-                clients::PresentError::Ambiguous(d) | clients::PresentError::Malformed(d) => {
-                    GrantError::InvalidRequest(d)
-                }
-            })?
-            .ok_or(GrantError::InvalidClient)?;
+        let presented = presented_client(form)?.ok_or(GrantError::InvalidClient)?;
         self.authenticate_client(&presented, addr).await
     }
 
-    /// Checks a client's secret, limited like a login (see the module text). Unknown, disabled
-    /// and wrong all answer `InvalidClient` after the same digest work.
-    async fn authenticate_client(
+    /// Authenticates a client by its one registered method, limited like a login (see the
+    /// module text): the token endpoint's grants and every other endpoint that authenticates
+    /// clients come here. Unknown, disabled, the wrong method, a wrong secret and a refused or
+    /// replayed assertion all answer `InvalidClient`.
+    pub async fn authenticate_client(
         &self,
         presented: &Presented,
         addr: IpAddr,
@@ -532,23 +541,29 @@ impl Grants {
             crate::metrics::limit_refusal("client");
             GrantError::Limited(r)
         })?;
+        let bounded = match &presented.credential {
+            Credential::Secret(secret) => secret.len() <= clients::MAX_SECRET_BYTES,
+            Credential::Assertion(signed) => signed.len() <= assertion::MAX_ASSERTION_BYTES,
+        };
         let found = match &name {
-            Some(name) if presented.secret.len() <= clients::MAX_SECRET_BYTES => {
-                self.store.client(name).await?
-            }
+            Some(name) if bounded => self.store.client(name).await?,
             _ => None,
         };
-        // Client names are not secrets as passwords are, and a digest costs microseconds: no
-        // dummy work for an unknown name.
-        let ok = found
-            .as_ref()
-            .is_some_and(|c| clients::secret_matches(&c.secret_digest, &c.name, &presented.secret));
-        match found {
-            Some(c) if ok && !c.disabled => {
+        let refusal = match &found {
+            None => Some("unknown client"),
+            Some(c) if c.disabled => Some("disabled client"),
+            Some(c) => self.check_credential(c, &presented.credential).await?,
+        };
+        match (found, refusal) {
+            (Some(c), None) => {
                 self.limits.give_back_user(&limit_key).await;
                 Ok(c)
             }
-            _ => {
+            (_, refusal) => {
+                let reason = refusal.unwrap_or("unknown client");
+                // The reason is for operators; the client hears only invalid_client. Neither
+                // ever carries the secret or the assertion.
+                tracing::info!(client = %audit::shown_user(&presented.id), reason, "client authentication refused");
                 audit::record(
                     Event::ClientToken,
                     Some(&audit::shown_user(&presented.id)),
@@ -560,6 +575,72 @@ impl Grants {
                 Err(GrantError::InvalidClient)
             }
         }
+    }
+
+    /// Checks the credential against client `c`'s one method: `None` when it proves the client,
+    /// else why not. An assertion's `jti` is spent in the store here (an error of the store is
+    /// an error, never a pass).
+    async fn check_credential(
+        &self,
+        c: &crate::store::Client,
+        credential: &Credential,
+    ) -> Result<Option<&'static str>, GrantError> {
+        match (credential, c.auth_method) {
+            (Credential::Secret(secret), ClientAuthMethod::Secret) => {
+                // Client names are not secrets as passwords are, and a digest costs
+                // microseconds: no dummy work for an unknown name.
+                let ok = clients::secret_matches(&c.secret_digest, &c.name, secret);
+                Ok((!ok).then_some("wrong secret"))
+            }
+            (Credential::Assertion(signed), ClientAuthMethod::PrivateKeyJwt) => {
+                match self.check_assertion(c, signed).await {
+                    Ok(()) => Ok(None),
+                    Err(AssertionFailure::Refused(e)) => Ok(Some(e.reason())),
+                    Err(AssertionFailure::Grant(e)) => Err(e),
+                }
+            }
+            (Credential::Secret(_), ClientAuthMethod::PrivateKeyJwt) => {
+                Ok(Some("a private_key_jwt client presented a secret"))
+            }
+            (Credential::Assertion(_), ClientAuthMethod::Secret) => {
+                Ok(Some("a secret client presented an assertion"))
+            }
+        }
+    }
+
+    /// Verifies a `private_key_jwt` assertion of client `c` and spends its `jti`. Its audience
+    /// is this gateway: the configured issuer, or the token endpoint's URL under `[auth]
+    /// public_url` (never one built from the request's Host).
+    async fn check_assertion(
+        &self,
+        c: &crate::store::Client,
+        signed: &str,
+    ) -> Result<(), AssertionFailure> {
+        let refused = AssertionFailure::Refused;
+        let kid = assertion::unverified_kid(signed);
+        let keys = self
+            .client_keys
+            .keys_for(c, kid.as_deref())
+            .await
+            .map_err(refused)?;
+        let mut audiences = vec![self.config.issuer.clone()];
+        audiences.extend(self.config.endpoint_url(Endpoint::Token));
+        let expected = assertion::Expected {
+            client: c.name.as_str(),
+            audiences: &audiences,
+            leeway: i64::try_from(self.config.leeway.as_secs()).unwrap_or(i64::MAX),
+        };
+        let now = now();
+        let verified = assertion::verify(signed, &keys, &expected, now).map_err(refused)?;
+        let spent = self
+            .store
+            .spend_assertion(&c.name, &verified.jti, verified.exp, now)
+            .await
+            .map_err(|e| AssertionFailure::Grant(e.into()))?;
+        if !spent {
+            return Err(refused(AssertionError::Replayed));
+        }
+        Ok(())
     }
 
     /// The `client_credentials` grant (RFC 6749 §4.4): a token for the authenticated client
@@ -1226,6 +1307,29 @@ impl Grants {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Why an assertion did not authenticate its client: refused (`invalid_client`), or the store
+/// could not record its use (an error, never a pass).
+enum AssertionFailure {
+    Refused(AssertionError),
+    Grant(GrantError),
+}
+
+/// The client authentication a request presents (see [`clients::presented`]); its ambiguities
+/// are bad requests.
+pub fn presented_client(form: &TokenRequest<'_>) -> Result<Option<Presented>, GrantError> {
+    let signed = AssertionParams {
+        assertion_type: form.client_assertion_type,
+        assertion: form.client_assertion,
+    };
+    clients::presented(form.basic, form.client_id, form.client_secret, signed).map_err(
+        |e| match e {
+            clients::PresentError::Ambiguous(d) | clients::PresentError::Malformed(d) => {
+                GrantError::InvalidRequest(d)
+            }
+        },
+    )
 }
 
 /// A space-separated scope list (RFC 6749 §3.3).

@@ -283,7 +283,7 @@ pub struct TrustedIssuers {
 
 struct Inner {
     issuers: Vec<Issuer>,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: JwksClient,
     state: RwLock<State>,
     /// The largest per-issuer cap, applied before a token is routed; the chosen verifier then
     /// applies its own.
@@ -655,64 +655,78 @@ impl Inner {
                 reason: "only URL key sets are fetched",
             });
         };
-        let issuer = settings.issuer.clone();
-        let shown_url = url.to_string();
-        let transport = |source: Box<dyn std::error::Error + Send + Sync>| IssuerError::Transport {
-            issuer: issuer.clone(),
-            url: shown_url.clone(),
-            source,
-        };
-        let request = Request::get(url.clone())
-            .header(ACCEPT, JWKS_MEDIA_TYPES)
-            .header(USER_AGENT, USER_AGENT_VALUE)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| transport(e.into()))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| transport(e.into()))?;
-            if response.status() != StatusCode::OK {
-                return Err(IssuerError::Status {
-                    issuer: issuer.clone(),
-                    url: shown_url.clone(),
-                    status: response.status(),
-                });
-            }
-            let too_large = || IssuerError::TooLarge {
-                issuer: issuer.clone(),
-                limit: MAX_JWKS_BYTES,
-            };
-            let declared = response
-                .headers()
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
-                return Err(too_large());
-            }
-            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<LengthLimitError>().is_some() {
-                        too_large()
-                    } else {
-                        transport(e)
-                    }
-                })?;
-            Ok(body.to_bytes())
-        };
-        let bytes = tokio::time::timeout(settings.fetch_timeout, exchange)
+        fetch_key_set(&self.client, &settings.issuer, url, settings.fetch_timeout).await
+    }
+}
+
+/// The HTTP client key sets are fetched with (see [`build_client`]).
+pub type JwksClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Fetches the key set at `url` with `client` and parses it into keys bound to `issuer` (see
+/// the module text: no redirect, only `200`, at most [`MAX_JWKS_BYTES`], the whole exchange
+/// within `timeout`). Also fetches `private_key_jwt` clients' key sets, bound to the client.
+pub async fn fetch_key_set(
+    client: &JwksClient,
+    issuer: &str,
+    url: &Uri,
+    timeout: Duration,
+) -> Result<KeyLookup, IssuerError> {
+    let issuer = issuer.to_owned();
+    let shown_url = url.to_string();
+    let transport = |source: Box<dyn std::error::Error + Send + Sync>| IssuerError::Transport {
+        issuer: issuer.clone(),
+        url: shown_url.clone(),
+        source,
+    };
+    let request = Request::get(url.clone())
+        .header(ACCEPT, JWKS_MEDIA_TYPES)
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| transport(e.into()))?;
+    let exchange = async {
+        let response = client
+            .request(request)
             .await
-            .map_err(|_| IssuerError::Timeout {
+            .map_err(|e| transport(e.into()))?;
+        if response.status() != StatusCode::OK {
+            return Err(IssuerError::Status {
                 issuer: issuer.clone(),
                 url: shown_url.clone(),
-                timeout: settings.fetch_timeout,
-            })??;
-        parse_key_set(&issuer, &bytes)
-    }
+                status: response.status(),
+            });
+        }
+        let too_large = || IssuerError::TooLarge {
+            issuer: issuer.clone(),
+            limit: MAX_JWKS_BYTES,
+        };
+        let declared = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
+            return Err(too_large());
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    too_large()
+                } else {
+                    transport(e)
+                }
+            })?;
+        Ok(body.to_bytes())
+    };
+    let bytes = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| IssuerError::Timeout {
+            issuer: issuer.clone(),
+            url: shown_url.clone(),
+            timeout,
+        })??;
+    parse_key_set(&issuer, &bytes)
 }
 
 /// Ends a fetch: clears `running` and wakes the waiters, however the fetch task ended.
@@ -744,7 +758,7 @@ fn build_routes(verifiers: &[Arc<Verifier>]) -> HashMap<String, Route> {
 }
 
 /// Parses a JWKS document into keys bound to `issuer`.
-fn parse_key_set(issuer: &str, bytes: &[u8]) -> Result<KeyLookup, IssuerError> {
+pub fn parse_key_set(issuer: &str, bytes: &[u8]) -> Result<KeyLookup, IssuerError> {
     let bad = |reason: String| IssuerError::BadKeySet {
         issuer: issuer.to_owned(),
         reason,
@@ -877,13 +891,17 @@ fn is_loopback(host: &str) -> bool {
 
 /// One pooled client for all issuers. System roots are loaded only when some URL is https, so a
 /// host without a CA bundle can still use file or loopback sources.
-fn build_client(
-    settings: &[IssuerSettings],
-) -> Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, IssuerError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+fn build_client(settings: &[IssuerSettings]) -> Result<JwksClient, IssuerError> {
     let needs_roots = settings
         .iter()
         .any(|s| matches!(&s.source, JwksSource::Url(u) if u.scheme_str() == Some("https")));
+    build_jwks_client(needs_roots)
+}
+
+/// A pooled key-set client; with `needs_roots`, one that trusts the system's root certificates
+/// (without, https URLs fail to verify).
+pub fn build_jwks_client(needs_roots: bool) -> Result<JwksClient, IssuerError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = if needs_roots {
         HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider)

@@ -467,6 +467,8 @@ mod tests {
                         scopes: vec![],
                         audiences: vec![],
                         grants: vec![grant.to_owned()],
+                        auth_method: crate::store::ClientAuthMethod::Secret,
+                        jwks: None,
                         jwks_url: None,
                         epoch: clients::new_epoch(),
                     },

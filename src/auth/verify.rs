@@ -198,7 +198,7 @@ impl VerifyError {
 }
 
 /// Header members that would make us fetch or trust a key named by the token itself.
-const FORBIDDEN_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
+pub(crate) const FORBIDDEN_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
 
 /// Checks access tokens against one policy with one set of keys. Immutable; share it behind an
 /// `Arc` and replace it whole on reload.
@@ -474,7 +474,7 @@ fn scopes_at(
 
 /// Splits a compact JWS into its three segments. Empty segments pass here and fail later with a
 /// precise reason (an empty signature is a bad signature, not a shape error).
-fn split_compact(token: &str) -> Result<(&str, &str, &str), VerifyError> {
+pub(crate) fn split_compact(token: &str) -> Result<(&str, &str, &str), VerifyError> {
     let mut parts = token.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(h), Some(p), Some(s), None) => Ok((h, p, s)),
@@ -483,7 +483,7 @@ fn split_compact(token: &str) -> Result<(&str, &str, &str), VerifyError> {
 }
 
 /// Strict base64url: no padding, no `+` or `/`, no whitespace, canonical trailing bits.
-fn decode_segment(segment: &str, what: &'static str) -> Result<Vec<u8>, VerifyError> {
+pub(crate) fn decode_segment(segment: &str, what: &'static str) -> Result<Vec<u8>, VerifyError> {
     URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| VerifyError::Malformed(what))
@@ -498,7 +498,7 @@ fn claims_error(e: ClaimsError, not_object: &'static str) -> VerifyError {
 }
 
 /// `at+jwt`, `AT+JWT` and `application/at+jwt` all name the same media type.
-fn typ_matches(typ: &str, expected: &str) -> bool {
+pub(crate) fn typ_matches(typ: &str, expected: &str) -> bool {
     const PREFIX: &[u8] = b"application/";
     let bytes = typ.as_bytes();
     let bare = if bytes.len() > PREFIX.len() && bytes[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {

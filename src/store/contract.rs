@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use super::{
-    CHANGE_RETENTION, Change, Imported, LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy,
-    Lockouts, LoginAdmission, LoginVerdict, NewClient, NewUser, RefreshRecord, RefreshState,
-    RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError, StoredKey,
+    CHANGE_RETENTION, Change, ClientAuthMethod, Imported, LOGIN_ATTEMPT_TTL, LockScope, Lockout,
+    LockoutPolicy, Lockouts, LoginAdmission, LoginVerdict, NewClient, NewUser, RefreshRecord,
+    RefreshState, RefreshSuccessor, RotateError, SessionOrigin, Store, StoreError, StoredKey,
 };
 use crate::auth::keys::KeyAlg;
 use crate::auth::username::Username;
@@ -70,6 +70,8 @@ macro_rules! contract_tests {
             a_rotation_with_a_taken_kid_changes_nothing,
             clients_round_trip_and_a_taken_name_is_a_conflict,
             a_disabled_or_removed_client_epoch_is_revoked_through_the_feed,
+            a_key_client_keeps_its_method_and_public_keys,
+            a_spent_assertion_id_is_refused_until_it_expires,
         );
         $crate::store::contract::contract_tests!(@each $fixture, [tokio::test], shared:
             usable_as_shared_trait_object,
@@ -88,6 +90,7 @@ macro_rules! contract_tests {
             concurrent_feed_writes_reach_a_follower_exactly_once,
             concurrent_first_start_agrees_on_one_key,
             key_changes_reach_the_other_handle_through_the_feed,
+            a_replayed_assertion_is_refused_by_the_other_handle,
         );
     };
     (@each $fixture:expr, [$attr:meta], $how:ident: $($case:ident),+ $(,)?) => {
@@ -1698,9 +1701,133 @@ fn new_client(s: &str, epoch: &str) -> NewClient {
         scopes: vec!["read".into(), "write".into()],
         audiences: vec!["api".into()],
         grants: vec!["client_credentials".into()],
+        auth_method: ClientAuthMethod::Secret,
+        jwks: None,
         jwks_url: Some("https://ci.example/jwks.json".into()),
         epoch: epoch.into(),
     }
+}
+
+pub(crate) async fn a_key_client_keeps_its_method_and_public_keys(store: &dyn Store) {
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    let created = store
+        .create_client(
+            NewClient {
+                auth_method: ClientAuthMethod::PrivateKeyJwt,
+                jwks: Some(jwks.into()),
+                jwks_url: None,
+                ..new_client("signer", "c.k1")
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let read = store.client(&name("signer")).await.unwrap().unwrap();
+    assert_eq!(read, created);
+    assert_eq!(read.auth_method, ClientAuthMethod::PrivateKeyJwt);
+    assert_eq!(read.jwks.as_deref(), Some(jwks));
+    store
+        .create_client(new_client("ci", "c.s1"), NOW)
+        .await
+        .unwrap();
+    let listed: Vec<ClientAuthMethod> = store
+        .list_clients()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.auth_method)
+        .collect();
+    assert_eq!(
+        listed,
+        [ClientAuthMethod::Secret, ClientAuthMethod::PrivateKeyJwt]
+    );
+}
+
+pub(crate) async fn a_spent_assertion_id_is_refused_until_it_expires(store: &dyn Store) {
+    let (ci, other) = (name("ci"), name("other"));
+    assert!(
+        store
+            .spend_assertion(&ci, "j1", NOW + 60, NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_assertion(&ci, "j1", NOW + 60, NOW + 1)
+            .await
+            .unwrap(),
+        "a replay"
+    );
+    assert!(
+        !store
+            .spend_assertion(&ci, "j1", NOW + 600, NOW + 59)
+            .await
+            .unwrap(),
+        "a replay with another exp is still a replay"
+    );
+    // Another client's ids are its own.
+    assert!(
+        store
+            .spend_assertion(&other, "j1", NOW + 60, NOW)
+            .await
+            .unwrap()
+    );
+    // Once expired, the id may be used again (the old assertion itself is now refused by exp).
+    assert!(
+        store
+            .spend_assertion(&ci, "j1", NOW + 120, NOW + 60)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_assertion(&ci, "j1", NOW + 120, NOW + 61)
+            .await
+            .unwrap()
+    );
+    // Purged once expired, kept before.
+    assert!(
+        store
+            .spend_assertion(&ci, "j2", NOW + 10, NOW)
+            .await
+            .unwrap()
+    );
+    assert!(store.purge_expired(NOW + 10).await.unwrap() >= 1);
+    assert!(
+        !store
+            .spend_assertion(&ci, "j1", NOW + 120, NOW + 11)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .spend_assertion(&ci, "j2", NOW + 30, NOW + 11)
+            .await
+            .unwrap()
+    );
+}
+
+pub(crate) async fn a_replayed_assertion_is_refused_by_the_other_handle(
+    stores: [Arc<dyn Store>; 2],
+) {
+    let ci = name("ci");
+    let mut tasks = Vec::new();
+    for round in 0..10 {
+        for store in &stores {
+            let (store, ci) = (Arc::clone(store), ci.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .spend_assertion(&ci, &format!("j{round}"), NOW + 60, NOW)
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut won = 0;
+    for task in tasks {
+        won += usize::from(task.await.unwrap());
+    }
+    assert_eq!(won, 10, "each id is spent exactly once across both handles");
 }
 
 pub(crate) async fn clients_round_trip_and_a_taken_name_is_a_conflict(store: &dyn Store) {

@@ -57,10 +57,11 @@ use tokio_postgres::{AsyncMessage, NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, Client, Clients, Imported, LOGIN_ATTEMPT_TTL, LockScope,
-    Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewClient,
-    NewUser, RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations,
-    RotateError, Session, SessionOrigin, SigningKeys, Store, StoreError, StoredKey, User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, Client, ClientAuthMethod, Clients, Imported,
+    LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures,
+    LoginVerdict, NewClient, NewUser, RefreshFamilies, RefreshRecord, RefreshState,
+    RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys, Store,
+    StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -297,7 +298,7 @@ impl Tls {
 }
 
 /// Schema migrations, in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// The version this build writes (a handful of migrations always fits in `i32`).
 const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -415,6 +416,23 @@ CREATE TABLE clients (
 );
 ";
 
+/// Version 4: `private_key_jwt` clients (SQLite's version 8): one authentication method per
+/// client, public keys inline, and the ids of assertions already used until they expire.
+const SCHEMA_V4: &str = "
+ALTER TABLE clients
+    ADD COLUMN auth_method text NOT NULL DEFAULT 'client_secret'
+        CHECK (auth_method IN ('client_secret', 'private_key_jwt')),
+    ADD COLUMN jwks text;
+
+CREATE TABLE client_assertions (
+    client     text NOT NULL,
+    jti        text NOT NULL,
+    expires_at bigint NOT NULL,
+    PRIMARY KEY (client, jti)
+);
+CREATE INDEX client_assertions_expiry ON client_assertions (expires_at);
+";
+
 /// Where the schema version lives (created by the first migration run, outside the versions).
 const SCHEMA_TABLE: &str = "
 CREATE TABLE gatehouse_schema (
@@ -431,7 +449,7 @@ const FAILURE_ROW_TTL: i64 = 86_400;
 const USER_COLUMNS: &str =
     "username, password_hash, roles, scopes, disabled, created_at, updated_at";
 const CLIENT_COLUMNS: &str = "name, secret_digest, scopes, audiences, grants, jwks_url, disabled, \
-     epoch, created_at, rotated_at";
+     epoch, created_at, rotated_at, auth_method, jwks";
 
 /// The PostgreSQL store; share it behind an `Arc`. Dropping it stops its listener.
 pub struct PgStore {
@@ -684,6 +702,8 @@ fn read_client(row: &Row) -> Result<Client, StoreError> {
         scopes: col(row, 2)?,
         audiences: col(row, 3)?,
         grants: col(row, 4)?,
+        auth_method: ClientAuthMethod::parse(col(row, 10)?)?,
+        jwks: col(row, 11)?,
         jwks_url: col(row, 5)?,
         disabled: col(row, 6)?,
         epoch: col(row, 7)?,
@@ -726,7 +746,7 @@ impl Clients for PgStore {
         let inserted = on_connection!(self, |c| {
             let sql = format!(
                 "INSERT INTO clients ({CLIENT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, false, $7, $8, $8)"
+                 VALUES ($1, $2, $3, $4, $5, $6, false, $7, $8, $8, $9, $10)"
             );
             match c
                 .exec(
@@ -740,6 +760,8 @@ impl Clients for PgStore {
                         &client.jwks_url,
                         &client.epoch,
                         &now,
+                        &client.auth_method.as_str(),
+                        &client.jwks,
                     ],
                 )
                 .await
@@ -758,6 +780,8 @@ impl Clients for PgStore {
             scopes: client.scopes,
             audiences: client.audiences,
             grants: client.grants,
+            auth_method: client.auth_method,
+            jwks: client.jwks,
             jwks_url: client.jwks_url,
             disabled: false,
             epoch: client.epoch,
@@ -845,6 +869,26 @@ impl Clients for PgStore {
             revoke_epoch_in(&tx, &current, revoke_until).await?;
             tx.commit().await?;
             Ok(())
+        }))
+    }
+
+    async fn spend_assertion(
+        &self,
+        client: &Username,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        on_connection!(self, |c| retrying!(async {
+            let spent = c
+                .exec(
+                    "INSERT INTO client_assertions (client, jti, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (client, jti) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE client_assertions.expires_at <= $4",
+                    &[&client.as_str(), &jti, &expires_at, &now],
+                )
+                .await?;
+            Ok(spent == 1)
         }))
     }
 }
@@ -2118,9 +2162,13 @@ impl SigningKeys for PgStore {
 impl Store for PgStore {
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         // Each delete on its own: none needs another's, and short transactions hold few locks.
-        let deletes: [(&str, &[i64]); 6] = [
+        let deletes: [(&str, &[i64]); 7] = [
             ("DELETE FROM refresh_tokens WHERE expires_at <= $1", &[now]),
             ("DELETE FROM revoked_ids WHERE expires_at <= $1", &[now]),
+            (
+                "DELETE FROM client_assertions WHERE expires_at <= $1",
+                &[now],
+            ),
             (
                 "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= $1 \
                  AND first_failure_at <= $2",

@@ -24,10 +24,11 @@ use rusqlite::{
 };
 
 use super::{
-    CHANGE_RETENTION, Change, ChangeBatch, Client, Clients, Imported, LOGIN_ATTEMPT_TTL, LockScope,
-    Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures, LoginVerdict, NewClient,
-    NewUser, RefreshFamilies, RefreshRecord, RefreshState, RefreshSuccessor, Revocations,
-    RotateError, Session, SessionOrigin, SigningKeys, Store, StoreError, StoredKey, User, Users,
+    CHANGE_RETENTION, Change, ChangeBatch, Client, ClientAuthMethod, Clients, Imported,
+    LOGIN_ATTEMPT_TTL, LockScope, Lockout, LockoutPolicy, Lockouts, LoginAdmission, LoginFailures,
+    LoginVerdict, NewClient, NewUser, RefreshFamilies, RefreshRecord, RefreshState,
+    RefreshSuccessor, Revocations, RotateError, Session, SessionOrigin, SigningKeys, Store,
+    StoreError, StoredKey, User, Users,
 };
 use crate::auth::username::Username;
 use crate::clock::unix_now;
@@ -38,7 +39,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 /// The version this build writes (a handful of migrations always fits in `u32`).
@@ -201,6 +202,24 @@ CREATE TABLE clients (
 ) STRICT;
 ";
 
+/// Version 8: `private_key_jwt` clients. Each client has one authentication method (existing
+/// clients keep their secrets) and may hold its public keys inline (a JWKS document); the ids of
+/// assertions already used are kept until they expire, so a replay is refused by every gateway
+/// of the store.
+const SCHEMA_V8: &str = "
+ALTER TABLE clients ADD COLUMN auth_method TEXT NOT NULL DEFAULT 'client_secret'
+    CHECK (auth_method IN ('client_secret', 'private_key_jwt'));
+ALTER TABLE clients ADD COLUMN jwks TEXT;
+
+CREATE TABLE client_assertions (
+    client     TEXT NOT NULL,
+    jti        TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (client, jti)
+) STRICT;
+CREATE INDEX client_assertions_expiry ON client_assertions (expires_at);
+";
+
 /// Failure rows untouched for this long are purged (longer than any sensible find_time).
 const FAILURE_ROW_TTL: i64 = 86_400;
 
@@ -210,7 +229,7 @@ const REFRESH_COLUMNS: &str =
     "digest, family, username, scopes, issued_at, expires_at, used_at, revoked_at";
 
 const CLIENT_COLUMNS: &str = "name, secret_digest, scopes, audiences, grants, jwks_url, disabled, \
-     epoch, created_at, rotated_at";
+     epoch, created_at, rotated_at, auth_method, jwks";
 
 /// The SQLite store; cheap to share behind an `Arc`.
 pub struct SqliteStore {
@@ -1461,6 +1480,8 @@ fn read_client(row: &Row<'_>) -> rusqlite::Result<Result<Client, StoreError>> {
     let epoch: String = row.get(7)?;
     let created_at: i64 = row.get(8)?;
     let rotated_at: i64 = row.get(9)?;
+    let auth_method: String = row.get(10)?;
+    let jwks: Option<String> = row.get(11)?;
     Ok((|| {
         Ok(Client {
             name: stored_username(&name)?,
@@ -1469,6 +1490,8 @@ fn read_client(row: &Row<'_>) -> rusqlite::Result<Result<Client, StoreError>> {
             scopes: from_json(&scopes, "client scopes")?,
             audiences: from_json(&audiences, "client audiences")?,
             grants: from_json(&grants, "client grants")?,
+            auth_method: ClientAuthMethod::parse(&auth_method)?,
+            jwks,
             jwks_url,
             disabled,
             epoch,
@@ -1507,7 +1530,7 @@ impl Clients for SqliteStore {
             let inserted = conn.execute(
                 &format!(
                     "INSERT INTO clients ({CLIENT_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?8)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?8, ?9, ?10)"
                 ),
                 params![
                     client.name.as_str(),
@@ -1518,6 +1541,8 @@ impl Clients for SqliteStore {
                     client.jwks_url,
                     client.epoch,
                     now,
+                    client.auth_method.as_str(),
+                    client.jwks,
                 ],
             );
             match inserted {
@@ -1527,6 +1552,8 @@ impl Clients for SqliteStore {
                     scopes: client.scopes,
                     audiences: client.audiences,
                     grants: client.grants,
+                    auth_method: client.auth_method,
+                    jwks: client.jwks,
                     jwks_url: client.jwks_url,
                     disabled: false,
                     epoch: client.epoch,
@@ -1632,6 +1659,26 @@ impl Clients for SqliteStore {
         })
         .await
     }
+
+    async fn spend_assertion(
+        &self,
+        client: &Username,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (client, jti) = (client.clone(), jti.to_owned());
+        self.call(move |conn| {
+            let spent = conn.execute(
+                "INSERT INTO client_assertions (client, jti, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (client, jti) DO UPDATE SET expires_at = excluded.expires_at \
+                 WHERE client_assertions.expires_at <= ?4",
+                params![client.as_str(), jti, expires_at, now],
+            )?;
+            Ok(spent == 1)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1641,6 +1688,10 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let tokens = tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
             let jtis = tx.execute("DELETE FROM revoked_jtis WHERE expires_at <= ?1", [now])?;
+            let assertions = tx.execute(
+                "DELETE FROM client_assertions WHERE expires_at <= ?1",
+                [now],
+            )?;
             let failures = tx.execute(
                 "DELETE FROM login_failures WHERE coalesce(locked_until, 0) <= ?1 \
                  AND first_failure_at <= ?1 - ?2",
@@ -1660,7 +1711,7 @@ impl Store for SqliteStore {
                 [now.saturating_sub(CHANGE_RETENTION)],
             )?;
             tx.commit()?;
-            let deleted = tokens + jtis + failures + attempts + sessions + changes;
+            let deleted = tokens + jtis + assertions + failures + attempts + sessions + changes;
             Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
@@ -1848,6 +1899,34 @@ mod tests {
         let batch = store.changes_since(3, 10).await.unwrap();
         assert!(batch.complete);
         assert_eq!(batch.last, 4);
+    }
+
+    /// Version 8: clients registered before it keep authenticating by their secret.
+    #[tokio::test]
+    async fn clients_from_before_schema_v8_keep_their_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..7] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 7).unwrap();
+            tx.execute(
+                "INSERT INTO clients (name, secret_digest, scopes, audiences, grants, jwks_url, \
+                 disabled, epoch, created_at, rotated_at) \
+                 VALUES ('ci', ?1, '[]', '[]', '[\"client_credentials\"]', NULL, 0, 'c.e', 1, 1)",
+                [&[7u8; 32][..]],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let ci = store.client(&name("ci")).await.unwrap().unwrap();
+        assert_eq!(ci.auth_method, ClientAuthMethod::Secret);
+        assert_eq!(ci.jwks, None);
+        assert_eq!(ci.secret_digest, [7u8; 32]);
     }
 
     #[test]

@@ -401,14 +401,7 @@ async fn client_cli_lists_rotates_and_never_shows_a_secret_again() {
     let secret = add_client(
         &c.config,
         "ci",
-        &[
-            "--scope",
-            "read",
-            "--audience",
-            "billing",
-            "--jwks-url",
-            "https://ci.example/jwks",
-        ],
+        &["--scope", "read", "--audience", "billing"],
     )
     .await;
     assert_eq!(secret.len(), 43, "256 bits, base64url");
@@ -418,7 +411,11 @@ async fn client_cli_lists_rotates_and_never_shows_a_secret_again() {
     assert_eq!(line["scopes"], serde_json::json!(["read"]));
     assert_eq!(line["audiences"], serde_json::json!(["billing"]));
     assert_eq!(line["grants"], serde_json::json!(["client_credentials"]));
-    assert_eq!(line["jwks_url"], "https://ci.example/jwks");
+    assert_eq!(line["auth_method"], "client_secret");
+    assert_eq!(
+        line["token_endpoint_auth_methods"],
+        serde_json::json!(["client_secret_basic", "client_secret_post"])
+    );
     assert_eq!(line["disabled"], false);
     let plain = cli(&c.config, &["client", "list"], None).await;
     for out in [&listed, &plain] {

@@ -79,7 +79,7 @@ async fn the_metadata_lists_the_configured_paths_under_public_url_whatever_the_h
         }
         assert_eq!(
             doc["token_endpoint_auth_signing_alg_values_supported"],
-            json!(["RS256", "PS256", "ES256", "EdDSA"])
+            json!(["RS256", "ES256", "EdDSA"])
         );
         assert!(doc.get("authorization_endpoint").is_none(), "{doc}");
         assert!(doc.get("code_challenge_methods_supported").is_none());

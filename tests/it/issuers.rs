@@ -16,14 +16,14 @@ use crate::support::{GatewayBuilder, Upstream, client};
 
 const IDP: &str = "https://idp.example.test/realms/main";
 
-struct IdpKey {
+pub(crate) struct IdpKey {
     kid: String,
     pkcs8: Vec<u8>,
     public: Vec<u8>,
 }
 
 impl IdpKey {
-    fn new(kid: &str) -> IdpKey {
+    pub(crate) fn new(kid: &str) -> IdpKey {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
@@ -34,11 +34,11 @@ impl IdpKey {
         }
     }
 
-    fn jwk(&self) -> Value {
+    pub(crate) fn jwk(&self) -> Value {
         json!({"kty": "OKP", "crv": "Ed25519", "x": B64.encode(&self.public), "kid": self.kid, "alg": "EdDSA", "use": "sig"})
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
         let message = format!(
             "{}.{}",
@@ -54,7 +54,7 @@ impl IdpKey {
 }
 
 /// Serves whatever key set `keys` holds at /certs.
-async fn jwks_server(keys: Arc<Mutex<Vec<Value>>>) -> String {
+pub(crate) async fn jwks_server(keys: Arc<Mutex<Vec<Value>>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

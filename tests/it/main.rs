@@ -5,6 +5,7 @@ mod support;
 mod browser;
 mod chromium;
 mod cli;
+mod client_assertion;
 mod clients;
 mod cluster;
 mod cors;
