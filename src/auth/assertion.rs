@@ -49,10 +49,12 @@ pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jw
 /// Longest assertion even looked at. A signed assertion is well under 1 KiB (an RSA-4096 one
 /// about 1.2 KiB); the token request body as a whole is capped at 4 KiB anyway.
 pub const MAX_ASSERTION_BYTES: usize = 4096;
-/// Furthest ahead of now an assertion's `exp` may be: an assertion is made for one request, so
-/// a long-lived one is a replayable credential in all but name (RFC 7523 §3 asks servers to
-/// bound it), and its `jti` would have to be remembered that long.
-pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Furthest ahead of now an assertion's `exp` may be: one hour. RFC 7523 §3 asks servers to
+/// bound it, and the `jti` is remembered (in the store) that long; each assertion is accepted
+/// once, so the bound limits how long an intercepted, unused assertion stays good. An hour is
+/// the bound Okta applies and the lifetime authlib's `PrivateKeyJWT` signs by default, so
+/// common clients work unchanged.
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 /// The signature algorithms an assertion may use, as the key decides: the asymmetric ones the
 /// gateway verifies (JWKs of type RSA, EC P-256 and OKP Ed25519).
 pub const ASSERTION_ALGORITHMS: [KeyAlg; 3] = [KeyAlg::RS256, KeyAlg::ES256, KeyAlg::EdDSA];
