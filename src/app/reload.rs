@@ -37,6 +37,32 @@ pub const RESTART_ONLY: &[&str] = &[
     "admin.listen",
 ];
 
+/// Keys read once when the process starts (the listener's limits and timeouts, the config
+/// watcher, the log format): a reload takes the rest of the file and says that these wait for
+/// the next start, rather than refusing the whole file as [`RESTART_ONLY`] does.
+pub const APPLIED_AT_START: &[&str] = &[
+    "server.max_connections",
+    "server.max_header_bytes",
+    "server.max_headers",
+    "server.header_read_timeout",
+    "server.tls_handshake_timeout",
+    "server.idle_timeout",
+    "server.h2_max_concurrent_streams",
+    "server.shutdown_grace",
+    "server.listen_backlog",
+    "admin.watch_config",
+    "admin.watch_interval",
+    "log",
+];
+
+/// Whether dotted `key` is `listed` or lies under one of its sections.
+fn listed_in(listed: &[&str], key: &str) -> bool {
+    listed.iter().any(|r| {
+        key.strip_prefix(r)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(
@@ -113,11 +139,7 @@ async fn read(path: &Path) -> Result<String, ReloadError> {
 pub fn refuse_restart_only(running: &Config, new: &Config) -> Result<(), ReloadError> {
     let keys: Vec<String> = changed_settings(&running.loaded, &new.loaded)
         .into_iter()
-        .filter(|key| {
-            RESTART_ONLY
-                .iter()
-                .any(|r| key == r || key.starts_with(&format!("{r}.")))
-        })
+        .filter(|key| listed_in(RESTART_ONLY, key))
         .collect();
     if keys.is_empty() {
         Ok(())
@@ -227,6 +249,22 @@ impl Changes {
             "configuration reloaded{}",
             if *self == Changes::default() { ": nothing changed" } else { "" }
         );
+        let waiting = self.applied_at_next_start();
+        if !waiting.is_empty() {
+            tracing::warn!(
+                keys = %waiting.join(","),
+                "these settings changed but are read only at start: they apply after the next restart"
+            );
+        }
+    }
+
+    /// The changed settings a reload does not apply: [`APPLIED_AT_START`].
+    pub fn applied_at_next_start(&self) -> Vec<&str> {
+        self.settings
+            .iter()
+            .filter(|key| listed_in(APPLIED_AT_START, key))
+            .map(String::as_str)
+            .collect()
     }
 }
 
@@ -282,5 +320,28 @@ mod tests {
             changed_settings(&base.loaded, &live.loaded),
             ["auth.leeway", "server.max_body_bytes"]
         );
+    }
+
+    /// Once, a changed listener timeout was reported as changed and silently not applied:
+    /// a reload names the settings that wait for the next start.
+    #[test]
+    fn settings_read_only_at_start_are_named_as_waiting_for_a_restart() {
+        let changes = Changes {
+            settings: [
+                "server.idle_timeout",
+                "server.max_body_bytes",
+                "server.max_headers_total",
+                "log.format",
+                "auth.leeway",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Changes::default()
+        };
+        assert_eq!(
+            changes.applied_at_next_start(),
+            ["server.idle_timeout", "log.format"]
+        );
+        assert!(Changes::default().applied_at_next_start().is_empty());
     }
 }
