@@ -10,14 +10,17 @@
 #
 # Starts on 127.0.0.1: the fixed upstream (benches/upstream.rs), gatehouse under callgrind with a
 # public route and a token route, then the pass-through proxy under callgrind; drives each with
-# wrk (1 thread, 16 connections, 10 s) after a warm-up, and prints instructions per request.
+# wrk (1 thread, 16 connections, 10 s) after a warm-up, and prints instructions per request; then
+# the same for HAProxy plain and nginx plain (no auth) when they are installed.
 # Every process it starts is stopped by PID; servers also exit on their own after 10 minutes.
 #
-# Usage: benches/callgrind.sh [OUT_DIR]   (default target/callgrind; inspect the profiles with
+# Usage: benches/callgrind.sh [OUT_DIR] [--gatehouse-only]   (default target/callgrind; inspect the profiles with
 #        callgrind_annotate --inclusive=yes OUT_DIR/gatehouse.out.2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/callgrind}
+# Only gatehouse's two cases: for comparing builds of gatehouse.
+gatehouse_only=${2:-}
 mkdir -p "$out"
 for tool in valgrind callgrind_control wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is required" >&2; exit 1; }
@@ -34,7 +37,7 @@ for line in sys.stdin:
         print(msg["target"]["name"] + "=" + msg["executable"])
 ')
 exe() { printf '%s\n' "$helpers" | sed -n "s/^$1=//p"; }
-gh=target/release/gatehouse
+gh=${CARGO_TARGET_DIR:-target}/release/gatehouse
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
@@ -85,7 +88,7 @@ enabled = false
 path = "$data/gatehouse.db"
 EOF
 "$gh" --config "$data/gatehouse.toml" keys generate >/dev/null
-echo "bench-password-1" | "$gh" --config "$data/gatehouse.toml" user add bench --password-stdin >/dev/null
+echo "bench-password-1" | "$gh" --config "$data/gatehouse.toml" user add --create-store bench --password-stdin >/dev/null
 rm -f "$out"/gatehouse.out* "$out"/passthrough.out*
 GATEHOUSE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out/gatehouse.out" \
   "$gh" --config "$data/gatehouse.toml" serve 2>"$out/gatehouse.valgrind.log" & pids+=($!)
@@ -97,6 +100,7 @@ wrk -t1 -c16 -d2s "http://127.0.0.1:$gh_port/open/x" >/dev/null
 echo "gatehouse public route:      $(per_request $(measure "$gh_pid" public "http://127.0.0.1:$gh_port/open/x"))"
 echo "gatehouse token, cache hit:  $(per_request $(measure "$gh_pid" cached -H "Authorization: Bearer $token" "http://127.0.0.1:$gh_port/api/x"))"
 kill "$gh_pid"; wait "$gh_pid" 2>/dev/null || true
+if [ "$gatehouse_only" = --gatehouse-only ]; then rm -rf "$data"; exit 0; fi
 
 pt_port=$(free_port)
 valgrind --tool=callgrind --callgrind-out-file="$out/passthrough.out" \
@@ -106,4 +110,69 @@ pt_pid=$!
 wait_up "http://127.0.0.1:$pt_port/x"
 wrk -t1 -c16 -d2s "http://127.0.0.1:$pt_port/x" >/dev/null
 echo "pass-through proxy:          $(per_request $(measure "$pt_pid" pass "http://127.0.0.1:$pt_port/x"))"
+
+# The proxies people already run, without auth (issue 19's bar), if installed: HAProxy with one
+# thread and nginx as one process, configured as benches/load/run.py does.
+if command -v haproxy >/dev/null; then
+  hp_port=$(free_port)
+  cat >"$data/haproxy.cfg" <<EOF2
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$hp_port
+    default_backend be
+backend be
+    server up 127.0.0.1:$up_port
+EOF2
+  rm -f "$out"/haproxy.out*
+  valgrind --tool=callgrind --callgrind-out-file="$out/haproxy.out" \
+    haproxy -db -f "$data/haproxy.cfg" >/dev/null 2>"$out/haproxy.valgrind.log" & pids+=($!)
+  hp_pid=$!
+  wait_up "http://127.0.0.1:$hp_port/x"
+  wrk -t1 -c16 -d2s "http://127.0.0.1:$hp_port/x" >/dev/null
+  echo "HAProxy plain:               $(per_request $(measure "$hp_pid" haproxy "http://127.0.0.1:$hp_port/x"))"
+  kill "$hp_pid"; wait "$hp_pid" 2>/dev/null || true
+fi
+if command -v nginx >/dev/null; then
+  ng_port=$(free_port)
+  mkdir -p "$data/nginx/tmp"
+  cat >"$data/nginx/nginx.conf" <<EOF2
+daemon off;
+master_process off;
+worker_processes 1;
+pid $data/nginx/nginx.pid;
+error_log $data/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $data/nginx/tmp/body;
+    proxy_temp_path $data/nginx/tmp/proxy;
+    fastcgi_temp_path $data/nginx/tmp/fastcgi;
+    uwsgi_temp_path $data/nginx/tmp/uwsgi;
+    scgi_temp_path $data/nginx/tmp/scgi;
+    keepalive_requests 1000000;
+    upstream up { server 127.0.0.1:$up_port; keepalive 128; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$ng_port;
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF2
+  rm -f "$out"/nginx.out*
+  valgrind --tool=callgrind --callgrind-out-file="$out/nginx.out" \
+    nginx -p "$data/nginx" -c "$data/nginx/nginx.conf" -e "$data/nginx/error.log" \
+    >/dev/null 2>"$out/nginx.valgrind.log" & pids+=($!)
+  ng_pid=$!
+  wait_up "http://127.0.0.1:$ng_port/x"
+  wrk -t1 -c16 -d2s "http://127.0.0.1:$ng_port/x" >/dev/null
+  echo "nginx plain:                 $(per_request $(measure "$ng_pid" nginx "http://127.0.0.1:$ng_port/x"))"
+  kill "$ng_pid"; wait "$ng_pid" 2>/dev/null || true
+fi
 rm -rf "$data"

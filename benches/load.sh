@@ -2,14 +2,15 @@
 # End-to-end load measurements of gatehouse on loopback (on demand; never run in CI).
 #
 # Builds release gatehouse and the load helpers (benches/upstream.rs, passthrough.rs,
-# mint_tokens.rs), installs wrk and haproxy from Debian's packages when missing (needs root), then
-# runs benches/load/run.py: pass-through and HAProxy baselines, gatehouse per algorithm with the
+# mint_tokens.rs), installs wrk, haproxy and nginx-light from Debian's packages when missing (needs
+# root), then runs benches/load/run.py: pass-through, HAProxy plain and nginx plain baselines (the
+# last two again next to each algorithm's block), gatehouse per algorithm with the
 # verification cache hit and missed, the invalid-token path, RSS with 10,000 idle connections and
 # a login flood. Only 127.0.0.1 is targeted; each case is bounded (wrk -d); every server started
 # is stopped by PID at the end and exits on its own after 30 minutes anyway.
 #
 # Usage: benches/load.sh [run.py options]   e.g. --seconds 10, --algorithms EdDSA,ES256,
-#        --skip haproxy,idle,flood,cacheoff, --out results.json
+#        --skip haproxy,nginx,idle,flood,cacheoff, --out results.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +22,12 @@ fi
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v nginx >/dev/null || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq
+    # No package's service may start (HAProxy's and nginx's would).
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
       echo "load.sh: could not install ${missing[*]}; cases needing them are skipped" >&2
   else
@@ -47,7 +51,7 @@ exe() { printf '%s\n' "$helpers" | sed -n "s/^$1=//p"; }
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 benches/load/run.py \
-  --gatehouse target/release/gatehouse \
+  --gatehouse "${CARGO_TARGET_DIR:-target}/release/gatehouse" \
   --upstream "$(exe upstream)" \
   --passthrough "$(exe passthrough)" \
   --mint "$(exe mint_tokens)" \

@@ -9,7 +9,7 @@
 //! | `max_connections` | one permit per TCP connection, held by the socket itself, so an upgraded (WebSocket) connection keeps its permit until the tunnel closes; over the cap the new socket is closed at once | same |
 //! | `max_header_bytes` | hyper's read buffer (`max_buf_size`, at least 8 KiB): a request head that does not fit gets `431` and the connection closes | not used; see `h2_max_header_list_bytes` |
 //! | `max_headers` | more header fields than this gets `431` | not used; the header list size bounds HTTP/2 |
-//! | `header_read_timeout` | hyper starts this timer whenever the connection waits for a request head, so it cuts slow-loris heads **and** closes idle keep-alive connections (whichever of this and `idle_timeout` is shorter wins) | bounds the wait for the first request (see below) |
+//! | `header_read_timeout` | runs whenever the connection waits for a request head, so it cuts slow-loris heads **and** closes idle keep-alive connections (whichever of this and `idle_timeout` is shorter wins); plaintext: the connection's own timer, from the end of the previous request ([`drive_parkable`]); TLS: hyper's | bounds the wait for the first request (see below) |
 //! | `tls_handshake_timeout` | a TLS handshake that has not finished in time is dropped | same |
 //! | `idle_timeout` | a connection with no request in flight for this long is shut down gracefully | same: `GOAWAY`, streams in flight finish |
 //! | `h2_max_concurrent_streams` | — | advertised `SETTINGS_MAX_CONCURRENT_STREAMS` |
@@ -611,12 +611,16 @@ fn protocol_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// The same HTTP/1 settings as [`protocol_builder`], for the plaintext connections served
-/// without hyper-util's auto builder.
+/// without hyper-util's auto builder, but for `header_read_timeout`: [`drive_parkable`]
+/// enforces it on the connection's one timer. hyper's own header timer boxes a new sleep, reads
+/// the clock and registers a timer for every request head it waits for (1.5k of the public
+/// route's 42.2k instructions per request, BENCHMARKS.md, issue 19); the connection's timer is
+/// already armed nearer (the park) whenever a head is awaited, so the bound costs nothing more.
 fn http1_builder(limits: &Limits) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUF_BYTES))
         .max_headers(limits.max_headers)
         .keep_alive(true)
@@ -1113,7 +1117,7 @@ where
         |c| c.graceful_shutdown(),
         activity,
         shared.idle_limits(),
-        head_by,
+        (head_by, shared.header_read_timeout),
         parked_after,
         stop,
     )
@@ -1156,15 +1160,18 @@ enum Ended {
     Parked,
 }
 
-/// [`drive`] for a plaintext HTTP/1 connection, which also parks it and cuts a first request head
-/// that is late for `head_by`. No park follows `parked_after` (the value of
-/// [`Activity::started`] at the previous park) until another request has started.
+/// [`drive`] for a plaintext HTTP/1 connection, which also parks it, and with `head` =
+/// `(head_by, header_read_timeout)` cuts a first request head that is late for `head_by` and
+/// every request head not complete within `header_read_timeout` of the end of the request before
+/// it (of the connection's start for the first): hyper's own header timer is off for these
+/// connections. No park follows `parked_after`
+/// (the value of [`Activity::started`] at the previous park) until another request has started.
 async fn drive_parkable<C>(
     mut connection: Pin<&mut C>,
     close: impl Fn(Pin<&mut C>),
     activity: &Activity,
     idle: IdleLimits,
-    head_by: Instant,
+    (head_by, header_read_timeout): (Instant, Duration),
     parked_after: Option<u64>,
     stop: &mut watch::Receiver<()>,
 ) -> Result<Ended, hyper::Error>
@@ -1183,7 +1190,7 @@ where
                 closing = true;
                 close(connection.as_mut());
             }
-            due = activity.next_due(idle, Some((head_by, started)), park) => match due {
+            due = activity.next_due(idle, Some((head_by, started)), Some(header_read_timeout), park) => match due {
                 Due::Idle => {
                     if closing {
                         debug!("connection ignored the close; dropping it");
@@ -1238,7 +1245,7 @@ where
                 closing = true;
                 close(connection.as_mut());
             }
-            _ = activity.next_due(idle, None, None) => {
+            _ = activity.next_due(idle, None, None, None) => {
                 if closing {
                     debug!("connection ignored the close; dropping it");
                     return Ok(());
@@ -1272,6 +1279,9 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `origin` to the moment `in_flight` last dropped to zero.
     idle_since_ms: AtomicU64,
+    /// Milliseconds from `origin` to the end of the last request (0: none yet): where the wait
+    /// for the next request head started. Unlike `idle_since_ms`, never moved by a close.
+    head_since_ms: AtomicU64,
     served: AtomicBool,
     /// Requests handed to the handler so far.
     started: AtomicU64,
@@ -1287,6 +1297,7 @@ impl Activity {
             origin: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             started: AtomicU64::new(0),
             parking: AtomicBool::new(false),
@@ -1326,7 +1337,8 @@ impl Activity {
     /// wake of the connection cost more than the rest of the connection glue):
     /// - [`Due::Idle`]: no request in flight for the applicable idle limit;
     /// - [`Due::HeadOverdue`], with `head` = `(head_by, started)`: `head_by` passed and no request
-    ///   started since [`started`](Self::started) read `started`;
+    ///   started since [`started`](Self::started) read `started`; or, with `every_head`, no
+    ///   request in flight for `every_head` since the last one ended (the connection began);
     /// - [`Due::Park`], with `park` = `Some(parked_after)`: no request in flight for
     ///   [`PARK_DELAY`], and a request started since the previous park (`parked_after`), so that a
     ///   parked connection whose client sends nothing complete is not parked over and over.
@@ -1340,6 +1352,7 @@ impl Activity {
         &self,
         limits: IdleLimits,
         head: Option<(Instant, u64)>,
+        every_head: Option<Duration>,
         park: Option<Option<u64>>,
     ) -> Due {
         let mut timer = pin!(tokio::time::sleep(limits.first));
@@ -1351,6 +1364,13 @@ impl Activity {
                 idle.then(|| (idle_start + self.idle_limit(limits), Due::Idle)),
                 head.filter(|&(_, started)| self.started() == started)
                     .map(|(head_by, _)| (head_by, Due::HeadOverdue)),
+                every_head.filter(|_| idle).map(|limit| {
+                    let since = self.head_since_ms.load(Ordering::Acquire);
+                    (
+                        self.origin + Duration::from_millis(since) + limit,
+                        Due::HeadOverdue,
+                    )
+                }),
                 park.filter(|&parked_after| idle && parked_after != Some(self.started()))
                     .map(|_| (idle_start + PARK_DELAY, Due::Park)),
             ];
@@ -1375,9 +1395,11 @@ impl Activity {
         .await
     }
 
-    fn restart_idle_clock(&self) {
+    /// Restarts the idle clock now; returns its new value.
+    fn restart_idle_clock(&self) -> u64 {
         let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.idle_since_ms.store(now, Ordering::Release);
+        now
     }
 }
 
@@ -1388,7 +1410,8 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.served.store(true, Ordering::Release);
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.restart_idle_clock();
+            let now = self.0.restart_idle_clock();
+            self.0.head_since_ms.store(now, Ordering::Release);
         }
     }
 }

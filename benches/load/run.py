@@ -12,13 +12,16 @@ completed in it.
 
 Baselines: before each algorithm's block the pass-through proxy runs again with the same request
 bytes as the token cases (the Authorization header included, which it forwards); requests without
-a token (the public route) are compared with a pass-through run without one.
+a token (the public route) are compared with a pass-through run without one. HAProxy plain and
+nginx plain (no auth, one thread / one process, pinned like the rest) run among the baselines and
+again before each algorithm's block; every gatehouse case is reported against the adjacent ones
+(issue 19's bar: the proxies people already run).
 
 gatehouse runs with GATEHOUSE_LOG=warn (no access log), like the pass-through proxy and HAProxy,
 which log nothing either; one case runs it with the default filter to show what the access log
 costs.
 
-Standard library only; needs wrk (and haproxy for the HAProxy cases) on PATH.
+Standard library only; needs wrk (and haproxy, nginx for their cases) on PATH.
 """
 
 import argparse
@@ -137,7 +140,8 @@ def rss_kib(pid):
 
 def run_wrk(url, core, seconds, conns, env_extra=None, background=False, nice=None):
     env = dict(os.environ)
-    for key in ("LOAD_TOKEN", "LOAD_TOKENS_FILE", "LOAD_BODY", "LOAD_DELAY_MS", "LOAD_STATUSES"):
+    for key in ("LOAD_TOKEN", "LOAD_TOKENS_FILE", "LOAD_BODY", "LOAD_DELAY_MS", "LOAD_STATUSES",
+                "LOAD_MAX_REQUESTS", "LOAD_STOP_FILE"):
         env.pop(key, None)
     env.update(env_extra or {})
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, url]
@@ -168,6 +172,8 @@ class Runner:
         self.work = work
         self.results = []
         self.notes = []
+        self.have_haproxy = False
+        self.have_nginx = False
 
     def case(self, label, url, pid, env_extra=None, conns=None, seconds=None, expect_ok=True):
         """One closed-loop wrk run against `url`; `pid` is the process under test."""
@@ -213,8 +219,8 @@ class Runner:
             hmac_secret = "".join(secrets.choice(alphabet) for _ in range(32))
             write_hmac_pem(os.path.join(keys, f"{kid}.pem"), hmac_secret.encode())
         subprocess.run(
-            [gh, "user", "--config", config, "add", USER, "--role", "user", "--scope", "read",
-             "--password-stdin"],
+            [gh, "user", "--config", config, "add", "--create-store", USER, "--role", "user",
+             "--scope", "read", "--password-stdin"],
             input=(PASSWORD + "\n").encode(), check=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -250,6 +256,38 @@ class Runner:
                                 stderr=subprocess.DEVNULL)
         wait_listening(port, proc)
         return proc, port
+
+    def nginx_instance(self, upstream):
+        """nginx as a plain reverse proxy (no auth) in front of the same upstream: one process
+        (master_process off, so the PID is the worker's), no access log, keep-alive to the
+        upstream like HAProxy's `http-reuse always`."""
+        port = free_port()
+        prefix = os.path.join(self.work, "nginx")
+        os.makedirs(os.path.join(prefix, "tmp"), exist_ok=True)
+        cfg = os.path.join(prefix, "nginx.conf")
+        with open(cfg, "w") as f:
+            f.write(nginx_config(port, upstream, prefix))
+        base = ["nginx", "-p", prefix, "-c", cfg, "-e", os.path.join(prefix, "error.log")]
+        subprocess.run(base + ["-t", "-q"], check=True, stderr=subprocess.DEVNULL)
+        proc = self.procs.start("nginx", base, core=self.args.sut_core,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(port, proc)
+        return proc, port
+
+    def plain_proxies(self, rows, upstream, suffix=""):
+        """HAProxy and nginx without auth: the proxies people already run, the issue-19 bar."""
+        if self.have_haproxy:
+            hp, hport = self.haproxy_instance(None, upstream, None)
+            rows[f"haproxy_plain{suffix}"] = self.case(
+                f"haproxy plain (no auth){' (adjacent)' if suffix else ''}",
+                f"http://127.0.0.1:{hport}/api/x", hp.pid)
+            self.procs.stop(hp)
+        if self.have_nginx:
+            ng, nport = self.nginx_instance(upstream)
+            rows[f"nginx_plain{suffix}"] = self.case(
+                f"nginx plain (no auth){' (adjacent)' if suffix else ''}",
+                f"http://127.0.0.1:{nport}/api/x", ng.pid)
+            self.procs.stop(ng)
 
     def mint(self, inst, count):
         out = os.path.join(inst["data"], "tokens.txt")
@@ -333,6 +371,44 @@ frontend fe
 
 backend be
     server up {upstream}
+"""
+
+
+def nginx_config(port, upstream, prefix):
+    """nginx in one process, as close to HAProxy's plain config as its directives allow: HTTP/1.1
+    with keep-alive to the upstream, nothing logged, responses buffered (nginx's default)."""
+    tmp = os.path.join(prefix, "tmp")
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    upstream up {{
+        server {upstream};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
 """
 
 
@@ -430,7 +506,7 @@ def main():
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
     p.add_argument("--skip", default="",
                    help="comma list of: proxy (baselines and per-algorithm cases), haproxy, "
-                        "cacheoff, idle, flood")
+                        "nginx, cacheoff, idle, flood")
     p.add_argument("--gatehouse-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for every gatehouse started (e.g. MALLOC_ARENA_MAX=2)")
     p.add_argument("--out", help="write the results as JSON here")
@@ -454,6 +530,10 @@ def main():
     procs = Processes()
     work = tempfile.mkdtemp(prefix="gatehouse-load-")
     runner = Runner(args, procs, work)
+    runner.have_haproxy = have_haproxy
+    runner.have_nginx = "nginx" not in skip and shutil.which("nginx") is not None
+    if not runner.have_nginx and "nginx" not in skip:
+        print("nginx not found: the nginx plain baseline is skipped", flush=True)
     print(f"work dir {work}; process under test on core {args.sut_core}, wrk + upstream on core "
           f"{args.gen_core}; {args.connections} connections, {args.seconds}s per case", flush=True)
     try:
@@ -533,17 +613,15 @@ def proxy_cases(runner, rows, up_proc, upstream, algorithms, have_haproxy, skip)
     rows["passthrough"] = runner.case("pass-through proxy (hyper, no auth)",
                                       f"http://{pt}/api/x", pt_proc.pid)
     runner.procs.stop(pt_proc)
-    if have_haproxy:
-        hp, hport = runner.haproxy_instance(None, upstream, None)
-        rows["haproxy_plain"] = runner.case("haproxy (no auth)", f"http://127.0.0.1:{hport}/api/x",
-                                            hp.pid)
-        runner.procs.stop(hp)
+    runner.plain_proxies(rows, upstream)
 
     for alg in algorithms:
         print(f"== {alg}", flush=True)
         # The machine is shared: a pass-through run right before each block gives every
         # algorithm a baseline measured under the same background load.
         gh = runner.gatehouse_instance(alg, upstream)
+        # The bar of issue 19, measured next to the block like the pass-through.
+        runner.plain_proxies(rows, upstream, suffix=f"_{alg}")
         pt_proc, pt = runner.start_helper(
             "passthrough", [args.passthrough, "serve", "127.0.0.1:0", upstream, "600"],
             args.sut_core)
@@ -696,10 +774,39 @@ def login_flood(runner, alg, upstream, rows):
         runner.stop_gatehouse(gh)
 
 
+def plain_ratios(r, rows, suffix):
+    """`r` against HAProxy plain and nginx plain: the adjacent runs when there are, else the
+    baselines'. Returns a string like "CPU/req 1.42x haproxy plain, 1.58x nginx plain; ..."."""
+    parts = []
+    for name in ("haproxy", "nginx"):
+        base = rows.get(f"{name}_plain{suffix}") or rows.get(f"{name}_plain")
+        if base:
+            parts.append(f"CPU/req {ratio(r['cpu_us_per_req'], base['cpu_us_per_req']):.2f}x, "
+                         f"req/s {ratio(r['rps'], base['rps']):.2f}x, "
+                         f"p99 {ratio(r['p99_us'], base['p99_us']):.2f}x {name} plain")
+    return "; ".join(parts)
+
+
 def report_ratios(runner, rows, algorithms, have_haproxy):
     notes = runner.notes
     pt = rows["passthrough"]
-    notes.insert(0, "== ratios (same run; per algorithm against the adjacent pass-through run)")
+    lead = ["== against the proxies people already run (issue 19; same run, adjacent runs of the "
+            "block where there are)"]
+    for key, label, suffix in ([("gh_public", "gatehouse public route", f"_{algorithms[0]}")]
+                               + [(f"{alg}_hit", f"gatehouse {alg} cached token", f"_{alg}")
+                                  for alg in algorithms]
+                               + [("passthrough", "pass-through (hyper)", ""),
+                                  ("upstream", "upstream alone", "")]):
+        r = rows.get(key)
+        line = plain_ratios(r, rows, suffix) if r else ""
+        if line:
+            lead.append(f"{label}: {line}")
+    if rows.get("haproxy_plain") and rows.get("nginx_plain"):
+        lead.append("nginx plain: " + plain_ratios(rows["nginx_plain"], {"haproxy_plain":
+                                                   rows["haproxy_plain"]}, ""))
+    notes[:0] = lead
+    notes.insert(len(lead),
+                 "== ratios (same run; per algorithm against the adjacent pass-through run)")
     for alg in algorithms:
         adjacent = rows.get(f"{alg}_passthrough", pt)
         for kind in ("hit", "miss", "bad"):
@@ -727,10 +834,11 @@ def report_ratios(runner, rows, algorithms, have_haproxy):
         notes.append(f"{algorithms[0]} hit, access log on (default filter): req/s "
                      f"{ratio(r['rps'], same['rps']):.2f}x, CPU/req "
                      f"{ratio(r['cpu_us_per_req'], same['cpu_us_per_req']):.2f}x pass-through")
-    if have_haproxy and "haproxy_plain" in rows:
-        r = rows["haproxy_plain"]
-        notes.append(f"haproxy without auth: req/s {ratio(r['rps'], pt['rps']):.2f}x, CPU/req "
-                     f"{ratio(r['cpu_us_per_req'], pt['cpu_us_per_req']):.2f}x pass-through")
+    for name in ("haproxy", "nginx"):
+        r = rows.get(f"{name}_plain")
+        if r:
+            notes.append(f"{name} without auth: req/s {ratio(r['rps'], pt['rps']):.2f}x, CPU/req "
+                         f"{ratio(r['cpu_us_per_req'], pt['cpu_us_per_req']):.2f}x pass-through")
 
 
 if __name__ == "__main__":

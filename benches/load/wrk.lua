@@ -4,6 +4,9 @@
 --   LOAD_BODY         a form body: the request becomes a POST with that body
 --   LOAD_DELAY_MS     pause per connection between requests (a paced, non-saturating load)
 --   LOAD_STATUSES     "1" to count response statuses (costs the generator some speed)
+--   LOAD_MAX_REQUESTS stop after this many responses (per wrk thread): a fixed amount of work,
+--                     for counting system calls and context switches per request (wrk still
+--                     waits out -d: LOAD_STOP_FILE is created then, for the caller to SIGINT it)
 -- done() prints one line "LOADJSON {...}" that the orchestrator parses.
 
 local token = os.getenv("LOAD_TOKEN")
@@ -11,6 +14,8 @@ local tokens_file = os.getenv("LOAD_TOKENS_FILE")
 local body = os.getenv("LOAD_BODY")
 local delay_ms = tonumber(os.getenv("LOAD_DELAY_MS") or "0")
 local count_statuses = os.getenv("LOAD_STATUSES") == "1"
+local max_requests = tonumber(os.getenv("LOAD_MAX_REQUESTS") or "0")
+local stop_file = os.getenv("LOAD_STOP_FILE")
 
 local threads = {}
 statuses = {}
@@ -52,9 +57,20 @@ if delay_ms > 0 then
   end
 end
 
-if count_statuses then
+local responses = 0
+if count_statuses or max_requests > 0 then
   function response(status, headers, body)
-    statuses[status] = (statuses[status] or 0) + 1
+    if count_statuses then
+      statuses[status] = (statuses[status] or 0) + 1
+    end
+    responses = responses + 1
+    if max_requests > 0 and responses >= max_requests then
+      wrk.thread:stop()
+      if stop_file then
+        local f = io.open(stop_file, "w")
+        if f then f:close() end
+      end
+    end
   end
 end
 
