@@ -451,3 +451,64 @@ async fn a_collector_that_never_answers_does_not_slow_requests() {
     }
     held.abort();
 }
+
+/// The last request's span waits for a batch due in a minute; shutdown sends it at once rather
+/// than dropping it with the process.
+#[tokio::test]
+async fn spans_still_queued_at_shutdown_are_flushed_not_lost() {
+    let (collector, mut spans) = receiver().await;
+    let (mut gw, up) = gateway(&format!(
+        "[tracing]\nendpoint = \"http://{collector}/v1/traces\"\nbatch_interval = \"60s\"\n"
+    ))
+    .await;
+    let (sent, _) = through(&gw, &up, &[]).await;
+    let trace = fields(&sent).1;
+    // Only the flush can deliver it within the test's bound: its batch is due in 60 s.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), spans.recv())
+            .await
+            .is_err(),
+        "a span arrived before shutdown; the batch interval does not hold it"
+    );
+    gw.shutdown().await;
+    let (_, span) = tokio::time::timeout(Duration::from_secs(5), spans.recv())
+        .await
+        .expect("the span queued at shutdown never reached the collector")
+        .unwrap();
+    assert_eq!(hex(&span.trace_id), trace);
+}
+
+/// The flush at shutdown is bounded: a collector that never answers holds shutdown no longer
+/// than `export_timeout` (and never past the server's `shutdown_grace`).
+#[tokio::test]
+async fn a_silent_collector_does_not_hold_shutdown_past_the_bound() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    for (extra, bound) in [
+        ("export_timeout = \"500ms\"\n", Duration::from_millis(500)),
+        (
+            "export_timeout = \"30s\"\n[server]\nshutdown_grace = \"500ms\"\n",
+            Duration::from_millis(500),
+        ),
+    ] {
+        let (mut gw, up) = gateway(&format!(
+            "[tracing]\nendpoint = \"http://{collector}/v1/traces\"\nbatch_interval = \"60s\"\n{extra}"
+        ))
+        .await;
+        through(&gw, &up, &[]).await;
+        let started = std::time::Instant::now();
+        gw.shutdown().await;
+        let took = started.elapsed();
+        assert!(
+            took < bound + Duration::from_millis(1500),
+            "{extra}: shutdown took {took:?}"
+        );
+    }
+    held.abort();
+}
