@@ -7,7 +7,7 @@
 //! time, waiting no longer than the bound it is given.
 //!
 //! The OTLP encoding is opentelemetry-otlp's; the transport is the gateway's own pooled hyper
-//! client ([`crate::proxy::UpstreamClient`], rustls with aws-lc-rs and the system roots), so
+//! client ([`crate::proxy::UpstreamClient`], rustls with aws-lc-rs and the system roots or `ca_file`'s), so
 //! tracing adds no second HTTP stack or TLS provider.
 
 use std::fmt;
@@ -80,6 +80,7 @@ impl Exporter {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
         let transport = Transport {
             client: UpstreamClient::new(&ClientSettings {
+                ca_file: config.ca_file.clone(),
                 connect_timeout: config.export_timeout,
                 ..ClientSettings::default()
             })
