@@ -257,6 +257,11 @@ impl App {
         let result = server::run(listener, tls, limits(&config), handler, shutdown).await;
         background.abort();
         self.stop_issuer_refresh();
+        // The last requests' spans may still wait for their batch: send them now, within the
+        // shutdown grace (the requests themselves had theirs).
+        self.current()
+            .flush_spans(config.server.shutdown_grace)
+            .await;
         Ok(result?)
     }
 

@@ -512,6 +512,18 @@ pub fn summary(config: &Config) -> String {
             fa.max_age.as_secs()
         );
     }
+    if let Some(t) = &config.tracing {
+        let _ = writeln!(
+            out,
+            "tracing   spans to {}, sampling ratio {}{}",
+            t.endpoint,
+            t.sampling_ratio,
+            match &t.ca_file {
+                Some(ca) => format!(", collector verified against {}", ca.display()),
+                None => String::new(),
+            }
+        );
+    }
     let _ = writeln!(out, "store     {}", config.store);
     let _ = writeln!(out, "routes    {}", config.routes.len());
     for r in &config.routes {
@@ -1621,6 +1633,23 @@ mod tests {
         assert!(
             summary(&on).contains(
                 "forward   /auth/verify for 10.0.0.0/8, ::1/128, decisions cacheable 30s"
+            ),
+            "{}",
+            summary(&on)
+        );
+    }
+
+    #[test]
+    fn the_summary_names_the_span_collector_and_sampling_ratio_only_when_tracing_is_on() {
+        let off = Config::from_toml("").unwrap();
+        assert!(!summary(&off).contains("tracing"), "{}", summary(&off));
+        let on = Config::from_toml(
+            "[tracing]\nendpoint = \"http://otel.internal:4318/v1/traces\"\nsampling_ratio = 0.25\n",
+        )
+        .unwrap();
+        assert!(
+            summary(&on).contains(
+                "tracing   spans to http://otel.internal:4318/v1/traces, sampling ratio 0.25\n"
             ),
             "{}",
             summary(&on)

@@ -522,6 +522,9 @@ impl RawConfig {
             each.extend(redis.password_file.as_mut());
             each.extend(redis.ca_file.as_mut());
         }
+        if let Some(tracing) = &mut self.tracing {
+            each.extend(tracing.ca_file.as_mut());
+        }
         for path in each {
             rebased(dir, path);
         }

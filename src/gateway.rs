@@ -46,7 +46,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -207,6 +207,22 @@ impl Gateway {
 
     pub fn auth(&self) -> &Arc<AuthService> {
         &self.auth
+    }
+
+    /// Sends the spans still queued for export (shutdown), waiting at most `bound` and at most
+    /// `[tracing] export_timeout`; nothing to do without `[tracing]`.
+    pub async fn flush_spans(&self, bound: Duration) {
+        let Some(tracer) = &self.tracer else {
+            return;
+        };
+        let bound = bound.min(tracer.config.export_timeout);
+        if !tracer.flush(bound).await {
+            tracing::warn!(
+                endpoint = %tracer.config.endpoint,
+                ?bound,
+                "spans still queued at shutdown were not all sent in time"
+            );
+        }
     }
 
     /// Runs the pipeline for one request and renders any rejection; never panics on input.

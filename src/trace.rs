@@ -20,6 +20,7 @@
 //! 55 bytes of hex on the stack, and one header value for a request that is forwarded; no lock,
 //! no span object.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -70,6 +71,8 @@ pub struct RawTracing {
     pub batch_size: usize,
     pub batch_interval: RawDuration,
     pub export_timeout: RawDuration,
+    /// PEM roots for an `https` endpoint in place of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RawTracing {
@@ -82,6 +85,7 @@ impl Default for RawTracing {
             batch_size: DEFAULT_BATCH_SIZE,
             batch_interval: DEFAULT_BATCH_INTERVAL.into(),
             export_timeout: DEFAULT_EXPORT_TIMEOUT.into(),
+            ca_file: None,
         }
     }
 }
@@ -99,6 +103,9 @@ pub struct TracingConfig {
     pub batch_size: usize,
     pub batch_interval: Duration,
     pub export_timeout: Duration,
+    /// PEM roots the collector's certificate is verified against (only with `https`); the
+    /// preflight checks it loads ([`crate::proxy::ca_roots`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RawTracing {
@@ -116,6 +123,12 @@ impl RawTracing {
                     "{:?} must be an http:// or https:// URL with a host, like {DEFAULT_ENDPOINT}",
                     self.endpoint
                 ),
+            ));
+        }
+        if self.ca_file.is_some() && endpoint.scheme_str() != Some("https") {
+            return Err(invalid(
+                "tracing.ca_file",
+                "is only used with an https:// endpoint",
             ));
         }
         if self.service_name.is_empty() || self.service_name.len() > 255 {
@@ -157,6 +170,7 @@ impl RawTracing {
             batch_size: self.batch_size,
             batch_interval: bounded("tracing.batch_interval", &self.batch_interval)?,
             export_timeout: bounded("tracing.export_timeout", &self.export_timeout)?,
+            ca_file: self.ca_file,
         })
     }
 }

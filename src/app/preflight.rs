@@ -48,6 +48,11 @@ pub fn check(config: &Config) -> Result<(), Problems> {
     {
         problems.push(format!("upstream.ca_file: {e}"));
     }
+    if let Some(ca) = config.tracing.as_ref().and_then(|t| t.ca_file.as_ref())
+        && let Err(e) = proxy::ca_roots(ca)
+    {
+        problems.push(format!("tracing.ca_file: {e}"));
+    }
     for (i, issuer) in config.auth.trusted_issuers.iter().enumerate() {
         if let issuers::JwksSource::File(path) = &issuer.source
             && let Err(e) = issuers::load_file(&issuer.issuer, path)

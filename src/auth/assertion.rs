@@ -38,7 +38,8 @@ use tokio::time::Instant;
 
 use crate::auth::claims::{MAX_JTI_BYTES, is_header_safe, parse_object};
 use crate::auth::issuers::{
-    IssuerError, JwksClient, MAX_JWKS_BYTES, build_jwks_client, fetch_key_set, parse_key_set,
+    IssuerError, JwksClient, KeySetOf, MAX_JWKS_BYTES, build_jwks_client, fetch_key_set,
+    parse_key_set,
 };
 use crate::auth::keys::{KeyAlg, KeyLookup, MAX_KID_BYTES, VerificationKey};
 use crate::auth::verify::{FORBIDDEN_HEADERS, decode_segment, split_compact, typ_matches};
@@ -446,7 +447,7 @@ impl ClientKeys {
         match &entry.source {
             Source::Inline(text) => {
                 if cached.keys.is_none() {
-                    let keys = parse_key_set(name, text.as_bytes())
+                    let keys = parse_key_set(KeySetOf::Client, name, text.as_bytes())
                         .map_err(|e| AssertionError::NoKeys(e.to_string()))?;
                     cached.keys = Some(keys);
                 }
@@ -520,6 +521,7 @@ impl ClientKeys {
 
     async fn fetch(&self, name: &str, url: &str) -> Result<KeyLookup, IssuerError> {
         let invalid = |reason| IssuerError::Invalid {
+            of: KeySetOf::Client,
             issuer: name.to_owned(),
             reason,
         };
@@ -530,7 +532,7 @@ impl ClientKeys {
             .get_or_init(|| build_jwks_client(https).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|_| invalid("no HTTP client for key sets (system roots missing?)"))?;
-        fetch_key_set(client, name, &uri, CLIENT_JWKS_TIMEOUT).await
+        fetch_key_set(client, KeySetOf::Client, name, &uri, CLIENT_JWKS_TIMEOUT).await
     }
 }
 

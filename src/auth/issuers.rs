@@ -232,10 +232,28 @@ impl RawTrustedIssuer {
     }
 }
 
+/// Whose key set an [`IssuerError`] is about, named first in its message: the fetch and parse
+/// code is shared by trusted issuers and `private_key_jwt` clients (`jwks_url`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySetOf {
+    TrustedIssuer,
+    Client,
+}
+
+impl std::fmt::Display for KeySetOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeySetOf::TrustedIssuer => "trusted issuer",
+            KeySetOf::Client => "key set of client",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
-    #[error("trusted issuer {issuer:?}: {reason}")]
+    #[error("{of} {issuer:?}: {reason}")]
     Invalid {
+        of: KeySetOf,
         issuer: String,
         reason: &'static str,
     },
@@ -243,36 +261,48 @@ pub enum IssuerError {
     DuplicateIssuer { issuer: String },
     #[error("loading the system's root certificates for HTTPS key-set URLs: {0}")]
     TlsRoots(#[source] io::Error),
-    #[error("trusted issuer {issuer:?}: reading {path}: {source}")]
+    #[error("{of} {issuer:?}: reading {path}: {source}")]
     File {
+        of: KeySetOf,
         issuer: String,
         path: PathBuf,
         source: io::Error,
     },
-    #[error("trusted issuer {issuer:?}: fetching {url}: {source}")]
+    #[error("{of} {issuer:?}: fetching {url}: {source}")]
     Transport {
+        of: KeySetOf,
         issuer: String,
         url: String,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("trusted issuer {issuer:?}: fetching {url}: no complete response within {timeout:?}")]
+    #[error("{of} {issuer:?}: fetching {url}: no complete response within {timeout:?}")]
     Timeout {
+        of: KeySetOf,
         issuer: String,
         url: String,
         timeout: Duration,
     },
-    #[error("trusted issuer {issuer:?}: fetching {url}: HTTP status {status}")]
+    #[error("{of} {issuer:?}: fetching {url}: HTTP status {status}")]
     Status {
+        of: KeySetOf,
         issuer: String,
         url: String,
         status: StatusCode,
     },
-    #[error("trusted issuer {issuer:?}: key set larger than {limit} bytes")]
-    TooLarge { issuer: String, limit: usize },
-    #[error("trusted issuer {issuer:?}: invalid key set: {reason}")]
-    BadKeySet { issuer: String, reason: String },
-    #[error("trusted issuer {issuer:?}: the key set holds no usable signature key")]
-    NoUsableKeys { issuer: String },
+    #[error("{of} {issuer:?}: key set larger than {limit} bytes")]
+    TooLarge {
+        of: KeySetOf,
+        issuer: String,
+        limit: usize,
+    },
+    #[error("{of} {issuer:?}: invalid key set: {reason}")]
+    BadKeySet {
+        of: KeySetOf,
+        issuer: String,
+        reason: String,
+    },
+    #[error("{of} {issuer:?}: the key set holds no usable signature key")]
+    NoUsableKeys { of: KeySetOf, issuer: String },
 }
 
 /// The trusted external issuers and their current keys. Cheap to share behind an `Arc`; every
@@ -651,11 +681,19 @@ impl Inner {
         let settings = &self.issuers[index].settings;
         let JwksSource::Url(url) = &settings.source else {
             return Err(IssuerError::Invalid {
+                of: KeySetOf::TrustedIssuer,
                 issuer: settings.issuer.clone(),
                 reason: "only URL key sets are fetched",
             });
         };
-        fetch_key_set(&self.client, &settings.issuer, url, settings.fetch_timeout).await
+        fetch_key_set(
+            &self.client,
+            KeySetOf::TrustedIssuer,
+            &settings.issuer,
+            url,
+            settings.fetch_timeout,
+        )
+        .await
     }
 }
 
@@ -667,6 +705,7 @@ pub type JwksClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 /// within `timeout`). Also fetches `private_key_jwt` clients' key sets, bound to the client.
 pub async fn fetch_key_set(
     client: &JwksClient,
+    of: KeySetOf,
     issuer: &str,
     url: &Uri,
     timeout: Duration,
@@ -674,6 +713,7 @@ pub async fn fetch_key_set(
     let issuer = issuer.to_owned();
     let shown_url = url.to_string();
     let transport = |source: Box<dyn std::error::Error + Send + Sync>| IssuerError::Transport {
+        of,
         issuer: issuer.clone(),
         url: shown_url.clone(),
         source,
@@ -690,12 +730,14 @@ pub async fn fetch_key_set(
             .map_err(|e| transport(e.into()))?;
         if response.status() != StatusCode::OK {
             return Err(IssuerError::Status {
+                of,
                 issuer: issuer.clone(),
                 url: shown_url.clone(),
                 status: response.status(),
             });
         }
         let too_large = || IssuerError::TooLarge {
+            of,
             issuer: issuer.clone(),
             limit: MAX_JWKS_BYTES,
         };
@@ -722,11 +764,12 @@ pub async fn fetch_key_set(
     let bytes = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| IssuerError::Timeout {
+            of,
             issuer: issuer.clone(),
             url: shown_url.clone(),
             timeout,
         })??;
-    parse_key_set(&issuer, &bytes)
+    parse_key_set(of, &issuer, &bytes)
 }
 
 /// Ends a fetch: clears `running` and wakes the waiters, however the fetch task ended.
@@ -758,8 +801,9 @@ fn build_routes(verifiers: &[Arc<Verifier>]) -> HashMap<String, Route> {
 }
 
 /// Parses a JWKS document into keys bound to `issuer`.
-pub fn parse_key_set(issuer: &str, bytes: &[u8]) -> Result<KeyLookup, IssuerError> {
+pub fn parse_key_set(of: KeySetOf, issuer: &str, bytes: &[u8]) -> Result<KeyLookup, IssuerError> {
     let bad = |reason: String| IssuerError::BadKeySet {
+        of,
         issuer: issuer.to_owned(),
         reason,
     };
@@ -797,6 +841,7 @@ pub fn parse_key_set(issuer: &str, bytes: &[u8]) -> Result<KeyLookup, IssuerErro
     }
     if lookup.is_empty() {
         return Err(IssuerError::NoUsableKeys {
+            of,
             issuer: issuer.to_owned(),
         });
     }
@@ -814,6 +859,7 @@ fn printable_kid(entry: &Value) -> Option<String> {
 /// The key set of `jwks_file`, read as at start-up (also what `check-config` runs).
 pub fn load_file(issuer: &str, path: &Path) -> Result<KeyLookup, IssuerError> {
     let file_err = |source| IssuerError::File {
+        of: KeySetOf::TrustedIssuer,
         issuer: issuer.to_owned(),
         path: path.to_path_buf(),
         source,
@@ -824,16 +870,18 @@ pub fn load_file(issuer: &str, path: &Path) -> Result<KeyLookup, IssuerError> {
         .map_err(file_err)?;
     if bytes.len() > MAX_JWKS_BYTES {
         return Err(IssuerError::TooLarge {
+            of: KeySetOf::TrustedIssuer,
             issuer: issuer.to_owned(),
             limit: MAX_JWKS_BYTES,
         });
     }
-    parse_key_set(issuer, &bytes)
+    parse_key_set(KeySetOf::TrustedIssuer, issuer, &bytes)
 }
 
 fn validate(s: &IssuerSettings) -> Result<(), IssuerError> {
     let invalid = |reason| {
         Err(IssuerError::Invalid {
+            of: KeySetOf::TrustedIssuer,
             issuer: s.issuer.clone(),
             reason,
         })

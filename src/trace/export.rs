@@ -3,9 +3,11 @@
 //! sends batches of at most `batch_size` spans, each at most `batch_interval` after its first
 //! span, every request bounded by `export_timeout`. A full queue drops the span (counted in
 //! `gatehouse_trace_spans_total{outcome="dropped"}`): tracing must never slow or stop proxying.
+//! On shutdown [`Exporter::flush`] sends what is queued at once instead of at the batch's due
+//! time, waiting no longer than the bound it is given.
 //!
 //! The OTLP encoding is opentelemetry-otlp's; the transport is the gateway's own pooled hyper
-//! client ([`crate::proxy::UpstreamClient`], rustls with aws-lc-rs and the system roots), so
+//! client ([`crate::proxy::UpstreamClient`], rustls with aws-lc-rs and the system roots or `ca_file`'s), so
 //! tracing adds no second HTTP stack or TLS provider.
 
 use std::fmt;
@@ -22,7 +24,7 @@ use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::TracingConfig;
 use crate::proxy::{ClientSettings, UpstreamClient};
@@ -58,6 +60,8 @@ pub struct FinishedSpan {
 /// queued) once every handle is dropped.
 pub struct Exporter {
     queue: mpsc::Sender<FinishedSpan>,
+    /// Asks the export task to send what is queued now; it answers once that export ended.
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     /// What it was started with: a reload keeps an exporter whose settings did not change.
     pub config: TracingConfig,
 }
@@ -76,6 +80,7 @@ impl Exporter {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
         let transport = Transport {
             client: UpstreamClient::new(&ClientSettings {
+                ca_file: config.ca_file.clone(),
                 connect_timeout: config.export_timeout,
                 ..ClientSettings::default()
             })
@@ -96,9 +101,11 @@ impl Exporter {
                 .build(),
         );
         let (queue, spans) = mpsc::channel(config.queue_size);
-        runtime.spawn(run(spans, otlp, config.clone()));
+        let (flushes, flush_requests) = mpsc::channel(1);
+        runtime.spawn(run(spans, flush_requests, otlp, config.clone()));
         Ok(Exporter {
             queue,
+            flushes,
             config: config.clone(),
         })
     }
@@ -109,11 +116,26 @@ impl Exporter {
             crate::metrics::trace_spans("dropped", 1);
         }
     }
+
+    /// Sends the queued spans now (shutdown: a batch waiting for its `batch_interval` would be
+    /// lost). Returns once that export ended, or after `bound` at the latest (false then); the
+    /// export itself is bounded by `export_timeout` too.
+    pub async fn flush(&self, bound: Duration) -> bool {
+        let due = tokio::time::Instant::now() + bound;
+        let (done, flushed) = oneshot::channel();
+        let asked = tokio::time::timeout_at(due, self.flushes.send(done)).await;
+        if !matches!(asked, Ok(Ok(()))) {
+            return false;
+        }
+        matches!(tokio::time::timeout_at(due, flushed).await, Ok(Ok(())))
+    }
 }
 
-/// The export task: batches off the queue until every sender is gone, then sends the rest.
+/// The export task: batches off the queue until every sender is gone, then sends the rest. A
+/// flush request ends the batch being gathered at once, with every span queued so far.
 async fn run(
     mut spans: mpsc::Receiver<FinishedSpan>,
+    mut flush_requests: mpsc::Receiver<oneshot::Sender<()>>,
     otlp: opentelemetry_otlp::SpanExporter,
     config: TracingConfig,
 ) {
@@ -122,45 +144,100 @@ async fn run(
         .build();
     let mut failing = false;
     let mut open = true;
+    let mut flushes_open = true;
     while open {
-        let Some(first) = spans.recv().await else {
-            break;
-        };
         let mut batch = Vec::with_capacity(config.batch_size.min(64));
-        batch.push(span_data(first, &scope));
+        let mut flushed = None;
+        tokio::select! {
+            first = spans.recv() => match first {
+                Some(first) => batch.push(span_data(first, &scope)),
+                None => break,
+            },
+            request = flush_requests.recv(), if flushes_open => match request {
+                Some(done) => flushed = Some(done),
+                None => {
+                    flushes_open = false;
+                    continue;
+                }
+            },
+        }
         let due = tokio::time::Instant::now() + config.batch_interval;
         while batch.len() < config.batch_size {
-            match tokio::time::timeout_at(due, spans.recv()).await {
-                Ok(Some(span)) => batch.push(span_data(span, &scope)),
-                Ok(None) => {
-                    open = false;
-                    break;
+            if flushed.is_some() {
+                // Everything queued now, without waiting for more.
+                match spans.try_recv() {
+                    Ok(span) => batch.push(span_data(span, &scope)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
-                Err(_) => break,
+                continue;
+            }
+            tokio::select! {
+                next = tokio::time::timeout_at(due, spans.recv()) => match next {
+                    Ok(Some(span)) => batch.push(span_data(span, &scope)),
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                },
+                request = flush_requests.recv(), if flushes_open => match request {
+                    Some(done) => flushed = Some(done),
+                    None => flushes_open = false,
+                },
             }
         }
-        let count = batch.len() as u64;
-        let sent = tokio::time::timeout(config.export_timeout, otlp.export(batch)).await;
-        match sent {
-            Ok(Ok(())) => {
-                crate::metrics::trace_spans("exported", count);
-                if std::mem::take(&mut failing) {
-                    tracing::info!(endpoint = %config.endpoint, "exporting spans again");
+        if !batch.is_empty() {
+            export(&otlp, batch, &config, &mut failing).await;
+        }
+        if let Some(done) = flushed {
+            // A batch full before the queue was empty: the rest goes out before answering.
+            while let Ok(span) = spans.try_recv() {
+                let mut rest = vec![span_data(span, &scope)];
+                while rest.len() < config.batch_size
+                    && let Ok(span) = spans.try_recv()
+                {
+                    rest.push(span_data(span, &scope));
                 }
+                export(&otlp, rest, &config, &mut failing).await;
             }
-            failed => {
-                crate::metrics::trace_spans("failed", count);
-                if !std::mem::replace(&mut failing, true) {
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {:?}", config.export_timeout),
-                    };
-                    tracing::warn!(
-                        endpoint = %config.endpoint,
-                        %error,
-                        "span export failed; spans are dropped until the collector answers"
-                    );
-                }
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One export request, bounded by `export_timeout`; counted, and logged when exports start or
+/// stop failing.
+async fn export(
+    otlp: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    config: &TracingConfig,
+    failing: &mut bool,
+) {
+    let count = batch.len() as u64;
+    let sent = tokio::time::timeout(config.export_timeout, otlp.export(batch)).await;
+    match sent {
+        Ok(Ok(())) => {
+            crate::metrics::trace_spans("exported", count);
+            if std::mem::take(failing) {
+                tracing::info!(endpoint = %config.endpoint, "exporting spans again");
+            }
+        }
+        failed => {
+            crate::metrics::trace_spans("failed", count);
+            if !std::mem::replace(failing, true) {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", config.export_timeout),
+                };
+                tracing::warn!(
+                    endpoint = %config.endpoint,
+                    %error,
+                    "span export failed; spans are dropped until the collector answers"
+                );
             }
         }
     }

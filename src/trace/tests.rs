@@ -202,6 +202,8 @@ fn tracing_settings_default_and_refuse_bad_values_naming_the_key() {
         ("queue_size = 10\nbatch_size = 11", "tracing.batch_size"),
         ("batch_interval = \"0s\"", "tracing.batch_interval"),
         ("export_timeout = \"10m\"", "tracing.export_timeout"),
+        // Roots for TLS the http default endpoint never uses: a mistake, not a no-op.
+        ("ca_file = \"/etc/ca.pem\"", "tracing.ca_file"),
         ("endpont = \"http://x\"", "endpont"),
     ] {
         let e = Config::from_toml(&format!("[tracing]\n{line}\n"))

@@ -263,12 +263,20 @@ async fn the_access_log_names_the_trace() {
 /// An OTLP/HTTP receiver: accepts `POST /v1/traces` (protobuf), hands every span it decodes to
 /// the test with its resource's `service.name`.
 async fn receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
+    receiver_on(None).await
+}
+
+/// [`receiver`], over TLS with `acceptor`'s certificate when given.
+async fn receiver_on(
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let tx = tx.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: http::Request<Incoming>| {
                     let tx = tx.clone();
@@ -314,9 +322,17 @@ async fn receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                    }
+                }
             });
         }
     });
@@ -450,4 +466,137 @@ async fn a_collector_that_never_answers_does_not_slow_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     held.abort();
+}
+
+/// The last request's span waits for a batch due in a minute; shutdown sends it at once rather
+/// than dropping it with the process.
+#[tokio::test]
+async fn spans_still_queued_at_shutdown_are_flushed_not_lost() {
+    let (collector, mut spans) = receiver().await;
+    let (mut gw, up) = gateway(&format!(
+        "[tracing]\nendpoint = \"http://{collector}/v1/traces\"\nbatch_interval = \"60s\"\n"
+    ))
+    .await;
+    let (sent, _) = through(&gw, &up, &[]).await;
+    let trace = fields(&sent).1;
+    // Only the flush can deliver it within the test's bound: its batch is due in 60 s.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), spans.recv())
+            .await
+            .is_err(),
+        "a span arrived before shutdown; the batch interval does not hold it"
+    );
+    gw.shutdown().await;
+    let (_, span) = tokio::time::timeout(Duration::from_secs(5), spans.recv())
+        .await
+        .expect("the span queued at shutdown never reached the collector")
+        .unwrap();
+    assert_eq!(hex(&span.trace_id), trace);
+}
+
+/// The flush at shutdown is bounded: a collector that never answers holds shutdown no longer
+/// than `export_timeout` (and never past the server's `shutdown_grace`).
+#[tokio::test]
+async fn a_silent_collector_does_not_hold_shutdown_past_the_bound() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    for (extra, bound) in [
+        ("export_timeout = \"500ms\"\n", Duration::from_millis(500)),
+        (
+            "export_timeout = \"30s\"\n[server]\nshutdown_grace = \"500ms\"\n",
+            Duration::from_millis(500),
+        ),
+    ] {
+        let (mut gw, up) = gateway(&format!(
+            "[tracing]\nendpoint = \"http://{collector}/v1/traces\"\nbatch_interval = \"60s\"\n{extra}"
+        ))
+        .await;
+        through(&gw, &up, &[]).await;
+        let started = std::time::Instant::now();
+        gw.shutdown().await;
+        let took = started.elapsed();
+        assert!(
+            took < bound + Duration::from_millis(1500),
+            "{extra}: shutdown took {took:?}"
+        );
+    }
+    held.abort();
+}
+
+/// A collector behind a private CA: trusted with `[tracing] ca_file`, and a missing file is
+/// refused at startup naming the key.
+#[tokio::test]
+async fn an_https_collector_with_a_private_ca_receives_spans_with_ca_file() {
+    use rustls_pki_types::pem::PemObject;
+    let pki = crate::tls::pki();
+    let certs =
+        vec![rustls_pki_types::CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let (collector, mut spans) = receiver_on(Some(acceptor)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca, &pki.cert_pem).unwrap();
+    let tracing = |ca: &std::path::Path| {
+        format!(
+            "[tracing]\nendpoint = \"https://127.0.0.1:{}/v1/traces\"\nbatch_interval = \"50ms\"\nca_file = \"{}\"\n",
+            collector.port(),
+            ca.display()
+        )
+    };
+    let (gw, up) = gateway(&tracing(&ca)).await;
+    let (sent, _) = through(&gw, &up, &[]).await;
+    let (_, span) = tokio::time::timeout(Duration::from_secs(10), spans.recv())
+        .await
+        .expect("the https collector received no span within 10 s")
+        .unwrap();
+    assert_eq!(hex(&span.trace_id), fields(&sent).1);
+
+    // Without ca_file the private CA is not trusted: nothing arrives.
+    let (gw, up) = gateway(&format!(
+        "[tracing]\nendpoint = \"https://127.0.0.1:{}/v1/traces\"\nbatch_interval = \"50ms\"\n",
+        collector.port()
+    ))
+    .await;
+    through(&gw, &up, &[]).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), spans.recv())
+            .await
+            .is_err(),
+        "a span reached a collector whose CA the gateway does not trust"
+    );
+
+    // A missing ca_file: the preflight (serve and check-config) names the key.
+    let missing = dir.path().join("none").join("ca.pem");
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n[auth]\nkeys_dir = \"{d}/keys\"\n[store]\npath = \"{d}/db\"\n{}{}",
+            crate::support::route("traced", "/traced", &up.url(), "auth = \"public\""),
+            tracing(&missing),
+            d = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .env_remove("GATEHOUSE_CONFIG")
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("tracing.ca_file"), "{stderr}");
 }

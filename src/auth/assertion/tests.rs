@@ -28,7 +28,7 @@ fn ed_signer(kid: &str) -> Signer {
 
 fn keys_of(signers: &[&Signer]) -> KeyLookup {
     let jwks = json!({"keys": signers.iter().map(|s| s.jwk.clone()).collect::<Vec<_>>()});
-    parse_key_set("ci", jwks.to_string().as_bytes()).unwrap()
+    parse_key_set(super::KeySetOf::Client, "ci", jwks.to_string().as_bytes()).unwrap()
 }
 
 fn claims() -> Value {
@@ -340,4 +340,28 @@ fn a_registered_key_set_must_be_public_usable_and_distinct() {
     for bad in ["ftp://ci.example/jwks", "/jwks", "https://", "not a url"] {
         assert!(check_jwks_url(bad).is_err(), "{bad}");
     }
+}
+
+/// The fetch code is the trusted issuers', but a failing client key set must not be logged as a
+/// trusted issuer's: the message names the client.
+#[tokio::test]
+async fn a_failing_client_key_set_fetch_names_the_client_not_a_trusted_issuer() {
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let keys = super::ClientKeys::new();
+    let e = keys
+        .fetch("ci", &format!("http://{addr}/jwks.json"))
+        .await
+        .map(|_| ())
+        .expect_err("nothing listens there")
+        .to_string();
+    assert!(e.starts_with("key set of client \"ci\": fetching"), "{e}");
+    assert!(!e.contains("trusted issuer"), "{e}");
+    let e = super::parse_key_set(super::KeySetOf::Client, "ci", b"{}")
+        .map(|_| ())
+        .expect_err("no keys")
+        .to_string();
+    assert!(e.starts_with("key set of client \"ci\""), "{e}");
 }
