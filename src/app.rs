@@ -194,17 +194,11 @@ impl App {
         if self.issuer_refresh_running() {
             self.restart_issuer_refresh(&gateway);
         }
+        // Route names are required and unique, so the change log's routes are the metrics'.
         let changes = reload::Changes::between(&running, &gateway);
-        let only_in = |a: &Gateway, b: &Gateway| -> Vec<String> {
-            route_names(a)
-                .filter(|name| !route_names(b).any(|other| other == *name))
-                .map(str::to_owned)
-                .collect()
-        };
-        let (added, removed) = (only_in(&gateway, &running), only_in(&running, &gateway));
         self.current.store(gateway);
-        crate::metrics::routes_added(added.iter().map(String::as_str));
-        crate::metrics::routes_removed(removed.iter().map(String::as_str));
+        crate::metrics::routes_added(changes.routes_added.iter().map(String::as_str));
+        crate::metrics::routes_removed(changes.routes_removed.iter().map(String::as_str));
         Ok(changes)
     }
 
