@@ -20,7 +20,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 driver_url, chromium, user_data_dir, gw, listed, unlisted, token_seconds = sys.argv[1:8]
 token_seconds = float(token_seconds)
-WAIT = 15
+# Each wait for a page or a script. Generous: CI runs this beside the rest of the suite on two
+# cores, and a fresh machine's first Chromium start is slow.
+WAIT = 30
+# The first navigation also waits for the browser to finish starting.
+FIRST_WAIT = 90
 
 options = webdriver.ChromeOptions()
 options.binary_location = chromium
@@ -41,6 +45,11 @@ for arg in [
 options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
 
 
+def step(what):
+    """Names the step under way: a failure's report starts from the last one printed."""
+    print(f"step: {what}", flush=True)
+
+
 def path_of(url):
     return urlparse(url).path
 
@@ -49,7 +58,7 @@ def wait_for_path(driver, path):
     try:
         WebDriverWait(driver, WAIT).until(lambda d: path_of(d.current_url) == path)
     except Exception:
-        print(f"waiting for {path}, at {driver.current_url}:\n{driver.page_source}")
+        print(f"waiting for {path}, at {driver.current_url}:\n{driver.page_source[:1500]}")
         raise
 
 
@@ -76,18 +85,25 @@ def statuses_for(driver, suffix):
     return statuses
 
 
+step("start the browser")
 driver = webdriver.Remote(command_executor=driver_url, options=options)
 try:
+    # Warm up on a page of the listed origin, which asks nothing of the gateway.
+    step("warm up")
+    driver.set_page_load_timeout(FIRST_WAIT)
+    driver.get(listed + "/warm-up")
     driver.set_page_load_timeout(WAIT)
     driver.set_script_timeout(WAIT)
 
     # A protected page sends the browser to the sign-in page.
+    step("open a protected page")
     driver.get(gw + "/app/page")
     wait_for_path(driver, "/auth/sign_in")
     assert "gatehouse" in driver.title, driver.title
     for field in ["username", "password"]:
         label = driver.find_element(By.CSS_SELECTOR, f"label[for={field}]")
         assert label.is_displayed(), field
+    step("sign in")
     driver.find_element(By.ID, "username").send_keys("alice")
     driver.find_element(By.ID, "password").send_keys("correct-horse")
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -96,6 +112,7 @@ try:
     wait_for_path(driver, "/app/page")
     assert '"ok":true' in driver.page_source, driver.page_source
 
+    step("check the cookie")
     # The session cookie is HttpOnly: page script cannot read it.
     visible = driver.execute_script("return document.cookie")
     assert "gatehouse" not in visible, visible
@@ -103,12 +120,14 @@ try:
     assert cookies["gatehouse"]["httpOnly"] is True, cookies
     assert cookies["gatehouse"]["sameSite"] == "Lax", cookies
 
+    step("reload after the access token expired")
     # After the access token expired, a reload still works: the gateway minted a new one.
     time.sleep(token_seconds + 1.5)
     driver.refresh()
     wait_for_path(driver, "/app/page")
     assert '"ok":true' in driver.page_source, driver.page_source
 
+    step("cross-site POST to a route without CORS")
     # A page on another origin (same site: another port of 127.0.0.1, so SameSite=Lax sends
     # the cookie along) posts text/plain with credentials, which needs no preflight, to `/api`,
     # a route without CORS: the gateway's cross-site check must refuse it, although the same
@@ -128,6 +147,7 @@ try:
     # The single-page app on the listed origin reads every answer of the CORS route: the GET,
     # the JSON POST after the preflight the gateway answered, and the text/plain POST (a trusted
     # origin passes the cross-site check). The Rust side checks the upstream saw alice.
+    step("single-page app on the listed origin")
     results = spa_results(listed)
     for call in ["get", "json", "plain"]:
         result = results[call]
@@ -135,6 +155,7 @@ try:
         assert json.loads(result["body"])["ok"] is True, (call, results)
     assert json.loads(results["json"]["body"])["body_len"] > 0, results
 
+    step("single-page app on an unlisted origin")
     # The same page on an unlisted origin reads nothing: the GET's answer is withheld, the
     # preflight refused, and the text/plain POST refused by the cross-site check.
     performance_log(driver)
@@ -144,6 +165,7 @@ try:
     statuses = statuses_for(driver, "/data/notes")
     assert statuses and all(s == 403 for s in statuses), statuses
 
+    step("sign out")
     # Sign out: the page's button ends the session, and the protected page asks to sign in.
     driver.get(gw + "/auth/sign_out")
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -151,5 +173,13 @@ try:
     driver.get(gw + "/app/page")
     wait_for_path(driver, "/auth/sign_in")
     print("browser e2e ok")
+except Exception as error:
+    # One short report (the caller shows the output's tail): what failed, where the browser was.
+    print(f"FAILED: {type(error).__name__}: {str(error)[:1500]}")
+    try:
+        print(f"at {driver.current_url}, title {driver.title!r}")
+    except Exception:
+        pass
+    raise SystemExit(1)
 finally:
     driver.quit()
