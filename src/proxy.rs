@@ -274,12 +274,9 @@ impl UpstreamClient {
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         // Each hop speaks its own version (RFC 9110 §6.2): the pool sets the one of the
-        // connection it picked (HTTP/1.1, or HTTP/2 where TLS negotiated h2).
-        match tokio::time::timeout(timeout, self.pool.send(req)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(error)),
-            Err(_) => Err(ProxyError::Timeout { after: timeout }),
-        }
+        // connection it picked (HTTP/1.1, or HTTP/2 where TLS negotiated h2). The pool bounds
+        // the exchange by `timeout`, on a timer its HTTP/1 connections keep between requests.
+        self.pool.send(req, timeout).await.map_err(classify)
     }
 }
 
@@ -315,6 +312,9 @@ pub fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, ProxyError> {
 }
 
 fn classify(error: PoolError) -> ProxyError {
+    if let PoolError::TimedOut { after } = error {
+        return ProxyError::Timeout { after };
+    }
     match body_failure(&error) {
         Some(BodyFailure::TooLarge { max }) => ProxyError::BodyTooLarge { max },
         Some(BodyFailure::Idle { idle }) => ProxyError::BodyTimeout { idle },

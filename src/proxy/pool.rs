@@ -16,9 +16,11 @@
 //! connection closed under it), or, once and on a new connection, when it is a bodiless GET, HEAD
 //! or OPTIONS whose reused connection closed before any response: never a request that may have
 //! changed something upstream. Idle connections are closed by a sweeper task once they are older
-//! than the idle timeout, so an upstream sees no socket held longer than that.
+//! than the idle timeout, so an upstream sees no socket held longer than that. A request's send
+//! timeout runs on a timer its HTTP/1 connection keeps between requests (`Deadline`).
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +33,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::task::coop;
+use tokio::time::Sleep;
 use tower_service::Service;
 use tracing::debug;
 
@@ -62,6 +66,9 @@ pub enum PoolError {
     /// The request was sent (or may have been) and failed.
     #[error("the upstream exchange failed")]
     Exchange(#[source] hyper::Error),
+    /// No response head within the timeout given to [`Pool::send`].
+    #[error("no response head within {after:?}")]
+    TimedOut { after: Duration },
     /// The request URI has no scheme or authority, or no usable one (a caller bug: route
     /// upstreams are validated with the config).
     #[error("the upstream URI {0} is not absolute")]
@@ -112,6 +119,8 @@ struct Idle {
     /// How long it may stay idle: the pool's idle timeout, or less when the upstream said it
     /// closes idle connections sooner.
     keep_for: Duration,
+    /// The send timer its last request used, for its next one (see [`Deadline`]).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Idle {
@@ -143,32 +152,38 @@ impl Pool {
         }
     }
 
-    /// Sends `req` and returns the response head. Not bounded in time here: the caller puts the
-    /// whole exchange under its timeout.
+    /// Sends `req` and returns the response head, or [`PoolError::TimedOut`] when that takes
+    /// longer than `timeout`: connecting, the TLS handshake, waiting for a pooled connection to
+    /// be ready, sending the request (body included) and every retry count against it.
     ///
     /// The URI is absolute and names the origin to connect to: TCP, TLS server name (SNI) and
     /// certificate verification always follow it. A `Host` header, if the caller set one, is the
     /// authority the upstream is told (HTTP/1 `Host`, HTTP/2 `:authority`); without one it is the
     /// URI's authority, without a default port.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<UpstreamBody>, PoolError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        let mut deadline = Deadline::new(timeout);
         let origin = self.origin(req.uri())?;
         // Set once a replayed request is under way: it goes on a new connection, and only once.
         let mut replaying = false;
         loop {
             let pooled = match replaying {
-                false => self.checkout(&origin).await,
+                false => self.checkout(&origin, &mut deadline).await?,
                 true => None,
             };
             let conn = match pooled {
                 Some(conn) => conn,
                 // Boxed: connecting is rare, and its future (TLS, handshakes) is large enough
                 // that carrying it inline made every request's future kilobytes bigger.
-                None => Box::pin(self.connect(&origin)).await?,
+                None => deadline.bound(Box::pin(self.connect(&origin))).await??,
             };
             match conn {
                 Conn::Http2(mut sender) => {
                     prepare_http2(&mut req, &origin)?;
-                    let response = sender.send_request(req).await;
+                    let response = deadline.bound(sender.send_request(req)).await?;
                     return response
                         .map(|r| r.map(|body| UpstreamBody::new(body, None)))
                         .map_err(PoolError::Exchange);
@@ -176,8 +191,11 @@ impl Pool {
                 Conn::Http1 { mut sender, pooled } => {
                     prepare_http1(&mut req, &origin.host);
                     let replay = if pooled { replay_copy(&req) } else { None };
-                    match sender.try_send_request(req).await {
-                        Ok(response) => return Ok(finish_http1(response, sender, &origin)),
+                    match deadline.bound(sender.try_send_request(req)).await? {
+                        Ok(response) => {
+                            let timer = deadline.timer.take();
+                            return Ok(finish_http1(response, sender, timer, &origin));
+                        }
                         Err(mut failed) => match (failed.take_message(), replay) {
                             // Never written: the pooled connection closed under it. Another
                             // idle connection or a fresh one gets it.
@@ -228,29 +246,38 @@ impl Pool {
     }
 
     /// A live connection of `origin`, if it has one: the shared HTTP/2 one, or the most recently
-    /// idle HTTP/1 one that is still open, fresh and ready.
-    async fn checkout(&self, origin: &Origin) -> Option<Conn> {
+    /// idle HTTP/1 one that is still open, fresh and ready (whose send timer `deadline` takes).
+    async fn checkout(
+        &self,
+        origin: &Origin,
+        deadline: &mut Deadline,
+    ) -> Result<Option<Conn>, PoolError> {
         if let Some(sender) = origin.live_h2() {
-            return Some(Conn::Http2(sender));
+            return Ok(Some(Conn::Http2(sender)));
         }
         loop {
-            let idle = origin.pop_idle()?;
+            let Some(idle) = origin.pop_idle() else {
+                return Ok(None);
+            };
             if idle.is_due(Instant::now()) {
                 continue;
             }
+            deadline.adopt(idle.timer);
             let mut sender = idle.sender;
             // The previous exchange may still be finishing inside the connection task (usually
             // a moment; longer if the upstream answered before reading the whole request body).
             if sender.is_ready()
                 || matches!(
-                    tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                    deadline
+                        .bound(tokio::time::timeout(READY_WAIT, sender.ready()))
+                        .await?,
                     Ok(Ok(()))
                 )
             {
-                return Some(Conn::Http1 {
+                return Ok(Some(Conn::Http1 {
                     sender,
                     pooled: true,
-                });
+                }));
             }
         }
     }
@@ -360,9 +387,15 @@ impl Origin {
         (advertised - margin).min(self.idle_timeout)
     }
 
-    /// Puts a connection whose exchange is over back on the stack for `keep_for` (dropped, and
-    /// so closed, when the stack is full or `keep_for` is zero).
-    fn put_idle(&self, sender: http1::SendRequest<Body>, keep_for: Duration) {
+    /// Puts a connection whose exchange is over back on the stack for `keep_for`, with the send
+    /// timer of its last request (dropped, and so closed, when the stack is full or `keep_for`
+    /// is zero).
+    fn put_idle(
+        &self,
+        sender: http1::SendRequest<Body>,
+        keep_for: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+    ) {
         if sender.is_closed() || keep_for.is_zero() {
             return;
         }
@@ -372,6 +405,7 @@ impl Origin {
                 sender,
                 since: Instant::now(),
                 keep_for,
+                timer,
             });
         }
     }
@@ -398,6 +432,71 @@ async fn sweep(origin: Weak<Origin>, timeout: Duration) {
             return;
         };
         origin.drop_expired();
+    }
+}
+
+/// The send timeout of one request, on a timer that an HTTP/1 connection keeps from one request
+/// to the next and that each request sets to its own deadline: tokio moves a registered timer
+/// later with one atomic operation, where `tokio::time::timeout` registered a timer and cancelled
+/// it again, under the timer driver's lock both times, on every request (−0.9k instructions per
+/// keep-alive request with callgrind: BENCHMARKS.md, "Levers, one at a time").
+///
+/// A timer belongs to the runtime it was created on, as the connection's task does.
+struct Deadline {
+    at: tokio::time::Instant,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        // As `tokio::time::timeout` does, a far future stands in for a deadline that overflows.
+        let at = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+        Self {
+            at,
+            timeout,
+            timer: None,
+        }
+    }
+
+    /// Takes a pooled connection's timer, set to this request's deadline, unless the request
+    /// already has one.
+    fn adopt(&mut self, timer: Option<Pin<Box<Sleep>>>) {
+        if let (None, Some(mut timer)) = (&self.timer, timer) {
+            timer.as_mut().reset(self.at);
+            self.timer = Some(timer);
+        }
+    }
+
+    /// `future`'s output, or [`PoolError::TimedOut`] once the deadline has passed. As in
+    /// `tokio::time::timeout`, the future is polled first, and the timer is polled even when the
+    /// future used up the task's budget, so a busy future cannot outrun its deadline.
+    async fn bound<F: Future>(&mut self, future: F) -> Result<F::Output, PoolError> {
+        let mut future = pin!(future);
+        std::future::poll_fn(|cx| {
+            let had_budget = coop::has_budget_remaining();
+            if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                return Poll::Ready(Ok(output));
+            }
+            let at = self.at;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            let fired = if had_budget && !coop::has_budget_remaining() {
+                Pin::new(&mut coop::unconstrained(timer.as_mut())).poll(cx)
+            } else {
+                timer.as_mut().poll(cx)
+            };
+            fired.map(|()| {
+                Err(PoolError::TimedOut {
+                    after: self.timeout,
+                })
+            })
+        })
+        .await
     }
 }
 
@@ -511,6 +610,7 @@ fn prepare_http2(req: &mut Request<Body>, origin: &Origin) -> Result<(), PoolErr
 fn finish_http1(
     response: Response<Incoming>,
     sender: http1::SendRequest<Body>,
+    timer: Option<Pin<Box<Sleep>>>,
     origin: &Arc<Origin>,
 ) -> Response<UpstreamBody> {
     // After `101` the connection belongs to the tunnel.
@@ -518,6 +618,7 @@ fn finish_http1(
         origin: origin.clone(),
         sender,
         keep_for: origin.keep_for(keep_alive_timeout(response.headers())),
+        timer,
     });
     response.map(|body| UpstreamBody::new(body, give_back))
 }
@@ -535,6 +636,7 @@ struct GiveBack {
     origin: Arc<Origin>,
     sender: http1::SendRequest<Body>,
     keep_for: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl UpstreamBody {
@@ -544,7 +646,7 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(back) = self.give_back.take() {
-            back.origin.put_idle(back.sender, back.keep_for);
+            back.origin.put_idle(back.sender, back.keep_for, back.timer);
         }
     }
 }
@@ -619,7 +721,8 @@ mod tests {
 
     /// A hyper HTTP/1.1 upstream on 127.0.0.1:0 counting connections accepted and closed and
     /// requests seen. `/big` streams 8 MiB, `/204` is No Content, `/empty` an empty 200, `/slow`
-    /// answers after 200 ms, `/hangup` closes the connection without answering; else "ok".
+    /// answers after 200 ms, `/silent` never, `/hangup` closes the connection without answering;
+    /// else "ok".
     async fn upstream(keep_alive: bool) -> (SocketAddr, Counts) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -658,6 +761,7 @@ mod tests {
             }
             "/empty" => *response.body_mut() = Full::default(),
             "/slow" => tokio::time::sleep(Duration::from_millis(200)).await,
+            "/silent" => std::future::pending::<()>().await,
             "/hangup" => return Err(std::io::Error::other("hang up")),
             _ => {}
         }
@@ -680,13 +784,30 @@ mod tests {
     }
 
     async fn fetch(pool: &Pool, req: Request<Body>) -> (StatusCode, Bytes) {
-        let response = tokio::time::timeout(GUARD, pool.send(req))
+        let response = tokio::time::timeout(GUARD, pool.send(req, GUARD))
             .await
             .unwrap()
             .unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, body)
+    }
+
+    async fn fetch_within(pool: &Pool, req: Request<Body>, timeout: Duration) -> StatusCode {
+        let response = pool.send(req, timeout).await.unwrap();
+        let status = response.status();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+        status
+    }
+
+    /// Whether the one idle connection kept its last request's send timer.
+    fn idle_has_timer(pool: &Pool) -> bool {
+        let origins = pool.origins.lock().unwrap();
+        let idle = origins[0].idle.lock().unwrap();
+        idle.len() == 1 && idle[0].timer.is_some()
     }
 
     fn idle_count(pool: &Pool) -> usize {
@@ -714,6 +835,65 @@ mod tests {
             );
         }
         assert_eq!(counts.get(), (1, 0, 5));
+    }
+
+    #[tokio::test]
+    async fn a_reused_timer_times_out_a_stalled_request_at_its_own_deadline() {
+        let (addr, counts) = upstream(true).await;
+        let pool = pool(Duration::from_secs(30), 8);
+        // The connection keeps the timer of this request, set a minute ahead.
+        let first = fetch_within(&pool, get(addr, "/"), Duration::from_secs(60)).await;
+        assert_eq!(first, StatusCode::OK);
+        assert!(idle_has_timer(&pool));
+        let short = Duration::from_millis(300);
+        let started = Instant::now();
+        let error = tokio::time::timeout(GUARD, pool.send(get(addr, "/silent"), short))
+            .await
+            .expect("the stalled request outlived its own timeout")
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            matches!(error, PoolError::TimedOut { after } if after == short),
+            "{error:?}"
+        );
+        assert!(
+            waited >= short && waited < short + Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert_eq!(
+            counts.get().0,
+            1,
+            "the stalled request was not on the reused connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_earlier_requests_deadline_does_not_time_out_a_later_request() {
+        let (addr, counts) = upstream(true).await;
+        let pool = pool(Duration::from_secs(30), 8);
+        let short = Duration::from_millis(100);
+        assert_eq!(
+            fetch_within(&pool, get(addr, "/"), short).await,
+            StatusCode::OK
+        );
+        assert!(idle_has_timer(&pool));
+        // The first request's deadline passes while the second (200 ms) is in flight...
+        let long = Duration::from_secs(5);
+        assert_eq!(
+            fetch_within(&pool, get(addr, "/slow"), long).await,
+            StatusCode::OK
+        );
+        // ...and a short one's while its connection is idle.
+        assert_eq!(
+            fetch_within(&pool, get(addr, "/"), short).await,
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            fetch_within(&pool, get(addr, "/slow"), long).await,
+            StatusCode::OK
+        );
+        assert_eq!(counts.get(), (1, 0, 4));
     }
 
     #[tokio::test]
@@ -804,7 +984,7 @@ mod tests {
     async fn a_body_dropped_mid_stream_does_not_return_its_connection() {
         let (addr, counts) = upstream(true).await;
         let pool = pool(Duration::from_secs(30), 8);
-        let response = pool.send(get(addr, "/big")).await.unwrap();
+        let response = pool.send(get(addr, "/big"), GUARD).await.unwrap();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
@@ -831,7 +1011,7 @@ mod tests {
             .unwrap();
         for req in [head, get(addr, "/204"), get(addr, "/empty")] {
             // Dropped without a poll, as hyper's server does with a body it knows is empty.
-            drop(pool.send(req).await.unwrap());
+            drop(pool.send(req, GUARD).await.unwrap());
             assert_eq!(idle_count(&pool), 1);
         }
         assert_eq!(fetch(&pool, get(addr, "/")).await.0, StatusCode::OK);
@@ -857,7 +1037,7 @@ mod tests {
         let post = Request::post(format!("http://{addr}/hangup"))
             .body(crate::body::full("payload"))
             .unwrap();
-        let error = pool.send(post).await.unwrap_err();
+        let error = pool.send(post, GUARD).await.unwrap_err();
         assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
         assert_eq!(counts.get().2, 2, "the POST reached the upstream twice");
     }
@@ -909,7 +1089,7 @@ mod tests {
         let post = Request::post(format!("http://{addr}/"))
             .body(crate::body::full("payload"))
             .unwrap();
-        let error = pool.send(post).await.unwrap_err();
+        let error = pool.send(post, GUARD).await.unwrap_err();
         assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
     }
 
