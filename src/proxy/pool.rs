@@ -9,6 +9,15 @@
 //! `Host` value is built once per origin, and a connection goes back on its stack when the
 //! response body has been read to its end ([`UpstreamBody`]), with no task in between.
 //!
+//! An HTTP/1 connection has no task of its own: hyper's dispatch for it ([`Http1`]) is polled by
+//! the task of the request using it, while the request is sent and while its response body is
+//! read, and by nobody while it is idle. Every exchange used to cross two tasks (the request into
+//! the connection's task, the response head and every body frame back), each crossing a wakeup
+//! and a scheduling of the other task. HTTP/2 connections, shared by concurrent requests, keep
+//! their task; so does an HTTP/1 connection once it switched protocols (`101`). With no task
+//! reading it, an idle connection its upstream closed is noticed by the sweeper's next pass (or
+//! by the next request that takes it, which then goes on another connection).
+//!
 //! Rules: a connection is handed out only when it is open, was idle for less than the idle
 //! timeout (or than the `Keep-Alive: timeout=` its upstream sent, less a margin, when that is
 //! shorter) and hyper says it is ready; a body dropped before its end (or a `101` response) never
@@ -17,12 +26,14 @@
 //! or OPTIONS whose reused connection closed before any response: never a request that may have
 //! changed something upstream. Idle connections are closed by a sweeper task once they are older
 //! than the idle timeout, so an upstream sees no socket held longer than that. A request's send
-//! timeout runs on a timer its HTTP/1 connection keeps between requests (`Deadline`).
+//! timeout runs on a timer its HTTP/1 connection keeps between requests (`Deadline`). A connection
+//! whose exchange is not over when its response body ends (an upstream that answered before
+//! reading the whole request body) is closed, not kept.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +59,10 @@ const READY_WAIT: Duration = Duration::from_millis(250);
 /// `Keep-Alive: timeout=N`: the upstream's clock started when it finished writing the response,
 /// ours when we finished reading it, and N is in whole seconds. A quarter of N when that is less.
 const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a connection the pool closes gets to end cleanly (TLS `close_notify`, FIN) before its
+/// socket is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// `Keep-Alive` (RFC 9112 appendix C.2.2; still sent by Apache, nginx and Node to say how long
 /// they keep an idle connection).
@@ -112,9 +127,8 @@ struct Origin {
     idle_timeout: Duration,
 }
 
-#[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: Http1,
     since: Instant,
     /// How long it may stay idle: the pool's idle timeout, or less when the upstream said it
     /// closes idle connections sooner.
@@ -123,18 +137,137 @@ struct Idle {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("since", &self.since)
+            .field("keep_for", &self.keep_for)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Idle {
     fn is_due(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.since) >= self.keep_for || self.sender.is_closed()
+        now.saturating_duration_since(self.since) >= self.keep_for || !self.conn.is_open()
     }
+}
+
+/// hyper's dispatch of one HTTP/1 connection (its `Connection`, with upgrades): it writes the
+/// requests and reads the responses when polled. Boxed once per connection, so that moving the
+/// connection between the pool and a request moves a pointer.
+type Dispatch = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
+
+/// An HTTP/1 connection: the sender a request goes into, and the dispatch that the task using the
+/// connection polls (`None` once the connection has ended).
+struct Http1 {
+    sender: http1::SendRequest<Body>,
+    dispatch: Option<Dispatch>,
+}
+
+impl Http1 {
+    /// Lets the connection make progress (write the request, read the response, notice that the
+    /// upstream closed), to be woken through `cx` when it can make more. Whether it is still
+    /// open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(dispatch) = &mut self.dispatch
+            && let Poll::Ready(ended) = dispatch.as_mut().poll(cx)
+        {
+            if let Err(error) = ended {
+                debug!(%error, "upstream HTTP/1 connection ended");
+            }
+            self.dispatch = None;
+        }
+        self.dispatch.is_some()
+    }
+
+    /// Drives the connection until `outcome`, which only its dispatch can complete, is ready,
+    /// and polls `outcome` for no task. The connection is driven for no task first, and for
+    /// `cx` only when that was not enough: a dispatch driven for `cx` leaves `cx`'s waker with
+    /// its body channel, and the body's reader, this same task, would wake itself on taking the
+    /// data (one more, empty, poll of the whole client connection per request).
+    fn drive_for<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut outcome: impl FnMut() -> Poll<T>,
+    ) -> Poll<T> {
+        self.settle();
+        if let Poll::Ready(done) = outcome() {
+            return Poll::Ready(done);
+        }
+        self.drive(cx);
+        outcome()
+    }
+
+    /// Drives the connection once for no task: it finishes what it can now and leaves no task's
+    /// waker behind to be woken by an idle connection's events. Whether it is still open.
+    fn settle(&mut self) -> bool {
+        self.drive(&mut no_task())
+    }
+
+    fn is_open(&self) -> bool {
+        self.dispatch.is_some() && !self.sender.is_closed()
+    }
+
+    /// Ready for a request once the connection has finished its previous exchange.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        self.drive(cx);
+        self.sender.poll_ready(cx)
+    }
+
+    /// Sends `req` and drives the connection until its response head (or its failure: hyper
+    /// returns a request it never wrote). The response is polled for no task: only this
+    /// connection's dispatch completes it, and that runs here.
+    async fn send(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let mut response = pin!(self.sender.try_send_request(req));
+        // The first turn writes the request, and its response cannot be in yet: the connection
+        // is driven for this task at once, to wake it when the response arrives.
+        let mut written = false;
+        std::future::poll_fn(|cx| {
+            if !std::mem::replace(&mut written, true) {
+                self.drive(cx);
+                return response.as_mut().poll(&mut no_task());
+            }
+            self.drive_for(cx, || response.as_mut().poll(&mut no_task()))
+        })
+        .await
+    }
+
+    /// Closes the connection: with no sender left, its dispatch shuts the connection down
+    /// cleanly, given [`CLOSE_WAIT`] on a task of its own (outside a runtime it is dropped).
+    fn close(self) {
+        let Self { sender, dispatch } = self;
+        drop(sender);
+        if let (Some(dispatch), Ok(runtime)) = (dispatch, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_WAIT, dispatch).await;
+            });
+        }
+    }
+
+    /// Hands the connection to a task of its own, for a tunnel after `101`: the dispatch
+    /// completes the upgrade, after which the upgraded IO belongs to whoever took it.
+    fn detach(self) {
+        if let Some(dispatch) = self.dispatch {
+            tokio::spawn(async move {
+                if let Err(error) = dispatch.await {
+                    debug!(%error, "upstream HTTP/1 connection ended");
+                }
+            });
+        }
+    }
+}
+
+/// A context that wakes no task, for polling what only the polling task itself can complete.
+fn no_task() -> Context<'static> {
+    Context::from_waker(Waker::noop())
 }
 
 /// A connection handed out for one request.
 enum Conn {
-    Http1 {
-        sender: http1::SendRequest<Body>,
-        pooled: bool,
-    },
+    Http1 { conn: Http1, pooled: bool },
     Http2(http2::SendRequest<Body>),
 }
 
@@ -188,13 +321,13 @@ impl Pool {
                         .map(|r| r.map(|body| UpstreamBody::new(body, None)))
                         .map_err(PoolError::Exchange);
                 }
-                Conn::Http1 { mut sender, pooled } => {
+                Conn::Http1 { mut conn, pooled } => {
                     prepare_http1(&mut req, &origin.host);
                     let replay = if pooled { replay_copy(&req) } else { None };
-                    match deadline.bound(sender.try_send_request(req)).await? {
+                    match deadline.bound(conn.send(req)).await? {
                         Ok(response) => {
                             let timer = deadline.timer.take();
-                            return Ok(finish_http1(response, sender, timer, &origin));
+                            return Ok(finish_http1(response, conn, timer, &origin));
                         }
                         Err(mut failed) => match (failed.take_message(), replay) {
                             // Never written: the pooled connection closed under it. Another
@@ -260,25 +393,27 @@ impl Pool {
                 return Ok(None);
             };
             if idle.is_due(Instant::now()) {
+                idle.conn.close();
                 continue;
             }
             deadline.adopt(idle.timer);
-            let mut sender = idle.sender;
-            // The previous exchange may still be finishing inside the connection task (usually
-            // a moment; longer if the upstream answered before reading the whole request body).
-            if sender.is_ready()
+            let mut conn = idle.conn;
+            // A connection is kept only once its exchange is over (`Origin::put_idle`), so this
+            // is a moment's wait at most.
+            if conn.sender.is_ready()
                 || matches!(
                     deadline
-                        .bound(tokio::time::timeout(READY_WAIT, sender.ready()))
+                        .bound(tokio::time::timeout(
+                            READY_WAIT,
+                            std::future::poll_fn(|cx| conn.poll_ready(cx))
+                        ))
                         .await?,
                     Ok(Ok(()))
                 )
             {
-                return Ok(Some(Conn::Http1 {
-                    sender,
-                    pooled: true,
-                }));
+                return Ok(Some(Conn::Http1 { conn, pooled: true }));
             }
+            conn.close();
         }
     }
 
@@ -314,13 +449,11 @@ impl Pool {
             .handshake::<_, Body>(io)
             .await
             .map_err(|e| connect_error(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(%error, "upstream HTTP/1 connection ended");
-            }
-        });
         Ok(Conn::Http1 {
-            sender,
+            conn: Http1 {
+                sender,
+                dispatch: Some(Box::pin(connection.with_upgrades())),
+            },
             pooled: false,
         })
     }
@@ -387,39 +520,44 @@ impl Origin {
         (advertised - margin).min(self.idle_timeout)
     }
 
-    /// Puts a connection whose exchange is over back on the stack for `keep_for`, with the send
-    /// timer of its last request (dropped, and so closed, when the stack is full or `keep_for`
-    /// is zero).
-    fn put_idle(
-        &self,
-        sender: http1::SendRequest<Body>,
-        keep_for: Duration,
-        timer: Option<Pin<Box<Sleep>>>,
-    ) {
-        if sender.is_closed() || keep_for.is_zero() {
+    /// Puts a connection whose response has been read back on the stack for `keep_for`, with
+    /// the send timer of its last request. Closed instead when its exchange is not over (the
+    /// upstream answered before the whole request body was sent), when the stack is full or
+    /// when `keep_for` is zero.
+    fn put_idle(&self, mut conn: Http1, keep_for: Duration, timer: Option<Pin<Box<Sleep>>>) {
+        // One more turn lets hyper finish the exchange and take the connection back to idle.
+        if !conn.settle() || !conn.sender.is_ready() || keep_for.is_zero() {
+            conn.close();
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-                keep_for,
-                timer,
-            });
+        if idle.len() >= self.max_idle {
+            drop(idle);
+            conn.close();
+            return;
         }
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+            keep_for,
+            timer,
+        });
     }
 
-    /// Drops the idle connections that are closed or due for retirement.
+    /// Closes the idle connections that the upstream closed or that are due for retirement.
     fn drop_expired(&self) {
         let now = Instant::now();
         let expired: Vec<Idle> = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             // Not always oldest first: an upstream's advertised keep-alive may have changed.
-            idle.extract_if(.., |i| i.is_due(now)).collect()
+            // Settling reads what an idle connection received: the upstream's FIN ends it.
+            idle.extract_if(.., |i| !i.conn.settle() || i.is_due(now))
+                .collect()
         };
         // Closed outside the lock.
-        drop(expired);
+        for idle in expired {
+            idle.conn.close();
+        }
     }
 }
 
@@ -609,32 +747,45 @@ fn prepare_http2(req: &mut Request<Body>, origin: &Origin) -> Result<(), PoolErr
 
 fn finish_http1(
     response: Response<Incoming>,
-    sender: http1::SendRequest<Body>,
+    conn: Http1,
     timer: Option<Pin<Box<Sleep>>>,
     origin: &Arc<Origin>,
 ) -> Response<UpstreamBody> {
     // After `101` the connection belongs to the tunnel.
-    let give_back = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| GiveBack {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        conn.detach();
+        return response.map(|body| UpstreamBody::new(body, None));
+    }
+    let give_back = GiveBack {
         origin: origin.clone(),
-        sender,
+        conn,
         keep_for: origin.keep_for(keep_alive_timeout(response.headers())),
         timer,
-    });
-    response.map(|body| UpstreamBody::new(body, give_back))
+    };
+    response.map(|body| UpstreamBody::new(body, Some(give_back)))
 }
 
-/// An upstream response body. Read to its end, it returns its HTTP/1 connection to the pool.
-#[derive(Debug)]
+/// An upstream response body. Read to its end, it returns its HTTP/1 connection to the pool;
+/// until then, reading it is what drives the connection.
 pub struct UpstreamBody {
     inner: Incoming,
     give_back: Option<GiveBack>,
 }
 
-/// Where an HTTP/1 connection goes once its response body has been read, and for how long.
-#[derive(Debug)]
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("inner", &self.inner)
+            .field("pooled", &self.give_back.is_some())
+            .finish()
+    }
+}
+
+/// An HTTP/1 connection whose response body is being read, where it goes once that is over, and
+/// for how long.
 struct GiveBack {
     origin: Arc<Origin>,
-    sender: http1::SendRequest<Body>,
+    conn: Http1,
     keep_for: Duration,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -646,7 +797,7 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         if let Some(back) = self.give_back.take() {
-            back.origin.put_idle(back.sender, back.keep_for, back.timer);
+            back.origin.put_idle(back.conn, back.keep_for, back.timer);
         }
     }
 }
@@ -659,7 +810,19 @@ impl hyper::body::Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let polled = match &mut this.give_back {
+            // HTTP/2: the connection has its own task.
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            // Only the connection's dispatch, driven here, feeds the body: it is driven when the
+            // body has nothing (see `Http1::drive_for`).
+            Some(back) => match Pin::new(&mut this.inner).poll_frame(&mut no_task()) {
+                Poll::Pending => back
+                    .conn
+                    .drive_for(cx, || Pin::new(&mut this.inner).poll_frame(&mut no_task())),
+                ready => ready,
+            },
+        };
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
@@ -682,7 +845,8 @@ impl hyper::body::Body for UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // hyper's server may drop a body it knows is empty (HEAD, 204, Content-Length: 0)
-        // without polling it. A body dropped before its end closes its connection instead.
+        // without polling it. A body dropped before its end closes its connection instead
+        // (dropped with its dispatch: unread data makes that a reset).
         if self.inner.is_end_stream() {
             self.release();
         }
@@ -1091,6 +1255,60 @@ mod tests {
             .unwrap();
         let error = pool.send(post, GUARD).await.unwrap_err();
         assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
+    }
+
+    /// A raw upstream that answers each request as soon as its head has arrived, keeps the
+    /// connection open and reads (and drops) whatever else comes; returns connections accepted.
+    async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_is_not_kept() {
+        use futures_util::StreamExt;
+        let (addr, accepted) = early_answering_upstream().await;
+        let pool = pool(Duration::from_secs(30), 8);
+        // A request body that never ends, answered before the upstream has read it.
+        let first = std::future::ready(Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"a"))));
+        let endless = futures_util::stream::once(first).chain(futures_util::stream::pending());
+        let post = Request::post(format!("http://{addr}/"))
+            .body(BodyExt::boxed(http_body_util::StreamBody::new(endless)))
+            .unwrap();
+        assert_eq!(fetch(&pool, post).await, (StatusCode::OK, "early".into()));
+        assert_eq!(
+            idle_count(&pool),
+            0,
+            "a connection still sending a request body was kept for the next request"
+        );
+        assert_eq!(fetch(&pool, get(addr, "/")).await.1, "early");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A connection whose exchange is over is kept.
+        assert_eq!(idle_count(&pool), 1);
     }
 
     #[tokio::test]
