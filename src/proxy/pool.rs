@@ -51,10 +51,6 @@ use tracing::debug;
 
 use crate::body::{Body, BoxError};
 
-/// How long a pooled HTTP/1 connection may take to become ready for its next request before
-/// another connection is tried.
-const READY_WAIT: Duration = Duration::from_millis(250);
-
 /// The most by which a connection is retired before the idle time its upstream advertised in
 /// `Keep-Alive: timeout=N`: the upstream's clock started when it finished writing the response,
 /// ours when we finished reading it, and N is in whole seconds. A quarter of N when that is less.
@@ -208,12 +204,6 @@ impl Http1 {
         self.dispatch.is_some() && !self.sender.is_closed()
     }
 
-    /// Ready for a request once the connection has finished its previous exchange.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        self.drive(cx);
-        self.sender.poll_ready(cx)
-    }
-
     /// Sends `req` and drives the connection until its response head (or its failure: hyper
     /// returns a request it never wrote). The response is polled for no task: only this
     /// connection's dispatch completes it, and that runs here.
@@ -304,7 +294,7 @@ impl Pool {
         let mut replaying = false;
         loop {
             let pooled = match replaying {
-                false => self.checkout(&origin, &mut deadline).await?,
+                false => self.checkout(&origin, &mut deadline),
                 true => None,
             };
             let conn = match pooled {
@@ -380,38 +370,22 @@ impl Pool {
 
     /// A live connection of `origin`, if it has one: the shared HTTP/2 one, or the most recently
     /// idle HTTP/1 one that is still open, fresh and ready (whose send timer `deadline` takes).
-    async fn checkout(
-        &self,
-        origin: &Origin,
-        deadline: &mut Deadline,
-    ) -> Result<Option<Conn>, PoolError> {
+    fn checkout(&self, origin: &Origin, deadline: &mut Deadline) -> Option<Conn> {
         if let Some(sender) = origin.live_h2() {
-            return Ok(Some(Conn::Http2(sender)));
+            return Some(Conn::Http2(sender));
         }
         loop {
-            let Some(idle) = origin.pop_idle() else {
-                return Ok(None);
-            };
+            let idle = origin.pop_idle()?;
             if idle.is_due(Instant::now()) {
                 idle.conn.close();
                 continue;
             }
-            deadline.adopt(idle.timer);
-            let mut conn = idle.conn;
-            // A connection is kept only once its exchange is over (`Origin::put_idle`), so this
-            // is a moment's wait at most.
-            if conn.sender.is_ready()
-                || matches!(
-                    deadline
-                        .bound(tokio::time::timeout(
-                            READY_WAIT,
-                            std::future::poll_fn(|cx| conn.poll_ready(cx))
-                        ))
-                        .await?,
-                    Ok(Ok(()))
-                )
-            {
-                return Ok(Some(Conn::Http1 { conn, pooled: true }));
+            // Only a connection whose exchange was over is kept (`Origin::put_idle`), and nothing
+            // moves it out of ready while it is idle, so there is nothing to wait for.
+            let conn = idle.conn;
+            if conn.sender.is_ready() {
+                deadline.adopt(idle.timer);
+                return Some(Conn::Http1 { conn, pooled: true });
             }
             conn.close();
         }
@@ -551,8 +525,11 @@ impl Origin {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             // Not always oldest first: an upstream's advertised keep-alive may have changed.
             // Settling reads what an idle connection received: the upstream's FIN ends it.
-            idle.extract_if(.., |i| !i.conn.settle() || i.is_due(now))
-                .collect()
+            idle.extract_if(.., |i| {
+                i.conn.settle();
+                i.is_due(now)
+            })
+            .collect()
         };
         // Closed outside the lock.
         for idle in expired {
@@ -1206,9 +1183,18 @@ mod tests {
         assert_eq!(counts.get().2, 2, "the POST reached the upstream twice");
     }
 
-    /// A raw upstream answering the first request on each connection and resetting the
-    /// connection (RST, not FIN) when a second one arrives; returns connections accepted.
-    async fn resetting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// What a raw upstream does with a connection once it has answered its first request.
+    #[derive(Clone, Copy)]
+    enum Then {
+        /// Resets the connection (RST, not FIN) when anything more arrives.
+        Reset,
+        /// Keeps it open, reading and dropping whatever else comes.
+        Drain,
+    }
+
+    /// A raw upstream answering the first request on each connection with `answer` as soon as
+    /// its head has arrived, then doing `then`; returns connections accepted.
+    async fn raw_upstream(answer: &'static [u8], then: Then) -> (SocketAddr, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1226,12 +1212,19 @@ mod tests {
                         }
                         head.push(byte[0]);
                     }
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if stream.write_all(answer).await.is_err() {
                         return;
                     }
-                    let _ = stream.read(&mut byte).await;
-                    let _ = stream.set_zero_linger();
+                    match then {
+                        Then::Reset => {
+                            let _ = stream.read(&mut byte).await;
+                            let _ = stream.set_zero_linger();
+                        }
+                        Then::Drain => {
+                            let mut buf = [0u8; 4096];
+                            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                        }
+                    }
                 });
             }
         });
@@ -1240,7 +1233,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_get_whose_reused_connection_is_reset_is_sent_again_on_a_new_one() {
-        let (addr, accepted) = resetting_upstream().await;
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (addr, accepted) = raw_upstream(answer, Then::Reset).await;
         let pool = pool(Duration::from_secs(30), 8);
         for _ in 0..3 {
             assert_eq!(
@@ -1257,41 +1251,11 @@ mod tests {
         assert!(matches!(error, PoolError::Exchange(_)), "{error:?}");
     }
 
-    /// A raw upstream that answers each request as soon as its head has arrived, keeps the
-    /// connection open and reads (and drops) whatever else comes; returns connections accepted.
-    async fn early_answering_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
     #[tokio::test]
     async fn a_connection_still_sending_its_request_body_is_not_kept() {
         use futures_util::StreamExt;
-        let (addr, accepted) = early_answering_upstream().await;
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly";
+        let (addr, accepted) = raw_upstream(answer, Then::Drain).await;
         let pool = pool(Duration::from_secs(30), 8);
         // A request body that never ends, answered before the upstream has read it.
         let first = std::future::ready(Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"a"))));
