@@ -541,15 +541,17 @@ fn same_verdicts(old: &KeyState, new: &KeyState) -> bool {
         && described(old) == described(new)
 }
 
-/// The bytes a bearer token may hold: RFC 6750 §2.1 `b64token`, which includes JWS's `.`.
+/// The bytes a bearer token may hold: RFC 6750 §2.1 `b64token` (ALPHA, DIGIT, `-._~+/`), which
+/// includes JWS's `.`, and `=`. Written as two ranges and four bytes rather than ten tests: it
+/// runs over every byte of every token presented, vectorised, and fewer comparisons per byte
+/// are fewer instructions per lane. `-./` and the digits are one run (0x2D-0x39); setting bit
+/// 0x20 maps `A-Z` onto `a-z` and no other byte into `a-z`.
 fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        | (b == b'-')
-        | (b == b'.')
+    ((b | 0x20).wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'-') < 13)
         | (b == b'_')
         | (b == b'~')
         | (b == b'+')
-        | (b == b'/')
         | (b == b'=')
 }
 
@@ -617,6 +619,14 @@ fn query_carries_token(query: &str) -> bool {
 mod tests {
     use super::*;
     use crate::auth::tokens;
+
+    #[test]
+    fn the_token_byte_check_accepts_exactly_the_b64token_bytes() {
+        for b in 0..=u8::MAX {
+            let b64token = b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+            assert_eq!(is_token_char(b), b64token, "byte {b:#04x}");
+        }
+    }
 
     #[test]
     fn remembered_digests_are_the_digests_of_exactly_the_same_bytes() {
