@@ -11,6 +11,7 @@
 # Starts on 127.0.0.1: the fixed upstream (benches/upstream.rs), gatehouse under callgrind with a
 # public route and a token route, then the pass-through proxy under callgrind; drives each with
 # wrk (1 thread, 16 connections, 10 s) after a warm-up, and prints instructions per request; then
+# the hyper floor (benches/hyper_floor.rs, the least a hyper proxy spends); then
 # the same for HAProxy plain and nginx plain (no auth) when they are installed.
 # Every process it starts is stopped by PID; servers also exit on their own after 10 minutes.
 #
@@ -27,7 +28,7 @@ for tool in valgrind callgrind_control wrk curl python3; do
 done
 
 cargo build --release --locked --bin gatehouse
-helpers=$(cargo bench --locked --no-run --bench upstream --bench passthrough \
+helpers=$(cargo bench --locked --no-run --bench upstream --bench passthrough --bench hyper_floor \
   --message-format=json 2>/dev/null |
   python3 -c '
 import json, sys
@@ -110,6 +111,20 @@ pt_pid=$!
 wait_up "http://127.0.0.1:$pt_port/x"
 wrk -t1 -c16 -d2s "http://127.0.0.1:$pt_port/x" >/dev/null
 echo "pass-through proxy:          $(per_request $(measure "$pt_pid" pass "http://127.0.0.1:$pt_port/x"))"
+kill "$pt_pid"; wait "$pt_pid" 2>/dev/null || true
+
+# The floor under every gatehouse figure: hyper's server and client connections and nothing else
+# (benches/hyper_floor.rs: current-thread runtime, one upstream connection per client connection).
+fl_port=$(free_port)
+rm -f "$out"/floor.out*
+valgrind --tool=callgrind --callgrind-out-file="$out/floor.out" \
+  "$(exe hyper_floor)" serve "127.0.0.1:$fl_port" "127.0.0.1:$up_port" 600 \
+  >/dev/null 2>"$out/floor.valgrind.log" & pids+=($!)
+fl_pid=$!
+wait_up "http://127.0.0.1:$fl_port/x"
+wrk -t1 -c16 -d2s "http://127.0.0.1:$fl_port/x" >/dev/null
+echo "hyper floor (no pool, no auth): $(per_request $(measure "$fl_pid" floor "http://127.0.0.1:$fl_port/x"))"
+kill "$fl_pid"; wait "$fl_pid" 2>/dev/null || true
 
 # The proxies people already run, without auth (issue 19's bar), if installed: HAProxy with one
 # thread and nginx as one process, configured as benches/load/run.py does.

@@ -2,14 +2,15 @@
 # System calls, context switches and wakeups per proxied request (on demand; never run in CI).
 #
 # Builds release gatehouse and the load helpers, then runs benches/load/counts.py: gatehouse's
-# public route, gatehouse with a cached valid token, the hyper pass-through, HAProxy plain and
-# nginx plain, each pinned to core 1 in front of the same upstream, driven by wrk (1 thread, 64
-# keep-alive connections) for a fixed number of requests while `perf stat` counts the syscall
-# tracepoints and context switches of every thread of the process under test. The counts are
-# done in the kernel, so they do not slow the process as strace would, and they barely depend on
-# what else the machine runs: compare builds with them when CPU time is noisy. About 1 minute.
+# public route, gatehouse with a cached valid token, the hyper pass-through, the hyper floor
+# (benches/hyper_floor.rs), HAProxy plain and nginx plain, each pinned to core 1 in front of the
+# same upstream, driven by wrk (1 thread, 64 keep-alive connections) for a fixed number of
+# requests while `perf stat` counts the syscall tracepoints and context switches of every thread
+# of the process under test. The counts are done in the kernel, so they do not slow the process
+# as strace would, and they barely depend on what else the machine runs: compare builds with them
+# when CPU time is noisy. About 1 minute.
 #
-# Usage: benches/syscalls.sh [--requests N] [--only public,cached,passthrough,haproxy,nginx]
+# Usage: benches/syscalls.sh [--requests N] [--only public,cached,passthrough,floor,haproxy,nginx]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in perf wrk python3; do
@@ -21,7 +22,7 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 cargo build --release --locked --bin gatehouse
-helpers=$(cargo bench --locked --no-run --bench upstream --bench passthrough \
+helpers=$(cargo bench --locked --no-run --bench upstream --bench passthrough --bench hyper_floor \
   --message-format=json 2>/dev/null |
   python3 -c '
 import json, sys
@@ -37,4 +38,5 @@ exec python3 benches/load/counts.py \
   --gatehouse "${CARGO_TARGET_DIR:-target}/release/gatehouse" \
   --upstream "$(exe upstream)" \
   --passthrough "$(exe passthrough)" \
+  --floor "$(exe hyper_floor)" \
   "$@"

@@ -2,8 +2,8 @@
 """Where the time per proxied request goes, counted (run by benches/syscalls.sh).
 
 For each process under test (gatehouse's public route, gatehouse with a cached valid token, the
-hyper pass-through, HAProxy plain and nginx plain, all in front of the same upstream and pinned
-to the same core as in benches/load.sh) a warm-up run, then a fixed number of requests (wrk stops
+hyper pass-through, the hyper floor (benches/hyper_floor.rs), HAProxy plain and nginx plain, all
+in front of the same upstream and pinned to the same core as in benches/load.sh) a warm-up run, then a fixed number of requests (wrk stops
 after --requests responses) while counting:
 
 - system calls, in total and per call (`perf stat` on the syscall tracepoints of every thread of
@@ -152,17 +152,19 @@ def main():
     p.add_argument("--gatehouse", required=True)
     p.add_argument("--upstream", required=True)
     p.add_argument("--passthrough", required=True)
+    p.add_argument("--floor", required=True, help="benches/hyper_floor.rs's binary")
     p.add_argument("--requests", type=int, default=100_000)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--gen-core", type=int, default=0)
     p.add_argument("--sut-core", type=int, default=1)
     p.add_argument("--only", default="",
-                   help="comma list of cases to run: public, cached, passthrough, haproxy, nginx")
+                   help="comma list of cases to run: public, cached, passthrough, floor, haproxy, "
+                        "nginx")
     p.add_argument("--gatehouse-env", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     args.seconds = 2
     only = set(filter(None, args.only.split(","))) or {"public", "cached", "passthrough",
-                                                       "haproxy", "nginx"}
+                                                       "floor", "haproxy", "nginx"}
     os.sched_setaffinity(0, {args.gen_core})
     procs = run.Processes()
     work = tempfile.mkdtemp(prefix="gatehouse-counts-")
@@ -192,6 +194,13 @@ def main():
             rows.append(count_case(runner, "pass-through (hyper)", f"http://{pt}/api/x",
                                    pt_proc.pid, {}, args.requests))
             procs.stop(pt_proc)
+        if "floor" in only:
+            fl_proc, fl = runner.start_helper(
+                "hyper floor", [args.floor, "serve", "127.0.0.1:0", upstream, "600"],
+                args.sut_core)
+            rows.append(count_case(runner, "hyper floor (no pool, no auth)", f"http://{fl}/api/x",
+                                   fl_proc.pid, {}, args.requests))
+            procs.stop(fl_proc)
         if "haproxy" in only and shutil.which("haproxy"):
             hp, hport = runner.haproxy_instance(None, upstream, None)
             rows.append(count_case(runner, "HAProxy plain", f"http://127.0.0.1:{hport}/api/x",
