@@ -338,12 +338,11 @@ fn transfer_coding(headers: &HeaderMap) -> Result<bool, Rejection> {
     }
 }
 
-/// Stage 3: order matters (see the module docs). Returns the WebSocket upgrade to re-add, if any.
+/// Stage 3: hop-by-hop (with what `Connection` nominates, read before anything is removed),
+/// untrusted forwarding and client identity headers, in one pass ([`headers::scrub_request`]).
+/// Returns the WebSocket upgrade to re-add, if any.
 fn scrub(headers: &mut HeaderMap, scrubber: &IdentityScrubber) -> Option<HeaderValue> {
-    let upgrade = headers::remove_hop_by_hop(headers);
-    headers::remove_untrusted_forwarding(headers);
-    scrubber.scrub(headers);
-    upgrade
+    headers::scrub_request(headers, scrubber)
 }
 
 /// Stage 7: every required scope and role, and one of the any-roles.
