@@ -499,10 +499,12 @@ pub struct Forwarding<'a> {
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let peer = f.peer.to_canonical();
     let trusted = is_trusted(peer, f.trusted_proxies);
+    // Names are lowercase, so only a name with `_` or `.` can be another spelling of one of ours.
     remove_matching(headers, |name| {
-        WRITTEN_FORWARDING
-            .iter()
-            .any(|written| name != written.as_bytes() && alias_eq(name, written.as_bytes()))
+        name.iter().any(|&b| matches!(b, b'_' | b'.'))
+            && WRITTEN_FORWARDING
+                .iter()
+                .any(|written| name != written.as_bytes() && alias_eq(name, written.as_bytes()))
     });
 
     let mut peer_text = IpText::default();
@@ -516,7 +518,20 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     );
     keep_or_replace(headers, &X_FORWARDED_HOST, trusted, f.host.cloned());
     let element = forwarded_element(peer, &peer_text, f.proto, f.host);
-    append_or_replace(headers, &FORWARDED, trusted, &element);
+    if trusted && headers.contains_key(&FORWARDED) {
+        append_or_replace(headers, &FORWARDED, trusted, &element);
+    } else {
+        // The element's own buffer becomes the value: no second copy (the usual request, from
+        // an untrusted peer, sends none of its own).
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(element)) {
+            Ok(value) => {
+                headers.insert(&FORWARDED, value);
+            }
+            Err(_) => {
+                headers.remove(&FORWARDED);
+            }
+        }
+    }
 }
 
 /// An address's text form, written without the formatting machinery (this runs on every request:
