@@ -277,13 +277,27 @@ fn host_len(authority: &[u8]) -> Option<usize> {
     };
     let port_ok = match &authority[host.len()..] {
         [] | [b':'] => true,
-        [b':', digits @ ..] => {
-            digits.iter().all(u8::is_ascii_digit)
-                && std::str::from_utf8(digits).is_ok_and(|p| p.parse::<u16>().is_ok())
-        }
+        [b':', digits @ ..] => port_fits(digits),
         _ => false,
     };
     port_ok.then_some(host.len())
+}
+
+/// Whether `digits` (non-empty) are all ASCII digits and their value fits in 16 bits, as
+/// `str::parse::<u16>` would say for them (leading zeros allowed), without its UTF-8 and sign
+/// handling: this runs on every request's `Host`.
+fn port_fits(digits: &[u8]) -> bool {
+    let mut port: u32 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return false;
+        }
+        port = port * 10 + u32::from(digit - b'0');
+        if port > u32::from(u16::MAX) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Stage 1, first: methods the gateway never proxies (CONNECT tunnels, TRACE reflection).
@@ -338,12 +352,11 @@ fn transfer_coding(headers: &HeaderMap) -> Result<bool, Rejection> {
     }
 }
 
-/// Stage 3: order matters (see the module docs). Returns the WebSocket upgrade to re-add, if any.
+/// Stage 3: hop-by-hop (with what `Connection` nominates, read before anything is removed),
+/// untrusted forwarding and client identity headers, in one pass ([`headers::scrub_request`]).
+/// Returns the WebSocket upgrade to re-add, if any.
 fn scrub(headers: &mut HeaderMap, scrubber: &IdentityScrubber) -> Option<HeaderValue> {
-    let upgrade = headers::remove_hop_by_hop(headers);
-    headers::remove_untrusted_forwarding(headers);
-    scrubber.scrub(headers);
-    upgrade
+    headers::scrub_request(headers, scrubber)
 }
 
 /// Stage 7: every required scope and role, and one of the any-roles.
@@ -612,6 +625,8 @@ mod tests {
             ("API.example.com:8443", "API.example.com"),
             ("x:", "x"),
             ("x:65535", "x"),
+            ("x:0000065535", "x"),
+            ("x:08080", "x"),
             ("127.0.0.1:80", "127.0.0.1"),
             ("[::1]", "[::1]"),
             ("[::1]:", "[::1]"),
@@ -624,8 +639,24 @@ mod tests {
             );
         }
         for authority in [
-            "", ":80", "user@x", "x:65536", "x:+80", "x:8a", "x:1:2", "[::1]x", "[::1", "[x]",
-            "x y", "x/y", "x%41", "a,b",
+            "",
+            ":80",
+            "user@x",
+            "x:65536",
+            "x:0000065536",
+            "x:99999999999",
+            "x:+80",
+            "x:-1",
+            "x:8 ",
+            "x:8a",
+            "x:1:2",
+            "[::1]x",
+            "[::1",
+            "[x]",
+            "x y",
+            "x/y",
+            "x%41",
+            "a,b",
         ] {
             assert_eq!(host_len(authority.as_bytes()), None, "{authority}");
         }
