@@ -355,7 +355,8 @@ const TRIPPED_IDLE: u8 = 2;
 /// Tells, after the fact, whether a [`limit_body`] body stopped on its size or idle limit.
 #[derive(Clone, Debug)]
 pub struct LimitFlag {
-    inner: Arc<FlagState>,
+    /// `None` for a body that had ended before it was wrapped: no limit can trip on it.
+    inner: Option<Arc<FlagState>>,
 }
 
 #[derive(Debug)]
@@ -368,33 +369,25 @@ struct FlagState {
 impl LimitFlag {
     /// `Some(BodyTooLarge)` or `Some(BodyTimeout)` once a limit tripped, else `None`.
     pub fn tripped(&self) -> Option<ProxyError> {
-        match self.inner.tripped.load(Ordering::Acquire) {
-            TRIPPED_SIZE => Some(ProxyError::BodyTooLarge {
-                max: self.inner.max,
-            }),
-            TRIPPED_IDLE => Some(ProxyError::BodyTimeout {
-                idle: self.inner.idle,
-            }),
+        let state = self.inner.as_deref()?;
+        match state.tripped.load(Ordering::Acquire) {
+            TRIPPED_SIZE => Some(ProxyError::BodyTooLarge { max: state.max }),
+            TRIPPED_IDLE => Some(ProxyError::BodyTimeout { idle: state.idle }),
             _ => None,
         }
     }
+}
 
+impl FlagState {
     fn trip(&self, why: u8) -> ProxyError {
         // The first limit to trip is the reason; later ones are consequences.
-        let _ = self.inner.tripped.compare_exchange(
-            NOT_TRIPPED,
-            why,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            self.tripped
+                .compare_exchange(NOT_TRIPPED, why, Ordering::AcqRel, Ordering::Acquire);
         if why == TRIPPED_SIZE {
-            ProxyError::BodyTooLarge {
-                max: self.inner.max,
-            }
+            ProxyError::BodyTooLarge { max: self.max }
         } else {
-            ProxyError::BodyTimeout {
-                idle: self.inner.idle,
-            }
+            ProxyError::BodyTimeout { idle: self.idle }
         }
     }
 }
@@ -405,17 +398,21 @@ impl LimitFlag {
 ///
 /// A declared `Content-Length` over `max` trips the flag at once, so the caller can answer 413
 /// without contacting the upstream: check `flag.tripped()` right after this call.
+///
+/// A body that has already ended (most requests: no `Content-Length`, or zero) is replaced by an
+/// empty one, with nothing to count, time or allocate.
 pub fn limit_body(body: Incoming, max: u64, idle: Duration) -> (Body, LimitFlag) {
-    let flag = LimitFlag {
-        inner: Arc::new(FlagState {
-            tripped: AtomicU8::new(NOT_TRIPPED),
-            max,
-            idle,
-        }),
-    };
+    if http_body::Body::is_end_stream(&body) {
+        return (crate::body::empty(), LimitFlag { inner: None });
+    }
+    let state = Arc::new(FlagState {
+        tripped: AtomicU8::new(NOT_TRIPPED),
+        max,
+        idle,
+    });
     let declared_too_large = http_body::Body::size_hint(&body).lower() > max;
     if declared_too_large {
-        flag.trip(TRIPPED_SIZE);
+        state.trip(TRIPPED_SIZE);
     }
     let limited = LimitedBody {
         inner: body,
@@ -424,9 +421,9 @@ pub fn limit_body(body: Incoming, max: u64, idle: Duration) -> (Body, LimitFlag)
         idle: IdleTimer::new(idle),
         declared_too_large,
         failed: false,
-        flag: flag.clone(),
+        flag: Arc::clone(&state),
     };
-    (Body::new(limited), flag)
+    (Body::new(limited), LimitFlag { inner: Some(state) })
 }
 
 struct LimitedBody {
@@ -439,7 +436,7 @@ struct LimitedBody {
     /// `Content-Length` over `max`: the first poll fails without reading anything.
     declared_too_large: bool,
     failed: bool,
-    flag: LimitFlag,
+    flag: Arc<FlagState>,
 }
 
 impl LimitedBody {
