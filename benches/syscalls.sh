@@ -3,14 +3,15 @@
 #
 # Builds release gatehouse and the load helpers, then runs benches/load/counts.py: gatehouse's
 # public route, gatehouse with a cached valid token, the hyper pass-through, the hyper floor
-# (benches/hyper_floor.rs), HAProxy plain and nginx plain, each pinned to core 1 in front of the
+# (benches/hyper_floor.rs), HAProxy plain and nginx plain, then gatehouse's public route and HAProxy
+# plain over TLS (keep-alive, one self-signed certificate), each pinned to core 1 in front of the
 # same upstream, driven by wrk (1 thread, 64 keep-alive connections) for a fixed number of
 # requests while `perf stat` counts the syscall tracepoints and context switches of every thread
 # of the process under test. The counts are done in the kernel, so they do not slow the process
 # as strace would, and they barely depend on what else the machine runs: compare builds with them
 # when CPU time is noisy. About 1 minute.
 #
-# Usage: benches/syscalls.sh [--requests N] [--only public,cached,passthrough,floor,haproxy,nginx]
+# Usage: benches/syscalls.sh [--requests N] [--only public,cached,passthrough,floor,haproxy,nginx,tls]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in perf wrk python3; do

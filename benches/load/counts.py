@@ -2,8 +2,9 @@
 """Where the time per proxied request goes, counted (run by benches/syscalls.sh).
 
 For each process under test (gatehouse's public route, gatehouse with a cached valid token, the
-hyper pass-through, the hyper floor (benches/hyper_floor.rs), HAProxy plain and nginx plain, all
-in front of the same upstream and pinned to the same core as in benches/load.sh) a warm-up run, then a fixed number of requests (wrk stops
+hyper pass-through, the hyper floor (benches/hyper_floor.rs), HAProxy plain and nginx plain, and
+gatehouse's public route and HAProxy plain over TLS, all in front of the same upstream and pinned
+to the same core as in benches/load.sh) a warm-up run, then a fixed number of requests (wrk stops
 after --requests responses) while counting:
 
 - system calls, in total and per call (`perf stat` on the syscall tracepoints of every thread of
@@ -147,6 +148,32 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def tls_cases(runner, rows, upstream, requests):
+    """Gatehouse's public route and HAProxy plain over TLS with keep-alive (wrk negotiates TLS
+    1.3 with both), on one self-signed P-256 certificate."""
+    work = runner.work
+    cert, key, pem = (os.path.join(work, n) for n in ("tls-cert.pem", "tls-key.pem", "tls.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    with open(pem, "w") as out:
+        for part in (cert, key):
+            with open(part) as f:
+                out.write(f.read())
+    gh = runner.gatehouse_instance("EdDSA", upstream, name="EdDSA-tls", tls=(cert, key))
+    rows.append(count_case(runner, "gatehouse public route over TLS",
+                           f"https://127.0.0.1:{gh['port']}/open/x", gh["proc"].pid, {},
+                           requests))
+    runner.stop_gatehouse(gh)
+    if shutil.which("haproxy"):
+        hp, hport = runner.haproxy_instance(None, upstream, None, tls_pem=pem)
+        rows.append(count_case(runner, "HAProxy plain over TLS", f"https://127.0.0.1:{hport}/api/x",
+                               hp.pid, {}, requests))
+        runner.procs.stop(hp)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gatehouse", required=True)
@@ -159,12 +186,12 @@ def main():
     p.add_argument("--sut-core", type=int, default=1)
     p.add_argument("--only", default="",
                    help="comma list of cases to run: public, cached, passthrough, floor, haproxy, "
-                        "nginx")
+                        "nginx, tls (gatehouse's public route and HAProxy plain over TLS)")
     p.add_argument("--gatehouse-env", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     args.seconds = 2
     only = set(filter(None, args.only.split(","))) or {"public", "cached", "passthrough",
-                                                       "floor", "haproxy", "nginx"}
+                                                       "floor", "haproxy", "nginx", "tls"}
     os.sched_setaffinity(0, {args.gen_core})
     procs = run.Processes()
     work = tempfile.mkdtemp(prefix="gatehouse-counts-")
@@ -211,6 +238,8 @@ def main():
             rows.append(count_case(runner, "nginx plain", f"http://127.0.0.1:{nport}/api/x",
                                    ng.pid, {}, args.requests))
             procs.stop(ng)
+        if "tls" in only:
+            tls_cases(runner, rows, upstream, args.requests)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -197,15 +197,16 @@ class Runner:
         proc = self.procs.start(name, argv, core=core, stdout=subprocess.PIPE)
         return proc, read_listening_line(proc)
 
-    def gatehouse_instance(self, alg, upstream, limits=None, log=False, name=None):
-        """A data dir, config, keys, user and a running gatehouse; returns a dict."""
+    def gatehouse_instance(self, alg, upstream, limits=None, log=False, name=None, tls=None):
+        """A data dir, config, keys, user and a running gatehouse; returns a dict. With `tls`
+        (a (cert, key) pair of paths) it serves HTTPS only, and no token is fetched."""
         name = name or alg
         data = os.path.join(self.work, f"gh-{name}")
         os.makedirs(data, exist_ok=True)
         port = free_port()
         config = os.path.join(data, "gatehouse.toml")
         with open(config, "w") as f:
-            f.write(gatehouse_config(port, upstream, alg, data, limits))
+            f.write(gatehouse_config(port, upstream, alg, data, limits, tls))
         gh = self.args.gatehouse
         subprocess.run([gh, "keys", "--config", config, "generate"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -232,7 +233,7 @@ class Runner:
                                 core=self.args.sut_core, env=env, stderr=log_file,
                                 stdout=subprocess.DEVNULL)
         wait_listening(port, proc)
-        token = fetch_token(port)
+        token = None if tls else fetch_token(port)
         return {"proc": proc, "port": port, "keys": keys, "kid": kid, "token": token,
                 "hmac_secret": hmac_secret, "data": data, "log": log_file}
 
@@ -240,16 +241,19 @@ class Runner:
         self.procs.stop(inst["proc"])
         inst["log"].close()
 
-    def haproxy_instance(self, alg, upstream, gh):
+    def haproxy_instance(self, alg, upstream, gh, tls_pem=None):
+        """HAProxy in front of `upstream`; with `tls_pem` (certificate and key in one file) it
+        terminates TLS."""
         port = free_port()
-        cfg = os.path.join(self.work, f"haproxy-{alg or 'plain'}.cfg")
+        cfg = os.path.join(self.work, f"haproxy-{alg or 'plain'}{'-tls' if tls_pem else ''}.cfg")
         pub = None
         if alg in ("ES256", "RS256"):
             pub = os.path.join(self.work, f"pub-{alg}.pem")
             subprocess.run(["openssl", "pkey", "-in", os.path.join(gh["keys"], f"{gh['kid']}.pem"),
                             "-pubout", "-out", pub], check=True)
         with open(cfg, "w") as f:
-            f.write(haproxy_config(port, upstream, alg, pub, gh["hmac_secret"] if gh else None))
+            f.write(haproxy_config(port, upstream, alg, pub, gh["hmac_secret"] if gh else None,
+                                   tls_pem))
         subprocess.run(["haproxy", "-c", "-q", "-f", cfg], check=True)
         proc = self.procs.start(f"haproxy-{alg}", ["haproxy", "-db", "-f", cfg],
                                 core=self.args.sut_core, stdout=subprocess.DEVNULL,
@@ -297,9 +301,10 @@ class Runner:
         return out
 
 
-def gatehouse_config(port, upstream, alg, data, limits):
+def gatehouse_config(port, upstream, alg, data, limits, tls=None):
     limits = limits or {}
     limit_lines = "".join(f"{k} = {v}\n" for k, v in limits.items())
+    tls_lines = f'[server.tls]\ncert = "{tls[0]}"\nkey = "{tls[1]}"\n' if tls else ""
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -329,10 +334,10 @@ keys_dir = "{data}/keys"
 {limit_lines}
 [store]
 path = "{data}/gatehouse.db"
-"""
+{tls_lines}"""
 
 
-def haproxy_config(port, upstream, alg, pub, hmac_secret):
+def haproxy_config(port, upstream, alg, pub, hmac_secret, tls_pem=None):
     """HAProxy in front of the same upstream. With `alg`, the closest equivalent of gatehouse's
     required route: bearer token, header alg pinned, signature, iss, aud and exp checked, client
     X-User removed, X-User injected from sub, Authorization not forwarded."""
@@ -365,7 +370,7 @@ defaults
     http-reuse always
 
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{f" ssl crt {tls_pem}" if tls_pem else ""}
 {rules}
     default_backend be
 
