@@ -22,47 +22,28 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+mod helper;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Sender = Arc<Mutex<Option<SendRequest<Incoming>>>>;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, upstream, max_seconds) = match args.as_slice() {
-        [serve, addr, upstream, secs] if serve == "serve" => {
-            match (addr.parse(), upstream.parse(), secs.parse()) {
-                (Ok(addr), Ok(upstream), Ok(secs)) => (addr, upstream, secs),
-                _ => {
-                    eprintln!(
-                        "hyper_floor: usage: hyper_floor serve ADDR UPSTREAM_ADDR MAX_SECONDS"
-                    );
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        _ => {
-            eprintln!("hyper_floor: load-test helper for benches/load.sh; nothing to benchmark");
-            return ExitCode::SUCCESS;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hyper_floor: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(addr, upstream, Duration::from_secs(max_seconds))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hyper_floor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    helper::main(
+        "hyper_floor",
+        "ADDR UPSTREAM_ADDR MAX_SECONDS",
+        false,
+        |args| match args {
+            [addr, upstream, secs] => Some((
+                addr.parse().ok()?,
+                upstream.parse().ok()?,
+                secs.parse().ok()?,
+            )),
+            _ => None,
+        },
+        |(addr, upstream, secs)| serve(addr, upstream, Duration::from_secs(secs)),
+    )
 }
 
 async fn serve(addr: SocketAddr, upstream: SocketAddr, max: Duration) -> std::io::Result<()> {

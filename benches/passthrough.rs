@@ -24,44 +24,25 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+mod helper;
+
 type Upstream = Client<HttpConnector, Incoming>;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, upstream, max_seconds) = match args.as_slice() {
-        [serve, addr, upstream, secs] if serve == "serve" => {
-            match (addr.parse(), upstream.parse(), secs.parse()) {
-                (Ok(addr), Ok(upstream), Ok(secs)) => (addr, upstream, secs),
-                _ => {
-                    eprintln!(
-                        "passthrough: usage: passthrough serve ADDR UPSTREAM_AUTHORITY MAX_SECONDS"
-                    );
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        _ => {
-            eprintln!("passthrough: load-test helper for benches/load.sh; nothing to benchmark");
-            return ExitCode::SUCCESS;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("passthrough: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(addr, upstream, Duration::from_secs(max_seconds))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("passthrough: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    helper::main(
+        "passthrough",
+        "ADDR UPSTREAM_AUTHORITY MAX_SECONDS",
+        true,
+        |args| match args {
+            [addr, upstream, secs] => Some((
+                addr.parse().ok()?,
+                upstream.parse().ok()?,
+                secs.parse().ok()?,
+            )),
+            _ => None,
+        },
+        |(addr, upstream, secs)| serve(addr, upstream, Duration::from_secs(secs)),
+    )
 }
 
 async fn serve(addr: SocketAddr, upstream: Authority, max: Duration) -> std::io::Result<()> {

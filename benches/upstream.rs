@@ -18,38 +18,19 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+mod helper;
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, max_seconds) = match args.as_slice() {
-        [serve, addr, secs] if serve == "serve" => match (addr.parse(), secs.parse()) {
-            (Ok(addr), Ok(secs)) => (addr, secs),
-            _ => {
-                eprintln!("upstream: usage: upstream serve ADDR MAX_SECONDS");
-                return ExitCode::FAILURE;
-            }
+    helper::main(
+        "upstream",
+        "ADDR MAX_SECONDS",
+        true,
+        |args| match args {
+            [addr, secs] => Some((addr.parse().ok()?, secs.parse().ok()?)),
+            _ => None,
         },
-        _ => {
-            eprintln!("upstream: load-test helper for benches/load.sh; nothing to benchmark");
-            return ExitCode::SUCCESS;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("upstream: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(addr, Duration::from_secs(max_seconds))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("upstream: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        |(addr, secs)| serve(addr, Duration::from_secs(secs)),
+    )
 }
 
 async fn serve(addr: SocketAddr, max: Duration) -> std::io::Result<()> {
