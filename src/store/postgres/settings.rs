@@ -214,19 +214,22 @@ fn lookup_passfile(
 
 /// The `:`-separated fields of a password-file line, unescaped.
 fn split_passfile_line(line: &str) -> Vec<Zeroizing<String>> {
-    let mut fields = vec![Zeroizing::new(String::new())];
+    let mut fields = Vec::new();
+    let mut field = Zeroizing::new(String::new());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
                 if let Some(next) = chars.next() {
-                    fields.last_mut().expect("never empty").push(next);
+                    field.push(next);
                 }
             }
-            ':' if fields.len() < 5 => fields.push(Zeroizing::new(String::new())),
-            c => fields.last_mut().expect("never empty").push(c),
+            // The fifth field (the password) takes the rest of the line, colons included.
+            ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
         }
     }
+    fields.push(field);
     fields
 }
 
