@@ -90,7 +90,7 @@ path = "$data/gatehouse.db"
 EOF
 "$gh" --config "$data/gatehouse.toml" keys generate >/dev/null
 echo "bench-password-1" | "$gh" --config "$data/gatehouse.toml" user add --create-store bench --password-stdin >/dev/null
-rm -f "$out"/gatehouse.out* "$out"/passthrough.out*
+rm -f "$out"/gatehouse.out*
 GATEHOUSE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out/gatehouse.out" \
   "$gh" --config "$data/gatehouse.toml" serve 2>"$out/gatehouse.valgrind.log" & pids+=($!)
 gh_pid=$!
@@ -103,28 +103,25 @@ echo "gatehouse token, cache hit:  $(per_request $(measure "$gh_pid" cached -H "
 kill "$gh_pid"; wait "$gh_pid" 2>/dev/null || true
 if [ "$gatehouse_only" = --gatehouse-only ]; then rm -rf "$data"; exit 0; fi
 
-pt_port=$(free_port)
-valgrind --tool=callgrind --callgrind-out-file="$out/passthrough.out" \
-  "$(exe passthrough)" serve "127.0.0.1:$pt_port" "127.0.0.1:$up_port" 600 \
-  >/dev/null 2>"$out/passthrough.valgrind.log" & pids+=($!)
-pt_pid=$!
-wait_up "http://127.0.0.1:$pt_port/x"
-wrk -t1 -c16 -d2s "http://127.0.0.1:$pt_port/x" >/dev/null
-echo "pass-through proxy:          $(per_request $(measure "$pt_pid" pass "http://127.0.0.1:$pt_port/x"))"
-kill "$pt_pid"; wait "$pt_pid" 2>/dev/null || true
-
-# The floor under every gatehouse figure: hyper's server and client connections and nothing else
-# (benches/hyper_floor.rs: current-thread runtime, one upstream connection per client connection).
-fl_port=$(free_port)
-rm -f "$out"/floor.out*
-valgrind --tool=callgrind --callgrind-out-file="$out/floor.out" \
-  "$(exe hyper_floor)" serve "127.0.0.1:$fl_port" "127.0.0.1:$up_port" 600 \
-  >/dev/null 2>"$out/floor.valgrind.log" & pids+=($!)
-fl_pid=$!
-wait_up "http://127.0.0.1:$fl_port/x"
-wrk -t1 -c16 -d2s "http://127.0.0.1:$fl_port/x" >/dev/null
-echo "hyper floor (no pool, no auth): $(per_request $(measure "$fl_pid" floor "http://127.0.0.1:$fl_port/x"))"
-kill "$fl_pid"; wait "$fl_pid" 2>/dev/null || true
+# A hyper proxy without auth under callgrind: NAME (its output file), the helper, the label. The
+# pass-through, then the floor under every gatehouse figure: hyper's server and client
+# connections and nothing else (benches/hyper_floor.rs: current-thread runtime, one upstream
+# connection per client connection).
+helper_case() {
+  local name=$1 helper=$2 label=$3 port pid
+  port=$(free_port)
+  rm -f "$out/$name".out*
+  valgrind --tool=callgrind --callgrind-out-file="$out/$name.out" \
+    "$(exe "$helper")" serve "127.0.0.1:$port" "127.0.0.1:$up_port" 600 \
+    >/dev/null 2>"$out/$name.valgrind.log" & pids+=($!)
+  pid=$!
+  wait_up "http://127.0.0.1:$port/x"
+  wrk -t1 -c16 -d2s "http://127.0.0.1:$port/x" >/dev/null
+  echo "$label $(per_request $(measure "$pid" "$name" "http://127.0.0.1:$port/x"))"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+helper_case passthrough passthrough "pass-through proxy:           "
+helper_case floor hyper_floor       "hyper floor (no pool, no auth):"
 
 # The proxies people already run, without auth (issue 19's bar), if installed: HAProxy with one
 # thread and nginx as one process, configured as benches/load/run.py does.

@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -20,7 +19,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 mod helper;
 
@@ -34,37 +33,18 @@ fn main() -> ExitCode {
         "hyper_floor",
         "ADDR UPSTREAM_ADDR MAX_SECONDS",
         false,
-        |args| match args {
-            [addr, upstream, secs] => Some((
-                addr.parse().ok()?,
-                upstream.parse().ok()?,
-                secs.parse().ok()?,
-            )),
+        |between| match between {
+            [upstream] => upstream.parse().ok(),
             _ => None,
         },
-        |(addr, upstream, secs)| serve(addr, upstream, Duration::from_secs(secs)),
+        |addr, upstream, max| {
+            helper::accept_until(addr, max, move |stream| serve_connection(stream, upstream))
+        },
     )
-}
-
-async fn serve(addr: SocketAddr, upstream: SocketAddr, max: Duration) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    println!("listening {}", listener.local_addr()?);
-    let deadline = tokio::time::sleep(max);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => return Ok(()),
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                tokio::spawn(serve_connection(stream, upstream));
-            }
-        }
-    }
 }
 
 /// One client connection and the upstream connection that serves only it.
 async fn serve_connection(stream: TcpStream, upstream: SocketAddr) {
-    let _ = stream.set_nodelay(true);
     let Ok(up) = TcpStream::connect(upstream).await else {
         return;
     };

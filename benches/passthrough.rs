@@ -22,7 +22,6 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 mod helper;
 
@@ -33,15 +32,11 @@ fn main() -> ExitCode {
         "passthrough",
         "ADDR UPSTREAM_AUTHORITY MAX_SECONDS",
         true,
-        |args| match args {
-            [addr, upstream, secs] => Some((
-                addr.parse().ok()?,
-                upstream.parse().ok()?,
-                secs.parse().ok()?,
-            )),
+        |between| match between {
+            [upstream] => upstream.parse().ok(),
             _ => None,
         },
-        |(addr, upstream, secs)| serve(addr, upstream, Duration::from_secs(secs)),
+        serve,
     )
 }
 
@@ -52,29 +47,19 @@ async fn serve(addr: SocketAddr, upstream: Authority, max: Duration) -> std::io:
         .pool_max_idle_per_host(64)
         .build(connector);
     let shared = Arc::new((client, upstream));
-    let listener = TcpListener::bind(addr).await?;
-    println!("listening {}", listener.local_addr()?);
-    let deadline = tokio::time::sleep(max);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => return Ok(()),
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
+    helper::accept_until(addr, max, move |stream| {
+        let shared = shared.clone();
+        async move {
+            let service = service_fn(move |req| {
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, hyper::Error>(forward(&shared.0, &shared.1, req).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+                async move { Ok::<_, hyper::Error>(forward(&shared.0, &shared.1, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
-    }
+    })
+    .await
 }
 
 async fn forward(

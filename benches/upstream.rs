@@ -16,7 +16,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 mod helper;
 
@@ -25,34 +24,19 @@ fn main() -> ExitCode {
         "upstream",
         "ADDR MAX_SECONDS",
         true,
-        |args| match args {
-            [addr, secs] => Some((addr.parse().ok()?, secs.parse().ok()?)),
-            _ => None,
-        },
-        |(addr, secs)| serve(addr, Duration::from_secs(secs)),
+        |between| between.is_empty().then_some(()),
+        |addr, (), max| serve(addr, max),
     )
 }
 
 async fn serve(addr: SocketAddr, max: Duration) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    println!("listening {}", listener.local_addr()?);
-    let deadline = tokio::time::sleep(max);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline => return Ok(()),
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let service = service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }
-    }
+    helper::accept_until(addr, max, |stream| async move {
+        let service = service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }

@@ -214,20 +214,15 @@ def main():
                                        f"http://127.0.0.1:{gh['port']}/api/x", pid,
                                        {"LOAD_TOKEN": gh["token"]}, args.requests))
             runner.stop_gatehouse(gh)
-        if "passthrough" in only:
-            pt_proc, pt = runner.start_helper(
-                "passthrough", [args.passthrough, "serve", "127.0.0.1:0", upstream, "600"],
-                args.sut_core)
-            rows.append(count_case(runner, "pass-through (hyper)", f"http://{pt}/api/x",
-                                   pt_proc.pid, {}, args.requests))
-            procs.stop(pt_proc)
-        if "floor" in only:
-            fl_proc, fl = runner.start_helper(
-                "hyper floor", [args.floor, "serve", "127.0.0.1:0", upstream, "600"],
-                args.sut_core)
-            rows.append(count_case(runner, "hyper floor (no pool, no auth)", f"http://{fl}/api/x",
-                                   fl_proc.pid, {}, args.requests))
-            procs.stop(fl_proc)
+        # The two hyper proxies without auth: the same helper command line.
+        for case, exe, label in [("passthrough", args.passthrough, "pass-through (hyper)"),
+                                 ("floor", args.floor, "hyper floor (no pool, no auth)")]:
+            if case in only:
+                proc, addr = runner.start_helper(
+                    case, [exe, "serve", "127.0.0.1:0", upstream, "600"], args.sut_core)
+                rows.append(count_case(runner, label, f"http://{addr}/api/x", proc.pid, {},
+                                       args.requests))
+                procs.stop(proc)
         if "haproxy" in only and shutil.which("haproxy"):
             hp, hport = runner.haproxy_instance(None, upstream, None)
             rows.append(count_case(runner, "HAProxy plain", f"http://127.0.0.1:{hport}/api/x",
