@@ -12,7 +12,7 @@ use gatehouse::auth::claims::{Identity, IdentityValues};
 use gatehouse::config::Config;
 use gatehouse::gateway::inject_identity;
 use gatehouse::proxy::headers::{
-    Forwarding, IdentityHeaders, IdentityScrubber, remove_hop_by_hop, remove_untrusted_forwarding, set_forwarding,
+    Forwarding, IdentityHeaders, IdentityScrubber, scrub_request, set_forwarding,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -62,9 +62,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
 
     let (names, scrubber) = hygiene();
-    let _websocket = remove_hop_by_hop(&mut headers);
-    remove_untrusted_forwarding(&mut headers);
-    scrubber.scrub(&mut headers);
+    // Stage 3 as the pipeline runs it: one pass.
+    let _websocket = scrub_request(&mut headers, scrubber);
 
     for name in headers.keys() {
         let folded = fold(name.as_str());
