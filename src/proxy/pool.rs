@@ -349,9 +349,12 @@ impl Pool {
         };
         let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
         // A route talks to one origin: this is a comparison of two short strings, not a lookup.
+        // Byte for byte: `Authority`'s own `==` folds case a byte at a time, which was most of
+        // this function's cost, and a route builds every URI from its one upstream spelling (a
+        // reload that changes only the case gets an origin of its own, with its own connections).
         if let Some(found) = origins
             .iter()
-            .find(|o| o.authority == *authority && o.scheme == *scheme)
+            .find(|o| o.authority.as_str() == authority.as_str() && o.scheme == *scheme)
         {
             return Ok(found.clone());
         }
