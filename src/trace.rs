@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
-use crate::proxy::headers::random_id_bytes;
+use crate::proxy::headers::{has, random_id_bytes, remove_all};
 
 pub mod export;
 
@@ -360,8 +360,9 @@ impl TraceContext {
     /// Reads the caller's trace context (see the module docs). `trusted`: the peer is one of
     /// `[server] trusted_proxies`, whose sampled flag is followed.
     pub fn start(headers: &HeaderMap, trusted: bool, sampler: Sampler) -> TraceContext {
-        let mut values = headers.get_all(&TRACEPARENT).iter();
-        let parent = match (values.next(), values.next()) {
+        let mut values = has(headers, &TRACEPARENT).then(|| headers.get_all(&TRACEPARENT).iter());
+        let mut next = || values.as_mut().and_then(Iterator::next);
+        let parent = match (next(), next()) {
             (Some(one), None) => parse_traceparent(one.as_bytes()),
             // None, or repeated: which one would be the caller's?
             _ => None,
@@ -426,9 +427,7 @@ impl TraceContext {
             Some(state) => {
                 headers.insert(&TRACESTATE, state.clone());
             }
-            None => {
-                headers.remove(&TRACESTATE);
-            }
+            None => remove_all(headers, &TRACESTATE),
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn prepare_upstream_headers(
     cookie: Option<&str>,
 ) {
     if !route.forward_token {
-        headers.remove(AUTHORIZATION);
+        headers::remove_all(headers, &AUTHORIZATION);
         if let Some(cookie) = cookie {
             remove_cookie(headers, cookie);
         }
@@ -195,11 +195,12 @@ fn claim_header_value(value: &serde_json::Value) -> Option<String> {
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     // Most requests carry no such cookie: leave their Cookie headers as they are.
     let named = |pair: &str| pair.split('=').next().map(str::trim) == Some(name);
-    let present = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(';').any(named));
+    let present = headers::has(headers, &COOKIE)
+        && headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(';').any(named));
     if !present {
         return;
     }

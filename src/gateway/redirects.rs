@@ -73,7 +73,7 @@ impl Rewriter {
     /// values it cannot read or does not recognise are left untouched.
     pub fn rewrite(&self, headers: &mut HeaderMap, public: &Public<'_>) {
         for (name, carrier) in &REWRITTEN {
-            if !headers.contains_key(name) {
+            if !crate::proxy::headers::has(headers, name) {
                 continue;
             }
             let Ok(authority) = public.authority.to_str() else {

@@ -49,6 +49,7 @@ use tokio::time::Sleep;
 use tower_service::Service;
 use tracing::debug;
 
+use super::headers::has;
 use crate::body::{Body, BoxError};
 
 /// The most by which a connection is retired before the idle time its upstream advertised in
@@ -623,6 +624,9 @@ impl Deadline {
 /// (or `;`, seen in the wild), the name in any case, the value digits, possibly quoted; anything
 /// else is ignored, and the smallest timeout wins when there are several.
 fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    if !has(headers, &KEEP_ALIVE) {
+        return None;
+    }
     headers
         .get_all(&KEEP_ALIVE)
         .iter()
@@ -697,7 +701,7 @@ fn prepare_http1(req: &mut Request<Body>, host: &HeaderValue) {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(origin_form);
     }
-    if !req.headers().contains_key(http::header::HOST) {
+    if !has(req.headers(), &http::header::HOST) {
         req.headers_mut().insert(http::header::HOST, host.clone());
     }
 }
