@@ -11,7 +11,7 @@ pub mod headers;
 pub mod path;
 mod pool;
 
-pub use pool::{PoolError, UpstreamBody};
+pub use pool::{PoolError, UpstreamBody, host_header};
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;

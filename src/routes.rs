@@ -20,8 +20,8 @@ use crate::auth::paths::EndpointPaths;
 use crate::config::value::{ConfigError, RawDuration, invalid, nonzero};
 use crate::cors::{CorsPolicy, Owner, RawCors};
 use crate::origin::Origin;
-use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
 use crate::proxy::path::{self, under_prefix};
+use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, host_header};
 
 /// Default upstream response timeout of a route.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -157,6 +157,9 @@ pub struct Route {
 pub struct Upstream {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    /// The `Host` it is sent unless the route preserves the client's (see
+    /// [`crate::proxy::host_header`]), made once here.
+    pub host: http::HeaderValue,
     /// Empty or starting with `/`.
     pub base_path: String,
 }
@@ -677,9 +680,12 @@ fn parse_upstream(key: &str, text: &str) -> Result<Upstream, ConfigError> {
         }
         trimmed
     };
+    let host = host_header(&scheme, &authority)
+        .ok_or_else(|| invalid(key, "the upstream's host cannot be sent as a Host header"))?;
     Ok(Upstream {
         scheme,
         authority,
+        host,
         base_path,
     })
 }

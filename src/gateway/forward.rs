@@ -4,11 +4,12 @@
 //! `Refresh` that name the upstream's own address rewritten to the public one
 //! ([`super::redirects`]), and cut when its body stalls.
 //!
-//! The `Host` the upstream sees is decided once, in [`send`]: the upstream URL's authority, or
-//! with `preserve_host` the authority the client sent (stage 1 checked it). The pool renders it
-//! as HTTP/1 `Host` or HTTP/2 `:authority`; where it connects, the TLS server name it sends and
-//! the name the upstream's certificate is verified against stay the upstream URL's host either
-//! way, so a client's `Host` can never pick the upstream or weaken its verification.
+//! The `Host` the upstream sees is decided once, in [`send`]: the upstream URL's authority (its
+//! default port left out, made once per route), or with `preserve_host` the authority the client
+//! sent (stage 1 checked it). The pool renders it as HTTP/1 `Host` or HTTP/2 `:authority`; where
+//! it connects, the TLS server name it sends and the name the upstream's certificate is verified
+//! against stay the upstream URL's host either way, so a client's `Host` can never pick the
+//! upstream or weaken its verification.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,11 +244,11 @@ pub async fn send(
     parts.version = Version::HTTP_11;
     // The one decision on the upstream's Host (see the module docs). The client's own header
     // is replaced either way: over HTTP/2 it may be absent, and only the checked authority counts.
-    if route.preserve_host {
-        parts.headers.insert(HOST, public.authority.clone());
-    } else {
-        parts.headers.remove(HOST);
-    }
+    let host = match route.preserve_host {
+        true => public.authority,
+        false => &route.upstream.host,
+    };
+    parts.headers.insert(HOST, host.clone());
     if let Some(protocol) = &upgrade {
         parts.headers.insert(
             http::header::CONNECTION,

@@ -437,6 +437,17 @@ impl Pool {
     }
 }
 
+/// The `Host` an HTTP/1 request to `scheme://authority` carries: the authority without a
+/// default port. `None` if it cannot be a header value.
+pub fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let text = match authority.port_u16() {
+        Some(port) if port != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(text).ok()
+}
+
 impl Origin {
     fn new(
         scheme: Scheme,
@@ -444,17 +455,12 @@ impl Origin {
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Option<Self> {
-        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-        let host_text = match authority.port_u16() {
-            Some(port) if port != default_port => authority.as_str(),
-            _ => authority.host(),
-        };
         let mut parts = Parts::default();
         parts.scheme = Some(scheme.clone());
         parts.authority = Some(authority.clone());
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
         let connect_uri = Uri::from_parts(parts).ok()?;
-        let host = HeaderValue::from_str(host_text).ok()?;
+        let host = host_header(&scheme, &authority)?;
         Some(Self {
             scheme,
             authority,
