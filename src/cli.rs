@@ -672,9 +672,10 @@ pub fn explain(config: &Config, method: &str, url: &str) -> anyhow::Result<Strin
             return Ok(out);
         }
     };
-    let upstream = crate::routes::upstream_uri(route, &normalised, uri.query())
-        .map(|u| u.to_string())
-        .unwrap_or_else(|| "(cannot be built: 400)".into());
+    let upstream =
+        crate::routes::upstream_uri(route, &normalised, uri.query(), uri.path_and_query())
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "(cannot be built: 400)".into());
     let list = |l: &[String]| {
         if l.is_empty() {
             "-".to_owned()

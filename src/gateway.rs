@@ -452,8 +452,13 @@ impl Gateway {
         };
         headers::set_forwarding(req.headers_mut(), &forwarding);
 
-        let uri = crate::routes::upstream_uri(route, &target.path, target.query.as_deref())
-            .ok_or(Rejection::Unforwardable)?;
+        let uri = crate::routes::upstream_uri(
+            route,
+            &target.path,
+            target.query.as_deref(),
+            req.uri().path_and_query(),
+        )
+        .ok_or(Rejection::Unforwardable)?;
         let public = redirects::Public {
             scheme: scheme.as_str(),
             authority: target.authority(),

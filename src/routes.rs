@@ -242,21 +242,43 @@ fn fits(route: &Route, host: Option<&str>, method: &Method, path: &str) -> bool 
 /// The upstream URI for a request on `route`: the route's scheme and authority, its base path
 /// joined with the normalised path (prefix removed when the route strips it), and the query as the
 /// client sent it. Built with `Uri` parts, never by gluing URL strings.
-pub fn upstream_uri(route: &Route, normalised_path: &str, query: Option<&str>) -> Option<Uri> {
-    let forwarded = if route.strip_prefix {
-        path::strip_prefix(normalised_path, &route.path_prefix)
-    } else {
-        normalised_path
+///
+/// `sent` is the path and query of the request as it came: when they are exactly what this
+/// builds (no base path, nothing stripped, a path normalising left as it was), its bytes are
+/// shared instead of copied and checked again.
+pub fn upstream_uri(
+    route: &Route,
+    normalised_path: &str,
+    query: Option<&str>,
+    sent: Option<&PathAndQuery>,
+) -> Option<Uri> {
+    let unchanged = sent.filter(|sent| {
+        route.upstream.base_path.is_empty()
+            && !route.strip_prefix
+            && normalised_path.starts_with('/')
+            && sent.path() == normalised_path
+            && sent.query() == query
+    });
+    let path_and_query = match unchanged {
+        Some(sent) => sent.clone(),
+        None => {
+            let forwarded = if route.strip_prefix {
+                path::strip_prefix(normalised_path, &route.path_prefix)
+            } else {
+                normalised_path
+            };
+            let mut target = path::join_base(&route.upstream.base_path, forwarded);
+            if let Some(query) = query {
+                target.push('?');
+                target.push_str(query);
+            }
+            PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).ok()?
+        }
     };
-    let mut target = path::join_base(&route.upstream.base_path, forwarded);
-    if let Some(query) = query {
-        target.push('?');
-        target.push_str(query);
-    }
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(route.upstream.scheme.clone());
     parts.authority = Some(route.upstream.authority.clone());
-    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).ok()?);
+    parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).ok()
 }
 
@@ -795,12 +817,48 @@ mod tests {
             &route("api", "/api", "strip_prefix = true").replace("127.0.0.1:1", "127.0.0.1:1/base"),
         );
         let r = t.find(None, &Method::GET, "/api/x").unwrap();
-        let uri = upstream_uri(r, "/api/x", Some("a=1&b=%20")).unwrap();
+        let uri = upstream_uri(r, "/api/x", Some("a=1&b=%20"), None).unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:1/base/x?a=1&b=%20");
         assert_eq!(
-            upstream_uri(r, "/api", None).unwrap().to_string(),
+            upstream_uri(r, "/api", None, None).unwrap().to_string(),
             "http://127.0.0.1:1/base/"
         );
+    }
+
+    #[test]
+    fn upstream_uri_shares_the_sent_path_only_when_it_is_what_would_be_built() {
+        let plain = table(&route("api", "/api", "auth = \"public\""));
+        let based = table(
+            &route("api", "/api", "strip_prefix = true").replace("127.0.0.1:1", "127.0.0.1:1/base"),
+        );
+        let (plain, based) = (
+            plain.find(None, &Method::GET, "/api/x").unwrap(),
+            based.find(None, &Method::GET, "/api/x").unwrap(),
+        );
+        let built = |r: &Route, sent: &str| {
+            let sent = PathAndQuery::try_from(sent).unwrap();
+            upstream_uri(r, "/api/x", Some("a=1"), Some(&sent))
+                .unwrap()
+                .to_string()
+        };
+        // The same bytes either way, shared or built.
+        assert_eq!(built(plain, "/api/x?a=1"), "http://127.0.0.1:1/api/x?a=1");
+        // A path normalising changed, another query, or one the route maps: built, never sent.
+        for sent in [
+            "/api/./x?a=1",
+            "/api//x?a=1",
+            "/api/x?a=2",
+            "/api/x",
+            "/API/x?a=1",
+        ] {
+            assert_eq!(built(plain, sent), "http://127.0.0.1:1/api/x?a=1", "{sent}");
+            assert_eq!(
+                built(based, sent),
+                "http://127.0.0.1:1/base/x?a=1",
+                "{sent}"
+            );
+        }
+        assert_eq!(built(based, "/api/x?a=1"), "http://127.0.0.1:1/base/x?a=1");
     }
 
     #[test]
@@ -841,7 +899,7 @@ mod tests {
         );
         let r = t.iter().next().unwrap();
         for public in ["/api/x", "/api/x/", "/api/a/b%2Fc", "/api/"] {
-            let uri = upstream_uri(r, public, None).unwrap();
+            let uri = upstream_uri(r, public, None, None).unwrap();
             assert_eq!(
                 public_path(r, uri.path()).as_deref(),
                 Some(public),
@@ -849,7 +907,7 @@ mod tests {
             );
         }
         assert_eq!(
-            public_path(r, upstream_uri(r, "/api", None).unwrap().path()).as_deref(),
+            public_path(r, upstream_uri(r, "/api", None, None).unwrap().path()).as_deref(),
             Some("/api/")
         );
     }
