@@ -128,9 +128,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 /// [`remove_hop_by_hop`] returns.
 pub fn scrub_request(headers: &mut HeaderMap, identity: &IdentityScrubber) -> Option<HeaderValue> {
     let connection = ConnectionHeader::read(headers);
+    let lengths = HOP_BY_HOP_LENGTHS | UNTRUSTED_FORWARDING_LENGTHS | identity.lengths;
     remove_matching_names(headers, |name| {
         let bytes = name.as_str().as_bytes();
-        connection.is_hop_by_hop(name) || is_untrusted_forwarding(bytes) || identity.matches(bytes)
+        connection.may_remove(lengths, &identity.prefixes, bytes)
+            && (connection.is_hop_by_hop(name)
+                || is_untrusted_forwarding(bytes)
+                || identity.matches(bytes))
     });
     connection.websocket()
 }
@@ -139,7 +143,52 @@ pub fn scrub_request(headers: &mut HeaderMap, identity: &IdentityScrubber) -> Op
 /// `Upgrade` itself after this runs.
 pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
     let connection = ConnectionHeader::read(headers);
-    remove_matching_names(headers, |name| connection.is_hop_by_hop(name));
+    remove_matching_names(headers, |name| {
+        connection.may_remove(HOP_BY_HOP_LENGTHS, &[], name.as_str().as_bytes())
+            && connection.is_hop_by_hop(name)
+    });
+}
+
+/// The name lengths (below 64) in `names`, one bit each: what [`could_match`] screens on.
+const fn length_bits(names: &[&[u8]]) -> u64 {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < names.len() {
+        if names[i].len() < 64 {
+            bits |= 1 << names[i].len();
+        }
+        i += 1;
+    }
+    bits
+}
+
+/// The fixed hop-by-hop names' lengths, and that of `proxy` (see [`is_protocol_alias`]).
+const HOP_BY_HOP_LENGTHS: u64 = length_bits(&HOP_BY_HOP) | length_bits(&[b"proxy"]);
+
+const UNTRUSTED_FORWARDING_LENGTHS: u64 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < UNTRUSTED_FORWARDING.len() {
+        bits |= length_bits(&[UNTRUSTED_FORWARDING[i].as_bytes()]);
+        i += 1;
+    }
+    bits
+};
+
+/// Whether some removal rule could match `name`, by what every rule needs: a rule that names a
+/// header whole needs its length (alias folding maps a byte to a byte), one that names a prefix
+/// needs it at the start, and alias spellings need `_` or `.` (a `HeaderName` is lowercase, so
+/// folding changes nothing else). `false` only when none of that holds: the name is kept without the
+/// rules' full comparisons, which cost a hundred or more instructions per name. `lengths`: the
+/// bits of every whole name the rules match ([`length_bits`]); `prefixes`: every prefix beside
+/// `proxy-`, alias-normalised.
+fn could_match(lengths: u64, prefixes: &[Box<[u8]>], name: &[u8]) -> bool {
+    let len = name.len();
+    len >= 64
+        || lengths & (1 << len) != 0
+        || name.starts_with(HOP_BY_HOP_PREFIX)
+        || prefixes.iter().any(|prefix| name.starts_with(prefix))
+        || has_alias_separator(name)
 }
 
 /// A map with at most this many names is searched by walking them. The pipeline mostly asks
@@ -199,6 +248,12 @@ impl ConnectionHeader {
             || self.nominated.contains(name)
     }
 
+    /// Whether `name` needs the full comparisons: [`could_match`] says so, or the `Connection`
+    /// lines nominate something (nominated names are compared whole, any length).
+    fn may_remove(&self, lengths: u64, prefixes: &[Box<[u8]>], name: &[u8]) -> bool {
+        !self.nominated.is_empty() || could_match(lengths, prefixes, name)
+    }
+
     fn websocket(&self) -> Option<HeaderValue> {
         self.websocket
             .then(|| HeaderValue::from_static("websocket"))
@@ -231,7 +286,7 @@ fn is_protocol_alias(name: &[u8]) -> bool {
     if name == b"proxy" {
         return true;
     }
-    if !name.iter().any(|b| matches!(b, b'_' | b'.')) {
+    if !has_alias_separator(name) {
         return false;
     }
     let folded = alias_normalise(name);
@@ -245,6 +300,8 @@ pub struct IdentityScrubber {
     names: Vec<Box<[u8]>>,
     /// Alias-normalised prefixes, never empty.
     prefixes: Vec<Box<[u8]>>,
+    /// The lengths of `names`, as [`length_bits`].
+    lengths: u64,
 }
 
 impl IdentityScrubber {
@@ -255,7 +312,7 @@ impl IdentityScrubber {
     /// An empty prefix (it would strip every header) or one that cannot start a header name is a
     /// configuration error.
     pub fn new(names: &[HeaderName], strip_prefixes: &[String]) -> Result<Self, HeaderError> {
-        let names = names
+        let names: Vec<Box<[u8]>> = names
             .iter()
             .map(|name| alias_normalise(name.as_str().as_bytes()))
             .collect();
@@ -273,7 +330,14 @@ impl IdentityScrubber {
                 }
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { names, prefixes })
+        let lengths = names
+            .iter()
+            .fold(0, |bits, name| bits | length_bits(&[name]));
+        Ok(Self {
+            names,
+            prefixes,
+            lengths,
+        })
     }
 
     /// Removes every matching header: all values, empty ones too. Allocates nothing when no
@@ -524,7 +588,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let trusted = is_trusted(peer, f.trusted_proxies);
     // Names are lowercase, so only a name with `_` or `.` can be another spelling of one of ours.
     remove_matching(headers, |name| {
-        name.iter().any(|&b| matches!(b, b'_' | b'.'))
+        has_alias_separator(name)
             && WRITTEN_FORWARDING
                 .iter()
                 .any(|written| name != written.as_bytes() && alias_eq(name, written.as_bytes()))
@@ -678,6 +742,35 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 }
 
 /// The form header names are compared in: lowercase, `_` and `.` read as `-`.
+/// Whether `name` has a byte that [`alias_byte`] folds into `-`: only such a name can be
+/// another spelling of one the rules name. Eight bytes at a time, as one word each (a header
+/// name is a few words long, and this runs on every name of every request; memchr's `memchr2`
+/// counted more instructions here than a byte loop, its vector set-up outweighing names this
+/// short).
+fn has_alias_separator(name: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether some byte of `word` is zero (exact, for whether; not for which).
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    let separator = |word: u64| {
+        zero_byte(word ^ u64::from_ne_bytes([b'_'; 8]))
+            || zero_byte(word ^ u64::from_ne_bytes([b'.'; 8]))
+    };
+    let mut chunks = name.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        if separator(u64::from_ne_bytes(word)) {
+            return true;
+        }
+    }
+    // The tail padded with zero bytes, which are neither separator.
+    let rest = chunks.remainder();
+    let mut word = [0; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    separator(u64::from_ne_bytes(word))
+}
+
 fn alias_byte(byte: u8) -> u8 {
     match byte {
         b'_' | b'.' => b'-',
@@ -932,6 +1025,91 @@ const TCHAR: [bool; 256] = {
 mod tests {
     use super::*;
     use crate::config::refusal as err;
+
+    #[test]
+    fn alias_separator_is_found_at_every_position_and_no_other_byte_is_taken_for_one() {
+        for len in 0..=40 {
+            let base = vec![b'a'; len];
+            assert!(!has_alias_separator(&base), "{len}");
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut name = base.clone();
+                    name[at] = byte;
+                    assert_eq!(
+                        has_alias_separator(&name),
+                        matches!(byte, b'_' | b'.'),
+                        "byte {byte} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn removal_screen_never_keeps_a_name_a_rule_would_remove() {
+        let identity = IdentityScrubber::new(
+            &[
+                HeaderName::from_static("x-user"),
+                HeaderName::from_static("x-tenant-id"),
+            ],
+            &["x-auth-".to_owned()],
+        )
+        .unwrap();
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let ruled = HOP_BY_HOP
+            .iter()
+            .chain(PROTOCOL_NAMES)
+            .copied()
+            .chain(UNTRUSTED_FORWARDING.iter().map(|n| n.as_bytes()))
+            .chain(WRITTEN_FORWARDING.iter().map(|n| n.as_bytes()))
+            .chain([
+                &b"x-user"[..],
+                b"x-tenant-id",
+                b"x-auth-",
+                b"proxy-",
+                b"proxy",
+            ]);
+        // Every rule's name, its alias spellings, longer and shorter by a byte, and names
+        // sharing its length but not its letters.
+        for name in ruled {
+            for variant in [
+                name.to_vec(),
+                name.iter()
+                    .map(|&b| if b == b'-' { b'_' } else { b })
+                    .collect(),
+                name.iter()
+                    .map(|&b| if b == b'-' { b'.' } else { b })
+                    .collect(),
+                [name, b"x"].concat(),
+                [name, b"-extra"].concat(),
+                name[..name.len() - 1].to_vec(),
+                vec![b'q'; name.len()],
+            ] {
+                names.push(variant);
+            }
+        }
+        names.extend([b"host".to_vec(), b"accept".to_vec(), vec![b'z'; 70]]);
+        for name in names {
+            let Ok(name) = HeaderName::from_bytes(&name) else {
+                continue;
+            };
+            let bytes = name.as_str().as_bytes();
+            let hop = ConnectionHeader {
+                nominated: Vec::new(),
+                websocket: false,
+            };
+            let removed = hop.is_hop_by_hop(&name)
+                || is_untrusted_forwarding(bytes)
+                || identity.matches(bytes);
+            let lengths = HOP_BY_HOP_LENGTHS | UNTRUSTED_FORWARDING_LENGTHS | identity.lengths;
+            if removed {
+                assert!(hop.may_remove(lengths, &identity.prefixes, bytes), "{name}");
+            }
+            if hop.is_hop_by_hop(&name) {
+                assert!(hop.may_remove(HOP_BY_HOP_LENGTHS, &[], bytes), "{name}");
+            }
+        }
+    }
 
     #[test]
     fn name_walk_answers_as_the_hash_does_for_small_and_large_maps() {
