@@ -128,10 +128,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
 /// [`remove_hop_by_hop`] returns.
 pub fn scrub_request(headers: &mut HeaderMap, identity: &IdentityScrubber) -> Option<HeaderValue> {
     let connection = ConnectionHeader::read(headers);
-    let lengths = HOP_BY_HOP_LENGTHS | UNTRUSTED_FORWARDING_LENGTHS | identity.lengths;
     remove_matching_names(headers, |name| {
         let bytes = name.as_str().as_bytes();
-        connection.may_remove(lengths, &identity.prefixes, bytes)
+        connection.may_remove(&identity.screen, &identity.prefixes, bytes)
             && (connection.is_hop_by_hop(name)
                 || is_untrusted_forwarding(bytes)
                 || identity.matches(bytes))
@@ -144,48 +143,74 @@ pub fn scrub_request(headers: &mut HeaderMap, identity: &IdentityScrubber) -> Op
 pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
     let connection = ConnectionHeader::read(headers);
     remove_matching_names(headers, |name| {
-        connection.may_remove(HOP_BY_HOP_LENGTHS, &[], name.as_str().as_bytes())
+        connection.may_remove(&HOP_BY_HOP_SCREEN, &[], name.as_str().as_bytes())
             && connection.is_hop_by_hop(name)
     });
 }
 
-/// The name lengths (below 64) in `names`, one bit each: what [`could_match`] screens on.
-const fn length_bits(names: &[&[u8]]) -> u64 {
-    let mut bits = 0;
-    let mut i = 0;
-    while i < names.len() {
-        if names[i].len() < 64 {
-            bits |= 1 << names[i].len();
+/// The whole names a set of rules matches, by first byte and length: bit `n` of entry `b` is set
+/// when one of them starts with `b` and is `n` bytes long (below 64). What [`could_match`]
+/// screens on: the lengths alone let most real names through, since the rules' names have
+/// nearly every length from 5 to 20.
+#[derive(Clone, Debug)]
+struct NameScreen([u64; 256]);
+
+impl NameScreen {
+    const fn of(names: &[&[u8]]) -> Self {
+        let mut table = [0; 256];
+        let mut i = 0;
+        while i < names.len() {
+            let name = names[i];
+            if !name.is_empty() && name.len() < 64 {
+                table[name[0] as usize] |= 1 << name.len();
+            }
+            i += 1;
         }
-        i += 1;
+        Self(table)
     }
-    bits
+
+    const fn with(mut self, other: &NameScreen) -> Self {
+        let mut b = 0;
+        while b < 256 {
+            self.0[b] |= other.0[b];
+            b += 1;
+        }
+        self
+    }
+
+    /// Whether a whole name of the set could be `name` (always, for the empty or long).
+    fn may_be(&self, name: &[u8]) -> bool {
+        match name.first() {
+            Some(&first) if name.len() < 64 => self.0[usize::from(first)] & (1 << name.len()) != 0,
+            _ => true,
+        }
+    }
 }
 
-/// The fixed hop-by-hop names' lengths, and that of `proxy` (see [`is_protocol_alias`]).
-const HOP_BY_HOP_LENGTHS: u64 = length_bits(&HOP_BY_HOP) | length_bits(&[b"proxy"]);
+/// The fixed hop-by-hop names, and `proxy` (see [`is_protocol_alias`]).
+const HOP_BY_HOP_SCREEN: NameScreen =
+    NameScreen::of(&HOP_BY_HOP).with(&NameScreen::of(&[b"proxy"]));
 
-const UNTRUSTED_FORWARDING_LENGTHS: u64 = {
-    let mut bits = 0;
+/// [`HOP_BY_HOP_SCREEN`] and the untrusted forwarding headers: the request pass's fixed names.
+const REQUEST_SCREEN: NameScreen = {
+    let mut screen = HOP_BY_HOP_SCREEN;
     let mut i = 0;
     while i < UNTRUSTED_FORWARDING.len() {
-        bits |= length_bits(&[UNTRUSTED_FORWARDING[i].as_bytes()]);
+        screen = screen.with(&NameScreen::of(&[UNTRUSTED_FORWARDING[i].as_bytes()]));
         i += 1;
     }
-    bits
+    screen
 };
 
 /// Whether some removal rule could match `name`, by what every rule needs: a rule that names a
-/// header whole needs its length (alias folding maps a byte to a byte), one that names a prefix
-/// needs it at the start, and alias spellings need `_` or `.` (a `HeaderName` is lowercase, so
-/// folding changes nothing else). `false` only when none of that holds: the name is kept without the
-/// rules' full comparisons, which cost a hundred or more instructions per name. `lengths`: the
-/// bits of every whole name the rules match ([`length_bits`]); `prefixes`: every prefix beside
-/// `proxy-`, alias-normalised.
-fn could_match(lengths: u64, prefixes: &[Box<[u8]>], name: &[u8]) -> bool {
-    let len = name.len();
-    len >= 64
-        || lengths & (1 << len) != 0
+/// header whole needs its first byte and its length (alias folding maps a byte to a byte, and
+/// changes no first byte but `_` and `.`), one that names a prefix needs it at the start, and
+/// alias spellings need `_` or `.` (a `HeaderName` is lowercase, so folding changes nothing
+/// else). `false` only when none of that holds: the name is kept without the rules' full
+/// comparisons, which cost a hundred or more instructions per name. `screen`: every whole name
+/// the rules match; `prefixes`: every prefix beside `proxy-`, alias-normalised.
+fn could_match(screen: &NameScreen, prefixes: &[Box<[u8]>], name: &[u8]) -> bool {
+    screen.may_be(name)
         || name.starts_with(HOP_BY_HOP_PREFIX)
         || prefixes.iter().any(|prefix| name.starts_with(prefix))
         || has_alias_separator(name)
@@ -250,8 +275,8 @@ impl ConnectionHeader {
 
     /// Whether `name` needs the full comparisons: [`could_match`] says so, or the `Connection`
     /// lines nominate something (nominated names are compared whole, any length).
-    fn may_remove(&self, lengths: u64, prefixes: &[Box<[u8]>], name: &[u8]) -> bool {
-        !self.nominated.is_empty() || could_match(lengths, prefixes, name)
+    fn may_remove(&self, screen: &NameScreen, prefixes: &[Box<[u8]>], name: &[u8]) -> bool {
+        !self.nominated.is_empty() || could_match(screen, prefixes, name)
     }
 
     fn websocket(&self) -> Option<HeaderValue> {
@@ -300,8 +325,8 @@ pub struct IdentityScrubber {
     names: Vec<Box<[u8]>>,
     /// Alias-normalised prefixes, never empty.
     prefixes: Vec<Box<[u8]>>,
-    /// The lengths of `names`, as [`length_bits`].
-    lengths: u64,
+    /// `names` and the request pass's fixed names ([`REQUEST_SCREEN`]), for [`scrub_request`].
+    screen: Box<NameScreen>,
 }
 
 impl IdentityScrubber {
@@ -330,13 +355,13 @@ impl IdentityScrubber {
                 }
             })
             .collect::<Result<_, _>>()?;
-        let lengths = names
-            .iter()
-            .fold(0, |bits, name| bits | length_bits(&[name]));
+        let screen = names.iter().fold(REQUEST_SCREEN, |screen, name| {
+            screen.with(&NameScreen::of(&[name]))
+        });
         Ok(Self {
             names,
             prefixes,
-            lengths,
+            screen: Box::new(screen),
         })
     }
 
@@ -1101,12 +1126,14 @@ mod tests {
             let removed = hop.is_hop_by_hop(&name)
                 || is_untrusted_forwarding(bytes)
                 || identity.matches(bytes);
-            let lengths = HOP_BY_HOP_LENGTHS | UNTRUSTED_FORWARDING_LENGTHS | identity.lengths;
             if removed {
-                assert!(hop.may_remove(lengths, &identity.prefixes, bytes), "{name}");
+                assert!(
+                    hop.may_remove(&identity.screen, &identity.prefixes, bytes),
+                    "{name}"
+                );
             }
             if hop.is_hop_by_hop(&name) {
-                assert!(hop.may_remove(HOP_BY_HOP_LENGTHS, &[], bytes), "{name}");
+                assert!(hop.may_remove(&HOP_BY_HOP_SCREEN, &[], bytes), "{name}");
             }
         }
     }
