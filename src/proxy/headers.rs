@@ -152,28 +152,25 @@ pub fn remove_hop_by_hop_response(headers: &mut HeaderMap) {
 /// when one of them starts with `b` and is `n` bytes long (below 64). What [`could_match`]
 /// screens on: the lengths alone let most real names through, since the rules' names have
 /// nearly every length from 5 to 20.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct NameScreen([u64; 256]);
 
 impl NameScreen {
     const fn of(names: &[&[u8]]) -> Self {
-        let mut table = [0; 256];
+        let mut screen = Self([0; 256]);
         let mut i = 0;
         while i < names.len() {
-            let name = names[i];
-            if !name.is_empty() && name.len() < 64 {
-                table[name[0] as usize] |= 1 << name.len();
-            }
+            screen = screen.and(names[i]);
             i += 1;
         }
-        Self(table)
+        screen
     }
 
-    const fn with(mut self, other: &NameScreen) -> Self {
-        let mut b = 0;
-        while b < 256 {
-            self.0[b] |= other.0[b];
-            b += 1;
+    /// The screen with `name` added (no bit for the empty or long: [`Self::may_be`] lets those
+    /// through anyway).
+    const fn and(mut self, name: &[u8]) -> Self {
+        if !name.is_empty() && name.len() < 64 {
+            self.0[name[0] as usize] |= 1 << name.len();
         }
         self
     }
@@ -187,16 +184,22 @@ impl NameScreen {
     }
 }
 
+impl std::fmt::Debug for NameScreen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // 256 words of bits say nothing to a reader; the names it was built from are beside it.
+        f.debug_struct("NameScreen").finish_non_exhaustive()
+    }
+}
+
 /// The fixed hop-by-hop names, and `proxy` (see [`is_protocol_alias`]).
-const HOP_BY_HOP_SCREEN: NameScreen =
-    NameScreen::of(&HOP_BY_HOP).with(&NameScreen::of(&[b"proxy"]));
+const HOP_BY_HOP_SCREEN: NameScreen = NameScreen::of(&HOP_BY_HOP).and(b"proxy");
 
 /// [`HOP_BY_HOP_SCREEN`] and the untrusted forwarding headers: the request pass's fixed names.
 const REQUEST_SCREEN: NameScreen = {
     let mut screen = HOP_BY_HOP_SCREEN;
     let mut i = 0;
     while i < UNTRUSTED_FORWARDING.len() {
-        screen = screen.with(&NameScreen::of(&[UNTRUSTED_FORWARDING[i].as_bytes()]));
+        screen = screen.and(UNTRUSTED_FORWARDING[i].as_bytes());
         i += 1;
     }
     screen
@@ -355,9 +358,9 @@ impl IdentityScrubber {
                 }
             })
             .collect::<Result<_, _>>()?;
-        let screen = names.iter().fold(REQUEST_SCREEN, |screen, name| {
-            screen.with(&NameScreen::of(&[name]))
-        });
+        let screen = names
+            .iter()
+            .fold(REQUEST_SCREEN, |screen, name| screen.and(name));
         Ok(Self {
             names,
             prefixes,
